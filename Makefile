@@ -1,0 +1,25 @@
+# One entry point for developers. Every target runs its own idempotent set-up.
+.PHONY: demo test bench bench-quick setup fmt clippy
+
+demo:            ## the main job: two-process shm pub/sub demo with latency figures
+	scripts/demo.sh
+
+test:            ## the whole test suite (what CI runs)
+	scripts/test.sh
+
+setup:
+	scripts/setup.sh --test
+
+bench:           ## every ms-bench suite, full length
+	scripts/setup.sh && scripts/hugepages.sh reserve 512 && \
+	  (cargo run --release --locked -p benches --bin ms-bench -- all; rc=$$?; scripts/hugepages.sh release; exit $$rc)
+
+bench-quick:
+	scripts/setup.sh && scripts/hugepages.sh reserve 512 && \
+	  (cargo run --release --locked -p benches --bin ms-bench -- all --quick; rc=$$?; scripts/hugepages.sh release; exit $$rc)
+
+fmt:
+	cargo fmt --all
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,1 @@
+//! sdk (being written).

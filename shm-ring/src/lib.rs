@@ -1,0 +1,1 @@
+//! shm-ring (being written).
