@@ -1,0 +1,1 @@
+//! xdp-programs (being written).
