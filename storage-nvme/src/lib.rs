@@ -1,1 +1,100 @@
-//! storage-nvme (being written).
+//! # storage-nvme: the partition log on disk
+//!
+//! One directory per stream partition holds **segment files** named by their base offset
+//! (`00000000000000000000.log`), each preallocated to `segment_bytes` and written with
+//! **O_DIRECT through io_uring** from an aligned write ring (huge pages when the pool allows;
+//! a synchronous `pwrite` backend is used only when io_uring cannot be set up, and says so on
+//! stderr). Each segment has a sparse offset index (`.index`) and timestamp index
+//! (`.timeindex`), written when the segment is sealed or the log is closed; they double as the
+//! recovery checkpoint and are rebuilt when missing or damaged. Byte layouts: [`layout`].
+//!
+//! ## Writing (the archiver agent)
+//! ```no_run
+//! use storage_nvme::{Log, LogConfig, Record};
+//! let (mut log, report) = Log::open("/var/lib/memstreamer/s1-p0", LogConfig::default())?;
+//! eprintln!("recovered up to offset {}: {:?}", report.next_offset, report.actions);
+//! let next = log.next_offset();
+//! log.append_batch(next, &[Record { timestamp_ns: 1, payload: b"hello" }])?; // appended
+//! log.flush()?;                              // group commit: one fdatasync for all appended
+//! while log.poll()? < next + 1 {}            // durable: now the record may be acknowledged
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//! * [`Log::append_batch`] copies a batch into the write ring (no allocation) and returns its
+//!   [`AppendPosition`]: the record is **appended**. Offsets are assigned by the caller (the
+//!   partition leader) and must be dense. When the ring or the pending-batch limit is full it
+//!   returns [`AppendError::BackPressured`]: call [`Log::poll`] and retry.
+//! * [`Log::flush`] requests a group commit; [`Log::poll`] reaps completions and returns the
+//!   **durable** offset: every offset below it has been written and fdatasync'ed. Only those
+//!   may be acknowledged. [`Log::sync`] blocks until everything appended is durable.
+//!   The fdatasync is submitted only after the writes it covers completed (io_uring does not
+//!   order them otherwise); writes keep flowing while it runs.
+//! * A write or sync error stops the log ([`LogIoError`], naming file and offset); nothing
+//!   more is acknowledged. Reopen it: recovery keeps everything that was durable.
+//! * [`Log::enforce_retention`] deletes the oldest sealed segments beyond the size/age limits,
+//!   never the active one.
+//!
+//! ## Recovery ([`Log::open`])
+//! Verifies (CRC32C) every batch of the active segment after its last checkpoint, cuts a torn
+//! or never-acknowledged tail (zeroing it so stale bytes can never come back), rebuilds missing
+//! or damaged indexes of sealed segments, and reports each action with file, position and bytes
+//! in a [`RecoveryReport`]. A directory with files that are not ours, a segment of another
+//! partition, or a gap between segments is a [`LogOpenError`].
+//!
+//! ## Reading
+//! [`Log::reader`] follows the durable tail of a live log; [`Reader::open`] reads a snapshot of
+//! a log on disk. [`Reader::seek_offset`], [`Reader::seek_timestamp`], then
+//! [`Reader::read_batch`] into a caller-provided [`AlignedBuf`] returns a [`BatchView`] whose
+//! records borrow the buffer, or `None` at the tail. Bad bytes below the durable offset are a
+//! [`ReadError::Corrupt`] naming file and position; they are never served.
+//!
+//! ## Structure
+//! Sans-IO cores: [`codec`] (batch encode/decode), [`index`] (sparse index math and files),
+//! [`scan`] (batch walking for recovery), [`retention`] (deletion decisions). Thin adapters:
+//! [`segment`] (files), [`io`] (the [`IoBackend`] seam: io_uring and pwrite), `log`, `reader`.
+
+pub mod codec;
+pub mod index;
+pub mod io;
+pub mod layout;
+mod log;
+mod reader;
+pub mod retention;
+pub mod scan;
+pub mod segment;
+
+#[cfg(test)]
+mod fault;
+
+pub use codec::{BatchDecodeError, BatchEncodeError, BatchView, Record, RecordView};
+pub use io::{AlignedBuf, BufBacking, IoBackend, IoMode, PwriteIo, SysIo, UringIo};
+pub use log::*;
+pub use reader::{ReadError, Reader, SeekError};
+pub use retention::RetentionPolicy;
+
+/// Deterministic record contents used by `ms-log append` (a disk smoke test) and the crash
+/// tests: given a seed and an offset, anyone can recompute the exact bytes and timestamp.
+pub mod pattern {
+    /// Payload length of the record at `offset` (0..=len_max).
+    pub fn payload_len(seed: u64, offset: u64, len_max: usize) -> usize {
+        (mix(seed ^ offset.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % (len_max as u64 + 1)) as usize
+    }
+    /// Fills `out` with the payload of the record at `offset`.
+    pub fn fill(seed: u64, offset: u64, out: &mut [u8]) {
+        let mut x = mix(seed.wrapping_add(offset) | 1);
+        for chunk in out.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+    }
+    /// Timestamp of the record at `offset`.
+    pub fn timestamp_ns(offset: u64) -> u64 {
+        1_000_000_000 + offset * 1_000
+    }
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}

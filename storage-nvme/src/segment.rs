@@ -1,0 +1,309 @@
+//! Thin file adapters around the sans-IO pieces: creating segment files, listing a partition
+//! directory, loading/saving index files, scanning a segment file and truncating a torn tail.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::index::{decode_index, encode_index, IndexCheckpoint, IndexCursor, SparseIndex};
+use crate::layout::*;
+use crate::scan::{scan_window, ScanStop};
+
+/// A file-level error naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {source}")]
+pub struct FileError {
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+pub(crate) fn ferr<'p>(
+    what: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(io::Error) -> FileError + 'p {
+    move |source| FileError {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a partition directory holds.
+#[derive(Debug, Default)]
+pub struct DirListing {
+    /// Segment base offsets, ascending.
+    pub segments: Vec<u64>,
+    /// Index files (base, ext) found.
+    pub index_files: Vec<(u64, String)>,
+    /// Files that are not ours.
+    pub foreign: Vec<PathBuf>,
+}
+
+/// Lists a partition directory.
+pub fn list_dir(dir: &Path) -> Result<DirListing, FileError> {
+    let mut out = DirListing::default();
+    for e in fs::read_dir(dir).map_err(ferr("cannot list directory", dir))? {
+        let e = e.map_err(ferr("cannot list directory", dir))?;
+        let name = e.file_name();
+        let Some(name) = name.to_str() else {
+            out.foreign.push(e.path());
+            continue;
+        };
+        if name == LOCK_FILE_NAME {
+            continue;
+        }
+        match parse_file_name(name) {
+            Some((base, SEGMENT_EXT)) => out.segments.push(base),
+            Some((base, ext)) => out.index_files.push((base, ext.to_string())),
+            None => out.foreign.push(e.path()),
+        }
+    }
+    out.segments.sort_unstable();
+    Ok(out)
+}
+
+pub fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(file_name(base, SEGMENT_EXT))
+}
+pub fn offset_index_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(file_name(base, OFFSET_INDEX_EXT))
+}
+pub fn time_index_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(file_name(base, TIME_INDEX_EXT))
+}
+
+/// Fsyncs a directory so created/removed names are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), FileError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ferr("cannot fsync directory", dir))
+}
+
+/// Creates a preallocated segment file with its header, durable (file and directory).
+pub fn create_segment(dir: &Path, header: &SegmentHeader) -> Result<PathBuf, FileError> {
+    let path = segment_path(dir, header.base_offset);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(ferr("cannot create segment", &path))?;
+    let mut block = vec![0u8; SEGMENT_HEADER_BYTES as usize];
+    header.encode(&mut block);
+    // SAFETY: fallocate on an open fd with a non-negative range has no memory-safety preconditions.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, header.segment_bytes as libc::off_t) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        let _ = fs::remove_file(&path);
+        return Err(FileError {
+            what: "cannot preallocate segment",
+            path,
+            source: e,
+        });
+    }
+    let res = f.write_all_at(&block, 0).and_then(|_| f.sync_all());
+    if let Err(e) = res {
+        let _ = fs::remove_file(&path);
+        return Err(FileError {
+            what: "cannot write segment header",
+            path,
+            source: e,
+        });
+    }
+    sync_dir(dir)?;
+    Ok(path)
+}
+
+/// Reads and validates a segment's header.
+pub fn read_segment_header(
+    f: &File,
+) -> io::Result<Result<SegmentHeader, SegmentHeaderDecodeError>> {
+    let mut b = [0u8; SEG_HEADER_USED_BYTES];
+    let n = read_full_at(f, &mut b, 0)?;
+    Ok(SegmentHeader::decode(&b[..n]))
+}
+
+/// Reads until `buf` is full or end of file; returns bytes read.
+pub fn read_full_at(f: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], pos + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Loads both index files of a segment, or says why they cannot be used.
+pub fn load_indexes(
+    dir: &Path,
+    base: u64,
+) -> Result<(IndexCheckpoint, SparseIndex, SparseIndex), String> {
+    let op = offset_index_path(dir, base);
+    let tp = time_index_path(dir, base);
+    let ob = fs::read(&op).map_err(|e| format!("{}: {e}", op.display()))?;
+    let tb = fs::read(&tp).map_err(|e| format!("{}: {e}", tp.display()))?;
+    let (cp, offs) = decode_index(&ob, OFFSET_INDEX_MAGIC, true)
+        .map_err(|e| format!("{}: {e}", op.display()))?;
+    let (cp2, times) =
+        decode_index(&tb, TIME_INDEX_MAGIC, false).map_err(|e| format!("{}: {e}", tp.display()))?;
+    if cp != cp2 || cp.base_offset != base {
+        return Err(format!(
+            "{}: checkpoint does not match {}",
+            tp.display(),
+            op.display()
+        ));
+    }
+    Ok((cp, offs, times))
+}
+
+/// Writes both index files (via a temporary name and rename, so a crash leaves old or new).
+pub fn save_indexes(
+    dir: &Path,
+    cp: &IndexCheckpoint,
+    offs: &SparseIndex,
+    times: &SparseIndex,
+    scratch: &mut Vec<u8>,
+) -> Result<(), FileError> {
+    for (path, magic, idx) in [
+        (
+            offset_index_path(dir, cp.base_offset),
+            OFFSET_INDEX_MAGIC,
+            offs,
+        ),
+        (
+            time_index_path(dir, cp.base_offset),
+            TIME_INDEX_MAGIC,
+            times,
+        ),
+    ] {
+        encode_index(scratch, magic, cp, idx);
+        let tmp = path.with_extension("tmp-index");
+        let res = fs::write(&tmp, &scratch[..])
+            .and_then(|_| File::open(&tmp)?.sync_all())
+            .and_then(|_| fs::rename(&tmp, &path));
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(FileError {
+                what: "cannot write index",
+                path,
+                source: e,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Result of scanning a segment file.
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentScan {
+    pub stop: ScanStop,
+    /// File position right after the last valid batch.
+    pub end_position: u64,
+    /// Offset after the last valid batch.
+    pub next_offset: u64,
+}
+
+/// Scans a segment file from `position` (expecting `next_offset`), verifying every batch and
+/// extending the indexes. Reads through a window of `window_bytes`.
+pub fn scan_segment(
+    f: &File,
+    file_len: u64,
+    position: u64,
+    next_offset: u64,
+    window_bytes: usize,
+    cursor: &mut IndexCursor,
+    offs: &mut SparseIndex,
+    times: &mut SparseIndex,
+) -> io::Result<SegmentScan> {
+    let window_bytes = window_bytes
+        .max(BATCH_BYTES_MAX.min(1 << 20))
+        .max(BLOCK_BYTES as usize);
+    let mut window = vec![0u8; window_bytes];
+    let (mut pos, mut next) = (position, next_offset);
+    loop {
+        let want = (file_len.saturating_sub(pos) as usize).min(window.len());
+        let n = read_full_at(f, &mut window[..want], pos)?;
+        let (stop, p, o) = scan_window(&window[..n], pos, pos, next, file_len, |b| {
+            cursor.note_batch(
+                offs,
+                times,
+                b.base_offset,
+                b.position,
+                b.batch_bytes,
+                b.max_timestamp_ns,
+            );
+        });
+        match stop {
+            ScanStop::NeedMore { batch_bytes, .. } => {
+                if p > pos {
+                    pos = p;
+                    next = o;
+                    continue;
+                }
+                // No progress: the batch at `pos` does not fit in what was read.
+                let needed = batch_bytes.unwrap_or(BATCH_HEADER_BYTES as u64) as usize;
+                if needed > window.len() {
+                    window.resize(needed.next_multiple_of(BLOCK_BYTES as usize), 0);
+                    continue;
+                }
+                // The window could hold it: the file ends mid-batch.
+                return Ok(SegmentScan {
+                    stop: ScanStop::PastLimit { position: p },
+                    end_position: p,
+                    next_offset: o,
+                });
+            }
+            stop => {
+                return Ok(SegmentScan {
+                    stop,
+                    end_position: p,
+                    next_offset: o,
+                })
+            }
+        }
+    }
+}
+
+/// End (exclusive) of the last non-zero byte in `[from, to)` of the file, if any.
+pub fn last_nonzero(f: &File, from: u64, to: u64) -> io::Result<Option<u64>> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = from;
+    let mut last = None;
+    while pos < to {
+        let want = ((to - pos) as usize).min(buf.len());
+        let n = read_full_at(f, &mut buf[..want], pos)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = buf[..n].iter().rposition(|&b| b != 0) {
+            last = Some(pos + i as u64 + 1);
+        }
+        pos += n as u64;
+    }
+    Ok(last)
+}
+
+/// Cuts a segment back to `end` and preallocates it again to `segment_bytes`, so everything
+/// after `end` reads as zeros; durable on return.
+pub fn truncate_tail(f: &File, path: &Path, end: u64, segment_bytes: u64) -> Result<(), FileError> {
+    f.set_len(end)
+        .map_err(ferr("cannot truncate torn tail of", path))?;
+    // SAFETY: fallocate on an open fd with a non-negative range has no memory-safety preconditions.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, segment_bytes as libc::off_t) };
+    if r != 0 {
+        return Err(FileError {
+            what: "cannot preallocate segment",
+            path: path.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    f.sync_all().map_err(ferr("cannot fsync segment", path))
+}
