@@ -1,10 +1,887 @@
-//! `ms-bench shm` (being written).
+//! `ms-bench shm`: shared-memory pub/sub, ours against same-run peers.
+//!
+//! What one run measures (rounds interleaved: ours, iceoryx2, crossbeam, ours, ...):
+//! - cross-process one-way latency of 64-byte messages: a paced publisher process
+//!   (one message every `PACE_NS`, so we measure latency, not queueing) pinned to
+//!   core 0, the subscriber (this process, a thread pinned to core 1) busy-polls.
+//!   The publisher stamps each message with `shm_ring::clock::now_ns()` just before
+//!   publishing; the subscriber subtracts it from its own `now_ns()` on receipt
+//!   (same time base in both processes). Warm-up messages are not recorded.
+//! - cross-process throughput of 32-byte messages, 1 publisher -> 1 subscriber,
+//!   exclusive publisher, batch polling; counted from the first to the last
+//!   message seen by the subscriber.
+//! - iceoryx2 0.10.0 cross-process (lossless: safe overflow off, publisher retries
+//!   until delivered): the same latency method; messages sent vs received are printed.
+//! - crossbeam-queue `ArrayQueue` in one process, two threads pinned to cores 0/1:
+//!   throughput of 32-byte messages and, as context, paced one-way latency.
+//! - the memory of an idle stream handle (no ring mapped yet) and the wake-up cost
+//!   of the adaptive idle strategy (latency of a message after a long idle gap).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use crossbeam_queue::ArrayQueue;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use shm_ring::clock::now_ns;
+
+use crate::report::{self, Latency, Spread};
 use crate::SuiteArgs;
 
-pub fn run(_args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
-    anyhow::bail!("the shm suite is not written yet")
+/// Gap between two messages of a latency run: long enough that the subscriber
+/// drains each message before the next one is published.
+const PACE_NS: u64 = 5_000;
+/// The publisher's core and the subscriber's core.
+const CORE_PUB: usize = 0;
+const CORE_SUB: usize = 1;
+/// Payload sizes the suite is defined for.
+const LATENCY_MSG_BYTES: usize = 64;
+const THROUGHPUT_MSG_BYTES: usize = 32;
+/// Ring size for our runs (power of two).
+const RING_CAPACITY_BYTES: u64 = 8 << 20;
+/// Records per poll call in the throughput run.
+const POLL_BATCH_MAX: usize = 256;
+/// iceoryx2 subscriber buffer (samples) and crossbeam queue depth (messages).
+const PEER_BUFFER_MAX: usize = 1024;
+/// Every child process and every receive loop gives up after this long.
+const RUN_TIMEOUT_S: u64 = 60;
+/// Gap before each message of the wake-up measurement (the subscriber parks).
+const WAKEUP_GAP_MS: u64 = 200;
+const WAKEUP_GAP_MS_QUICK: u64 = 100;
+/// Idle stream handles created to measure one handle's resident memory.
+const IDLE_HANDLES: usize = 20_000;
+
+type Msg64 = [u64; LATENCY_MSG_BYTES / 8];
+type Msg32 = [u64; THROUGHPUT_MSG_BYTES / 8];
+
+/// Run lengths.
+#[derive(Clone, Copy)]
+struct Plan {
+    rounds: usize,
+    latency_msgs: u64,
+    warmup_msgs: u64,
+    throughput_msgs: u64,
+    wakeup_msgs: u64,
+    wakeup_gap_ms: u64,
 }
 
-pub fn child(role: &str, _rest: &[String]) -> anyhow::Result<()> {
-    anyhow::bail!("unknown shm child role {role:?}")
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                rounds: 3,
+                latency_msgs: 60_000,
+                warmup_msgs: 5_000,
+                throughput_msgs: 5_000_000,
+                wakeup_msgs: 12,
+                wakeup_gap_ms: WAKEUP_GAP_MS_QUICK,
+            }
+        } else {
+            Self {
+                rounds: 3,
+                latency_msgs: 400_000,
+                warmup_msgs: 20_000,
+                throughput_msgs: 40_000_000,
+                wakeup_msgs: 30,
+                wakeup_gap_ms: WAKEUP_GAP_MS,
+            }
+        }
+    }
+}
+
+/// A child process that is killed (by its PID) and reaped on every exit path.
+struct ChildGuard {
+    child: Child,
+    role: String,
+}
+
+impl ChildGuard {
+    fn spawn(role: &str, args: &[String]) -> anyhow::Result<Self> {
+        let child = report::spawn_child("shm", role, args)
+            .with_context(|| format!("spawning the {role} child"))?;
+        Ok(Self {
+            child,
+            role: role.to_string(),
+        })
+    }
+
+    /// Reads one line the child prints (its readiness or result line).
+    fn read_line(&mut self) -> anyhow::Result<String> {
+        let out = self
+            .child
+            .stdout
+            .as_mut()
+            .context("child stdout is not piped")?;
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line)?;
+        Ok(line.trim().to_string())
+    }
+
+    /// Waits (bounded) for a clean exit; a child still running is killed.
+    fn finish(mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(RUN_TIMEOUT_S);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("child {} exited with {status}", self.role);
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("child {} did not exit within {RUN_TIMEOUT_S} s", self.role);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `f` on a thread pinned to `core` (so this process's main thread keeps
+/// its affinity for the suites that follow).
+fn on_core<T: Send>(core: usize, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            report::pin_current_thread(core);
+            f()
+        })
+        .join()
+        .expect("measurement thread panicked")
+    })
+}
+
+/// Waits until `now_ns() >= t`: sleeps through long gaps, spins the last 100 us.
+fn spin_until(t: u64) {
+    const SPIN_NS: u64 = 100_000;
+    let now = now_ns();
+    if t > now + 2 * SPIN_NS {
+        std::thread::sleep(Duration::from_nanos(t - now - SPIN_NS));
+    }
+    while now_ns() < t {
+        std::hint::spin_loop();
+    }
+}
+
+fn msgs_per_s(count: u64, ns: u64) -> f64 {
+    if ns == 0 {
+        return 0.0;
+    }
+    count as f64 * 1e9 / ns as f64
+}
+
+fn unique(tag: &str) -> String {
+    format!(
+        "msbench-{tag}-{}-{}",
+        std::process::id(),
+        now_ns() % 1_000_000_000
+    )
+}
+
+fn parse<T: std::str::FromStr>(rest: &[String], i: usize, what: &str) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let s = rest
+        .get(i)
+        .with_context(|| format!("missing argument {i} ({what})"))?;
+    s.parse::<T>()
+        .map_err(|e| anyhow::anyhow!("argument {i} ({what}) = {s:?}: {e}"))
+}
+
+// ---------------------------------------------------------------------------
+// Ours: sdk Publisher / Subscriber over shm-ring.
+// ---------------------------------------------------------------------------
+
+fn ours_context() -> sdk::Context {
+    sdk::Context::builder()
+        .capacity_bytes(RING_CAPACITY_BYTES)
+        .mode(sdk::Mode::Reliable)
+        .publisher_kind(sdk::PublisherKind::Exclusive)
+        .build()
+}
+
+/// Creates the ring of `stream` and a subscriber attached to it before any
+/// publisher exists (so reliable mode back-pressures from the first record).
+fn ours_setup(stream: u32) -> anyhow::Result<(sdk::Ring, sdk::Subscriber)> {
+    let ctx = ours_context();
+    let ring = ctx.create_ring(stream, 0)?;
+    let mut sub = ctx.subscriber(stream, 0);
+    if !sub.try_attach(true)? {
+        bail!("ring of stream {stream} vanished right after creation");
+    }
+    Ok((ring, sub))
+}
+
+/// Subscriber side of a paced latency run: the histogram of one-way latencies
+/// and the backing the ring used.
+fn ours_latency(plan: &Plan, stream: u32) -> anyhow::Result<(Histogram<u64>, &'static str)> {
+    let (ring, mut sub) = ours_setup(stream)?;
+    let backing = match ring.backing() {
+        sdk::BackingKind::Hugetlbfs => "hugetlbfs",
+        sdk::BackingKind::DevShm => "/dev/shm",
+    };
+    let child = ChildGuard::spawn(
+        "ours-pub",
+        &[
+            stream.to_string(),
+            plan.latency_msgs.to_string(),
+            PACE_NS.to_string(),
+            LATENCY_MSG_BYTES.to_string(),
+        ],
+    )?;
+    let mut h = report::latency_histogram();
+    let warmup = plan.warmup_msgs;
+    let total = plan.latency_msgs;
+    let res = on_core(CORE_SUB, || -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(RUN_TIMEOUT_S);
+        let mut seen = 0u64;
+        while seen < total {
+            let n = sub.poll(
+                |r| {
+                    let now = now_ns();
+                    if seen >= warmup {
+                        let _ = h.record(now.saturating_sub(r.timestamp_ns).max(1));
+                    }
+                    seen += 1;
+                },
+                16,
+            )?;
+            if n == 0 && Instant::now() > deadline {
+                bail!("ours latency: received {seen} of {total} before the timeout");
+            }
+        }
+        Ok(())
+    });
+    let fin = child.finish();
+    ring.unlink()?;
+    res?;
+    fin?;
+    Ok((h, backing))
+}
+
+/// Subscriber side of the throughput run: messages per second, counted from
+/// the end of the first batch to the last record.
+fn ours_throughput(plan: &Plan, stream: u32) -> anyhow::Result<f64> {
+    let (ring, mut sub) = ours_setup(stream)?;
+    let child = ChildGuard::spawn(
+        "ours-pub",
+        &[
+            stream.to_string(),
+            plan.throughput_msgs.to_string(),
+            "0".to_string(),
+            THROUGHPUT_MSG_BYTES.to_string(),
+        ],
+    )?;
+    let total = plan.throughput_msgs;
+    let res = on_core(CORE_SUB, || -> anyhow::Result<f64> {
+        let deadline = Instant::now() + Duration::from_secs(RUN_TIMEOUT_S);
+        let mut seen = 0u64;
+        let mut sum = 0u64;
+        let mut first_ns = 0u64;
+        let mut first_batch = 0u64;
+        while seen < total {
+            let n = sub.poll(
+                |r| {
+                    sum = sum.wrapping_add(u64::from(r.payload[0]));
+                    seen += 1;
+                },
+                POLL_BATCH_MAX,
+            )?;
+            if n > 0 && first_ns == 0 {
+                first_ns = now_ns();
+                first_batch = n as u64;
+            } else if n == 0 && Instant::now() > deadline {
+                bail!("ours throughput: received {seen} of {total} before the timeout");
+            }
+        }
+        std::hint::black_box(sum);
+        Ok(msgs_per_s(total - first_batch, now_ns() - first_ns))
+    });
+    let fin = child.finish();
+    ring.unlink()?;
+    let r = res?;
+    fin?;
+    Ok(r)
+}
+
+/// Publisher child: `ours-pub STREAM COUNT PACE_NS SIZE`.
+fn child_ours_pub(rest: &[String]) -> anyhow::Result<()> {
+    let stream: u32 = parse(rest, 0, "stream")?;
+    let count: u64 = parse(rest, 1, "count")?;
+    let pace_ns: u64 = parse(rest, 2, "pace_ns")?;
+    let size: usize = parse(rest, 3, "size")?;
+    report::pin_current_thread(CORE_PUB);
+    let ctx = ours_context();
+    let deadline = Instant::now() + Duration::from_secs(RUN_TIMEOUT_S);
+    let mut publisher = open_publisher_retrying(&ctx, stream, deadline)?;
+    let mut next = now_ns();
+    let mut payload = vec![0u8; size];
+    for i in 0..count {
+        if pace_ns > 0 {
+            next += pace_ns;
+            spin_until(next);
+        }
+        payload[..8].copy_from_slice(&i.to_le_bytes());
+        loop {
+            match publisher.claim(size) {
+                Ok(mut c) => {
+                    c.buffer().copy_from_slice(&payload);
+                    c.set_timestamp_ns(now_ns());
+                    c.commit()?;
+                    break;
+                }
+                Err(shm_ring::OfferError::BackPressured) => {
+                    if Instant::now() > deadline {
+                        bail!("ours-pub: back-pressured past the timeout at message {i}");
+                    }
+                    std::hint::spin_loop();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_publisher_retrying(
+    ctx: &sdk::Context,
+    stream: u32,
+    deadline: Instant,
+) -> anyhow::Result<sdk::Publisher> {
+    loop {
+        match ctx.publisher(stream, 0) {
+            Ok(p) => return Ok(p),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_micros(200)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Adaptive idle strategy: wake-up cost after a long idle gap.
+// ---------------------------------------------------------------------------
+
+fn ours_wakeup(plan: &Plan, stream: u32) -> anyhow::Result<Histogram<u64>> {
+    let (ring, mut sub) = ours_setup(stream)?;
+    let child = ChildGuard::spawn(
+        "ours-pub",
+        &[
+            stream.to_string(),
+            plan.wakeup_msgs.to_string(),
+            (plan.wakeup_gap_ms * 1_000_000).to_string(),
+            LATENCY_MSG_BYTES.to_string(),
+        ],
+    )?;
+    let mut h = report::latency_histogram();
+    let total = plan.wakeup_msgs;
+    let res = on_core(CORE_SUB, || -> anyhow::Result<()> {
+        let mut idle = sdk::IdleStrategy::adaptive();
+        let deadline = Instant::now() + Duration::from_secs(RUN_TIMEOUT_S);
+        let mut seen = 0u64;
+        while seen < total {
+            let n = sub.poll(
+                |r| {
+                    let _ = h.record(now_ns().saturating_sub(r.timestamp_ns).max(1));
+                    seen += 1;
+                },
+                16,
+            )?;
+            sub.idle(&mut idle, n);
+            if Instant::now() > deadline {
+                bail!("wake-up run: received {seen} of {total} before the timeout");
+            }
+        }
+        Ok(())
+    });
+    let fin = child.finish();
+    ring.unlink()?;
+    res?;
+    fin?;
+    Ok(h)
+}
+
+/// Resident memory of one idle stream handle (a subscriber whose ring does not
+/// exist yet): RSS growth over `IDLE_HANDLES` handles, and the handle's own
+/// accounting (`size_of` + owned heap).
+fn idle_stream_bytes() -> anyhow::Result<(f64, usize)> {
+    let ctx = ours_context();
+    let before = rss_bytes()?;
+    let handles: Vec<sdk::Subscriber> = (0..IDLE_HANDLES as u32)
+        .map(|i| ctx.subscriber(0x7000_0000 + i, 7))
+        .collect();
+    let after = rss_bytes()?;
+    let footprint = handles[0].footprint_bytes();
+    drop(handles);
+    Ok((
+        (after.saturating_sub(before)) as f64 / IDLE_HANDLES as f64,
+        footprint,
+    ))
+}
+
+fn rss_bytes() -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .context("statm has no resident field")?
+        .parse()?;
+    Ok(pages * 4096)
+}
+
+// ---------------------------------------------------------------------------
+// Peer: iceoryx2 0.10.0, cross-process, lossless.
+// ---------------------------------------------------------------------------
+
+mod iox {
+    use iceoryx2::prelude::*;
+
+    pub type Service = iceoryx2::service::port_factory::publish_subscribe::PortFactory<
+        ipc::Service,
+        super::Msg64,
+        (),
+    >;
+
+    pub fn node() -> anyhow::Result<Node<ipc::Service>> {
+        set_log_level(LogLevel::Error);
+        NodeBuilder::new()
+            .signal_handling_mode(SignalHandlingMode::Disabled)
+            .create::<ipc::Service>()
+            .map_err(|e| anyhow::anyhow!("iceoryx2 node: {e:?}"))
+    }
+
+    pub fn service(node: &Node<ipc::Service>, name: &str) -> anyhow::Result<Service> {
+        let name: ServiceName = name
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("iceoryx2 service name: {e:?}"))?;
+        node.service_builder(&name)
+            .publish_subscribe::<super::Msg64>()
+            .enable_safe_overflow(false)
+            .subscriber_max_buffer_size(super::PEER_BUFFER_MAX)
+            .history_size(0)
+            .max_publishers(1)
+            .max_subscribers(1)
+            .open_or_create()
+            .map_err(|e| anyhow::anyhow!("iceoryx2 service: {e:?}"))
+    }
+}
+
+/// Returns (latency histogram, sent, received). The child is spawned from
+/// this (unpinned) thread so it can pin itself to the other core; it waits
+/// for the subscriber. iceoryx2's ipc ports are not `Send`, so they live on the
+/// pinned measurement thread.
+fn iox_latency(plan: &Plan) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+    let name = unique("iox");
+    let mut child = ChildGuard::spawn(
+        "iox-pub",
+        &[
+            name.clone(),
+            plan.latency_msgs.to_string(),
+            PACE_NS.to_string(),
+        ],
+    )?;
+    let (h, received) = on_core(CORE_SUB, || iox_receive(plan, &name))?;
+    let sent_line = child.read_line()?;
+    child.finish()?;
+    let sent: u64 = sent_line
+        .strip_prefix("sent ")
+        .with_context(|| format!("iceoryx2 child printed {sent_line:?}, not `sent N`"))?
+        .parse()?;
+    Ok((h, sent, received))
+}
+
+fn iox_receive(plan: &Plan, name: &str) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let node = iox::node()?;
+    let service = iox::service(&node, name)?;
+    let sub = service
+        .subscriber_builder()
+        .buffer_size(PEER_BUFFER_MAX)
+        .create()
+        .map_err(|e| anyhow::anyhow!("iceoryx2 subscriber: {e:?}"))?;
+    let mut h = report::latency_histogram();
+    let warmup = plan.warmup_msgs;
+    let total = plan.latency_msgs;
+    let deadline = Instant::now() + Duration::from_secs(RUN_TIMEOUT_S);
+    let mut received = 0u64;
+    while received < total {
+        match sub.receive() {
+            Ok(Some(sample)) => {
+                let now = now_ns();
+                if received >= warmup {
+                    let _ = h.record(now.saturating_sub(sample.payload()[0]).max(1));
+                }
+                received += 1;
+            }
+            Ok(None) => {
+                if Instant::now() > deadline {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            Err(e) => bail!("iceoryx2 receive: {e:?}"),
+        }
+    }
+    Ok((h, received))
+}
+
+/// Publisher child: `iox-pub SERVICE COUNT PACE_NS`; prints `sent N`.
+fn child_iox_pub(rest: &[String]) -> anyhow::Result<()> {
+    use iceoryx2::prelude::*;
+    let name: String = parse(rest, 0, "service")?;
+    let count: u64 = parse(rest, 1, "count")?;
+    let pace_ns: u64 = parse(rest, 2, "pace_ns")?;
+    report::pin_current_thread(CORE_PUB);
+    let node = iox::node()?;
+    let service = iox::service(&node, &name)?;
+    let publisher = service
+        .publisher_builder()
+        .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
+        .create()
+        .map_err(|e| anyhow::anyhow!("iceoryx2 publisher: {e:?}"))?;
+    let deadline = Instant::now() + Duration::from_secs(RUN_TIMEOUT_S);
+    while service.dynamic_config().number_of_subscribers() == 0 {
+        if Instant::now() > deadline {
+            bail!("iceoryx2 child: no subscriber appeared");
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let mut sent = 0u64;
+    let mut next = now_ns();
+    let mut msg: Msg64 = [0; LATENCY_MSG_BYTES / 8];
+    for i in 0..count {
+        next += pace_ns;
+        spin_until(next);
+        msg[1] = i;
+        loop {
+            msg[0] = now_ns();
+            let delivered = publisher
+                .send_copy(msg)
+                .map_err(|e| anyhow::anyhow!("iceoryx2 send: {e:?}"))?;
+            if delivered > 0 {
+                sent += 1;
+                break;
+            }
+            // Not connected to the subscriber yet (first messages only).
+            if Instant::now() > deadline {
+                bail!("iceoryx2 child: message {i} reached no subscriber");
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    println!("sent {sent}");
+    Ok(())
+}
+
+/// iceoryx2 keeps its state in files under /dev/shm and /tmp/iceoryx2; they are
+/// named by hashes, so the suite removes what appeared during its run.
+struct IoxFiles {
+    before: BTreeSet<PathBuf>,
+    tmp_existed: bool,
+}
+
+const IOX_TMP: &str = "/tmp/iceoryx2";
+
+impl IoxFiles {
+    fn snapshot() -> Self {
+        Self {
+            before: Self::list(),
+            tmp_existed: Path::new(IOX_TMP).exists(),
+        }
+    }
+
+    fn list() -> BTreeSet<PathBuf> {
+        let mut out = BTreeSet::new();
+        if let Ok(rd) = std::fs::read_dir("/dev/shm") {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("iox2_") {
+                    out.insert(e.path());
+                }
+            }
+        }
+        let mut stack = vec![PathBuf::from(IOX_TMP)];
+        while let Some(d) = stack.pop() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        stack.push(p.clone());
+                    }
+                    out.insert(p);
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes the files that appeared since the snapshot; returns how many.
+    fn cleanup(&self) -> usize {
+        let mut removed = 0;
+        for p in Self::list().difference(&self.before) {
+            if p.is_file() && std::fs::remove_file(p).is_ok() {
+                removed += 1;
+            }
+        }
+        if !self.tmp_existed {
+            let _ = std::fs::remove_dir_all(IOX_TMP);
+        }
+        removed
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Peer: crossbeam-queue ArrayQueue, one process, two pinned threads.
+// ---------------------------------------------------------------------------
+
+fn crossbeam_throughput(plan: &Plan) -> f64 {
+    let q: ArrayQueue<Msg32> = ArrayQueue::new(PEER_BUFFER_MAX);
+    let total = plan.throughput_msgs;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            report::pin_current_thread(CORE_PUB);
+            let mut m: Msg32 = [0; THROUGHPUT_MSG_BYTES / 8];
+            for i in 0..total {
+                m[0] = i;
+                while q.push(m).is_err() {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        s.spawn(|| {
+            report::pin_current_thread(CORE_SUB);
+            let mut seen = 0u64;
+            let mut sum = 0u64;
+            let mut first = 0u64;
+            while seen < total {
+                if let Some(m) = q.pop() {
+                    if seen == 0 {
+                        first = now_ns();
+                    }
+                    sum = sum.wrapping_add(m[0]);
+                    seen += 1;
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            std::hint::black_box(sum);
+            msgs_per_s(total - 1, now_ns() - first)
+        })
+        .join()
+        .expect("crossbeam consumer panicked")
+    })
+}
+
+fn crossbeam_latency(plan: &Plan) -> Histogram<u64> {
+    let q: ArrayQueue<Msg64> = ArrayQueue::new(PEER_BUFFER_MAX);
+    let total = plan.latency_msgs;
+    let warmup = plan.warmup_msgs;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            report::pin_current_thread(CORE_PUB);
+            let mut m: Msg64 = [0; LATENCY_MSG_BYTES / 8];
+            let mut next = now_ns();
+            for i in 0..total {
+                next += PACE_NS;
+                spin_until(next);
+                m[1] = i;
+                m[0] = now_ns();
+                while q.push(m).is_err() {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        s.spawn(|| {
+            report::pin_current_thread(CORE_SUB);
+            let mut h = report::latency_histogram();
+            let mut seen = 0u64;
+            while seen < total {
+                if let Some(m) = q.pop() {
+                    let now = now_ns();
+                    if seen >= warmup {
+                        let _ = h.record(now.saturating_sub(m[0]).max(1));
+                    }
+                    seen += 1;
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            h
+        })
+        .join()
+        .expect("crossbeam consumer panicked")
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The suite.
+// ---------------------------------------------------------------------------
+
+pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
+    let plan = Plan::new(args.quick);
+    println!(
+        "== ms-bench shm{}",
+        if args.quick { " (quick)" } else { "" }
+    );
+    println!(
+        "method: one-way latency = subscriber now_ns() - publisher now_ns() stamped just before \
+         publishing (shm_ring::clock, same time base in both processes); paced sender, one \
+         {LATENCY_MSG_BYTES}-byte message every {PACE_NS} ns; publisher pinned to core {CORE_PUB}, \
+         subscriber to core {CORE_SUB}; first {} messages of {} per round not recorded; hdrhistogram, \
+         3 significant digits. Throughput: {THROUGHPUT_MSG_BYTES}-byte messages, {} per round, \
+         counted at the subscriber from first to last message. {} interleaved rounds.",
+        plan.warmup_msgs, plan.latency_msgs, plan.throughput_msgs, plan.rounds
+    );
+
+    let iox_files = IoxFiles::snapshot();
+    let result = run_rounds(&plan);
+    let removed = iox_files.cleanup();
+    if removed > 0 {
+        println!("iceoryx2: removed {removed} leftover files it created during this run");
+    }
+    result
+}
+
+fn run_rounds(plan: &Plan) -> anyhow::Result<serde_json::Value> {
+    let base_stream = 0x4d53_0000 + (std::process::id() & 0xffff);
+    let mut ours_h = report::latency_histogram();
+    let mut iox_h = report::latency_histogram();
+    let mut cb_h = report::latency_histogram();
+    let (mut ours_p99, mut iox_p99, mut cb_p99) = (vec![], vec![], vec![]);
+    let (mut ours_tp, mut cb_tp) = (vec![], vec![]);
+    let (mut iox_sent, mut iox_recv) = (0u64, 0u64);
+    let mut backing = "";
+
+    for round in 0..plan.rounds {
+        let stream = base_stream + 4 * round as u32;
+        let (h, b) = ours_latency(plan, stream)?;
+        backing = b;
+        let l = Latency::from_histogram(&h);
+        println!("{}", l.line(&format!("round {round} ours 64B")));
+        ours_p99.push(l.p99_ns as f64);
+        ours_h.add(&h)?;
+
+        let tp = ours_throughput(plan, stream + 1)?;
+        println!("round {round} ours 32B throughput     {:>12.0} msgs/s", tp);
+        ours_tp.push(tp);
+
+        let (h, sent, recv) = iox_latency(plan)?;
+        let l = Latency::from_histogram(&h);
+        println!(
+            "{}  sent {sent} received {recv}",
+            l.line(&format!("round {round} iceoryx2 64B"))
+        );
+        iox_p99.push(l.p99_ns as f64);
+        iox_h.add(&h)?;
+        iox_sent += sent;
+        iox_recv += recv;
+
+        let tp = crossbeam_throughput(plan);
+        println!("round {round} crossbeam 32B throughput{:>12.0} msgs/s", tp);
+        cb_tp.push(tp);
+        let h = crossbeam_latency(plan);
+        let l = Latency::from_histogram(&h);
+        println!("{}", l.line(&format!("round {round} crossbeam 64B")));
+        cb_p99.push(l.p99_ns as f64);
+        cb_h.add(&h)?;
+    }
+
+    let wake_h = ours_wakeup(plan, base_stream + 3)?;
+    let wake = Latency::from_histogram(&wake_h);
+    let (idle_rss, idle_footprint) = idle_stream_bytes()?;
+
+    let ours = Latency::from_histogram(&ours_h);
+    let iox = Latency::from_histogram(&iox_h);
+    let cb = Latency::from_histogram(&cb_h);
+    let ours_tp_s = Spread::of(&ours_tp);
+    let cb_tp_s = Spread::of(&cb_tp);
+    let p99_ratio = ours.p99_ns as f64 / iox.p99_ns.max(1) as f64;
+    let tp_ratio = ours_tp_s.median / cb_tp_s.median.max(1.0);
+
+    println!("-- all rounds merged");
+    println!("backing: {backing}");
+    println!("{}", ours.line("ours 64B cross-process"));
+    println!("{}", iox.line("iceoryx2 64B cross-process"));
+    println!("{}", cb.line("crossbeam 64B in-process"));
+    println!(
+        "iceoryx2 messages: sent {iox_sent}, received {iox_recv} ({})",
+        if iox_sent == iox_recv {
+            "lossless"
+        } else {
+            "LOSS"
+        }
+    );
+    println!(
+        "throughput 32B msgs/s: ours median {:.0} (min {:.0} max {:.0}), crossbeam median {:.0} (min {:.0} max {:.0})",
+        ours_tp_s.median, ours_tp_s.min, ours_tp_s.max, cb_tp_s.median, cb_tp_s.min, cb_tp_s.max
+    );
+    println!(
+        "{}",
+        wake.line(&format!(
+            "adaptive wake-up ({} ms idle)",
+            plan.wakeup_gap_ms
+        ))
+    );
+    println!(
+        "idle stream handle: {idle_footprint} bytes (size_of + owned heap), {idle_rss:.0} bytes RSS per handle over {IDLE_HANDLES} handles"
+    );
+    println!(
+        "targets: p99 <= 0.5x iceoryx2: {:.2}x ({}); throughput >= 1.5x crossbeam: {:.2}x ({})",
+        p99_ratio,
+        if p99_ratio <= 0.5 { "met" } else { "NOT met" },
+        tp_ratio,
+        if tp_ratio >= 1.5 { "met" } else { "NOT met" }
+    );
+
+    Ok(json!({
+        "suite": "shm",
+        "backing": backing,
+        "p50_ns": ours.p50_ns,
+        "p99_ns": ours.p99_ns,
+        "p999_ns": ours.p999_ns,
+        "max_ns": ours.max_ns,
+        "mean_ns": ours.mean_ns,
+        "msgs_per_s": ours_tp_s.median,
+        "iceoryx2_p50_ns": iox.p50_ns,
+        "iceoryx2_p99_ns": iox.p99_ns,
+        "iceoryx2_p999_ns": iox.p999_ns,
+        "iceoryx2_mean_ns": iox.mean_ns,
+        "iceoryx2_sent": iox_sent,
+        "iceoryx2_received": iox_recv,
+        "crossbeam_msgs_per_s": cb_tp_s.median,
+        "crossbeam_p99_ns": cb.p99_ns,
+        "p99_vs_iceoryx2": p99_ratio,
+        "throughput_vs_crossbeam": tp_ratio,
+        "spread": {
+            "p99_ns": Spread::of(&ours_p99),
+            "iceoryx2_p99_ns": Spread::of(&iox_p99),
+            "crossbeam_p99_ns": Spread::of(&cb_p99),
+            "msgs_per_s": ours_tp_s,
+            "crossbeam_msgs_per_s": cb_tp_s,
+        },
+        "idle_stream_bytes": idle_footprint,
+        "idle_stream_rss_bytes": idle_rss,
+        "wakeup_idle_ms": plan.wakeup_gap_ms,
+        "wakeup_p50_ns": wake.p50_ns,
+        "wakeup_p99_ns": wake.p99_ns,
+        "wakeup_max_ns": wake.max_ns,
+        "rounds": plan.rounds,
+        "quick": plan.rounds > 0 && plan.latency_msgs < Plan::new(false).latency_msgs,
+    }))
+}
+
+pub fn child(role: &str, rest: &[String]) -> anyhow::Result<()> {
+    match role {
+        "ours-pub" => child_ours_pub(rest),
+        "iox-pub" => child_iox_pub(rest),
+        other => bail!("unknown shm child role {other:?}"),
+    }
 }
