@@ -1,0 +1,1149 @@
+//! The ring algorithm over a memory region: claim/commit/abort for
+//! publishers, poll/abort/overrun for subscribers, the subscriber table.
+//!
+//! Nothing here knows about files or mmap: a [`Region`] is a set of pointers
+//! that either point into a shared mapping (`shm.rs`) or, under `cfg(loom)`,
+//! into a small heap allocation that `tests/loom.rs` model-checks.
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::clock;
+use crate::error::{
+    CommitError, OfferError, PollError, PublisherAttachError, SubscriberAttachError,
+};
+use crate::layout::*;
+use crate::liveness;
+use crate::sync::{fence, AtomicPair, AtomicU64, Ordering};
+use crate::{Mode, PublisherKind, StartAt};
+
+/// A subscriber stores its heartbeat at most this often (ring clock).
+pub const HEARTBEAT_INTERVAL_NS: u64 = 1_000_000;
+/// liveness_timeout_ns must be at least this (10 heartbeat intervals).
+pub const LIVENESS_TIMEOUT_MIN_NS: u64 = 10 * HEARTBEAT_INTERVAL_NS;
+
+/// One owner or subscriber slot (layout.rs, "Slot").
+#[repr(C, align(64))]
+pub(crate) struct Slot {
+    /// (generation << 8 | SLOT_*, heartbeat_ns)
+    pub(crate) state: AtomicPair,
+    pub(crate) pid: AtomicU64,
+    pub(crate) start_ticks: AtomicU64,
+    pub(crate) next_sequence: AtomicU64,
+    pub(crate) position: AtomicU64,
+    _reserved: [u64; 2],
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    assert!(std::mem::size_of::<Slot>() == SLOT_BYTES);
+    assert!(std::mem::offset_of!(Slot, state) == SLOT_STATE_OFFSET);
+    assert!(std::mem::offset_of!(Slot, pid) == SLOT_PID_OFFSET);
+    assert!(std::mem::offset_of!(Slot, start_ticks) == SLOT_START_TICKS_OFFSET);
+    assert!(std::mem::offset_of!(Slot, next_sequence) == SLOT_NEXT_SEQUENCE_OFFSET);
+    assert!(std::mem::offset_of!(Slot, position) == SLOT_POSITION_OFFSET);
+    assert!(std::mem::size_of::<AtomicPair>() == 16 && std::mem::align_of::<AtomicPair>() == 16);
+};
+
+#[cfg(loom)]
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            state: AtomicPair::new((0, 0)),
+            pid: AtomicU64::new(0),
+            start_ticks: AtomicU64::new(0),
+            next_sequence: AtomicU64::new(0),
+            position: AtomicU64::new(0),
+            _reserved: [0; 2],
+        }
+    }
+}
+
+const fn slot_kind(state: u64) -> u64 {
+    state & 0xff
+}
+
+const fn slot_with_kind(state: u64, kind: u64) -> u64 {
+    (state & !0xff) | kind
+}
+
+const fn next_generation(state: u64, kind: u64) -> u64 {
+    ((state >> 8).wrapping_add(1) << 8) | kind
+}
+
+/// Validated ring parameters (from the config at create, from the header at open).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Params {
+    pub(crate) capacity: u64,
+    pub(crate) descriptors: u64,
+    pub(crate) mode: Mode,
+    pub(crate) kind: PublisherKind,
+    pub(crate) subscribers_max: u32,
+    pub(crate) liveness_timeout_ns: u64,
+    pub(crate) claim_timeout_ns: u64,
+}
+
+impl Params {
+    /// Largest payload: a record (header + payload) is at most a quarter of the ring.
+    pub(crate) fn max_payload(&self) -> u64 {
+        self.capacity / 4 - RECORD_HEADER_BYTES
+    }
+
+    fn reliable(&self) -> bool {
+        self.mode == Mode::Reliable
+    }
+
+    fn exclusive(&self) -> bool {
+        self.kind == PublisherKind::Exclusive
+    }
+}
+
+/// Bytes a record with `len` payload bytes occupies in the data region.
+#[inline(always)]
+pub(crate) const fn record_total(len: u64) -> u64 {
+    (RECORD_HEADER_BYTES + len + RECORD_ALIGN_BYTES - 1) & !(RECORD_ALIGN_BYTES - 1)
+}
+
+/// Where a record of `total` bytes starts when the tail is at `pos`: records
+/// never straddle the end of the data region; the gap is simply skipped
+/// (descriptors carry each record's start, so no padding record is needed).
+#[inline(always)]
+const fn place(pos: u64, total: u64, capacity: u64) -> u64 {
+    let off = pos & (capacity - 1);
+    if off + total > capacity {
+        pos + (capacity - off)
+    } else {
+        pos
+    }
+}
+
+/// Pointers to the live parts of a ring plus its parameters.
+pub(crate) struct Region {
+    tail: *const AtomicPair,
+    owner: *const Slot,
+    subs: *const Slot,
+    descs: *const AtomicPair,
+    data: *mut u8,
+    #[cfg(loom)]
+    cells: *const loom::cell::UnsafeCell<()>,
+    pub(crate) p: Params,
+}
+
+// SAFETY: a Region only points at atomics and at data bytes whose accesses
+// follow the ring protocol; the storage it points into is owned by the same
+// `Inner` and outlives it.
+unsafe impl Send for Region {}
+// SAFETY: as above; all shared mutation goes through atomics or through data
+// ranges owned by one claim at a time (the protocol documented in lib.rs).
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Region over a mapping laid out as in layout.rs.
+    ///
+    /// # Safety
+    /// `base` points at a mapping of at least `file_bytes_min(p.capacity)`
+    /// bytes, 16-byte aligned, readable and writable, that outlives the Region
+    /// and whose live parts are only accessed through Regions.
+    #[cfg(not(loom))]
+    pub(crate) unsafe fn from_base(base: *mut u8, p: Params) -> Region {
+        // SAFETY: all offsets are within file_bytes_min(capacity) (layout.rs
+        // asserts), as the caller guarantees the mapping is that long.
+        unsafe {
+            Region {
+                tail: base.add(TAIL_OFFSET) as *const AtomicPair,
+                owner: base.add(OWNER_SLOT_OFFSET) as *const Slot,
+                subs: base.add(SUBSCRIBER_TABLE_OFFSET) as *const Slot,
+                descs: base.add(DESCRIPTOR_TABLE_OFFSET) as *const AtomicPair,
+                data: base.add(data_offset(p.capacity) as usize),
+                p,
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn tail(&self) -> &AtomicPair {
+        // SAFETY: points into storage that outlives self (from_base / Heap).
+        unsafe { &*self.tail }
+    }
+
+    #[inline(always)]
+    pub(crate) fn owner(&self) -> &Slot {
+        // SAFETY: as for tail().
+        unsafe { &*self.owner }
+    }
+
+    #[inline(always)]
+    pub(crate) fn sub(&self, i: usize) -> &Slot {
+        assert!(i < self.p.subscribers_max as usize);
+        // SAFETY: i < subscribers_max <= SUBSCRIBERS_MAX slots exist.
+        unsafe { &*self.subs.add(i) }
+    }
+
+    #[inline(always)]
+    pub(crate) fn desc(&self, seq: u64) -> &AtomicPair {
+        let i = (seq & (self.p.descriptors - 1)) as usize;
+        // SAFETY: i < descriptors, the length of the descriptor array.
+        unsafe { &*self.descs.add(i) }
+    }
+
+    /// Pointer to data byte `pos` (mod capacity).
+    #[inline(always)]
+    fn data_at(&self, pos: u64) -> *mut u8 {
+        // wrapping_add: no UB even for a bad pos; the mask keeps it in bounds.
+        self.data
+            .wrapping_add((pos & (self.p.capacity - 1)) as usize)
+    }
+
+    /// Loom: record a read or write of data bytes so loom reports races.
+    /// Lossy rings race by design (documented), so they are not tracked.
+    #[inline(always)]
+    fn track(&self, _pos: u64, _len: u64, _write: bool) {
+        #[cfg(loom)]
+        if self.p.reliable() && _len > 0 {
+            let first = (_pos & (self.p.capacity - 1)) / RECORD_ALIGN_BYTES;
+            let last = ((_pos & (self.p.capacity - 1)) + _len - 1) / RECORD_ALIGN_BYTES;
+            for u in first..=last {
+                // SAFETY: u < capacity / RECORD_ALIGN_BYTES = cells length.
+                let cell = unsafe { &*self.cells.add(u as usize) };
+                if _write {
+                    cell.with_mut(|_| ());
+                } else {
+                    cell.with(|_| ());
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn read_u64(&self, pos: u64) -> u64 {
+        // SAFETY: callers pass a 16-byte aligned record position, so the 8
+        // bytes are inside the data region (capacity is a multiple of 16) and
+        // 8-byte aligned. Volatile: the bytes may be rewritten by another
+        // process (lossy mode); any value is then detected by the checks that follow.
+        unsafe { std::ptr::read_volatile(self.data_at(pos) as *const u64) }
+    }
+
+    #[inline(always)]
+    fn write_u64(&self, pos: u64, v: u64) {
+        // SAFETY: as read_u64; the caller owns the record at pos (claimed).
+        unsafe { std::ptr::write(self.data_at(pos) as *mut u64, v) }
+    }
+}
+
+/// Heap storage for a Region under loom.
+#[cfg(loom)]
+pub(crate) struct Heap {
+    tail: AtomicPair,
+    owner: Slot,
+    subs: Box<[Slot]>,
+    descs: Box<[AtomicPair]>,
+    /// u128 cells: 16-byte aligned data bytes.
+    data: Box<[std::cell::UnsafeCell<u128>]>,
+    cells: Box<[loom::cell::UnsafeCell<()>]>,
+}
+
+#[cfg(loom)]
+impl Heap {
+    pub(crate) fn new(p: Params) -> Box<Heap> {
+        Box::new(Heap {
+            tail: AtomicPair::new((0, 0)),
+            owner: Slot::new(),
+            subs: (0..p.subscribers_max).map(|_| Slot::new()).collect(),
+            descs: (0..p.descriptors)
+                .map(|_| AtomicPair::new((0, 0)))
+                .collect(),
+            data: (0..p.capacity / 16)
+                .map(|_| std::cell::UnsafeCell::new(0))
+                .collect(),
+            cells: (0..p.capacity / RECORD_ALIGN_BYTES)
+                .map(|_| loom::cell::UnsafeCell::new(()))
+                .collect(),
+        })
+    }
+
+    pub(crate) fn region(&self, p: Params) -> Region {
+        Region {
+            tail: &self.tail,
+            owner: &self.owner,
+            subs: self.subs.as_ptr(),
+            descs: self.descs.as_ptr(),
+            data: self.data.as_ptr() as *mut u8,
+            cells: self.cells.as_ptr(),
+            p,
+        }
+    }
+}
+
+/// What a Ring handle shares: the region and the storage behind it.
+pub(crate) struct Inner {
+    // Field order matters: the region's pointers die before the storage.
+    pub(crate) region: Region,
+    /// Keeps the memory behind `region` alive.
+    pub(crate) _storage: crate::Storage,
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) backing: crate::BackingKind,
+}
+
+// ───────────────────────────── publisher ─────────────────────────────
+
+/// Writes records into a ring. `Send`, not `Sync`: one thread at a time.
+pub struct Publisher {
+    inner: Arc<Inner>,
+    /// Exclusive rings: our copy of the tail (only we write it).
+    tail: (u64, u64),
+    /// Reliable rings: cached back-pressure limits (position, sequence).
+    limit_pos: u64,
+    limit_seq: u64,
+    /// Exclusive rings: the owner slot state word we installed.
+    owner_state: u64,
+    next_heartbeat_ns: u64,
+    session: u32,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl Publisher {
+    pub(crate) fn attach(inner: Arc<Inner>) -> Result<Publisher, PublisherAttachError> {
+        let region = &inner.region;
+        let (pid, start) = liveness::this_process();
+        let now = clock::now_ns();
+        let mut owner_state = 0;
+        let mut tail = (0, 0);
+        if region.p.exclusive() {
+            let own = region.owner();
+            let mut cur = own.state.load(Ordering::Acquire); // partner: the owner's Release stores below
+            loop {
+                let (st, hb) = cur;
+                let takeable = match slot_kind(st) {
+                    SLOT_FREE | SLOT_EVICTED => true,
+                    SLOT_ATTACHING => now.saturating_sub(hb) > region.p.liveness_timeout_ns,
+                    _ => {
+                        let (opid, ostart) = (
+                            own.pid.load(Ordering::Acquire),
+                            own.start_ticks.load(Ordering::Acquire),
+                        );
+                        if liveness::is_alive(opid, ostart) {
+                            return Err(PublisherAttachError::Busy { pid: opid as u32 });
+                        }
+                        true
+                    }
+                };
+                debug_assert!(takeable);
+                let attaching = next_generation(st, SLOT_ATTACHING);
+                match own.state.compare_exchange(
+                    cur,
+                    (attaching, now),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => {
+                        owner_state = slot_with_kind(attaching, SLOT_ACTIVE);
+                        break;
+                    }
+                    Err(c) => cur = c,
+                }
+            }
+            own.pid.store(u64::from(pid), Ordering::Relaxed);
+            own.start_ticks.store(start, Ordering::Relaxed);
+            // A dead predecessor may have died between claim and commit: its
+            // claim is the sequence just below the tail. Abort it so readers
+            // do not wait for it (they never abort while an owner is alive).
+            tail = region.tail().load(Ordering::Acquire); // partner: predecessor's tail store(Release)
+            if tail.1 > 0 {
+                let s = tail.1 - 1;
+                let d = region.desc(s);
+                let cur = d.load(Ordering::Acquire);
+                let finished = cur.0 > s || (cur.0 == s && cur.1 & DESC_STATE_MASK != DESC_EMPTY);
+                if !finished {
+                    let _ = d.compare_exchange(
+                        cur,
+                        (s, DESC_ABORTED),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                }
+            }
+            // partner: may_abort()/attach()'s state load(Acquire): pid and start are visible once ACTIVE is.
+            own.state.store((owner_state, now), Ordering::Release);
+        }
+        Ok(Publisher {
+            inner,
+            tail,
+            limit_pos: 0,
+            limit_seq: 0,
+            owner_state,
+            next_heartbeat_ns: now + HEARTBEAT_INTERVAL_NS,
+            session: pid,
+            _not_sync: PhantomData,
+        })
+    }
+
+    /// Largest payload `claim`/`offer` accept.
+    pub fn max_payload_len(&self) -> usize {
+        self.inner.region.p.max_payload() as usize
+    }
+
+    /// Reserve `len` payload bytes. Write them through [`Claim::buffer`], then
+    /// [`Claim::commit`]. Dropping the claim aborts it (subscribers skip it
+    /// and count it as lost).
+    #[inline]
+    pub fn claim(&mut self, len: usize) -> Result<Claim<'_>, OfferError> {
+        let p = self.inner.region.p;
+        let max = p.max_payload();
+        if len as u64 > max {
+            return Err(OfferError::MessageTooLarge {
+                len,
+                max: max as usize,
+            });
+        }
+        let total = record_total(len as u64);
+        let now = clock::now_ns();
+        if p.exclusive() && now >= self.next_heartbeat_ns {
+            self.heartbeat(now)?;
+        }
+        let (seq, start) = if p.exclusive() {
+            self.claim_exclusive(total, now)?
+        } else {
+            self.claim_shared(total, now)?
+        };
+        // Seqlock fence, partner: a lossy subscriber's fence(Acquire) before
+        // it re-reads the tail. A subscriber that sees any byte we write into
+        // this claim afterwards also sees the tail that claimed it.
+        fence(Ordering::Release);
+        Ok(Claim {
+            publisher: self,
+            seq,
+            start,
+            len,
+            type_id: 0,
+            timestamp_ns: now,
+            done: false,
+        })
+    }
+
+    #[inline(always)]
+    fn claim_exclusive(&mut self, total: u64, now: u64) -> Result<(u64, u64), OfferError> {
+        let p = self.inner.region.p;
+        let (pos, seq) = self.tail;
+        let start = place(pos, total, p.capacity);
+        let end = start + total;
+        if p.reliable() && (end > self.limit_pos || seq >= self.limit_seq) {
+            self.refresh_limits(now);
+            if end > self.limit_pos || seq >= self.limit_seq {
+                return Err(OfferError::BackPressured);
+            }
+        }
+        // partner: subscribers' tail.load(Acquire) (in-progress claims, overrun jumps).
+        self.inner
+            .region
+            .tail()
+            .store((end, seq + 1), Ordering::Release);
+        self.tail = (end, seq + 1);
+        Ok((seq, start))
+    }
+
+    #[inline(always)]
+    fn claim_shared(&mut self, total: u64, now: u64) -> Result<(u64, u64), OfferError> {
+        let p = self.inner.region.p;
+        // partner: other publishers' tail CAS (Release half of AcqRel).
+        let mut cur = self.inner.region.tail().load(Ordering::Acquire);
+        loop {
+            let (pos, seq) = cur;
+            let start = place(pos, total, p.capacity);
+            let end = start + total;
+            if p.reliable() && (end > self.limit_pos || seq >= self.limit_seq) {
+                self.refresh_limits(now);
+                if end > self.limit_pos || seq >= self.limit_seq {
+                    return Err(OfferError::BackPressured);
+                }
+            }
+            // The tail CAS is the claim: tail values never repeat, so there is no ABA.
+            // partner: subscribers' and publishers' tail.load(Acquire).
+            match self.inner.region.tail().compare_exchange(
+                cur,
+                (end, seq + 1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok((seq, start)),
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// Recompute the back-pressure limits from the subscriber table, evicting
+    /// subscribers whose heartbeat is older than liveness_timeout_ns.
+    ///
+    /// A limit is never more than half a ring (of bytes and of descriptors)
+    /// ahead of the tail read here; `Subscriber::attach` relies on that bound.
+    #[cold]
+    fn refresh_limits(&mut self, now: u64) {
+        let region = &self.inner.region;
+        let p = region.p;
+        // SeqCst, partner: attach()'s SeqCst activation store and tail load.
+        let t = region.tail().load(Ordering::SeqCst);
+        let mut limit_pos = t.0.saturating_add(p.capacity / 2);
+        let mut limit_seq = t.1.saturating_add(p.descriptors / 2);
+        for i in 0..p.subscribers_max as usize {
+            let slot = region.sub(i);
+            // SeqCst, partner: attach()'s activation store (SeqCst).
+            let (st, hb) = slot.state.load(Ordering::SeqCst);
+            if slot_kind(st) != SLOT_ACTIVE {
+                continue;
+            }
+            if now > hb && now - hb > p.liveness_timeout_ns {
+                let evicted = slot_with_kind(st, SLOT_EVICTED);
+                if slot
+                    .state
+                    .compare_exchange((st, hb), (evicted, hb), Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    continue;
+                }
+                // It refreshed its heartbeat (or left) meanwhile: count it, conservatively.
+            }
+            // partner: Subscriber::poll's Release stores of its progress: the
+            // subscriber's reads of records before it happen before we overwrite them.
+            let seq = slot.next_sequence.load(Ordering::Acquire);
+            let pos = slot.position.load(Ordering::Acquire);
+            limit_pos = limit_pos.min(pos.saturating_add(p.capacity));
+            limit_seq = limit_seq.min(seq.saturating_add(p.descriptors));
+        }
+        self.limit_pos = limit_pos;
+        self.limit_seq = limit_seq;
+    }
+
+    #[cold]
+    fn heartbeat(&mut self, now: u64) -> Result<(), OfferError> {
+        let own = self.inner.region.owner();
+        let cur = own.state.load(Ordering::Acquire);
+        if cur.0 != self.owner_state {
+            return Err(OfferError::PublisherEvicted);
+        }
+        if let Err(c) = own.state.compare_exchange(
+            cur,
+            (self.owner_state, now),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            if c.0 != self.owner_state {
+                return Err(OfferError::PublisherEvicted);
+            }
+        }
+        self.next_heartbeat_ns = now + HEARTBEAT_INTERVAL_NS;
+        Ok(())
+    }
+
+    /// Copy `payload` into a new record (type 0). Returns its offset (sequence).
+    #[inline]
+    pub fn offer(&mut self, payload: &[u8]) -> Result<u64, OfferError> {
+        self.offer_typed(0, payload)
+    }
+
+    /// Copy `payload` into a new record of type `type_id`. Returns its offset.
+    #[inline]
+    pub fn offer_typed(&mut self, type_id: u16, payload: &[u8]) -> Result<u64, OfferError> {
+        let mut c = self.claim(payload.len())?;
+        c.buffer().copy_from_slice(payload);
+        c.set_type(type_id);
+        // A claim held for nanoseconds cannot expire unless claim_timeout_ns is
+        // absurdly small; if it did, the record is lost like any aborted one.
+        c.commit().map_err(|_| OfferError::BackPressured)
+    }
+
+    /// Publish a finished or aborted record's descriptor.
+    #[inline(always)]
+    fn publish(&self, seq: u64, word1: u64) -> Result<(), CommitError> {
+        let d = self.inner.region.desc(seq);
+        if self.inner.region.p.exclusive() {
+            // Only this publisher writes descriptors while it is alive (readers
+            // abort an exclusive claim only after the owner process died).
+            // partner: Subscriber::poll's desc.load(Acquire): record bytes written
+            // before this store are visible to a subscriber that sees it.
+            d.store((seq, word1), Ordering::Release);
+            return Ok(());
+        }
+        let mut cur = d.load(Ordering::Acquire);
+        loop {
+            if cur.0 > seq || (cur.0 == seq && cur.1 & DESC_STATE_MASK != DESC_EMPTY) {
+                return Err(CommitError::ClaimExpired);
+            }
+            // partner: Subscriber::poll's desc.load(Acquire) (as above) and its abort CAS.
+            match d.compare_exchange(cur, (seq, word1), Ordering::Release, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(c) => cur = c,
+            }
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if !self.inner.region.p.exclusive() {
+            return;
+        }
+        let own = self.inner.region.owner();
+        let mut cur = own.state.load(Ordering::Acquire);
+        while cur.0 == self.owner_state {
+            let free = (slot_with_kind(self.owner_state, SLOT_FREE), cur.1);
+            match own
+                .state
+                .compare_exchange(cur, free, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(c) => cur = c,
+            }
+        }
+    }
+}
+
+/// A claimed, not yet committed record. Write the payload with [`Claim::buffer`],
+/// then [`Claim::commit`]; dropping it aborts the record.
+pub struct Claim<'a> {
+    publisher: &'a mut Publisher,
+    seq: u64,
+    start: u64,
+    len: usize,
+    type_id: u16,
+    timestamp_ns: u64,
+    done: bool,
+}
+
+impl Claim<'_> {
+    /// The payload bytes: exactly `len` of them.
+    #[inline(always)]
+    pub fn buffer(&mut self) -> &mut [u8] {
+        let region = &self.publisher.inner.region;
+        region.track(self.start + RECORD_HEADER_BYTES, self.len as u64, true);
+        let ptr = region.data_at(self.start + RECORD_HEADER_BYTES);
+        // SAFETY: [start, start + record_total(len)) lies inside the data region
+        // (place() keeps records from straddling its end) and belongs to this
+        // claim alone until commit or abort: publishers own disjoint tail ranges,
+        // and reliable subscribers read it only after commit. A lossy
+        // subscriber of another lap may read it concurrently (documented in
+        // lib.rs): it detects that and discards what it read.
+        unsafe { std::slice::from_raw_parts_mut(ptr, self.len) }
+    }
+
+    /// Record type (default 0).
+    pub fn set_type(&mut self, type_id: u16) {
+        self.type_id = type_id;
+    }
+
+    /// Record timestamp (default: ring clock at claim time).
+    pub fn set_timestamp_ns(&mut self, ts: u64) {
+        self.timestamp_ns = ts;
+    }
+
+    /// The record's offset (sequence) in the ring.
+    pub fn offset(&self) -> u64 {
+        self.seq
+    }
+
+    /// Publish the record. Returns its offset, or `ClaimExpired` when it was
+    /// held past claim_timeout_ns and a subscriber aborted it.
+    #[inline]
+    pub fn commit(mut self) -> Result<u64, CommitError> {
+        self.done = true;
+        let region = &self.publisher.inner.region;
+        let s = self.start;
+        region.track(s, RECORD_HEADER_BYTES, true);
+        region.write_u64(s + RECORD_SEQUENCE_OFFSET as u64, self.seq);
+        region.write_u64(
+            s + RECORD_LEN_TYPE_OFFSET as u64,
+            self.len as u64 | (u64::from(self.type_id) << 32),
+        );
+        region.write_u64(s + RECORD_TIMESTAMP_OFFSET as u64, self.timestamp_ns);
+        region.write_u64(
+            s + RECORD_SESSION_OFFSET as u64,
+            u64::from(self.publisher.session),
+        );
+        self.publisher.publish(self.seq, s | DESC_COMMITTED)?;
+        Ok(self.seq)
+    }
+
+    /// Give the record up; subscribers skip it and count it as lost.
+    pub fn abort(self) {}
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.publisher.publish(self.seq, DESC_ABORTED);
+        }
+    }
+}
+
+// ───────────────────────────── subscriber ─────────────────────────────
+
+/// One record delivered by [`Subscriber::poll`], borrowed from the ring.
+#[derive(Debug)]
+pub struct Record<'a> {
+    pub offset: u64,
+    pub timestamp_ns: u64,
+    pub type_id: u16,
+    pub payload: &'a [u8],
+}
+
+/// What one `poll` call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Poll {
+    /// Records handed to the handler (and intact).
+    pub records: usize,
+    /// Records skipped in this call: overrun (lossy), aborted claims, and
+    /// lossy records overwritten while the handler ran.
+    pub lost: u64,
+}
+
+/// Reads every record of a ring in order. `Send`, not `Sync`.
+pub struct Subscriber {
+    inner: Arc<Inner>,
+    slot: usize,
+    /// Our slot's state word (generation | ACTIVE).
+    state: u64,
+    next_seq: u64,
+    position: u64,
+    published: (u64, u64),
+    lost_total: u64,
+    /// Sequence seen claimed-but-uncommitted, and since when (ring clock).
+    pending: Option<(u64, u64)>,
+    next_heartbeat_ns: u64,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl Subscriber {
+    pub(crate) fn attach(
+        inner: Arc<Inner>,
+        start_at: StartAt,
+    ) -> Result<Subscriber, SubscriberAttachError> {
+        let region = &inner.region;
+        let p = region.p;
+        let now = clock::now_ns();
+        let (pid, start_ticks) = liveness::this_process();
+        for i in 0..p.subscribers_max as usize {
+            let slot = region.sub(i);
+            let cur = slot.state.load(Ordering::Acquire);
+            let (st, hb) = cur;
+            let stale = now > hb && now - hb > p.liveness_timeout_ns;
+            let takeable = match slot_kind(st) {
+                SLOT_FREE | SLOT_EVICTED => true,
+                SLOT_ATTACHING | SLOT_ACTIVE => stale,
+                _ => true, // garbage state from a faulty writer: reclaim the slot
+            };
+            if !takeable {
+                continue;
+            }
+            let attaching = next_generation(st, SLOT_ATTACHING);
+            if slot
+                .state
+                .compare_exchange(cur, (attaching, now), Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            slot.pid.store(u64::from(pid), Ordering::Relaxed);
+            slot.start_ticks.store(start_ticks, Ordering::Relaxed);
+            let t = region.tail().load(Ordering::SeqCst);
+            // Conservative first position: holds publishers back to at most
+            // half a ring past the tail until the real start is known.
+            let (seq0, pos0) = match start_at {
+                StartAt::Tail => (t.1, t.0),
+                StartAt::Earliest => (
+                    t.1.saturating_sub(p.descriptors / 2),
+                    t.0.saturating_sub(p.capacity / 2),
+                ),
+            };
+            slot.next_sequence.store(seq0, Ordering::Relaxed);
+            slot.position.store(pos0, Ordering::Relaxed);
+            let active = slot_with_kind(attaching, SLOT_ACTIVE);
+            // SeqCst, partner: refresh_limits()'s SeqCst tail and state loads. A
+            // publisher that did not see us active read a tail <= t2 below, so its
+            // cached limit is at most t2 + half a ring.
+            slot.state.store((active, now), Ordering::SeqCst);
+            let t2 = region.tail().load(Ordering::SeqCst);
+            let (q, r) = match start_at {
+                StartAt::Tail => (t2.1, t2.0),
+                StartAt::Earliest => earliest(region, t2),
+            };
+            // partner: refresh_limits()'s Acquire loads.
+            slot.position.store(r, Ordering::Release);
+            slot.next_sequence.store(q, Ordering::Release);
+            return Ok(Subscriber {
+                inner,
+                slot: i,
+                state: active,
+                next_seq: q,
+                position: r,
+                published: (q, r),
+                lost_total: 0,
+                pending: None,
+                next_heartbeat_ns: now + HEARTBEAT_INTERVAL_NS,
+                _not_sync: PhantomData,
+            });
+        }
+        Err(SubscriberAttachError::TableFull {
+            max: p.subscribers_max,
+        })
+    }
+
+    /// Offset (sequence) of the next record this subscriber will read.
+    pub fn next_offset(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Total records lost so far (overrun, aborted claims, torn lossy reads).
+    pub fn lost_records(&self) -> u64 {
+        self.lost_total
+    }
+
+    /// Heartbeat without polling (call it while parked).
+    pub fn keepalive(&mut self) {
+        let now = clock::now_ns();
+        let _ = self.heartbeat(now);
+    }
+
+    fn heartbeat(&mut self, now: u64) -> Result<(), PollError> {
+        let slot = self.inner.region.sub(self.slot);
+        let mut cur = slot.state.load(Ordering::Acquire);
+        loop {
+            if cur.0 != self.state {
+                return Err(PollError::Evicted);
+            }
+            // A CAS, not a store: it fails if a publisher evicted us meanwhile.
+            match slot.state.compare_exchange(
+                cur,
+                (self.state, now),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(c) => cur = c,
+            }
+        }
+        self.next_heartbeat_ns = now + HEARTBEAT_INTERVAL_NS;
+        Ok(())
+    }
+
+    fn evicted(&self) -> bool {
+        self.inner
+            .region
+            .sub(self.slot)
+            .state
+            .load(Ordering::Acquire)
+            .0
+            != self.state
+    }
+
+    /// May a claim that stays uncommitted past claim_timeout_ns be aborted?
+    /// Shared rings: yes. Exclusive rings: only when the owner process is dead
+    /// (an exclusive publisher commits with a plain store, so aborting a live
+    /// one's claim could make subscribers disagree).
+    #[cold]
+    fn may_abort(&self) -> bool {
+        let region = &self.inner.region;
+        if !region.p.exclusive() {
+            return true;
+        }
+        let own = region.owner();
+        let (st, _) = own.state.load(Ordering::Acquire); // partner: Publisher::attach's Release store
+        match slot_kind(st) {
+            SLOT_ACTIVE => {
+                let (pid, start) = (
+                    own.pid.load(Ordering::Relaxed),
+                    own.start_ticks.load(Ordering::Relaxed),
+                );
+                !liveness::is_alive(pid, start)
+            }
+            SLOT_ATTACHING => false,
+            _ => true,
+        }
+    }
+
+    /// Deliver up to `limit` committed records, in order, zero-copy.
+    ///
+    /// In lossy rings a record may be overwritten while the handler runs; it
+    /// is then counted in `lost` (not `records`) after the handler returns.
+    pub fn poll<F: FnMut(&Record<'_>)>(
+        &mut self,
+        mut handler: F,
+        limit: usize,
+    ) -> Result<Poll, PollError> {
+        let inner = Arc::clone(&self.inner);
+        let region = &inner.region;
+        let p = region.p;
+        let now = clock::now_ns();
+        if now >= self.next_heartbeat_ns {
+            self.heartbeat(now)?;
+        } else if self.evicted() {
+            return Err(PollError::Evicted);
+        }
+        let mut out = Poll::default();
+        let (mut q, mut r) = (self.next_seq, self.position);
+        let result = loop {
+            if out.records >= limit {
+                break Ok(());
+            }
+            let d = region.desc(q);
+            // partner: Publisher::publish's Release store/CAS: the record's bytes are visible.
+            let (tag, w1) = d.load(Ordering::Acquire);
+            let state = w1 & DESC_STATE_MASK;
+            if tag == q && state == DESC_COMMITTED {
+                let start = w1 & !DESC_STATE_MASK;
+                match self.read_record(start, q, r, &mut handler) {
+                    Ok(Some(total)) => {
+                        out.records += 1;
+                        q += 1;
+                        r = start + total;
+                    }
+                    Ok(None) => {
+                        // Lossy: overwritten while we read it.
+                        out.lost += 1;
+                        q += 1;
+                        r = r.max(start);
+                    }
+                    Err(e) => {
+                        if p.mode == Mode::Lossy {
+                            // Bad bytes in a lossy ring: most likely a lap; resync at the tail.
+                            let t = region.tail().load(Ordering::Acquire);
+                            if t.1 > q {
+                                out.lost += t.1 - q;
+                                (q, r) = (t.1, t.0);
+                                continue;
+                            }
+                        }
+                        break Err(if self.evicted() {
+                            PollError::Evicted
+                        } else {
+                            e
+                        });
+                    }
+                }
+                continue;
+            }
+            if tag == q && state == DESC_ABORTED {
+                out.lost += 1;
+                q += 1;
+                continue;
+            }
+            if tag > q || (tag == q && state != DESC_EMPTY) {
+                if tag == q {
+                    break Err(PollError::Corrupt {
+                        position: r,
+                        reason: "descriptor has an unknown state",
+                    });
+                }
+                if p.mode == Mode::Lossy {
+                    // Overrun: the descriptor was reused by a later lap. Jump to
+                    // the tail; everything between is lost, counted exactly.
+                    // partner: publishers' tail store/CAS (Release).
+                    let t = region.tail().load(Ordering::Acquire);
+                    if t.1 > q {
+                        out.lost += t.1 - q;
+                        (q, r) = (t.1, t.0);
+                        continue;
+                    }
+                }
+                break Err(if self.evicted() {
+                    PollError::Evicted
+                } else {
+                    PollError::Corrupt {
+                        position: r,
+                        reason: "descriptor is ahead of the subscriber",
+                    }
+                });
+            }
+            // Not committed yet. Claimed (tail passed it) or simply not written?
+            // partner: publishers' tail store/CAS (Release).
+            let t = region.tail().load(Ordering::Acquire);
+            if t.1 <= q {
+                self.pending = None;
+                break Ok(());
+            }
+            match self.pending {
+                Some((pq, since)) if pq == q => {
+                    if now.saturating_sub(since) < p.claim_timeout_ns {
+                        break Ok(());
+                    }
+                    if !self.may_abort() {
+                        self.pending = Some((q, now));
+                        break Ok(());
+                    }
+                    // Abort it for everyone: the CAS makes all subscribers agree,
+                    // and makes the publisher's commit fail (ClaimExpired).
+                    // partner: Publisher::publish's CAS.
+                    let _ = d.compare_exchange(
+                        (tag, w1),
+                        (q, DESC_ABORTED),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    self.pending = None;
+                    // Loop: the descriptor now reads ABORTED (ours or a racing
+                    // subscriber's) or COMMITTED (the publisher won).
+                }
+                _ => {
+                    self.pending = Some((q, now));
+                    break Ok(());
+                }
+            }
+        };
+        self.next_seq = q;
+        self.position = r;
+        self.lost_total += out.lost;
+        if (q, r) != self.published {
+            let slot = region.sub(self.slot);
+            // partner: refresh_limits()'s Acquire loads: our reads of the
+            // records before q happen before a publisher reuses their bytes.
+            slot.position.store(r, Ordering::Release);
+            slot.next_sequence.store(q, Ordering::Release);
+            self.published = (q, r);
+        }
+        result.map(|()| out)
+    }
+
+    /// Validate and deliver the committed record at `start`. Ok(Some(total)):
+    /// delivered; Ok(None): lossy record overwritten while read.
+    #[inline(always)]
+    fn read_record<F: FnMut(&Record<'_>)>(
+        &self,
+        start: u64,
+        q: u64,
+        r: u64,
+        handler: &mut F,
+    ) -> Result<Option<u64>, PollError> {
+        let region = &self.inner.region;
+        let p = region.p;
+        let corrupt = |reason| PollError::Corrupt {
+            position: start,
+            reason,
+        };
+        let off = start & (p.capacity - 1);
+        if start < r {
+            return Err(corrupt("record starts before the previous one ended"));
+        }
+        if off + RECORD_HEADER_BYTES > p.capacity {
+            return Err(corrupt("record header crosses the end of the ring"));
+        }
+        region.track(start, RECORD_HEADER_BYTES, false);
+        let seq = region.read_u64(start + RECORD_SEQUENCE_OFFSET as u64);
+        let len_type = region.read_u64(start + RECORD_LEN_TYPE_OFFSET as u64);
+        let timestamp_ns = region.read_u64(start + RECORD_TIMESTAMP_OFFSET as u64);
+        let len = len_type & 0xffff_ffff;
+        let total = record_total(len.min(p.capacity));
+        if seq != q {
+            return self.lossy_torn(start).map_or(
+                Err(corrupt("record sequence does not match its descriptor")),
+                |_| Ok(None),
+            );
+        }
+        if len > p.max_payload() || off + total > p.capacity {
+            return self
+                .lossy_torn(start)
+                .map_or(Err(corrupt("record length out of bounds")), |_| Ok(None));
+        }
+        if p.reliable() && start + total > r + p.capacity {
+            return Err(corrupt(
+                "record lies more than a ring ahead of the subscriber",
+            ));
+        }
+        region.track(start + RECORD_HEADER_BYTES, len, false);
+        let payload_ptr = region.data_at(start + RECORD_HEADER_BYTES);
+        // SAFETY: [start+32, start+32+len) is inside the data region (checked
+        // above: off + total <= capacity). Reliable rings: the record is
+        // committed (Acquire above) and no publisher rewrites it before our
+        // position passes it. Lossy rings: it may be rewritten concurrently;
+        // we check the tail after the handler and count the record lost then
+        // (documented in lib.rs).
+        let payload = unsafe { std::slice::from_raw_parts(payload_ptr as *const u8, len as usize) };
+        handler(&Record {
+            offset: q,
+            timestamp_ns,
+            type_id: (len_type >> 32) as u16,
+            payload,
+        });
+        if self.lossy_torn(start).is_some() {
+            return Ok(None);
+        }
+        Ok(Some(total))
+    }
+
+    /// Lossy rings: Some(()) when the record at `start` may have been
+    /// overwritten (a publisher claimed past start + capacity). Reliable: None.
+    #[inline(always)]
+    fn lossy_torn(&self, start: u64) -> Option<()> {
+        let region = &self.inner.region;
+        if region.p.reliable() {
+            return None;
+        }
+        // Seqlock fence, partner: Publisher::claim's fence(Release).
+        fence(Ordering::Acquire);
+        let t = region.tail().load(Ordering::Relaxed);
+        (t.0 > start + region.p.capacity).then_some(())
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let slot = self.inner.region.sub(self.slot);
+        let evicted = slot_with_kind(self.state, SLOT_EVICTED);
+        let mut cur = slot.state.load(Ordering::Acquire);
+        while cur.0 == self.state || cur.0 == evicted {
+            match slot.state.compare_exchange(
+                cur,
+                (slot_with_kind(self.state, SLOT_FREE), cur.1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(c) => cur = c,
+            }
+        }
+    }
+}
+
+/// Oldest committed record that no publisher can overwrite before the new
+/// subscriber's position holds it back: within half a ring (bytes and
+/// descriptors) behind the tail `t` read after the subscriber became active.
+fn earliest(region: &Region, t: (u64, u64)) -> (u64, u64) {
+    let p = region.p;
+    let lo_seq = t.1.saturating_sub(p.descriptors / 2);
+    let lo_pos = t.0.saturating_sub(p.capacity / 2);
+    for s in lo_seq..t.1 {
+        let (tag, w1) = region.desc(s).load(Ordering::Acquire);
+        if tag == s && w1 & DESC_STATE_MASK == DESC_COMMITTED && (w1 & !DESC_STATE_MASK) >= lo_pos {
+            return (s, w1 & !DESC_STATE_MASK);
+        }
+    }
+    (t.1, t.0)
+}
+
+/// A subscriber slot as seen by `ms-ring inspect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub index: usize,
+    pub state: &'static str,
+    pub generation: u64,
+    pub heartbeat_ns: u64,
+    pub pid: u64,
+    pub next_sequence: u64,
+    pub position: u64,
+}
+
+pub(crate) fn slot_info(index: usize, slot: &Slot) -> SlotInfo {
+    let (st, hb) = slot.state.load(Ordering::Acquire);
+    SlotInfo {
+        index,
+        state: match slot_kind(st) {
+            SLOT_FREE => "free",
+            SLOT_ATTACHING => "attaching",
+            SLOT_ACTIVE => "active",
+            SLOT_EVICTED => "evicted",
+            _ => "invalid",
+        },
+        generation: st >> 8,
+        heartbeat_ns: hb,
+        pid: slot.pid.load(Ordering::Relaxed),
+        next_sequence: slot.next_sequence.load(Ordering::Relaxed),
+        position: slot.position.load(Ordering::Relaxed),
+    }
+}
