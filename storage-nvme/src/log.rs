@@ -214,7 +214,7 @@ pub enum RecoveryAction {
     },
     /// An index was missing or damaged and was rebuilt from the segment.
     IndexRebuilt { path: PathBuf, reason: String },
-    /// An index file without a segment was removed.
+    /// An index file without a segment (or a half-written temporary one) was removed.
     OrphanIndexRemoved { path: PathBuf },
 }
 
@@ -378,6 +378,12 @@ impl<B: IoBackend> Log<B> {
             });
         }
         let mut report = RecoveryReport::default();
+        for p in &listing.temp {
+            fs::remove_file(p).map_err(ferr("cannot remove temporary index", p))?;
+            report
+                .actions
+                .push(RecoveryAction::OrphanIndexRemoved { path: p.clone() });
+        }
         for (base, ext) in &listing.index_files {
             if listing.segments.binary_search(base).is_err() {
                 let p = dir.join(file_name(*base, ext));

@@ -39,6 +39,8 @@ pub struct DirListing {
     pub segments: Vec<u64>,
     /// Index files (base, ext) found.
     pub index_files: Vec<(u64, String)>,
+    /// Temporary index files of ours left by a crash mid-write.
+    pub temp: Vec<PathBuf>,
     /// Files that are not ours.
     pub foreign: Vec<PathBuf>,
 }
@@ -56,6 +58,15 @@ pub fn list_dir(dir: &Path) -> Result<DirListing, FileError> {
         if name == LOCK_FILE_NAME {
             continue;
         }
+        let temp_stem = name
+            .strip_suffix(TEMP_INDEX_SUFFIX)
+            .or_else(|| name.strip_suffix(TEMP_SEGMENT_SUFFIX));
+        if let Some(stem) = temp_stem {
+            if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
+                out.temp.push(e.path());
+                continue;
+            }
+        }
         match parse_file_name(name) {
             Some((base, SEGMENT_EXT)) => out.segments.push(base),
             Some((base, ext)) => out.index_files.push((base, ext.to_string())),
@@ -65,6 +76,11 @@ pub fn list_dir(dir: &Path) -> Result<DirListing, FileError> {
     out.segments.sort_unstable();
     Ok(out)
 }
+
+/// Suffix of an index file being written (renamed into place when complete).
+pub const TEMP_INDEX_SUFFIX: &str = ".tmp-index";
+/// Suffix of a segment being created (renamed into place once its header is durable).
+pub const TEMP_SEGMENT_SUFFIX: &str = ".tmp-segment";
 
 pub fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(file_name(base, SEGMENT_EXT))
@@ -86,36 +102,44 @@ pub fn sync_dir(dir: &Path) -> Result<(), FileError> {
 /// Creates a preallocated segment file with its header, durable (file and directory).
 pub fn create_segment(dir: &Path, header: &SegmentHeader) -> Result<PathBuf, FileError> {
     let path = segment_path(dir, header.base_offset);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(ferr("cannot create segment", &path))?;
-    let mut block = vec![0u8; SEGMENT_HEADER_BYTES as usize];
-    header.encode(&mut block);
-    // SAFETY: fallocate on an open fd with a non-negative range has no memory-safety preconditions.
-    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, header.segment_bytes as libc::off_t) };
-    if r != 0 {
-        let e = io::Error::last_os_error();
-        let _ = fs::remove_file(&path);
-        return Err(FileError {
-            what: "cannot preallocate segment",
-            path,
-            source: e,
-        });
+    let tmp = path.with_extension(&TEMP_SEGMENT_SUFFIX[1..]);
+    let res = (|| {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(ferr("cannot create segment", &tmp))?;
+        // SAFETY: fallocate on an open fd with a non-negative range has no memory-safety preconditions.
+        let r =
+            unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, header.segment_bytes as libc::off_t) };
+        if r != 0 {
+            return Err(FileError {
+                what: "cannot preallocate segment",
+                path: tmp.clone(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        let mut block = vec![0u8; SEGMENT_HEADER_BYTES as usize];
+        header.encode(&mut block);
+        f.write_all_at(&block, 0)
+            .and_then(|_| f.sync_all())
+            .map_err(ferr("cannot write segment header", &tmp))?;
+        if path.exists() {
+            return Err(FileError {
+                what: "segment already exists",
+                path: path.clone(),
+                source: io::ErrorKind::AlreadyExists.into(),
+            });
+        }
+        fs::rename(&tmp, &path).map_err(ferr("cannot rename new segment", &path))?;
+        sync_dir(dir)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
-    let res = f.write_all_at(&block, 0).and_then(|_| f.sync_all());
-    if let Err(e) = res {
-        let _ = fs::remove_file(&path);
-        return Err(FileError {
-            what: "cannot write segment header",
-            path,
-            source: e,
-        });
-    }
-    sync_dir(dir)?;
-    Ok(path)
+    res.map(|()| path)
 }
 
 /// Reads and validates a segment's header.
@@ -185,7 +209,7 @@ pub fn save_indexes(
         ),
     ] {
         encode_index(scratch, magic, cp, idx);
-        let tmp = path.with_extension("tmp-index");
+        let tmp = path.with_extension(&TEMP_INDEX_SUFFIX[1..]);
         let res = fs::write(&tmp, &scratch[..])
             .and_then(|_| File::open(&tmp)?.sync_all())
             .and_then(|_| fs::rename(&tmp, &path));
