@@ -1,0 +1,225 @@
+//! `ms-ring`: operator tool for shm-ring files, plus the child-process roles
+//! the crash tests use.
+//!
+//! ```text
+//! ms-ring inspect <file>                           header, tail, owner and subscriber table
+//! ms-ring publish <dir> <name> <count> <len>       offer <count> pattern records (retrying back-pressure)
+//! ms-ring subscribe <dir> <name> <count>           read <count> records from Earliest, verify the pattern
+//! ms-ring hold-subscriber <dir> <name>             attach a subscriber, keep it alive, never poll (kill -9 tests)
+//! ms-ring claim-and-hang <dir> <name>              claim a record, never commit (for kill -9 tests)
+//! ms-ring create-and-hang <dir> <name> <capacity>  create a ring and keep it (for stale-file tests)
+//! ```
+//! Roles print one line ("ready ...", "ok ...") on stdout when they reach their state.
+
+#[cfg(not(loom))]
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = imp::run(&args) {
+        eprintln!("ms-ring: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(loom)]
+fn main() {}
+
+#[cfg(not(loom))]
+mod imp {
+    use std::io::Write;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use shm_ring::*;
+
+    /// Upper bound on how long a role waits for progress before giving up.
+    const ROLE_DEADLINE: Duration = Duration::from_secs(60);
+
+    /// Byte k of pattern record i.
+    pub fn pattern(i: u64, k: usize) -> u8 {
+        (i as usize).wrapping_mul(31).wrapping_add(k) as u8
+    }
+
+    fn usage() -> String {
+        "usage: ms-ring inspect <file> | publish <dir> <name> <count> <len> | subscribe <dir> <name> <count> \
+         | hold-subscriber <dir> <name> | claim-and-hang <dir> <name> | create-and-hang <dir> <name> <capacity>"
+            .into()
+    }
+
+    fn num(s: Option<&String>) -> Result<u64, String> {
+        s.ok_or_else(usage)?
+            .parse()
+            .map_err(|e| format!("bad number: {e}"))
+    }
+
+    fn ready(line: &str) {
+        println!("{line}");
+        let _ = std::io::stdout().flush();
+    }
+
+    fn hang() -> ! {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+
+    pub fn run(args: &[String]) -> Result<(), String> {
+        let open = |i: usize| -> Result<Ring, String> {
+            let dir = args.get(i).ok_or_else(usage)?;
+            let name = args.get(i + 1).ok_or_else(usage)?;
+            Ring::open(name, Some(Path::new(dir))).map_err(|e| e.to_string())
+        };
+        match args.first().map(String::as_str) {
+            Some("inspect") => inspect(Path::new(args.get(1).ok_or_else(usage)?)),
+            Some("publish") => {
+                let ring = open(1)?;
+                let (count, len) = (num(args.get(3))?, num(args.get(4))? as usize);
+                let mut publ = ring.publisher().map_err(|e| e.to_string())?;
+                let deadline = Instant::now() + ROLE_DEADLINE;
+                let mut buf = vec![0u8; len];
+                for i in 0..count {
+                    buf.iter_mut()
+                        .enumerate()
+                        .for_each(|(k, b)| *b = pattern(i, k));
+                    loop {
+                        match publ.offer(&buf) {
+                            Ok(_) => break,
+                            Err(OfferError::BackPressured) if Instant::now() < deadline => {
+                                std::hint::spin_loop()
+                            }
+                            Err(e) => return Err(format!("offer {i}: {e}")),
+                        }
+                    }
+                }
+                ready(&format!("ok published {count}"));
+                Ok(())
+            }
+            Some("subscribe") => {
+                let ring = open(1)?;
+                let count = num(args.get(3))?;
+                let mut sub = ring
+                    .subscriber(StartAt::Earliest)
+                    .map_err(|e| e.to_string())?;
+                ready("ready");
+                let deadline = Instant::now() + ROLE_DEADLINE;
+                let (mut n, mut bad) = (0u64, 0u64);
+                while n < count {
+                    if Instant::now() > deadline {
+                        return Err(format!("timed out after {n} of {count} records"));
+                    }
+                    sub.poll(
+                        |r| {
+                            let ok = r.offset == n
+                                && r.payload
+                                    .iter()
+                                    .enumerate()
+                                    .all(|(k, b)| *b == pattern(r.offset, k));
+                            bad += u64::from(!ok);
+                            n += 1;
+                        },
+                        1024,
+                    )
+                    .map_err(|e| e.to_string())?;
+                }
+                ready(&format!(
+                    "ok received {n} bad {bad} lost {}",
+                    sub.lost_records()
+                ));
+                Ok(())
+            }
+            Some("hold-subscriber") => {
+                let ring = open(1)?;
+                let mut sub = ring.subscriber(StartAt::Tail).map_err(|e| e.to_string())?;
+                ready(&format!("ready at {}", sub.next_offset()));
+                // A live, idle subscriber: heartbeats, never consumes.
+                loop {
+                    sub.keepalive();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            Some("claim-and-hang") => {
+                let ring = open(1)?;
+                let mut publ = ring.publisher().map_err(|e| e.to_string())?;
+                let mut claim = publ.claim(8).map_err(|e| e.to_string())?;
+                claim.buffer().copy_from_slice(b"unfinish");
+                ready(&format!("ready claimed {}", claim.offset()));
+                hang()
+            }
+            Some("create-and-hang") => {
+                let dir = args.get(1).ok_or_else(usage)?;
+                let name = args.get(2).ok_or_else(usage)?;
+                let cfg = RingConfig {
+                    capacity_bytes: num(args.get(3))?,
+                    backing: Backing::DevShm,
+                    dir: Some(dir.into()),
+                    ..RingConfig::default()
+                };
+                let _ring = Ring::create(name, &cfg).map_err(|e| e.to_string())?;
+                ready("ready created");
+                hang()
+            }
+            _ => Err(usage()),
+        }
+    }
+
+    fn inspect(path: &Path) -> Result<(), String> {
+        let h = read_header_info(path).map_err(|e| e.to_string())?;
+        println!("file              {}", path.display());
+        println!("version           {}", h.version);
+        println!("capacity_bytes    {}", h.capacity_bytes);
+        println!("descriptors       {}", h.descriptors);
+        println!("file_bytes        {}", h.file_bytes);
+        println!("mode              {:?}", h.mode);
+        println!("publishers        {:?}", h.publishers);
+        println!(
+            "backing           {}",
+            if h.hugetlbfs { "hugetlbfs" } else { "/dev/shm" }
+        );
+        println!("subscribers_max   {}", h.subscribers_max);
+        println!("liveness_timeout  {} ns", h.liveness_timeout_ns);
+        println!("claim_timeout     {} ns", h.claim_timeout_ns);
+        println!(
+            "creator           pid {} (start ticks {})",
+            h.creator_pid, h.creator_start_ticks
+        );
+        println!(
+            "clock             tsc_base {} ns_base {} mult {}",
+            h.clock.tsc_base, h.clock.ns_base, h.clock.mult
+        );
+        let dir = path.parent().ok_or("the file has no directory")?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or("bad file name")?;
+        let ring = Ring::open(name, Some(dir)).map_err(|e| e.to_string())?;
+        let (pos, seq) = ring.tail();
+        println!("tail              position {pos} next_offset {seq}");
+        if h.publishers == PublisherKind::Exclusive {
+            let o = ring.owner_slot();
+            println!(
+                "owner             {} gen {} pid {} heartbeat_ns {}",
+                o.state, o.generation, o.pid, o.heartbeat_ns
+            );
+        }
+        println!(
+            "slot  state      gen  pid      next_offset  position  lag_records  heartbeat_age_ms"
+        );
+        let now = clock::now_ns();
+        for s in ring.subscriber_slots() {
+            if s.state == "free" && s.generation == 0 {
+                continue;
+            }
+            println!(
+                "{:<5} {:<10} {:<4} {:<8} {:<12} {:<9} {:<12} {}",
+                s.index,
+                s.state,
+                s.generation,
+                s.pid,
+                s.next_sequence,
+                s.position,
+                seq.saturating_sub(s.next_sequence),
+                now.saturating_sub(s.heartbeat_ns) / 1_000_000
+            );
+        }
+        Ok(())
+    }
+}
