@@ -5,11 +5,18 @@
 use crate::layout::*;
 
 /// One sparse index: entries sorted by key (both kinds are monotonic by construction).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct SparseIndex {
     entries: Vec<(u64, u64)>,
     capacity: usize,
 }
+
+impl PartialEq for SparseIndex {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+    }
+}
+impl Eq for SparseIndex {}
 
 impl SparseIndex {
     /// An empty index that never allocates beyond `capacity` entries.

@@ -657,6 +657,10 @@ impl<B: IoBackend> Log<B> {
     pub fn backend_name(&self) -> &'static str {
         self.io.name()
     }
+    /// The I/O backend.
+    pub fn backend(&self) -> &B {
+        &self.io
+    }
     /// Whether the write ring got huge pages.
     pub fn buffer_backing(&self) -> BufBacking {
         self.ring.backing()
