@@ -66,6 +66,8 @@ impl Default for LogConfig {
 pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
 /// Largest number of writes in flight accepted.
 pub const WRITES_INFLIGHT_MAX: u32 = 256;
+/// Attempts (5 ms apart) to take the directory's writer lock.
+pub const LOCK_ATTEMPTS_MAX: u32 = 40;
 /// Retries of a short write before the log fails.
 pub const SHORT_WRITE_RETRIES_MAX: u32 = 3;
 const _: () = assert!(SEGMENT_BYTES_MIN % BLOCK_BYTES == 0);
@@ -366,8 +368,17 @@ impl<B: IoBackend> Log<B> {
             .truncate(false)
             .open(&lock_path)
             .map_err(ferr("cannot open lock file", &lock_path))?;
-        // SAFETY: flock on an open fd has no memory-safety preconditions.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // A child forked by another thread holds our descriptors until it execs: retry briefly.
+        let mut locked = false;
+        for _ in 0..LOCK_ATTEMPTS_MAX {
+            // SAFETY: flock on an open fd has no memory-safety preconditions.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                locked = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if !locked {
             return Err(LogOpenError::Locked { path: lock_path });
         }
         let listing = list_dir(&dir)?;
