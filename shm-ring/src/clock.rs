@@ -35,6 +35,7 @@ impl Calibration {
         self.mult == 0 || (CLOCK_MULT_MIN..=CLOCK_MULT_MAX).contains(&self.mult)
     }
 
+    #[cfg(any(test, not(loom)))]
     #[inline(always)]
     fn convert(&self, tsc: u64) -> u64 {
         let delta = tsc.wrapping_sub(self.tsc_base);

@@ -119,7 +119,7 @@ pub use shm::{
 pub const RING_CAPACITY_MIN: u64 = 1 << 10;
 /// Loom models use tiny rings.
 #[cfg(loom)]
-pub const RING_CAPACITY_MIN: u64 = 1 << 7;
+pub const RING_CAPACITY_MIN: u64 = 1 << 8;
 /// Largest ring (bytes of data region).
 pub const RING_CAPACITY_MAX: u64 = 1 << 30;
 

@@ -42,6 +42,7 @@ fn start_ticks(pid: u32) -> Option<(u64, char)> {
     parse_stat(&stat)
 }
 
+#[cfg(any(test, not(loom)))]
 /// Parses /proc/<pid>/stat. The command name (field 2) may contain spaces and
 /// parentheses, so fields are counted after the last ')'.
 fn parse_stat(stat: &str) -> Option<(u64, char)> {

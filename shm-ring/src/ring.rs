@@ -243,6 +243,14 @@ pub(crate) struct Heap {
     cells: Box<[loom::cell::UnsafeCell<()>]>,
 }
 
+// SAFETY: the data cells are only accessed through a Region, per the ring
+// protocol (claims own disjoint ranges; loom checks the reliable-mode accesses).
+#[cfg(loom)]
+unsafe impl Send for Heap {}
+// SAFETY: as above.
+#[cfg(loom)]
+unsafe impl Sync for Heap {}
+
 #[cfg(loom)]
 impl Heap {
     pub(crate) fn new(p: Params) -> Box<Heap> {

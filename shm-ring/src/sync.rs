@@ -79,10 +79,6 @@ pub(crate) struct AtomicPair(loom::sync::atomic::AtomicU64);
 
 #[cfg(loom)]
 impl AtomicPair {
-    pub(crate) fn is_lock_free() -> bool {
-        true
-    }
-
     pub(crate) fn new(w: (u64, u64)) -> Self {
         Self(loom::sync::atomic::AtomicU64::new(pack(w)))
     }
