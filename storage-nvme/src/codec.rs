@@ -243,9 +243,8 @@ pub fn peek_batch_bytes(src: &[u8]) -> Result<usize, BatchDecodeError> {
     }
     let len = get_u32(src, BATCH_BYTES_OFFSET);
     let l = len as usize;
-    if l < BATCH_HEADER_BYTES + RECORD_HEADER_BYTES
-        || l > BATCH_BYTES_MAX
-        || l % BATCH_ALIGN_BYTES != 0
+    if !(BATCH_HEADER_BYTES + RECORD_HEADER_BYTES..=BATCH_BYTES_MAX).contains(&l)
+        || !l.is_multiple_of(BATCH_ALIGN_BYTES)
     {
         return Err(BatchDecodeError::Length(len));
     }

@@ -240,7 +240,7 @@ mod tests {
         let start = log.start_offset();
         r.seek_offset(start).expect("seek");
         let mut buf = AlignedBuf::new(64 << 10).expect("buf");
-        let mut expect = vec![0u8; PAYLOAD_MAX];
+        let mut expect = [0u8; PAYLOAD_MAX];
         let mut next = start;
         while let Some(b) = r
             .read_batch(&mut buf)

@@ -235,9 +235,9 @@ mod tests {
             for (i, k) in keys.iter().enumerate() {
                 prop_assert!(idx.push(*k, i as u64));
             }
-            let want = keys.iter().enumerate().filter(|(_, k)| **k <= probe).last().map(|(i, k)| (*k, i as u64));
+            let want = keys.iter().enumerate().rfind(|(_, k)| **k <= probe).map(|(i, k)| (*k, i as u64));
             prop_assert_eq!(idx.floor(probe), want);
-            let want_lower = keys.iter().enumerate().filter(|(_, k)| **k < probe).last().map(|(i, k)| (*k, i as u64));
+            let want_lower = keys.iter().enumerate().rfind(|(_, k)| **k < probe).map(|(i, k)| (*k, i as u64));
             prop_assert_eq!(idx.lower(probe), want_lower);
         }
 

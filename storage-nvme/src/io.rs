@@ -316,7 +316,7 @@ pub enum IoMode {
 
 /// The production backend, chosen at start-up.
 pub enum SysIo {
-    Uring(UringIo),
+    Uring(Box<UringIo>),
     Pwrite(PwriteIo),
 }
 
@@ -324,9 +324,9 @@ impl SysIo {
     pub fn new(mode: IoMode, inflight_max: u32) -> io::Result<Self> {
         match mode {
             IoMode::Pwrite => Ok(Self::Pwrite(PwriteIo::new(inflight_max as usize))),
-            IoMode::Uring => Ok(Self::Uring(UringIo::new(inflight_max + 2)?)),
+            IoMode::Uring => Ok(Self::Uring(Box::new(UringIo::new(inflight_max + 2)?))),
             IoMode::Auto => match UringIo::new(inflight_max + 2) {
-                Ok(u) => Ok(Self::Uring(u)),
+                Ok(u) => Ok(Self::Uring(Box::new(u))),
                 Err(e) => {
                     eprintln!("storage-nvme: io_uring unavailable ({e}); using the pwrite backend (slower, synchronous)");
                     Ok(Self::Pwrite(PwriteIo::new(inflight_max as usize)))

@@ -132,9 +132,9 @@ pub const INDEX_ENTRIES_MAX: u32 = 1 << 22;
 
 const _: () = assert!(BLOCK_BYTES.is_power_of_two());
 const _: () = assert!(SEG_HEADER_USED_BYTES as u64 <= SEGMENT_HEADER_BYTES);
-const _: () = assert!(SEGMENT_HEADER_BYTES % BLOCK_BYTES == 0);
-const _: () = assert!(BATCH_HEADER_BYTES % BATCH_ALIGN_BYTES == 0);
-const _: () = assert!(RECORD_HEADER_BYTES % BATCH_ALIGN_BYTES == 0);
+const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(BLOCK_BYTES));
+const _: () = assert!(BATCH_HEADER_BYTES.is_multiple_of(BATCH_ALIGN_BYTES));
+const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(BATCH_ALIGN_BYTES));
 const _: () = assert!(BATCH_RECORDS_BYTES_OFFSET + 4 == BATCH_HEADER_BYTES);
 const _: () = assert!(SEG_HEADER_CRC_OFFSET + 4 == SEG_HEADER_USED_BYTES);
 const _: () = assert!(IDX_RESERVED2_OFFSET + 12 == IDX_HEADER_BYTES);

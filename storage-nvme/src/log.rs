@@ -70,26 +70,26 @@ pub const WRITES_INFLIGHT_MAX: u32 = 256;
 pub const LOCK_ATTEMPTS_MAX: u32 = 40;
 /// Retries of a short write before the log fails.
 pub const SHORT_WRITE_RETRIES_MAX: u32 = 3;
-const _: () = assert!(SEGMENT_BYTES_MIN % BLOCK_BYTES == 0);
+const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(BLOCK_BYTES));
 const _: () = assert!(SEGMENT_BYTES_MIN > SEGMENT_HEADER_BYTES);
 
 impl LogConfig {
     fn validate(&self) -> Result<(), String> {
         let b = BLOCK_BYTES;
-        if self.segment_bytes < SEGMENT_BYTES_MIN || self.segment_bytes % b != 0 {
+        if self.segment_bytes < SEGMENT_BYTES_MIN || !self.segment_bytes.is_multiple_of(b) {
             return Err(format!(
                 "segment_bytes {} must be a multiple of {b} and >= {SEGMENT_BYTES_MIN}",
                 self.segment_bytes
             ));
         }
-        if self.write_bytes_max == 0 || self.write_bytes_max % b != 0 {
+        if self.write_bytes_max == 0 || !self.write_bytes_max.is_multiple_of(b) {
             return Err(format!(
                 "write_bytes_max {} must be a non-zero multiple of {b}",
                 self.write_bytes_max
             ));
         }
         if self.write_buffer_bytes < 2 * self.write_bytes_max
-            || self.write_buffer_bytes % self.write_bytes_max != 0
+            || !self.write_buffer_bytes.is_multiple_of(self.write_bytes_max)
         {
             return Err(format!("write_buffer_bytes {} must be a multiple of write_bytes_max {} and at least twice it", self.write_buffer_bytes, self.write_bytes_max));
         }
@@ -521,9 +521,7 @@ impl<B: IoBackend> Log<B> {
                 start_pos,
                 start_off,
                 window,
-                &mut cursor,
-                &mut offs,
-                &mut times,
+                (&mut cursor, &mut offs, &mut times),
             )
             .map_err(ferr("cannot read segment", &path))?;
             report.records_verified += scan.next_offset - start_off;
@@ -902,16 +900,18 @@ impl<B: IoBackend> Log<B> {
             if body_len > 0 {
                 // SAFETY: body_at + body_len stays inside the ring (writes never cross a chunk,
                 // chunks never cross the ring's end).
+                let base = unsafe { ring_ptr.add(body_at) };
                 s.iov[0] = libc::iovec {
-                    iov_base: unsafe { ring_ptr.add(body_at) } as *mut _,
+                    iov_base: base as *mut _,
                     iov_len: body_len as usize,
                 };
                 s.iovcnt = 1;
             }
             if tail > 0 {
                 // SAFETY: slot_tail + BLOCK_BYTES <= tails.len() (one block per slot).
+                let base = unsafe { tails_ptr.add(slot_tail) };
                 s.iov[s.iovcnt as usize] = libc::iovec {
-                    iov_base: unsafe { tails_ptr.add(slot_tail) } as *mut _,
+                    iov_base: base as *mut _,
                     iov_len: BLOCK_BYTES as usize,
                 };
                 s.iovcnt += 1;

@@ -118,9 +118,7 @@ impl Reader {
             start_pos,
             start_off,
             1 << 20,
-            &mut cur,
-            &mut o,
-            &mut t,
+            (&mut cur, &mut o, &mut t),
         )
         .map_err(ferr("cannot read segment", &path))?;
         let mut r = Self {

@@ -243,9 +243,7 @@ pub fn scan_segment(
     position: u64,
     next_offset: u64,
     window_bytes: usize,
-    cursor: &mut IndexCursor,
-    offs: &mut SparseIndex,
-    times: &mut SparseIndex,
+    (cursor, offs, times): (&mut IndexCursor, &mut SparseIndex, &mut SparseIndex),
 ) -> io::Result<SegmentScan> {
     let window_bytes = window_bytes
         .max(BATCH_BYTES_MAX.min(1 << 20))
