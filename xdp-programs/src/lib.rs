@@ -1,1 +1,26 @@
-//! xdp-programs (being written).
+//! xdp-programs: the kernel edge of the MemoryStreamer data plane.
+//!
+//! - `src/memstreamer_xdp.c`: the XDP program (built by `build.rs` with
+//!   `clang -O2 -g -target bpf`): parses Ethernet/IPv4/IPv6/UDP, drops
+//!   malformed frames, enforces the source -> stream policy and per-source
+//!   token buckets, redirects accepted frames to the RX queue's AF_XDP socket
+//!   and counts every verdict per CPU.
+//! - [`abi`]: the `#[repr(C)]` map key/value types and verdict ids shared with
+//!   the C program (one list of numbers: `abi_consts.rs`).
+//! - [`frame`]: the wire frame header of docs/protocol.md.
+//! - [`loader`]: aya loader (`XdpProgram::load_and_attach`), pins under
+//!   `/sys/fs/bpf/memstreamer/<iface>/`, and `PolicyMaps` for other processes.
+//! - `ms-xdp` (src/bin): operator tool: attach, counters, allow, deny,
+//!   ratelimit, config, and a bounded frame sender / receiver for tests.
+#![forbid(unsafe_code)]
+
+/// Numbers shared with C; see the file header.
+pub mod abi_consts {
+    include!("abi_consts.rs");
+}
+pub mod abi;
+pub mod frame;
+pub mod loader;
+
+pub use abi::{Config, RateBucket, Verdict, VerdictCounts};
+pub use loader::{AttachMode, PolicyMaps, PolicyMapsError, XdpHandle, XdpLoadError, XdpProgram};
