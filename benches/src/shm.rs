@@ -100,8 +100,14 @@ struct ChildGuard {
 }
 
 impl ChildGuard {
+    /// Starts `ms-bench child shm ROLE CLOCK_RING ARGS..`.
     fn spawn(role: &str, args: &[String]) -> anyhow::Result<Self> {
-        let child = report::spawn_child("shm", role, args)
+        let clock = CLOCK_RING
+            .get()
+            .context("the clock ring is created before any child")?;
+        let mut all = vec![clock.name.clone()];
+        all.extend_from_slice(args);
+        let child = report::spawn_child("shm", role, &all)
             .with_context(|| format!("spawning the {role} child"))?;
         Ok(Self {
             child,
@@ -146,6 +152,30 @@ impl Drop for ChildGuard {
         }
         let _ = self.child.wait();
     }
+}
+
+/// A tiny ring whose only job is to carry this process's clock calibration
+/// to the children: each child opens it before reading the clock, so every
+/// cross-process timestamp (ours and iceoryx2's) is on exactly one time base.
+struct ClockRing {
+    name: String,
+    ring: shm_ring::Ring,
+}
+
+static CLOCK_RING: std::sync::OnceLock<ClockRing> = std::sync::OnceLock::new();
+
+fn clock_ring() -> anyhow::Result<&'static ClockRing> {
+    if let Some(c) = CLOCK_RING.get() {
+        return Ok(c);
+    }
+    let name = unique("clock");
+    let cfg = shm_ring::RingConfig {
+        capacity_bytes: shm_ring::RING_CAPACITY_MIN,
+        backing: shm_ring::Backing::DevShm,
+        ..Default::default()
+    };
+    let ring = shm_ring::Ring::create(&name, &cfg)?;
+    Ok(CLOCK_RING.get_or_init(|| ClockRing { name, ring }))
 }
 
 /// Runs `f` on a thread pinned to `core` (so this process's main thread keeps
@@ -742,7 +772,12 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
     );
 
     let iox_files = IoxFiles::snapshot();
+    let clock = clock_ring()?;
     let result = run_rounds(&plan);
+    let _ = clock.ring.unlink();
+    if let Some(dir) = clock.ring.path().parent() {
+        let _ = std::fs::remove_dir(dir); // only when empty: others may use it
+    }
     let removed = iox_files.cleanup();
     if removed > 0 {
         println!("iceoryx2: removed {removed} leftover files it created during this run");
@@ -879,6 +914,10 @@ fn run_rounds(plan: &Plan) -> anyhow::Result<serde_json::Value> {
 }
 
 pub fn child(role: &str, rest: &[String]) -> anyhow::Result<()> {
+    // Adopt the parent's clock calibration before anything reads the clock.
+    let clock: String = parse(rest, 0, "clock ring")?;
+    drop(shm_ring::Ring::open(&clock, None)?);
+    let rest = &rest[1..];
     match role {
         "ours-pub" => child_ours_pub(rest),
         "iox-pub" => child_iox_pub(rest),

@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use shm_ring::{Backing, Mode, PublisherKind, Ring, RingConfig, RingCreateError, StartAt};
+use shm_ring::{
+    Backing, Mode, PublisherKind, Ring, RingConfig, RingCreateError, RingOpenError, StartAt,
+};
 
 use crate::publisher::{Publisher, PublisherCreateError};
 use crate::subscriber::Subscriber;
@@ -74,19 +76,30 @@ impl Context {
         self.dir.as_deref()
     }
 
-    /// Creates the ring of `stream`/`partition`, or opens it when a live owner
-    /// already created it. The caller keeps it mapped as long as it holds it.
+    /// Opens the ring of `stream`/`partition`, or creates it when there is
+    /// none. Opening first matters: it makes this process adopt the clock
+    /// calibration stored in the ring (publisher timestamps and subscriber
+    /// clocks then agree exactly), and with `Backing::Auto` it finds a ring
+    /// another process created on hugetlbfs even when the pool has no room
+    /// left for a second one. The ring stays mapped while the caller holds it.
     pub fn create_ring(&self, stream: u32, partition: u16) -> Result<Ring, PublisherCreateError> {
         let name = ring_name(stream, partition);
+        match Ring::open(&name, self.dir()) {
+            Ok(ring) => return Ok(ring),
+            Err(RingOpenError::NotFound { .. }) => {}
+            Err(source) => return Err(PublisherCreateError::Open { name, source }),
+        }
         match Ring::create(&name, &self.ring_config()) {
             Ok(ring) => Ok(ring),
+            // Lost a creation race with another live process: use its ring.
             Err(RingCreateError::Exists { .. }) => Ring::open(&name, self.dir())
                 .map_err(|source| PublisherCreateError::Open { name, source }),
             Err(source) => Err(PublisherCreateError::Create { name, source }),
         }
     }
 
-    /// A publisher on `stream`/`partition`; creates the ring when needed.
+    /// A publisher on `stream`/`partition`; opens the ring, or creates it
+    /// with this context's settings when there is none.
     pub fn publisher(
         &self,
         stream: u32,

@@ -17,9 +17,7 @@
 //! the `keepalive` closure after each sleep (`Subscriber::idle` passes the ring
 //! subscriber's `keepalive()`).
 
-use std::time::Duration;
-
-use shm_ring::clock::now_ns;
+use std::time::{Duration, Instant};
 
 /// Aeron's defaults for the backoff strategy.
 pub const BACKOFF_SPINS_MAX: u32 = 10;
@@ -167,7 +165,7 @@ impl Backoff {
     }
 }
 
-/// Chooses its phase from how long the loop has been idle (ring clock), so a
+/// Chooses its phase from how long the loop has been idle, so a
 /// briefly quiet stream reacts in microseconds while a long-quiet one parks
 /// and costs almost no CPU.
 #[derive(Clone, Debug)]
@@ -176,7 +174,10 @@ pub struct Adaptive {
     pub yield_ns: u64,
     pub park_ns_min: u64,
     pub park_ns_max: u64,
-    idle_since_ns: Option<u64>,
+    /// `Instant`, not the ring clock: an idle loop may run before the ring is
+    /// mapped, and reading the ring clock first would keep this process from
+    /// adopting the ring's clock calibration.
+    idle_since: Option<Instant>,
     parked: bool,
 }
 
@@ -201,7 +202,7 @@ impl Adaptive {
             yield_ns: yield_ns.max(spin_ns),
             park_ns_min,
             park_ns_max: park_ns_max.max(park_ns_min),
-            idle_since_ns: None,
+            idle_since: None,
             parked: false,
         }
     }
@@ -215,9 +216,9 @@ impl Adaptive {
     }
 
     fn idle(&mut self, mut keepalive: impl FnMut()) {
-        let now = now_ns();
-        let since = *self.idle_since_ns.get_or_insert(now);
-        let idle_ns = now.saturating_sub(since);
+        let now = Instant::now();
+        let since = *self.idle_since.get_or_insert(now);
+        let idle_ns = u64::try_from(now.duration_since(since).as_nanos()).unwrap_or(u64::MAX);
         if idle_ns < self.spin_ns {
             std::hint::spin_loop();
         } else if idle_ns < self.yield_ns {
@@ -230,7 +231,7 @@ impl Adaptive {
     }
 
     fn reset(&mut self) {
-        self.idle_since_ns = None;
+        self.idle_since = None;
         self.parked = false;
     }
 }

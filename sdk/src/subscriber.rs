@@ -1,8 +1,8 @@
 //! The subscribing handle of one stream partition, mapped lazily.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use shm_ring::clock::now_ns;
 use shm_ring::{PollError, Record, Ring, RingOpenError, StartAt, SubscriberAttachError};
 
 use crate::idle::IdleStrategy;
@@ -10,6 +10,7 @@ use crate::idle::IdleStrategy;
 /// While the ring does not exist, `poll` tries to open it at most this often,
 /// so an idle handle costs no syscall per poll.
 pub const OPEN_RETRY_NS: u64 = 1_000_000;
+const OPEN_RETRY: Duration = Duration::from_nanos(OPEN_RETRY_NS);
 
 /// Why `poll` failed. Nothing is lost by retrying after `Evicted`: create a new subscriber.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +47,10 @@ pub struct Subscriber {
     name: Box<str>,
     dir: Option<Box<std::path::Path>>,
     start: StartAt,
-    next_open_ns: u64,
+    /// Earliest next open attempt. `Instant`, not the ring clock: reading
+    /// the ring clock before the first open would give this process its own
+    /// clock calibration instead of adopting the ring's (see shm_ring::clock).
+    next_open: Option<Instant>,
 }
 
 struct Attached {
@@ -61,7 +65,7 @@ impl Subscriber {
             name: name.into_boxed_str(),
             dir: dir.map(PathBuf::into_boxed_path),
             start,
-            next_open_ns: 0,
+            next_open: None,
         }
     }
 
@@ -94,14 +98,15 @@ impl Subscriber {
         if self.attached.is_some() {
             return Ok(true);
         }
-        let now = now_ns();
-        if !force && now < self.next_open_ns {
+        if !force && self.next_open.is_some_and(|t| Instant::now() < t) {
             return Ok(false);
         }
-        self.next_open_ns = now.saturating_add(OPEN_RETRY_NS);
         let ring = match Ring::open(&self.name, self.dir.as_deref()) {
             Ok(ring) => ring,
-            Err(e) if ring_is_absent(&e) => return Ok(false),
+            Err(e) if ring_is_absent(&e) => {
+                self.next_open = Some(Instant::now() + OPEN_RETRY);
+                return Ok(false);
+            }
             Err(source) => {
                 return Err(SubscriberPollError::Open {
                     name: self.name.to_string(),
