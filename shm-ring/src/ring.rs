@@ -904,10 +904,16 @@ impl Subscriber {
                         r = start + total;
                     }
                     Ok(None) => {
-                        // Lossy: overwritten while we read it.
-                        out.lost += 1;
-                        q += 1;
-                        r = r.max(start);
+                        // Lossy: overwritten before or while we read it. The
+                        // publisher is a lap ahead: jump to the tail.
+                        // partner: publishers' tail store/CAS (Release).
+                        let t = region.tail().load(Ordering::Acquire);
+                        out.lost += t.1.saturating_sub(q).max(1);
+                        (q, r) = if t.1 > q {
+                            (t.1, t.0)
+                        } else {
+                            (q + 1, r.max(start))
+                        };
                     }
                     Err(e) => {
                         if p.mode == Mode::Lossy {
@@ -1053,6 +1059,10 @@ impl Subscriber {
             return Err(corrupt(
                 "record lies more than a ring ahead of the subscriber",
             ));
+        }
+        if self.lossy_torn(start).is_some() {
+            // Lapped before we got to it: do not show the handler garbage.
+            return Ok(None);
         }
         region.track(start + RECORD_HEADER_BYTES, len, false);
         let payload_ptr = region.data_at(start + RECORD_HEADER_BYTES);
