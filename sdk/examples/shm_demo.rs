@@ -194,7 +194,7 @@ fn run_publisher(args: &Args) -> Result<(), String> {
 
 /// Claims, writes, stamps (ring clock, just before commit) if asked, commits; spins while the ring is back-pressured (bounded).
 fn publish(p: &mut sdk::Publisher, ty: u16, bytes: &[u8], stamp: bool) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(GRACE_S);
+    let mut deadline = None; // read the clock only when back-pressured
     loop {
         match p.claim(bytes.len()) {
             Ok(mut c) => {
@@ -205,7 +205,13 @@ fn publish(p: &mut sdk::Publisher, ty: u16, bytes: &[u8], stamp: bool) -> Result
                 }
                 return c.commit().map(|_| ()).map_err(|e| e.to_string());
             }
-            Err(OfferError::BackPressured) if Instant::now() < deadline => std::hint::spin_loop(),
+            Err(OfferError::BackPressured)
+                if Instant::now()
+                    < *deadline
+                        .get_or_insert_with(|| Instant::now() + Duration::from_secs(GRACE_S)) =>
+            {
+                std::hint::spin_loop()
+            }
             Err(e) => return Err(e.to_string()),
         }
     }
