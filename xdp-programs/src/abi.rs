@@ -48,7 +48,7 @@ const _: () = assert!(FRAME_VERSION <= u8::MAX as u32);
 const _: () = assert!(FRAME_TYPE_MAX <= u8::MAX as u32);
 const _: () = assert!(FRAME_BYTES_MAX >= FRAME_BYTES_MTU1500_IPV4);
 const _: () = assert!(FRAME_BYTES_MTU1500_IPV4 > FRAME_BYTES_MTU1500_IPV6);
-const _: () = assert!(FRAME_HEADER_BYTES % RECORD_ALIGNMENT_BYTES == 0);
+const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(RECORD_ALIGNMENT_BYTES));
 const _: () = assert!(RATE_PER_SEC_MAX
     .checked_mul(RATE_REFILL_ELAPSED_NS_MAX)
     .is_some());

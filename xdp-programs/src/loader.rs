@@ -163,6 +163,22 @@ pub fn ensure_bpffs() -> Result<(), XdpLoadError> {
     .map_err(|source| XdpLoadError::BpffsMount { source })
 }
 
+/// Attempts to create the pin directory when a concurrent `XdpHandle` drop
+/// removes the (then empty) pin root between our two `mkdir`s.
+const PIN_DIR_ATTEMPTS_MAX: u32 = 4;
+
+fn create_pin_dir(dir: &Path) -> io::Result<()> {
+    let mut attempt = 1;
+    loop {
+        match std::fs::create_dir_all(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < PIN_DIR_ATTEMPTS_MAX => {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The XDP program of this crate.
 pub struct XdpProgram;
 
@@ -190,7 +206,7 @@ impl XdpProgram {
             .load(PROGRAM_OBJECT)
             .map_err(object_error)?;
 
-        std::fs::create_dir_all(&dir).map_err(|source| {
+        create_pin_dir(&dir).map_err(|source| {
             if source.kind() == io::ErrorKind::PermissionDenied {
                 XdpLoadError::NotPermitted {
                     action: "create pins",
@@ -306,6 +322,8 @@ impl Drop for XdpHandle {
             let _ = std::fs::remove_file(self.pin_dir.join(name));
         }
         let _ = std::fs::remove_dir(&self.pin_dir);
+        // Only succeeds when no other interface is pinned (see create_pin_dir).
+        let _ = std::fs::remove_dir(PIN_ROOT);
         // Detach: dropping the Ebpf drops the program and closes its bpf_link.
         self.ebpf.take();
     }
