@@ -24,7 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    // Leave the ring so a late subscriber can still read it; remove it with
-    // `ctx.remove(7, 0)` when the stream is retired.
+    // The creator removes the ring file when the stream is retired; mapped
+    // subscribers keep reading what is in it until they drop their handle.
+    ctx.remove(7, 0)?;
     Ok(())
 }

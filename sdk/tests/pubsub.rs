@@ -168,7 +168,7 @@ fn typed_round_trip_both_publish_paths() {
         if i % 2 == 0 {
             p.publish(&quote(i)).unwrap();
         } else {
-            p.publish_in_place(&quote(i)).unwrap();
+            p.publish_via_scratch(&quote(i)).unwrap();
         }
     }
     let mut seen = 0u32;
@@ -192,6 +192,7 @@ fn typed_round_trip_both_publish_paths() {
     let stats = sub.stats();
     assert_eq!(stats.delivered, 20);
     assert_eq!(stats.invalid, 0);
+    assert_eq!(stats.realigned, 0, "shm-ring payloads are 16-byte aligned");
     ctx.remove(5, 0).unwrap();
 }
 
