@@ -23,4 +23,7 @@ pub mod frame;
 pub mod loader;
 
 pub use abi::{Config, RateBucket, Verdict, VerdictCounts};
-pub use loader::{AttachMode, PolicyMaps, PolicyMapsError, XdpHandle, XdpLoadError, XdpProgram};
+pub use loader::{
+    AttachMode, PolicyMaps, PolicyMapsError, TestRunError, TestRunOutcome, TestRunProgram,
+    XdpHandle, XdpLoadError, XdpProgram,
+};

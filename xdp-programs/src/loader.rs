@@ -242,29 +242,7 @@ impl XdpProgram {
             .ok_or(XdpLoadError::MissingInObject { name: PROGRAM_NAME })?
             .try_into()
             .map_err(|_| XdpLoadError::MissingInObject { name: PROGRAM_NAME })?;
-        program.load().map_err(|e| match e {
-            ProgramError::LoadError {
-                io_error,
-                verifier_log,
-            } => {
-                if io_error.raw_os_error() == Some(nix::libc::EPERM) {
-                    XdpLoadError::NotPermitted {
-                        action: "load BPF programs",
-                        source: Box::new(io_error),
-                    }
-                } else {
-                    XdpLoadError::Verifier {
-                        io_error,
-                        verifier_log: verifier_log.to_string(),
-                    }
-                }
-            }
-            other => XdpLoadError::Attach {
-                iface: iface.to_string(),
-                mode,
-                source: other,
-            },
-        })?;
+        program.load().map_err(load_error)?;
         program.attach(iface, mode.aya()).map_err(|source| {
             if is_permission_error(&source) {
                 XdpLoadError::NotPermitted {
@@ -285,6 +263,143 @@ impl XdpProgram {
         })?;
         handle.ebpf = Some(ebpf);
         Ok(handle)
+    }
+}
+
+/// Most repetitions of one `BPF_PROG_TEST_RUN` call.
+pub const TEST_RUN_REPEAT_MAX: u32 = 10_000_000;
+
+/// A loaded but unattached instance with private (unpinned) maps, run on
+/// packets given by the caller through the kernel's `BPF_PROG_TEST_RUN`: the
+/// real program on the real verifier/JIT, fed with packets no interface could
+/// carry (IPv6 without configured addresses, truncated IP, IP options, VLAN).
+/// Used by tests and to measure the program's cost per packet.
+pub struct TestRunProgram {
+    ebpf: Ebpf,
+    maps: PolicyMaps,
+}
+
+/// What one test run returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TestRunOutcome {
+    /// The XDP action (`XDP_DROP` = 1, `XDP_PASS` = 2, `XDP_REDIRECT` = 4).
+    pub action: u32,
+    /// Mean kernel-measured run time per repetition.
+    pub duration_ns_mean: u64,
+}
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
+
+#[derive(Debug, Error)]
+pub enum TestRunError {
+    #[error("repeat must be 1..={TEST_RUN_REPEAT_MAX}, got {repeat}")]
+    BadRepeat { repeat: u32 },
+    #[error(
+        "BPF_PROG_TEST_RUN failed ({0}); packets must be at least 14 bytes and fit one page, \
+         and the caller needs CAP_BPF"
+    )]
+    Run(#[source] ProgramError),
+}
+
+impl XdpProgram {
+    /// Loads the program without attaching or pinning (see [`TestRunProgram`]).
+    pub fn load_for_test_run(config: Config) -> Result<TestRunProgram, XdpLoadError> {
+        let mut ebpf = EbpfLoader::new()
+            .load(PROGRAM_OBJECT)
+            .map_err(object_error)?;
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or(XdpLoadError::MissingInObject { name })
+        };
+        let (counters, config_map, policy, rate) = (
+            take(MAP_COUNTERS)?,
+            take(MAP_CONFIG)?,
+            take(MAP_POLICY)?,
+            take(MAP_RATE)?,
+        );
+        let typed = |name: &'static str| {
+            move |source| {
+                XdpLoadError::Config(PolicyMapsError::Open {
+                    path: PathBuf::from(name),
+                    source,
+                })
+            }
+        };
+        let mut maps = PolicyMaps {
+            counters: counters.try_into().map_err(typed(MAP_COUNTERS))?,
+            config: config_map.try_into().map_err(typed(MAP_CONFIG))?,
+            policy: policy.try_into().map_err(typed(MAP_POLICY))?,
+            rate: rate.try_into().map_err(typed(MAP_RATE))?,
+        };
+        maps.set_config(config).map_err(XdpLoadError::Config)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(XdpLoadError::MissingInObject { name: PROGRAM_NAME })?
+            .try_into()
+            .map_err(|_| XdpLoadError::MissingInObject { name: PROGRAM_NAME })?;
+        program.load().map_err(load_error)?;
+        Ok(TestRunProgram { ebpf, maps })
+    }
+}
+
+impl TestRunProgram {
+    /// The instance's maps (not pinned; only this process sees them).
+    pub fn maps(&mut self) -> &mut PolicyMaps {
+        &mut self.maps
+    }
+
+    /// Runs the program once on `packet` (an Ethernet frame).
+    pub fn run(&self, packet: &[u8]) -> Result<u32, TestRunError> {
+        self.run_repeat(packet, 1).map(|o| o.action)
+    }
+
+    /// Runs the program `repeat` times on `packet` in one syscall.
+    pub fn run_repeat(&self, packet: &[u8], repeat: u32) -> Result<TestRunOutcome, TestRunError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        if repeat == 0 || repeat > TEST_RUN_REPEAT_MAX {
+            return Err(TestRunError::BadRepeat { repeat });
+        }
+        let program: &Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .expect("loaded in load_for_test_run")
+            .try_into()
+            .expect("an XDP program");
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                repeat,
+                ..Default::default()
+            })
+            .map_err(TestRunError::Run)?;
+        Ok(TestRunOutcome {
+            action: result.return_value,
+            duration_ns_mean: result.duration.as_nanos() as u64,
+        })
+    }
+}
+
+fn load_error(e: ProgramError) -> XdpLoadError {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            if io_error.raw_os_error() == Some(nix::libc::EPERM) {
+                XdpLoadError::NotPermitted {
+                    action: "load BPF programs",
+                    source: Box::new(io_error),
+                }
+            } else {
+                XdpLoadError::Verifier {
+                    io_error,
+                    verifier_log: verifier_log.to_string(),
+                }
+            }
+        }
+        other => XdpLoadError::Object(EbpfError::ProgramError(other)),
     }
 }
 
@@ -349,7 +464,7 @@ pub enum PolicyMapsError {
     },
     #[error("rate {rate_per_sec}/s exceeds RATE_PER_SEC_MAX ({RATE_PER_SEC_MAX})")]
     RateTooHigh { rate_per_sec: u64 },
-    #[error("burst {burst} must be 1..={RATE_BURST_MAX} frames")]
+    #[error("burst {burst} must be 1..={RATE_BURST_MAX} frames (and tokens <= burst)")]
     BadBurst { burst: u64 },
 }
 
@@ -476,16 +591,29 @@ impl PolicyMaps {
         rate_per_sec: u64,
         burst: u64,
     ) -> Result<(), PolicyMapsError> {
-        if rate_per_sec > RATE_PER_SEC_MAX {
-            return Err(PolicyMapsError::RateTooHigh { rate_per_sec });
+        self.write_rate_bucket(source, RateBucket::full(rate_per_sec, burst))
+    }
+
+    /// Writes a bucket as is (state included), e.g. to restore one; the same
+    /// limits as [`PolicyMaps::set_rate_limit`] apply, and `tokens <= burst`.
+    pub fn write_rate_bucket(
+        &mut self,
+        source: IpAddr,
+        bucket: RateBucket,
+    ) -> Result<(), PolicyMapsError> {
+        if bucket.rate_per_sec > RATE_PER_SEC_MAX {
+            return Err(PolicyMapsError::RateTooHigh {
+                rate_per_sec: bucket.rate_per_sec,
+            });
         }
-        if burst == 0 || burst > RATE_BURST_MAX {
-            return Err(PolicyMapsError::BadBurst { burst });
+        if bucket.burst == 0 || bucket.burst > RATE_BURST_MAX || bucket.tokens > bucket.burst {
+            return Err(PolicyMapsError::BadBurst {
+                burst: bucket.burst,
+            });
         }
         let key = SourceKey::new(source).to_bytes();
-        let value = RateBucket::full(rate_per_sec, burst).to_bytes();
         self.rate
-            .insert(key, value, 0)
+            .insert(key, bucket.to_bytes(), 0)
             .map_err(|source| PolicyMapsError::Map {
                 map: MAP_RATE,
                 action: "insert",
