@@ -8,8 +8,9 @@
 //!   publishing; the subscriber subtracts it from its own `now_ns()` on receipt
 //!   (same time base in both processes). Warm-up messages are not recorded.
 //! - cross-process throughput of 32-byte messages, 1 publisher -> 1 subscriber,
-//!   exclusive publisher, batch polling; counted from the first to the last
-//!   message seen by the subscriber.
+//!   exclusive publisher, batch polling (up to 256 records per poll, a short
+//!   pause after an empty poll); counted from the first to the last message
+//!   seen by the subscriber.
 //! - iceoryx2 0.10.0 cross-process (lossless: safe overflow off, publisher retries
 //!   until delivered): the same latency method; messages sent vs received are printed.
 //! - crossbeam-queue `ArrayQueue` in one process, two threads pinned to cores 0/1:
@@ -204,6 +205,18 @@ fn on_core<T: Send>(core: usize, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// Pause instructions our throughput subscriber spins after an empty poll
+/// (batch polling), so it does not fight the publisher for the descriptor
+/// line the publisher is writing; the 8 MiB ring absorbs the wait. Measured
+/// here: 0 pauses ~7-10 M msgs/s, 128 pauses ~17 M msgs/s.
+const EMPTY_POLL_PAUSES: usize = 128;
+
+fn empty_poll_pause() {
+    for _ in 0..EMPTY_POLL_PAUSES {
+        std::hint::spin_loop();
+    }
+}
+
 /// Waits until `now_ns() >= t`: sleeps through long gaps, spins the last 100 us.
 fn spin_until(t: u64) {
     const SPIN_NS: u64 = 100_000;
@@ -344,8 +357,11 @@ fn ours_throughput(plan: &Plan, stream: u32) -> anyhow::Result<f64> {
             if n > 0 && first_ns == 0 {
                 first_ns = now_ns();
                 first_batch = n as u64;
-            } else if n == 0 && Instant::now() > deadline {
-                bail!("ours throughput: received {seen} of {total} before the timeout");
+            } else if n == 0 {
+                empty_poll_pause();
+                if Instant::now() > deadline {
+                    bail!("ours throughput: received {seen} of {total} before the timeout");
+                }
             }
         }
         std::hint::black_box(sum);
@@ -715,6 +731,8 @@ fn crossbeam_throughput(plan: &Plan) -> f64 {
                     sum = sum.wrapping_add(m[0]);
                     seen += 1;
                 } else {
+                    // One pause: measured fastest for ArrayQueue (a longer
+                    // back-off, as ours uses, made it slower).
                     std::hint::spin_loop();
                 }
             }
