@@ -1003,6 +1003,13 @@ fn run_rounds(plan: &Plan) -> anyhow::Result<serde_json::Value> {
 }
 
 pub fn child(role: &str, rest: &[String]) -> anyhow::Result<()> {
+    // Bounded even if the parent died without killing us (e.g. an iceoryx2
+    // publisher retrying delivery to a subscriber that is gone).
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(2 * RUN_TIMEOUT_S));
+        eprintln!("ms-bench shm child: watchdog expired, exiting");
+        std::process::exit(3);
+    });
     // Adopt the parent's clock calibration before anything reads the clock.
     let clock: String = parse(rest, 0, "clock ring")?;
     drop(shm_ring::Ring::open(&clock, None)?);
