@@ -1,10 +1,345 @@
-//! `ms-bench storage` (being written).
+//! `ms-bench storage`: storage-nvme against fio on the same file system, in the same run.
+//!
+//! Figures (MB = 10^6 bytes):
+//! * **append throughput**: `Log::append_batch` of 64 B and 1 KiB records in ~64 KiB batches,
+//!   as fast as the log accepts them, ending with `sync()` (everything durable). MB/s counts
+//!   bytes written to the segment (batch and record headers included), records/s counts records.
+//!   Writes are `write_bytes_max` = 1 MiB O_DIRECT writes, `writes_inflight_max` = 4 in flight.
+//! * **fio peer**: O_DIRECT sequential write, bs = 1 MiB, iodepth = 4, io_uring, preallocated
+//!   file, `end_fsync=1`: the device limit our append throughput is compared to.
+//! * **durable-ack latency** at a fixed offered load of 100k records/s (64 B records): record i
+//!   is due at t0 + i * 10 us; the loop appends every due record (one batch), calls `flush()`,
+//!   polls, and for each record that became durable records `now - due time` (so a stall counts
+//!   against every record scheduled during it: no coordinated omission). The first second is
+//!   warm-up. Method for every latency: hdrhistogram, 3 significant digits (see report.rs).
+//! * **fdatasync floor**: fio, 4 KiB O_DIRECT writes each followed by fdatasync (sync engine,
+//!   queue depth 1). `fsync_floor_p99_us` is fio's fdatasync p99 alone, a lower bound of the
+//!   write + fdatasync pair, so the ack/floor ratio is, if anything, pessimistic for us.
+//!
+//! Files live in a temporary directory under /var/tmp (checked with statfs: not tmpfs) and are
+//! removed at the end. Throughput runs are interleaved over rounds (this VM moves its vCPUs).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use storage_nvme::{AppendError, Log, LogConfig, Record};
+
+use crate::report::{latency_histogram, Latency, Spread};
 use crate::SuiteArgs;
 
-pub fn run(_args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
-    anyhow::bail!("the storage suite is not written yet")
+const BLOCK_BYTES: u64 = 1 << 20;
+const QUEUE_DEPTH: u32 = 4;
+const OFFERED_RECORDS_S: u64 = 100_000;
+const BATCH_TARGET_BYTES: usize = 64 << 10;
+
+/// The bench directory, removed on drop.
+struct BenchDir(PathBuf);
+impl Drop for BenchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `MS_BENCH_STORAGE_IO=pwrite` measures the fallback backend instead of io_uring.
+fn log_config() -> LogConfig {
+    let io_mode = match std::env::var("MS_BENCH_STORAGE_IO").as_deref() {
+        Ok("pwrite") => storage_nvme::IoMode::Pwrite,
+        _ => storage_nvme::IoMode::Auto,
+    };
+    LogConfig {
+        io_mode,
+        segment_bytes: 256 << 20,
+        write_buffer_bytes: 8 << 20,
+        write_bytes_max: BLOCK_BYTES,
+        writes_inflight_max: QUEUE_DEPTH,
+        batch_bytes_max: 1 << 20,
+        ..LogConfig::default()
+    }
+}
+
+struct AppendRun {
+    mb_s: f64,
+    records_s: f64,
+    payload_mb_s: f64,
+}
+
+/// Appends `total_bytes` of `record_bytes` records, then syncs; MB/s of segment bytes.
+fn append_run(
+    dir: &Path,
+    record_bytes: usize,
+    total_bytes: u64,
+) -> anyhow::Result<(AppendRun, &'static str, String)> {
+    let _ = std::fs::remove_dir_all(dir);
+    let (mut log, _) = Log::open(dir, log_config()).context("open log")?;
+    let backend = log.backend_name();
+    let backing = format!("{:?}", log.buffer_backing());
+    let payload = vec![0xA5u8; record_bytes];
+    let per_batch = (BATCH_TARGET_BYTES / (record_bytes + 16)).max(1);
+    let recs: Vec<Record<'_>> = (0..per_batch)
+        .map(|i| Record {
+            timestamp_ns: i as u64,
+            payload: &payload,
+        })
+        .collect();
+    let batch_bytes = storage_nvme::codec::batch_bytes_for(&recs) as u64;
+    let (mut bytes, mut records) = (0u64, 0u64);
+    let t0 = Instant::now();
+    while bytes < total_bytes {
+        match log.append_batch(log.next_offset(), &recs) {
+            Ok(_) => {
+                bytes += batch_bytes;
+                records += per_batch as u64;
+            }
+            Err(AppendError::BackPressured) => {
+                log.poll()?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    log.sync()?;
+    let secs = t0.elapsed().as_secs_f64();
+    log.close()?;
+    let _ = std::fs::remove_dir_all(dir);
+    let run = AppendRun {
+        mb_s: bytes as f64 / secs / 1e6,
+        records_s: records as f64 / secs,
+        payload_mb_s: (records * record_bytes as u64) as f64 / secs / 1e6,
+    };
+    Ok((run, backend, backing))
+}
+
+/// Durable-ack latency at a fixed offered load.
+fn ack_latency_run(dir: &Path, seconds: u64) -> anyhow::Result<Latency> {
+    let _ = std::fs::remove_dir_all(dir);
+    let (mut log, _) = Log::open(dir, log_config()).context("open log")?;
+    let interval_ns = 1_000_000_000 / OFFERED_RECORDS_S;
+    let warmup = OFFERED_RECORDS_S;
+    let total = OFFERED_RECORDS_S * (seconds + 1);
+    let payload = [0x5Au8; 64];
+    let recs: Vec<Record<'_>> = (0..256)
+        .map(|_| Record {
+            timestamp_ns: 0,
+            payload: &payload,
+        })
+        .collect();
+    let mut hist = latency_histogram();
+    let mut acked = 0u64;
+    let deadline = Duration::from_secs(seconds + 30);
+    let t0 = Instant::now();
+    while acked < total {
+        let now = t0.elapsed();
+        if now > deadline {
+            bail!("ack latency run did not finish: {acked} of {total} records durable");
+        }
+        let due = (now.as_nanos() as u64 / interval_ns + 1).min(total);
+        let next = log.next_offset();
+        if next < due {
+            let k = ((due - next) as usize).min(recs.len());
+            match log.append_batch(next, &recs[..k]) {
+                Ok(_) | Err(AppendError::BackPressured) => {}
+                Err(e) => return Err(e.into()),
+            }
+            log.flush()?;
+        }
+        let d = log.poll()?;
+        if d > acked {
+            let now_ns = t0.elapsed().as_nanos() as u64;
+            for o in acked.max(warmup)..d {
+                hist.record(now_ns.saturating_sub(o * interval_ns).max(1))?;
+            }
+            acked = d;
+        }
+    }
+    let st = log.stats();
+    println!(
+        "  log: {} writes ({:.1} KiB avg), {} fdatasyncs (mean {:.0} us, max {:.0} us)",
+        st.writes,
+        st.write_bytes as f64 / st.writes.max(1) as f64 / 1024.0,
+        st.syncs,
+        st.sync_ns_total as f64 / st.syncs.max(1) as f64 / 1e3,
+        st.sync_ns_max as f64 / 1e3
+    );
+    log.close()?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(Latency::from_histogram(&hist))
+}
+
+fn fio_available() -> Option<String> {
+    let out = Command::new("fio").arg("--version").output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn fio_json(args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new("fio")
+        .args(args)
+        .arg("--output-format=json")
+        .output()
+        .context("run fio")?;
+    if !out.status.success() {
+        bail!("fio failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // fio may print notes before the JSON object.
+    let start = text.find('{').context("fio printed no JSON")?;
+    Ok(serde_json::from_str(&text[start..])?)
+}
+
+/// fio O_DIRECT sequential write with our block size and queue depth; MB/s.
+fn fio_seq(dir: &Path, total_bytes: u64) -> anyhow::Result<f64> {
+    let file = dir.join("fio-seq.dat");
+    let v = fio_json(&[
+        "--name=seq".into(),
+        format!("--filename={}", file.display()),
+        "--rw=write".into(),
+        format!("--bs={BLOCK_BYTES}"),
+        format!("--iodepth={QUEUE_DEPTH}"),
+        "--ioengine=io_uring".into(),
+        "--direct=1".into(),
+        "--fallocate=native".into(),
+        format!("--size={total_bytes}"),
+        "--end_fsync=1".into(),
+    ])?;
+    let _ = std::fs::remove_file(&file);
+    let bw = v["jobs"][0]["write"]["bw_bytes"]
+        .as_f64()
+        .context("fio bw_bytes")?;
+    Ok(bw / 1e6)
+}
+
+struct Floor {
+    sync: [f64; 3],
+    write: [f64; 3],
+}
+
+/// fio 4 KiB O_DIRECT write + fdatasync; p50/p99/p99.9 in microseconds.
+fn fio_floor(dir: &Path, seconds: u64) -> anyhow::Result<Floor> {
+    let file = dir.join("fio-floor.dat");
+    let v = fio_json(&[
+        "--name=floor".into(),
+        format!("--filename={}", file.display()),
+        "--rw=write".into(),
+        "--bs=4k".into(),
+        "--ioengine=sync".into(),
+        "--direct=1".into(),
+        "--fdatasync=1".into(),
+        "--size=256M".into(),
+        format!("--runtime={seconds}"),
+    ])?;
+    let _ = std::fs::remove_file(&file);
+    let pct = |section: &str, field: &str| -> [f64; 3] {
+        let p = &v["jobs"][0][section][field]["percentile"];
+        ["50.000000", "99.000000", "99.900000"].map(|k| p[k].as_f64().unwrap_or(f64::NAN) / 1e3)
+    };
+    Ok(Floor {
+        sync: pct("sync", "lat_ns"),
+        write: pct("write", "clat_ns"),
+    })
+}
+
+pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
+    let root = PathBuf::from(format!("/var/tmp/ms-bench-storage-{}", std::process::id()));
+    std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
+    let guard = BenchDir(root.clone());
+    let (magic, fs) = storage_nvme::io::fs_type(&root)?;
+    println!(
+        "storage suite: files in {} on {fs} (statfs f_type {magic:#x}); removed at the end",
+        root.display()
+    );
+    if fs == "tmpfs" {
+        println!("warning: tmpfs is not a disk; O_DIRECT figures would be meaningless");
+    }
+    let fio = fio_available();
+    match &fio {
+        Some(v) => println!("peer: {v}"),
+        None => println!("fio not found: install it with `apt-get install fio` (or run scripts/setup.sh); fio figures are null"),
+    }
+    let (rounds, total_bytes, ack_seconds, floor_seconds) = if args.quick {
+        (1, 512u64 << 20, 5, 5)
+    } else {
+        (3, 2u64 << 30, 20, 15)
+    };
+    println!("append: {rounds} interleaved round(s) of {} MiB per run; writes {} KiB x {QUEUE_DEPTH} in flight", total_bytes >> 20, BLOCK_BYTES >> 10);
+    let log_dir = root.join("log");
+    let (mut a64, mut a1k, mut fio_mb) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut r64, mut r1k, mut p64, mut p1k) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut backend, mut backing) = ("", String::new());
+    for round in 0..rounds {
+        let (r, b, bk) = append_run(&log_dir, 64, total_bytes)?;
+        (backend, backing) = (b, bk);
+        println!("round {round}: append 64 B records   {:>8.0} MB/s  {:>10.0} records/s  ({:.0} MB/s payload)", r.mb_s, r.records_s, r.payload_mb_s);
+        a64.push(r.mb_s);
+        r64.push(r.records_s);
+        p64.push(r.payload_mb_s);
+        let (r, _, _) = append_run(&log_dir, 1024, total_bytes)?;
+        println!("round {round}: append 1 KiB records  {:>8.0} MB/s  {:>10.0} records/s  ({:.0} MB/s payload)", r.mb_s, r.records_s, r.payload_mb_s);
+        a1k.push(r.mb_s);
+        r1k.push(r.records_s);
+        p1k.push(r.payload_mb_s);
+        if fio.is_some() {
+            let f = fio_seq(&root, total_bytes)?;
+            println!("round {round}: fio O_DIRECT seq write {:>8.0} MB/s  (bs 1 MiB, iodepth {QUEUE_DEPTH}, io_uring)", f);
+            fio_mb.push(f);
+        }
+    }
+    println!("backend {backend}, write ring on {backing}");
+    let lat = ack_latency_run(&log_dir, ack_seconds)?;
+    println!("{}", lat.line("durable ack @100k rec/s"));
+    let floor = if fio.is_some() {
+        Some(fio_floor(&root, floor_seconds)?)
+    } else {
+        None
+    };
+    if let Some(f) = &floor {
+        println!("fio 4 KiB O_DIRECT write + fdatasync: fdatasync p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us; write p50 {:.0} us  p99 {:.0} us", f.sync[0], f.sync[1], f.sync[2], f.write[0], f.write[1]);
+    }
+    drop(guard);
+
+    let s64 = Spread::of(&a64);
+    let s1k = Spread::of(&a1k);
+    let sfio = Spread::of(&fio_mb);
+    let fio_med = (!fio_mb.is_empty()).then_some(sfio.median);
+    let ratio = |x: f64| fio_med.map(|f| x / f);
+    let ack_p99_us = lat.p99_ns as f64 / 1e3;
+    let floor_p99 = floor.as_ref().map(|f| f.sync[1]);
+    let v = json!({
+        "suite": "storage",
+        "quick": args.quick,
+        "fs": fs,
+        "backend": backend,
+        "write_ring": backing,
+        "block_bytes": BLOCK_BYTES,
+        "queue_depth": QUEUE_DEPTH,
+        "append_mb_s": s1k.median,
+        "append_records_s": Spread::of(&r1k).median,
+        "append_payload_mb_s": Spread::of(&p1k).median,
+        "append_64b_mb_s": s64.median,
+        "append_64b_records_s": Spread::of(&r64).median,
+        "append_64b_payload_mb_s": Spread::of(&p64).median,
+        "append_mb_s_spread": s1k,
+        "append_64b_mb_s_spread": s64,
+        "fio_mb_s": fio_med,
+        "fio_mb_s_spread": fio_med.map(|_| sfio),
+        "ratio_append_to_fio": ratio(s1k.median),
+        "ratio_append_64b_to_fio": ratio(s64.median),
+        "offered_records_s": OFFERED_RECORDS_S,
+        "ack_p50_us": lat.p50_ns as f64 / 1e3,
+        "ack_p99_us": ack_p99_us,
+        "ack_p999_us": lat.p999_ns as f64 / 1e3,
+        "ack_max_us": lat.max_ns as f64 / 1e3,
+        "fsync_floor_p50_us": floor.as_ref().map(|f| f.sync[0]),
+        "fsync_floor_p99_us": floor_p99,
+        "fsync_floor_p999_us": floor.as_ref().map(|f| f.sync[2]),
+        "fio_write4k_p99_us": floor.as_ref().map(|f| f.write[1]),
+        "ratio_ack_p99_to_floor": floor_p99.map(|f| ack_p99_us / f),
+    });
+    Ok(v)
 }
 
 pub fn child(role: &str, _rest: &[String]) -> anyhow::Result<()> {
-    anyhow::bail!("unknown storage child role {role:?}")
+    bail!("the storage suite starts no child processes (got role {role:?})")
 }

@@ -134,6 +134,30 @@ fn map_anon(len: usize, extra_flags: i32) -> Option<NonNull<u8>> {
     }
 }
 
+/// The file system holding `path`: statfs `f_type` and a name for the common ones. O_DIRECT
+/// needs a block file system (ext4, xfs, btrfs); tmpfs figures would say nothing about disks.
+pub fn fs_type(path: &Path) -> io::Result<(u64, &'static str)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statfs is plain data; all-zero is a valid value for it.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path and s a valid, writable statfs.
+    if unsafe { libc::statfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let magic = s.f_type as u64;
+    let name = match magic {
+        0xEF53 => "ext4",
+        0x5846_5342 => "xfs",
+        0x9123_683E => "btrfs",
+        0x0102_1994 => "tmpfs",
+        0x794C_7630 => "overlayfs",
+        0x6573_5546 => "fuse",
+        _ => "other",
+    };
+    Ok((magic, name))
+}
+
 /// Opens a file for O_DIRECT reading and writing.
 pub fn open_direct(path: &Path, write: bool) -> io::Result<File> {
     OpenOptions::new()
@@ -233,6 +257,7 @@ impl IoBackend for PwriteIo {
 pub struct UringIo {
     ring: io_uring::IoUring,
     queued: u32,
+    inflight: u32,
 }
 
 impl UringIo {
@@ -240,6 +265,7 @@ impl UringIo {
         Ok(Self {
             ring: io_uring::IoUring::new(entries.next_power_of_two().max(8))?,
             queued: 0,
+            inflight: 0,
         })
     }
 
@@ -252,6 +278,7 @@ impl UringIo {
         unsafe { self.ring.submission().push(e) }
             .map_err(|_| io::Error::other("io_uring submission queue full"))?;
         self.queued += 1;
+        self.inflight += 1;
         Ok(())
     }
 }
@@ -289,8 +316,10 @@ impl IoBackend for UringIo {
         Ok(())
     }
     fn reap<F: FnMut(u64, i32)>(&mut self, wait: bool, mut on_done: F) -> io::Result<()> {
-        if wait {
-            match self.ring.submit_and_wait(1) {
+        if wait || (self.inflight > 0 && self.ring.completion().is_empty()) {
+            // Entering the kernel also runs the task work that posts completions of operations
+            // finished by io_uring's workers (fsync, and O_DIRECT writes that had to block).
+            match self.ring.submit_and_wait(usize::from(wait)) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => return Err(e),
@@ -298,6 +327,7 @@ impl IoBackend for UringIo {
             self.queued = 0;
         }
         for cqe in self.ring.completion() {
+            self.inflight = self.inflight.saturating_sub(1);
             on_done(cqe.user_data(), cqe.result());
         }
         Ok(())

@@ -266,6 +266,20 @@ pub struct RetentionReport {
     pub bytes_freed: u64,
 }
 
+/// Counters of one log since it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Writes completed and the bytes they carried (partial tail blocks count whole).
+    pub writes: u64,
+    pub write_bytes: u64,
+    /// fdatasyncs completed, their total and largest duration (submission to reaping).
+    pub syncs: u64,
+    pub sync_ns_total: u64,
+    pub sync_ns_max: u64,
+    /// `append_batch` calls refused for lack of ring space.
+    pub back_pressured: u64,
+}
+
 /// Positions shared with readers (possibly on other threads).
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -323,6 +337,8 @@ pub struct Log<B: IoBackend = SysIo> {
     durable_pos: u64,
     commit_target: u64,
     fsync_target: Option<u64>,
+    sync_started: Option<std::time::Instant>,
+    stats: LogStats,
     next_offset: u64,
     durable_offset: u64,
     pending: VecDeque<(u64, u64)>,
@@ -648,6 +664,8 @@ impl<B: IoBackend> Log<B> {
             durable_pos: end_pos,
             commit_target: end_pos,
             fsync_target: None,
+            sync_started: None,
+            stats: LogStats::default(),
             next_offset,
             durable_offset: next_offset,
             pending: VecDeque::with_capacity(cfg.batches_pending_max as usize),
@@ -665,6 +683,10 @@ impl<B: IoBackend> Log<B> {
     /// The I/O backend in use ("io_uring", "pwrite", ...).
     pub fn backend_name(&self) -> &'static str {
         self.io.name()
+    }
+    /// Counters since open.
+    pub fn stats(&self) -> LogStats {
+        self.stats
     }
     /// The I/O backend.
     pub fn backend(&self) -> &B {
@@ -754,6 +776,7 @@ impl<B: IoBackend> Log<B> {
         if !self.has_room(len) {
             self.poll().map_err(AppendError::Failed)?;
             if !self.has_room(len) {
+                self.stats.back_pressured += 1;
                 return Err(AppendError::BackPressured);
             }
         }
@@ -971,7 +994,10 @@ impl<B: IoBackend> Log<B> {
                 .io
                 .submit_fdatasync(self.active.file.as_raw_fd(), FSYNC_TOKEN)
             {
-                Ok(()) => self.fsync_target = Some(c),
+                Ok(()) => {
+                    self.fsync_target = Some(c);
+                    self.sync_started = Some(std::time::Instant::now());
+                }
                 Err(e) => {
                     let path = self.active.path.clone();
                     self.fail(LogIoError::Submit {
@@ -1009,6 +1035,8 @@ impl<B: IoBackend> Log<B> {
         if res >= 0 && res as u64 == s.len {
             s.busy = false;
             self.busy_slots -= 1;
+            self.stats.writes += 1;
+            self.stats.write_bytes += res as u64;
             return;
         }
         let path = self.active.path.clone();
@@ -1048,6 +1076,12 @@ impl<B: IoBackend> Log<B> {
     }
 
     fn on_sync_done(&mut self, res: i32) {
+        if let Some(t) = self.sync_started.take() {
+            let ns = t.elapsed().as_nanos() as u64;
+            self.stats.syncs += 1;
+            self.stats.sync_ns_total += ns;
+            self.stats.sync_ns_max = self.stats.sync_ns_max.max(ns);
+        }
         let Some(target) = self.fsync_target.take() else {
             return;
         };

@@ -13,7 +13,13 @@ fuzz_target!(|data: &[u8]| {
         let records: Vec<_> = v.records().collect();
         assert_eq!(records.len() as u32, v.record_count());
         // Re-encoding what was decoded gives the same bytes.
-        let recs: Vec<Record<'_>> = records.iter().map(|r| Record { timestamp_ns: r.timestamp_ns, payload: r.payload }).collect();
+        let recs: Vec<Record<'_>> = records
+            .iter()
+            .map(|r| Record {
+                timestamp_ns: r.timestamp_ns,
+                payload: r.payload,
+            })
+            .collect();
         let mut out = vec![0u8; v.batch_bytes()];
         let n = encode_batch(&mut out, v.base_offset(), &recs).expect("re-encode");
         assert_eq!(&out[..n], v.as_bytes());
