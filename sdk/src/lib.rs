@@ -40,5 +40,6 @@ pub use subscriber::{Subscriber, SubscriberPollError};
 pub use shm_ring::clock;
 /// The ring types an SDK user meets (records, claims, modes, errors).
 pub use shm_ring::{
-    BackingKind, Claim, CommitError, Mode, OfferError, PublisherKind, Record, Ring, StartAt,
+    BackingKind, Claim, CommitError, Mode, OfferError, PollError, PublisherKind, Record, Ring,
+    StartAt,
 };

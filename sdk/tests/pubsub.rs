@@ -293,3 +293,81 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn lossy_subscriber_counts_what_it_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = Context::builder()
+        .dir(dir.path())
+        .capacity_bytes(1 << 12)
+        .mode(Mode::Lossy)
+        .build();
+    let mut p = ctx.publisher(10, 0).unwrap();
+    let mut sub = ctx.subscriber(10, 0);
+    assert!(sub.try_attach(true).unwrap());
+    let mut got = Vec::new();
+    let mut record =
+        |r: &sdk::Record<'_>| got.push(u64::from_le_bytes(r.payload.try_into().unwrap()));
+    // Many laps of a 4 KiB ring while the subscriber does not poll: it is
+    // overrun, resynchronises, and counts what it missed.
+    for i in 0..2_000u64 {
+        p.offer(&i.to_le_bytes()).unwrap();
+    }
+    for _ in 0..4 {
+        sub.poll(&mut record, 64).unwrap();
+    }
+    for i in 2_000..2_010u64 {
+        p.offer(&i.to_le_bytes()).unwrap();
+    }
+    let deadline = Instant::now() + WAIT_MAX;
+    while Instant::now() < deadline && sub.poll(&mut record, 64).unwrap() > 0 {}
+    assert!(
+        got.ends_with(&(2_000..2_010).collect::<Vec<_>>()),
+        "{got:?}"
+    );
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order");
+    assert!(sub.lost_records() > 0);
+    assert_eq!(
+        sub.lost_records() + got.len() as u64,
+        2_010,
+        "every record is delivered or counted lost"
+    );
+    ctx.remove(10, 0).unwrap();
+}
+
+#[test]
+fn silent_subscriber_is_evicted_and_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = Context::builder()
+        .dir(dir.path())
+        .capacity_bytes(1 << 12)
+        .liveness_timeout_ns(20_000_000)
+        .build();
+    let mut p = ctx.publisher(12, 0).unwrap();
+    let mut sub = ctx.subscriber(12, 0);
+    assert!(sub.try_attach(true).unwrap());
+    // The subscriber neither polls nor calls keepalive: once its heartbeat is
+    // older than the liveness timeout, a back-pressured publisher evicts it.
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut sent = 0u32;
+    while sent < 1_000 && Instant::now() < deadline {
+        match p.offer(&[1u8; 100]) {
+            Ok(_) => sent += 1,
+            Err(OfferError::BackPressured) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("offer: {e}"),
+        }
+    }
+    assert_eq!(sent, 1_000, "the silent subscriber stopped back-pressuring");
+    let err = sub.poll(|_| {}, 16).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            sdk::SubscriberPollError::Ring {
+                source: sdk::PollError::Evicted,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    ctx.remove(12, 0).unwrap();
+}
