@@ -301,7 +301,7 @@ mod tests {
             if let Err(e) = res {
                 return (acked, Some(e.to_string()));
             }
-            if i % 3 == 0 {
+            if i % 5 == 0 {
                 if let Err(e) = log.flush() {
                     return (acked, Some(e.to_string()));
                 }
@@ -327,14 +327,14 @@ mod tests {
             .and_then(|s| s.parse().ok())
         {
             Some(s) => vec![s],
-            None => (0..40).collect(),
+            None => (0..24).collect(),
         };
         let mut kinds_seen = Vec::new();
         for seed in seeds {
             let dir = tempdir();
             let mut acked = 0u64;
             for life in 0..6u64 {
-                let per_mille = if life == 5 { 0 } else { 40 };
+                let per_mille = if life == 5 { 0 } else { 60 };
                 let io = FaultIo::new(seed * 100 + life, per_mille, cfg().write_bytes_max as usize);
                 let (mut log, report) = Log::open_with(dir.path(), cfg(), io)
                     .unwrap_or_else(|e| panic!("seed {seed} life {life}: open failed: {e}"));
@@ -344,7 +344,7 @@ mod tests {
                     report.next_offset
                 );
                 assert_eq!(verify(&log), report.next_offset, "seed {seed} life {life}");
-                let (a, err) = append_until_failure(&mut log, 150, seed + life);
+                let (a, err) = append_until_failure(&mut log, 100, seed + life);
                 if std::env::var("MS_FAULT_DEBUG").is_ok() {
                     eprintln!("seed {seed} life {life}: report {report:?} acked {a} next {} err {err:?} faults {:?}", log.next_offset(), log.backend().injected);
                 }

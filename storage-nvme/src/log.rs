@@ -314,6 +314,11 @@ struct WriteSlot {
     iovcnt: u32,
 }
 
+// SAFETY: the raw pointers in `iov` point only into buffers owned by the same `Log` (its ring
+// and tail blocks), so they stay valid when the Log, and with it the slots, moves to another
+// thread; nothing else shares them.
+unsafe impl Send for WriteSlot {}
+
 const FSYNC_TOKEN: u64 = u64::MAX;
 
 /// One partition's log: appends batches, group-commits them, recovers on open.

@@ -238,3 +238,11 @@ fn retention_by_size_and_age_never_deletes_the_active_segment() {
     let end2 = append_pattern(&mut log, 5, 3);
     assert_eq!(log.sync().unwrap(), end2);
 }
+
+#[test]
+fn log_and_reader_can_move_to_agent_threads() {
+    fn is_send<T: Send>() {}
+    is_send::<Log>();
+    is_send::<storage_nvme::Reader>();
+    is_send::<AlignedBuf>();
+}
