@@ -8,6 +8,7 @@
 //! ms-xdp              config    --iface IF [--port P] [--default-allow true|false]
 //! ms-xdp [--netns NS] send      --dst IP --port P --kind K --count N [--stream S]
 //! ms-xdp [--netns NS] recv      --bind IP --port P --count N --timeout-ms T
+//! ms-xdp              cost      [--repeat N]   (program cost per packet, BPF_PROG_TEST_RUN)
 //! ```
 //! `--netns` switches only the network namespace (setns), so the pins stay in
 //! the host's bpffs where other processes find them. `attach` runs until
@@ -165,6 +166,12 @@ enum Cmd {
         #[arg(long, default_value_t = 5_000)]
         timeout_ms: u64,
     },
+    /// Measure the program's cost per packet on each main path (BPF_PROG_TEST_RUN,
+    /// no interface needed; figures only).
+    Cost {
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+    },
 }
 
 #[derive(clap::Args)]
@@ -292,6 +299,7 @@ fn run(cmd: Cmd) -> CmdResult {
             count,
             timeout_ms,
         } => recv(bind, port, count, timeout_ms),
+        Cmd::Cost { repeat } => cost(repeat),
     }
 }
 
@@ -484,6 +492,64 @@ fn recv(bind: Ipv4Addr, port: u16, count: u64, timeout_ms: u64) -> CmdResult {
         }
     }
     println!("received {received} valid {valid}");
+    Ok(())
+}
+
+/// Ethernet + IPv4 (198.18.0.1 -> 198.18.0.2) + UDP to `port` around `payload`.
+fn ipv4_udp_packet(proto: u8, port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+    let tot = (20 + 8 + payload.len()) as u16;
+    p.extend_from_slice(&[0x45, 0]);
+    p.extend_from_slice(&tot.to_be_bytes());
+    p.extend_from_slice(&[0, 1, 0, 0, 64, proto, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2]);
+    p.extend_from_slice(&40_000u16.to_be_bytes());
+    p.extend_from_slice(&port.to_be_bytes());
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+fn cost(repeat: u32) -> CmdResult {
+    const PORT: u16 = 47_000;
+    let config = Config {
+        data_port: PORT,
+        reserved: 0,
+        flags: 0,
+    };
+    let mut prog = XdpProgram::load_for_test_run(config)?;
+    let source = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+    prog.maps().allow(source, 1)?;
+    prog.maps()
+        .set_rate_limit(source, xdp_programs::abi::RATE_PER_SEC_MAX, 1 << 32)?;
+    let valid = frame_bytes(Kind::Valid, 1, 0, 1024);
+    let cases = [
+        (
+            "accept: policy allow + token bucket (redirect_no_socket)",
+            ipv4_udp_packet(17, PORT, &valid),
+        ),
+        (
+            "drop_policy (stream not allowed)",
+            ipv4_udp_packet(17, PORT, &frame_bytes(Kind::Valid, 2, 0, 1024)),
+        ),
+        (
+            "drop_bad_header (bad magic)",
+            ipv4_udp_packet(17, PORT, &frame_bytes(Kind::BadMagic, 1, 0, 1024)),
+        ),
+        ("pass_other_port", ipv4_udp_packet(17, PORT + 1, &valid)),
+        ("pass_not_udp (TCP)", ipv4_udp_packet(6, PORT, &valid)),
+    ];
+    let len = cases[0].1.len();
+    println!(
+        "memstreamer_xdp cost per packet: BPF_PROG_TEST_RUN, {repeat} repeats, {len}-byte packets"
+    );
+    for (name, packet) in cases {
+        let out = prog.run_repeat(&packet, repeat)?;
+        println!(
+            "{:>6} ns  action={}  {name}",
+            out.duration_ns_mean, out.action
+        );
+    }
     Ok(())
 }
 
