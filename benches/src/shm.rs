@@ -4,9 +4,11 @@
 //! - cross-process one-way latency of 64-byte messages: a paced publisher process
 //!   (one message every `PACE_NS`, so we measure latency, not queueing) pinned to
 //!   core 0, the subscriber (this process, a thread pinned to core 1) busy-polls.
-//!   The publisher stamps each message with `shm_ring::clock::now_ns()` just before
-//!   publishing; the subscriber subtracts it from its own `now_ns()` on receipt
-//!   (same time base in both processes). Warm-up messages are not recorded.
+//!   The publisher stamps each message with `shm_ring::clock::now_ns()` before
+//!   the publish call (ours: the record timestamp `claim()` takes; peers: a
+//!   payload field written before `send_copy`/`push`); the subscriber subtracts
+//!   it from its own `now_ns()` on receipt (same time base in both processes).
+//!   Warm-up messages are not recorded.
 //! - cross-process throughput of 32-byte messages, 1 publisher -> 1 subscriber,
 //!   exclusive publisher, batch polling (up to 256 records per poll, a short
 //!   pause after an empty poll); counted from the first to the last message
@@ -416,8 +418,10 @@ fn child_ours_pub(rest: &[String]) -> anyhow::Result<()> {
         loop {
             match publisher.claim(size) {
                 Ok(mut c) => {
+                    // The record's timestamp is the ring clock read by claim(),
+                    // before the payload is written: like the peers' stamps,
+                    // it includes the whole publish path.
                     c.buffer().copy_from_slice(&payload);
-                    c.set_timestamp_ns(now_ns());
                     c.commit()?;
                     break;
                 }
@@ -816,8 +820,10 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
         if args.quick { " (quick)" } else { "" }
     );
     println!(
-        "method: one-way latency = subscriber now_ns() - publisher now_ns() stamped just before \
-         publishing (shm_ring::clock, same time base in both processes); paced sender, one \
+        "method: one-way latency = subscriber now_ns() on receipt - publisher now_ns() taken before \
+         the publish call (ours: the record timestamp claim() reads before the payload is written; \
+         iceoryx2/crossbeam: written into the payload before send_copy/push); shm_ring::clock, one \
+         time base in all processes (children adopt the parent's calibration); paced sender, one \
          {LATENCY_MSG_BYTES}-byte message every {PACE_NS} ns; publisher pinned to core {CORE_PUB}, \
          subscriber to core {CORE_SUB}; first {} messages of {} per round not recorded; hdrhistogram, \
          3 significant digits; headline = median over rounds of each percentile. Throughput: {THROUGHPUT_MSG_BYTES}-byte messages, {} per round, \

@@ -7,9 +7,9 @@
 //! runs on core 0) and publishes for a bounded time in two halves:
 //!
 //! 1. latency: one 64-byte message every 5 us (paced, so queueing does not
-//!    hide the latency), stamped with the ring clock just before commit; the
-//!    subscriber subtracts that stamp from its own ring-clock reading (both
-//!    processes use the calibration stored in the ring header);
+//!    hide the latency); each record carries the ring-clock time its claim
+//!    was made, and the subscriber subtracts it from its own ring-clock
+//!    reading (both processes use the calibration stored in the ring header);
 //! 2. throughput: 32-byte messages as fast as the ring takes them.
 //!
 //! The subscriber prints messages/s and p50/p99/p99.9/max latency
@@ -154,7 +154,7 @@ fn run_publisher(args: &Args) -> Result<(), String> {
     let half = Duration::from_millis(args.seconds * 500);
     let mut buf = [0u8; LATENCY_MSG_BYTES];
     // 1. Latency, first (no backlog from the throughput phase): paced
-    //    64-byte messages stamped just before commit.
+    //    64-byte messages, stamped by claim().
     let (mut next, start) = (now_ns(), Instant::now());
     let mut paced = 0u64;
     while start.elapsed() < half {
@@ -163,7 +163,7 @@ fn run_publisher(args: &Args) -> Result<(), String> {
             std::hint::spin_loop();
         }
         buf[..8].copy_from_slice(&paced.to_le_bytes());
-        publish(&mut publisher, LATENCY, &buf, true)?;
+        publish(&mut publisher, LATENCY, &buf)?;
         paced += 1;
     }
     // 2. Throughput: 32-byte messages, back-pressure retried by spinning.
@@ -171,17 +171,12 @@ fn run_publisher(args: &Args) -> Result<(), String> {
     while start.elapsed() < half {
         for _ in 0..1024 {
             buf[..8].copy_from_slice(&sent.to_le_bytes());
-            publish(
-                &mut publisher,
-                THROUGHPUT,
-                &buf[..THROUGHPUT_MSG_BYTES],
-                false,
-            )?;
+            publish(&mut publisher, THROUGHPUT, &buf[..THROUGHPUT_MSG_BYTES])?;
             sent += 1;
         }
     }
     let pub_rate = sent as f64 / start.elapsed().as_secs_f64();
-    publish(&mut publisher, END, &[], false)?;
+    publish(&mut publisher, END, &[])?;
     println!("publisher: {sent} throughput messages ({pub_rate:.0} msgs/s offered), {paced} paced messages");
 
     for l in out.lines() {
@@ -195,17 +190,14 @@ fn run_publisher(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Claims, writes, stamps (ring clock, just before commit) if asked, commits; spins while the ring is back-pressured (bounded).
-fn publish(p: &mut sdk::Publisher, ty: u16, bytes: &[u8], stamp: bool) -> Result<(), String> {
+/// Claims (which stamps the record with the ring clock), writes, commits; spins while the ring is back-pressured (bounded).
+fn publish(p: &mut sdk::Publisher, ty: u16, bytes: &[u8]) -> Result<(), String> {
     let mut deadline = None; // read the clock only when back-pressured
     loop {
         match p.claim(bytes.len()) {
             Ok(mut c) => {
                 c.buffer().copy_from_slice(bytes);
                 c.set_type(ty);
-                if stamp {
-                    c.set_timestamp_ns(now_ns());
-                }
                 return c.commit().map(|_| ()).map_err(|e| e.to_string());
             }
             Err(OfferError::BackPressured)
