@@ -79,6 +79,19 @@ fn poll(c: &mut Criterion) {
         })
     });
     g.throughput(Throughput::Elements(1));
+    // The cost of one poll call that finds nothing: what a caught-up
+    // subscriber pays per loop iteration (it bounds how soon it sees a record).
+    g.bench_function("empty", |b| {
+        b.iter(|| {
+            sub.poll(
+                |r| {
+                    black_box(r.payload);
+                },
+                POLL_BATCH,
+            )
+            .expect("poll")
+        })
+    });
     g.bench_function("offer_then_poll_one/32B", |b| {
         let payload = [3u8; 32];
         b.iter(|| {
