@@ -225,6 +225,9 @@ static __always_inline int take_token(struct ms_rate_bucket *b, __u64 now)
 
 /* ---- The program ---------------------------------------------------------- */
 
+/* Needs: XDP (native or SKB), XSKMAP lookup + bpf_redirect_map with a default
+ * action (5.3+), BPF_CMPXCHG atomics (5.12+), bpf_link attach (5.9+); see the
+ * file header. Verdict order and meaning: docs/protocol.md. */
 SEC("xdp")
 int memstreamer_xdp(struct xdp_md *ctx)
 {
