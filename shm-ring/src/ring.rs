@@ -127,6 +127,9 @@ pub(crate) struct Region {
     data: *mut u8,
     #[cfg(loom)]
     cells: *const loom::cell::UnsafeCell<()>,
+    /// Loom, lossy rings: the data region as relaxed atomic words (see `word`).
+    #[cfg(loom)]
+    words: *const AtomicU64,
     pub(crate) p: Params,
 }
 
@@ -217,6 +220,10 @@ impl Region {
 
     #[inline(always)]
     fn read_u64(&self, pos: u64) -> u64 {
+        #[cfg(loom)]
+        if !self.p.reliable() {
+            return self.word(pos).load(Ordering::Relaxed);
+        }
         // SAFETY: callers pass a 16-byte aligned record position, so the 8
         // bytes are inside the data region (capacity is a multiple of 16) and
         // 8-byte aligned. Volatile: the bytes may be rewritten by another
@@ -226,8 +233,45 @@ impl Region {
 
     #[inline(always)]
     fn write_u64(&self, pos: u64, v: u64) {
+        #[cfg(loom)]
+        if !self.p.reliable() {
+            self.word(pos).store(v, Ordering::Relaxed);
+        }
         // SAFETY: as read_u64; the caller owns the record at pos (claimed).
         unsafe { std::ptr::write(self.data_at(pos) as *mut u64, v) }
+    }
+
+    /// Loom, lossy rings: racing reads and writes of record bytes are modelled
+    /// as relaxed atomic words (what an atomic memcpy would do), so loom checks
+    /// the seqlock fences. The handler gets a copy.
+    #[cfg(loom)]
+    fn word(&self, pos: u64) -> &AtomicU64 {
+        let i = ((pos & (self.p.capacity - 1)) / 8) as usize;
+        // SAFETY: i < capacity / 8 = words length.
+        unsafe { &*self.words.add(i) }
+    }
+
+    /// Make payload bytes written through `Claim::buffer` visible to lossy
+    /// readers (loom only: copies the staging bytes into the atomic words).
+    #[inline(always)]
+    fn publish_payload(&self, _pos: u64, _len: u64) {
+        #[cfg(loom)]
+        if !self.p.reliable() {
+            for w in (0.._len.div_ceil(8)).map(|k| _pos + 8 * k) {
+                // SAFETY: inside the claimed record (record_total rounds up to 16).
+                let v = unsafe { std::ptr::read(self.data_at(w) as *const u64) };
+                self.word(w).store(v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[cfg(loom)]
+    fn lossy_copy(&self, pos: u64, len: u64) -> Vec<u8> {
+        let mut out: Vec<u8> = (0..len.div_ceil(8))
+            .flat_map(|k| self.word(pos + 8 * k).load(Ordering::Relaxed).to_ne_bytes())
+            .collect();
+        out.truncate(len as usize);
+        out
     }
 }
 
@@ -241,6 +285,7 @@ pub(crate) struct Heap {
     /// u128 cells: 16-byte aligned data bytes.
     data: Box<[std::cell::UnsafeCell<u128>]>,
     cells: Box<[loom::cell::UnsafeCell<()>]>,
+    words: Box<[AtomicU64]>,
 }
 
 // SAFETY: the data cells are only accessed through a Region, per the ring
@@ -267,6 +312,7 @@ impl Heap {
             cells: (0..p.capacity / RECORD_ALIGN_BYTES)
                 .map(|_| loom::cell::UnsafeCell::new(()))
                 .collect(),
+            words: (0..p.capacity / 8).map(|_| AtomicU64::new(0)).collect(),
         })
     }
 
@@ -278,6 +324,7 @@ impl Heap {
             descs: self.descs.as_ptr(),
             data: self.data.as_ptr() as *mut u8,
             cells: self.cells.as_ptr(),
+            words: self.words.as_ptr(),
             p,
         }
     }
@@ -655,6 +702,7 @@ impl Claim<'_> {
         self.done = true;
         let region = &self.publisher.inner.region;
         let s = self.start;
+        region.publish_payload(s + RECORD_HEADER_BYTES, self.len as u64);
         region.track(s, RECORD_HEADER_BYTES, true);
         region.write_u64(s + RECORD_SEQUENCE_OFFSET as u64, self.seq);
         region.write_u64(
@@ -966,19 +1014,15 @@ impl Subscriber {
                     }
                 });
             }
-            // Not committed yet. Claimed (tail passed it) or simply not written?
-            // partner: publishers' tail store/CAS (Release).
-            let t = region.tail().load(Ordering::Acquire);
-            if t.1 <= q {
-                self.pending = None;
-                break Ok(());
-            }
+            // Not committed yet. The idle path does not touch the tail (the
+            // publisher's hot cache line): only a sighting that lasts
+            // claim_timeout_ns looks at whether q was claimed at all.
             match self.pending {
-                Some((pq, since)) if pq == q => {
-                    if now.saturating_sub(since) < p.claim_timeout_ns {
-                        break Ok(());
-                    }
-                    if !self.may_abort() {
+                Some((pq, since)) if pq == q && now.saturating_sub(since) >= p.claim_timeout_ns => {
+                    // partner: publishers' tail store/CAS (Release).
+                    let t = region.tail().load(Ordering::Acquire);
+                    if t.1 <= q || !self.may_abort() {
+                        // Nothing claimed (an idle publisher), or a live exclusive owner.
                         self.pending = Some((q, now));
                         break Ok(());
                     }
@@ -995,6 +1039,7 @@ impl Subscriber {
                     // Loop: the descriptor now reads ABORTED (ours or a racing
                     // subscriber's) or COMMITTED (the publisher won).
                 }
+                Some((pq, _)) if pq == q => break Ok(()),
                 _ => {
                     self.pending = Some((q, now));
                     break Ok(());
@@ -1065,6 +1110,22 @@ impl Subscriber {
             return Ok(None);
         }
         region.track(start + RECORD_HEADER_BYTES, len, false);
+        #[cfg(loom)]
+        let copy;
+        #[cfg(loom)]
+        let payload: &[u8] = if p.reliable() {
+            // SAFETY: as below.
+            unsafe {
+                std::slice::from_raw_parts(
+                    region.data_at(start + RECORD_HEADER_BYTES),
+                    len as usize,
+                )
+            }
+        } else {
+            copy = region.lossy_copy(start + RECORD_HEADER_BYTES, len);
+            &copy
+        };
+        #[cfg(not(loom))]
         let payload_ptr = region.data_at(start + RECORD_HEADER_BYTES);
         // SAFETY: [start+32, start+32+len) is inside the data region (checked
         // above: off + total <= capacity). Reliable rings: the record is
@@ -1072,6 +1133,7 @@ impl Subscriber {
         // position passes it. Lossy rings: it may be rewritten concurrently;
         // we check the tail after the handler and count the record lost then
         // (documented in lib.rs).
+        #[cfg(not(loom))]
         let payload = unsafe { std::slice::from_raw_parts(payload_ptr as *const u8, len as usize) };
         handler(&Record {
             offset: q,

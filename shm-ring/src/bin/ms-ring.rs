@@ -8,6 +8,7 @@
 //! ms-ring hold-subscriber <dir> <name>             attach a subscriber, keep it alive, never poll (kill -9 tests)
 //! ms-ring claim-and-hang <dir> <name>              claim a record, never commit (for kill -9 tests)
 //! ms-ring create-and-hang <dir> <name> <capacity>  create a ring and keep it (for stale-file tests)
+//! ms-ring bench [messages]                         cross-process throughput (32 B) and paced latency (64 B)
 //! ```
 //! Roles print one line ("ready ...", "ok ...") on stdout when they reach their state.
 
@@ -157,7 +158,151 @@ mod imp {
                 ready("ready created");
                 hang()
             }
+            Some("bench") => bench::run(
+                args.get(1)
+                    .map(|s| s.parse())
+                    .transpose()
+                    .map_err(|e| format!("{e}"))?,
+            ),
+            Some("bench-pub") => bench::publisher(&open(1)?, args),
             _ => Err(usage()),
+        }
+    }
+
+    /// A quick health check of the ring between two processes (not the
+    /// project's benchmark suite, which is `ms-bench shm`).
+    mod bench {
+        use super::*;
+        use std::process::{Command, Stdio};
+
+        /// Gap between latency messages, so each is drained before the next.
+        const PACE_NS: u64 = 5_000;
+        const LATENCY_MSGS: u64 = 200_000;
+        const CORE_PUB: usize = 0;
+        const CORE_SUB: usize = 1;
+
+        fn pin(core: usize) {
+            // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it;
+            // sched_setaffinity(0, ..) only affects this thread.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(core, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
+        }
+
+        pub fn run(messages: Option<u64>) -> Result<(), String> {
+            let messages = messages.unwrap_or(50_000_000);
+            let name = format!("ms-ring-bench-{}", std::process::id());
+            let cfg = RingConfig {
+                capacity_bytes: 8 << 20,
+                publishers: PublisherKind::Exclusive,
+                ..RingConfig::default()
+            };
+            let ring = Ring::create(&name, &cfg).map_err(|e| e.to_string())?;
+            let dir = ring.dir();
+            let result = (|| {
+                pin(CORE_SUB);
+                let mut sub = ring.subscriber(StartAt::Tail).map_err(|e| e.to_string())?;
+                let spawn = |what: &str, count: u64| {
+                    Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+                        .arg("bench-pub")
+                        .arg(&dir)
+                        .args([name.as_str(), what, &count.to_string()])
+                        .stdout(Stdio::null())
+                        .spawn()
+                        .map_err(|e| e.to_string())
+                };
+                // Throughput: 32-byte records, as fast as the publisher can.
+                let mut child = spawn("throughput", messages)?;
+                let (mut n, mut first, mut last) = (0u64, 0u64, 0u64);
+                let deadline = Instant::now() + ROLE_DEADLINE;
+                while n < messages && Instant::now() < deadline {
+                    let p = sub.poll(|_| n += 1, 4096).map_err(|e| e.to_string())?;
+                    if p.records > 0 {
+                        last = clock::now_ns();
+                        if first == 0 {
+                            first = last;
+                        }
+                    }
+                }
+                let _ = child.wait();
+                let secs = (last - first) as f64 / 1e9;
+                println!(
+                    "throughput 32 B: {n} records in {secs:.3} s = {:.1} M records/s",
+                    n as f64 / secs / 1e6
+                );
+                // Latency: 64-byte records, one every PACE_NS, stamped with the ring clock.
+                let mut child = spawn("latency", LATENCY_MSGS)?;
+                let mut lat = Vec::with_capacity(LATENCY_MSGS as usize);
+                let deadline = Instant::now() + ROLE_DEADLINE;
+                while (lat.len() as u64) < LATENCY_MSGS && Instant::now() < deadline {
+                    sub.poll(
+                        |r| {
+                            let sent =
+                                u64::from_le_bytes(r.payload[..8].try_into().unwrap_or([0; 8]));
+                            lat.push(clock::now_ns().saturating_sub(sent));
+                        },
+                        64,
+                    )
+                    .map_err(|e| e.to_string())?;
+                }
+                let _ = child.wait();
+                let warm = lat.len() / 10;
+                let mut l = lat.split_off(warm);
+                l.sort_unstable();
+                let q = |f: f64| {
+                    l.get(((l.len() as f64 * f) as usize).min(l.len().saturating_sub(1)))
+                        .copied()
+                        .unwrap_or(0)
+                };
+                println!(
+                    "latency 64 B one-way (n = {}, paced {PACE_NS} ns): p50 {} ns  p99 {} ns  p99.9 {} ns  max {} ns",
+                    l.len(),
+                    q(0.5),
+                    q(0.99),
+                    q(0.999),
+                    l.last().copied().unwrap_or(0)
+                );
+                Ok(())
+            })();
+            let _ = ring.unlink();
+            result
+        }
+
+        pub fn publisher(ring: &Ring, args: &[String]) -> Result<(), String> {
+            pin(CORE_PUB);
+            let what = args.get(3).ok_or_else(usage)?;
+            let count = num(args.get(4))?;
+            let mut publ = ring.publisher().map_err(|e| e.to_string())?;
+            let deadline = Instant::now() + ROLE_DEADLINE;
+            if what == "throughput" {
+                let msg = [7u8; 32];
+                let mut i = 0;
+                while i < count && Instant::now() < deadline {
+                    for _ in 0..1024 {
+                        if i < count && publ.offer(&msg).is_ok() {
+                            i += 1;
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            let mut next = clock::now_ns();
+            let mut msg = [0u8; 64];
+            for _ in 0..count {
+                next += PACE_NS;
+                while clock::now_ns() < next {
+                    std::hint::spin_loop();
+                }
+                msg[..8].copy_from_slice(&clock::now_ns().to_le_bytes());
+                while publ.offer(&msg).is_err() {
+                    if Instant::now() > deadline {
+                        return Err("latency publisher timed out".into());
+                    }
+                }
+            }
+            Ok(())
         }
     }
 
