@@ -9,9 +9,10 @@
 
 use std::io;
 use std::net::IpAddr;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use thiserror::Error;
@@ -313,11 +314,12 @@ impl XdpProgram {
             ebpf.take_map(name)
                 .ok_or(XdpLoadError::MissingInObject { name })
         };
-        let (counters, config_map, policy, rate) = (
+        let (counters, config_map, policy, rate, xsks) = (
             take(MAP_COUNTERS)?,
             take(MAP_CONFIG)?,
             take(MAP_POLICY)?,
             take(MAP_RATE)?,
+            take(MAP_XSKS)?,
         );
         let typed = |name: &'static str| {
             move |source| {
@@ -332,6 +334,7 @@ impl XdpProgram {
             config: config_map.try_into().map_err(typed(MAP_CONFIG))?,
             policy: policy.try_into().map_err(typed(MAP_POLICY))?,
             rate: rate.try_into().map_err(typed(MAP_RATE))?,
+            xsks: xsks.try_into().map_err(typed(MAP_XSKS))?,
         };
         maps.set_config(config).map_err(XdpLoadError::Config)?;
         let program: &mut Xdp = ebpf
@@ -464,6 +467,13 @@ pub enum PolicyMapsError {
     },
     #[error("rate {rate_per_sec}/s exceeds RATE_PER_SEC_MAX ({RATE_PER_SEC_MAX})")]
     RateTooHigh { rate_per_sec: u64 },
+    #[error("RX queue {queue} is out of range: the XSKMAP has {XSK_QUEUES_MAX} slots")]
+    QueueOutOfRange { queue: u32 },
+    #[error(
+        "the kernel refused the socket for RX queue {queue}: it must be an AF_XDP socket bound \
+         to this interface and queue, with an RX ring ({source})"
+    )]
+    XskRejected { queue: u32, source: MapError },
     #[error("burst {burst} must be 1..={RATE_BURST_MAX} frames (and tokens <= burst)")]
     BadBurst { burst: u64 },
 }
@@ -474,6 +484,7 @@ pub struct PolicyMaps {
     config: Array<MapData, [u8; CONFIG_BYTES as usize]>,
     policy: HashMap<MapData, [u8; POLICY_KEY_BYTES as usize], [u8; POLICY_VALUE_BYTES as usize]>,
     rate: HashMap<MapData, [u8; SOURCE_KEY_BYTES as usize], [u8; RATE_BUCKET_BYTES as usize]>,
+    xsks: XskMap<MapData>,
 }
 
 fn open_pinned<T: TryFrom<Map, Error = MapError>>(
@@ -515,6 +526,7 @@ impl PolicyMaps {
             config: open_pinned(&dir, MAP_CONFIG)?,
             policy: open_pinned(&dir, MAP_POLICY)?,
             rate: open_pinned(&dir, MAP_RATE)?,
+            xsks: open_pinned(&dir, MAP_XSKS)?,
         })
     }
 
@@ -641,6 +653,33 @@ impl PolicyMaps {
             Err(source) => Err(PolicyMapsError::Map {
                 map: MAP_RATE,
                 action: "get",
+                source,
+            }),
+        }
+    }
+
+    /// Sends accepted frames of RX `queue` to `socket`, an AF_XDP socket bound
+    /// to this interface and queue (with an RX ring). Until then, and after
+    /// [`PolicyMaps::clear_xsk`], they go to the kernel (`redirect_no_socket`).
+    pub fn set_xsk(&mut self, queue: u32, socket: &impl AsFd) -> Result<(), PolicyMapsError> {
+        if queue >= XSK_QUEUES_MAX {
+            return Err(PolicyMapsError::QueueOutOfRange { queue });
+        }
+        self.xsks
+            .set(queue, socket.as_fd(), 0)
+            .map_err(|source| PolicyMapsError::XskRejected { queue, source })
+    }
+
+    /// Removes the AF_XDP socket of RX `queue` (no-op when none is set).
+    pub fn clear_xsk(&mut self, queue: u32) -> Result<(), PolicyMapsError> {
+        if queue >= XSK_QUEUES_MAX {
+            return Err(PolicyMapsError::QueueOutOfRange { queue });
+        }
+        match self.xsks.unset(queue) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(PolicyMapsError::Map {
+                map: MAP_XSKS,
+                action: "delete",
                 source,
             }),
         }

@@ -332,6 +332,16 @@ fn policy_deny_drops_in_xdp_and_reallow_delivers_to_a_udp_socket() {
     net.send("valid", 2, 7, &[]);
     net.expect_delta(&c4, &[(Verdict::RedirectNoSocket, 2)]);
 
+    // Only a bound AF_XDP socket can take an XSKMAP slot; clearing an empty slot is fine.
+    let udp = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp socket");
+    let mut maps = net.maps();
+    let err = maps.set_xsk(0, &udp).expect_err("a UDP socket is refused");
+    assert!(err.to_string().contains("AF_XDP socket bound"), "{err}");
+    assert!(maps
+        .set_xsk(xdp_programs::abi::XSK_QUEUES_MAX, &udp)
+        .is_err());
+    maps.clear_xsk(0).expect("clear empty slot");
+
     // A second attach on the same interface is refused with a clear message.
     let out = Command::new(MS_XDP)
         .args([
