@@ -27,7 +27,8 @@
 //!         │ SUBSCRIBERS_MAX slots × 64 B, one cache line each                 │
 //!  0x1200 │ reserved, zero, to HEADER_BYTES                                   │
 //!  0x2000 ├──────────────────────────── DESCRIPTORS (live) ──────────────────┤
-//!         │ descriptors × 16 B: [tag u64 = sequence][start_position | state]  │
+//!         │ descriptors × 16 B: [tag u64 = sequence][position | state]        │
+//!         │ (COMMITTED: the record's start; ABORTED: its end, or 0 if unknown)│
 //!         │ descriptor i holds sequence s where s % descriptors == i          │
 //!  D_END  ├──────────────────────────── DATA (live) ─────────────────────────┤
 //!         │ capacity_bytes of records, each 16 B aligned:                     │

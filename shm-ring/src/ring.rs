@@ -725,7 +725,11 @@ impl Claim<'_> {
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.publisher.publish(self.seq, DESC_ABORTED);
+            // An aborted descriptor carries the record's end, so subscribers
+            // can move their position past it (a subscriber's abort of a dead
+            // claim carries 0: position unknown, resynced at the next record).
+            let end = self.start + record_total(self.len as u64);
+            let _ = self.publisher.publish(self.seq, end | DESC_ABORTED);
         }
     }
 }
@@ -983,6 +987,10 @@ impl Subscriber {
                 continue;
             }
             if tag == q && state == DESC_ABORTED {
+                let end = w1 & !DESC_STATE_MASK;
+                if end > r && (p.mode == Mode::Lossy || end <= r + p.capacity) {
+                    r = end;
+                }
                 out.lost += 1;
                 q += 1;
                 continue;
