@@ -564,3 +564,67 @@ fn attach_errors_say_what_to_do() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("attach the program first"));
     let _ = std::io::stderr().flush();
 }
+
+/// Deletes network namespaces on drop.
+struct NsGuard(Vec<String>);
+
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn loader_mounts_bpffs_when_absent_and_skb_mode_works() {
+    require_root!();
+    if Command::new("unshare").arg("--version").output().is_err() {
+        eprintln!("skipping: needs unshare (util-linux)");
+        return;
+    }
+    let pid = std::process::id();
+    let ns = format!("msxdp-{pid}-5-m");
+    let guard = NsGuard(vec![ns.clone()]);
+    let iface = format!("mx{}m5", pid % 1_000_000);
+    ip(&["netns", "add", &ns]);
+    ip(&[
+        "-n",
+        &ns,
+        "link",
+        "add",
+        &iface,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{iface}p"),
+    ]);
+    ip(&["-n", &ns, "link", "set", &iface, "up"]);
+    // A private mount namespace without bpffs: the loader must mount it.
+    // stdin is /dev/null, so `attach --exit-on-stdin-eof` detaches right away.
+    let script = format!(
+        "umount /sys/fs/bpf 2>/dev/null; \
+         if mount | grep -q ' /sys/fs/bpf '; then echo still-mounted; exit 1; fi; \
+         {MS_XDP} --netns {ns} attach --iface {iface} --port 1 --mode skb --exit-on-stdin-eof \
+           </dev/null || exit 1; \
+         mount | grep ' /sys/fs/bpf ' | cut -d' ' -f5"
+    );
+    let out = run(Command::new("unshare").args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("attached ") && lines[0].contains("mode=Skb"),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("detached "), "{out}");
+    assert_eq!(lines[2], "bpf", "bpffs mounted by the loader: {out}");
+    drop(guard);
+    assert!(!pin_dir(&iface).exists());
+}
