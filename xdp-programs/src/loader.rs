@@ -168,10 +168,14 @@ pub fn ensure_bpffs() -> Result<(), XdpLoadError> {
 /// removes the (then empty) pin root between our two `mkdir`s.
 const PIN_DIR_ATTEMPTS_MAX: u32 = 4;
 
+/// Creates `<PIN_ROOT>/<iface>` with a plain `mkdir`, so exactly one of two
+/// concurrent loaders for the same interface owns it (the other gets
+/// `AlreadyExists`).
 fn create_pin_dir(dir: &Path) -> io::Result<()> {
     let mut attempt = 1;
     loop {
-        match std::fs::create_dir_all(dir) {
+        std::fs::create_dir_all(PIN_ROOT)?;
+        match std::fs::create_dir(dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < PIN_DIR_ATTEMPTS_MAX => {
                 attempt += 1;
             }
@@ -208,7 +212,9 @@ impl XdpProgram {
             .map_err(object_error)?;
 
         create_pin_dir(&dir).map_err(|source| {
-            if source.kind() == io::ErrorKind::PermissionDenied {
+            if source.kind() == io::ErrorKind::AlreadyExists {
+                XdpLoadError::AlreadyPinned { path: dir.clone() }
+            } else if source.kind() == io::ErrorKind::PermissionDenied {
                 XdpLoadError::NotPermitted {
                     action: "create pins",
                     source: Box::new(source),
