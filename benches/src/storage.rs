@@ -94,13 +94,17 @@ fn append_run(
                 records += per_batch as u64;
             }
             Err(AppendError::BackPressured) => {
-                log.poll()?;
+                log.wait()?;
             }
             Err(e) => return Err(e.into()),
         }
     }
     log.sync()?;
     let secs = t0.elapsed().as_secs_f64();
+    let st = log.stats();
+    if std::env::var("MS_BENCH_STORAGE_VERBOSE").is_ok() {
+        println!("  log: {st:?}");
+    }
     log.close()?;
     let _ = std::fs::remove_dir_all(dir);
     let run = AppendRun {

@@ -278,6 +278,9 @@ pub struct LogStats {
     pub sync_ns_max: u64,
     /// `append_batch` calls refused for lack of ring space.
     pub back_pressured: u64,
+    /// Segment rolls and the time they blocked `append_batch` in total.
+    pub rolls: u64,
+    pub roll_ns_total: u64,
 }
 
 /// Positions shared with readers (possibly on other threads).
@@ -859,6 +862,16 @@ impl<B: IoBackend> Log<B> {
         }
     }
 
+    /// Like [`poll`](Self::poll), but first blocks until at least one write or sync in flight
+    /// completes (returns at once when none is). Use it on [`AppendError::BackPressured`] when
+    /// the thread has nothing else to do: it leaves the CPU to the kernel's I/O completion work.
+    pub fn wait(&mut self) -> Result<u64, LogIoError> {
+        if self.busy_slots > 0 || self.fsync_target.is_some() {
+            self.reap(true);
+        }
+        self.poll()
+    }
+
     /// Flushes and blocks until everything appended is durable; returns the durable offset.
     pub fn sync(&mut self) -> Result<u64, LogIoError> {
         self.flush()?;
@@ -1119,6 +1132,14 @@ impl<B: IoBackend> Log<B> {
 
     /// Seals the active segment (durable, indexed) and starts a new one at `next_offset`.
     fn roll(&mut self) -> Result<(), LogIoError> {
+        let t0 = std::time::Instant::now();
+        let res = self.roll_inner();
+        self.stats.rolls += 1;
+        self.stats.roll_ns_total += t0.elapsed().as_nanos() as u64;
+        res
+    }
+
+    fn roll_inner(&mut self) -> Result<(), LogIoError> {
         self.sync()?;
         let a = &self.active;
         let cp = IndexCheckpoint {

@@ -141,7 +141,7 @@ fn append(args: &Args) -> Result<(), String> {
             match log.append_batch(base, &recs) {
                 Ok(_) => break,
                 Err(storage_nvme::AppendError::BackPressured) => {
-                    log.poll().map_err(|e| e.to_string())?;
+                    log.wait().map_err(|e| e.to_string())?;
                 }
                 Err(e) => return Err(e.to_string()),
             }
