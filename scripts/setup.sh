@@ -9,9 +9,12 @@ set -euo pipefail
 
 APT_PACKAGES=(
   fio          # storage bench peer (ms-bench storage)
-  iproute2     # network namespaces for data-plane tests
+  iproute2     # ip netns / veth / tc netem for data-plane and control-plane tests
   util-linux   # mount, taskset
   pkg-config
+  clang llvm libbpf-dev      # xdp-programs: C XDP programs built with clang -target bpf
+  m4 libelf-dev zlib1g-dev   # xsk-rs (AF_XDP) builds its vendored libxdp/libbpf
+  etcd-server  # ms-bench control: the etcd peer
 )
 
 log() { printf '[setup] %s\n' "$*"; }
