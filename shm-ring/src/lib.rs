@@ -27,7 +27,8 @@
 //! - **Commit.** The publisher writes the record header and payload, then
 //!   publishes descriptor `(s, start | COMMITTED)` with Release (a store for
 //!   an exclusive publisher, a CAS for shared ones). Dropping a claim
-//!   publishes `(s, ABORTED)` instead.
+//!   publishes `(s, end | ABORTED)` instead (the end lets subscribers move
+//!   their position past it).
 //! - **Poll.** A subscriber at sequence `q` Acquire-loads descriptor `q`:
 //!   committed -> validate the record (sequence, bounds) and hand the payload
 //!   to the handler zero-copy; aborted -> skip, count as lost; older tag ->
@@ -50,6 +51,20 @@
 //!   finds descriptor `q` reused by a later lap (or a record whose bytes were
 //!   reclaimed: `tail.position > start + capacity`) jumps to the tail and
 //!   counts `tail.sequence - q` records as lost, exactly.
+//!
+//! # Why descriptors (a change from the first design)
+//! The first design tagged each in-place record header with its sequence and
+//! claimed by CASing that header from its "stale" content, with helping to
+//! advance the tail. The stale content at a header position can be *payload
+//! bytes* of an older lap, and payload bytes repeat (e.g. zero-filled
+//! messages): a publisher that read the tail and the stale bytes, then was
+//! preempted for a lap, could win its CAS against identical bytes in the
+//! middle of a newer record (ABA) and corrupt it. Here the claim is the tail
+//! CAS (tail values never repeat) and commit/abort CAS a descriptor whose
+//! previous value is always a genuine descriptor of an older lap (tags only
+//! grow), so neither CAS can suffer ABA, no helping is needed, and wrapping
+//! needs no padding record. Cost: one 16-byte descriptor per record (four per
+//! cache line) next to the record.
 //!
 //! # Lossy zero-copy caveat
 //! In lossy rings a publisher may overwrite a record while a subscriber's

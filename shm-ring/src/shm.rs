@@ -275,6 +275,16 @@ fn create_in(
     p: Params,
     kind: BackingKind,
 ) -> Result<(Mapping, PathBuf), RingCreateError> {
+    if kind == BackingKind::Hugetlbfs && !dir.exists() {
+        // Do not create a directory on some other filesystem first.
+        let parent = dir.parent().unwrap_or(Path::new("/"));
+        if !is_hugetlbfs(parent) {
+            return Err(RingCreateError::NoHugepages {
+                path: dir.into(),
+                reason: format!("{} is not a hugetlbfs mount", parent.display()),
+            });
+        }
+    }
     ensure_dir(dir)?;
     if kind == BackingKind::Hugetlbfs && !is_hugetlbfs(dir) {
         return Err(RingCreateError::NoHugepages {
@@ -365,6 +375,8 @@ fn create_in(
     if rc != 0 {
         let e = io::Error::last_os_error();
         if errno(&e) == libc::EEXIST {
+            // Another process created the ring between our check and now.
+            check_existing(&path)?;
             return Err(RingCreateError::Exists { path, pid: 0 });
         }
         return Err(io_err("rename", &path, e));

@@ -303,3 +303,75 @@ fn records_cross_between_processes_in_order() {
         assert_eq!(sub.wait_ok(), "ok received 20000 bad 0 lost 0");
     }
 }
+
+#[test]
+fn inspect_prints_header_tail_owner_and_subscribers() {
+    let dir = TestDir::new("inspect");
+    let ring = Ring::create("r", &dir.cfg(4096, Mode::Lossy, PublisherKind::Exclusive)).unwrap();
+    let mut sub = ring.subscriber(StartAt::Tail).unwrap();
+    let mut publ = ring.publisher().unwrap();
+    for i in 0..5u64 {
+        publ.offer(&payload(i, 10)).unwrap();
+    }
+    sub.poll(|_| {}, 2).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ms-ring"))
+        .arg("inspect")
+        .arg(ring.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "capacity_bytes    4096",
+        "mode              Lossy",
+        "publishers        Exclusive",
+        "tail              position 240 next_offset 5",
+        &format!("owner             active gen 1 pid {}", std::process::id()),
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("0 "))
+        .expect("subscriber row");
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cols[..7],
+        &[
+            "0",
+            "active",
+            "1",
+            &std::process::id().to_string(),
+            "2",
+            "96",
+            "3"
+        ]
+    );
+    // A file that is not a ring: a clear error, exit status 1.
+    std::fs::write(dir.path().join("junk"), vec![0u8; 9000]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ms-ring"))
+        .arg("inspect")
+        .arg(dir.path().join("junk"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad magic"));
+}
+
+#[test]
+fn handles_are_send_and_small() {
+    fn send<T: Send>() {}
+    send::<Publisher>();
+    send::<Subscriber>();
+    send::<Ring>();
+    assert!(
+        std::mem::size_of::<Publisher>() <= 64,
+        "{}",
+        std::mem::size_of::<Publisher>()
+    );
+    assert!(
+        std::mem::size_of::<Subscriber>() <= 128,
+        "{}",
+        std::mem::size_of::<Subscriber>()
+    );
+}

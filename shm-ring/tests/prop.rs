@@ -45,7 +45,7 @@ fn kinds() -> impl Strategy<Value = PublisherKind> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+    // Cases: proptest default (256), or PROPTEST_CASES.
 
     /// Reliable: every committed record arrives once, in order, intact, with
     /// dense offsets; aborted ones are counted lost; back-pressure only when
