@@ -131,6 +131,7 @@ fn ack_latency_run(dir: &Path, seconds: u64) -> anyhow::Result<Latency> {
         .collect();
     let mut hist = latency_histogram();
     let mut acked = 0u64;
+    let spin = std::env::var("MS_BENCH_STORAGE_SPIN").is_ok();
     let deadline = Duration::from_secs(seconds + 30);
     let t0 = Instant::now();
     while acked < total {
@@ -148,7 +149,16 @@ fn ack_latency_run(dir: &Path, seconds: u64) -> anyhow::Result<Latency> {
             }
             log.flush()?;
         }
-        let d = log.poll()?;
+        // Until the next record is due, sleep in the kernel waiting for a completion instead
+        // of spinning: on a small machine the spinning would take the CPU from the I/O
+        // completion work it waits for.
+        let next_due_ns = log.next_offset().min(total) * interval_ns;
+        let now_ns = t0.elapsed().as_nanos() as u64;
+        let d = if spin || next_due_ns <= now_ns {
+            log.poll()?
+        } else {
+            log.wait_timeout(Duration::from_nanos(next_due_ns - now_ns))?
+        };
         if d > acked {
             let now_ns = t0.elapsed().as_nanos() as u64;
             for o in acked.max(warmup)..d {

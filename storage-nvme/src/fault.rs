@@ -199,7 +199,11 @@ impl IoBackend for FaultIo {
     fn submit(&mut self) -> io::Result<()> {
         Ok(())
     }
-    fn reap<F: FnMut(u64, i32)>(&mut self, _wait: bool, mut on_done: F) -> io::Result<()> {
+    fn reap<F: FnMut(u64, i32)>(
+        &mut self,
+        _wait: crate::io::Wait,
+        mut on_done: F,
+    ) -> io::Result<()> {
         while let Some((t, r)) = self.done.pop_front() {
             on_done(t, r);
         }

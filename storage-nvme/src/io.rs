@@ -194,8 +194,17 @@ pub trait IoBackend {
     /// Hands queued operations to the kernel.
     fn submit(&mut self) -> io::Result<()>;
     /// Calls `on_done(token, result)` for each completed operation (`result` = bytes written,
-    /// 0 for a sync, or `-errno`). With `wait`, blocks until at least one completes.
-    fn reap<F: FnMut(u64, i32)>(&mut self, wait: bool, on_done: F) -> io::Result<()>;
+    /// 0 for a sync, or `-errno`). `wait` says whether to block until at least one completes.
+    fn reap<F: FnMut(u64, i32)>(&mut self, wait: Wait, on_done: F) -> io::Result<()>;
+}
+
+/// How long [`IoBackend::reap`] may block for a completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    No,
+    Forever,
+    /// At most this long (callers pass their time to the next deadline).
+    Timeout(std::time::Duration),
 }
 
 /// Synchronous `pwrite`/`fdatasync` backend: operations run at submission.
@@ -245,7 +254,7 @@ impl IoBackend for PwriteIo {
     fn submit(&mut self) -> io::Result<()> {
         Ok(())
     }
-    fn reap<F: FnMut(u64, i32)>(&mut self, _wait: bool, mut on_done: F) -> io::Result<()> {
+    fn reap<F: FnMut(u64, i32)>(&mut self, _wait: Wait, mut on_done: F) -> io::Result<()> {
         while let Some((t, r)) = self.done.pop_front() {
             on_done(t, r);
         }
@@ -315,16 +324,28 @@ impl IoBackend for UringIo {
         }
         Ok(())
     }
-    fn reap<F: FnMut(u64, i32)>(&mut self, wait: bool, mut on_done: F) -> io::Result<()> {
-        if wait || (self.inflight > 0 && self.ring.completion().is_empty()) {
-            // Entering the kernel also runs the task work that posts completions of operations
-            // finished by io_uring's workers (fsync, and O_DIRECT writes that had to block).
-            match self.ring.submit_and_wait(usize::from(wait)) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) => return Err(e),
+    fn reap<F: FnMut(u64, i32)>(&mut self, wait: Wait, mut on_done: F) -> io::Result<()> {
+        let idle = self.inflight > 0 && self.ring.completion().is_empty();
+        // Entering the kernel also runs the task work that posts completions of operations
+        // finished by io_uring's workers (fsync, and O_DIRECT writes that had to block).
+        let res = match wait {
+            Wait::Forever => self.ring.submit_and_wait(1),
+            Wait::No if idle => self.ring.submit_and_wait(0),
+            Wait::Timeout(d) if idle => {
+                let ts = io_uring::types::Timespec::from(d);
+                let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
             }
-            self.queued = 0;
+            _ => Ok(0),
+        };
+        match res {
+            Ok(_) => self.queued = 0,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::ETIME) | Some(libc::EBUSY)
+                ) => {}
+            Err(e) => return Err(e),
         }
         for cqe in self.ring.completion() {
             self.inflight = self.inflight.saturating_sub(1);
@@ -400,7 +421,7 @@ impl IoBackend for SysIo {
             Self::Pwrite(p) => p.submit(),
         }
     }
-    fn reap<F: FnMut(u64, i32)>(&mut self, wait: bool, on_done: F) -> io::Result<()> {
+    fn reap<F: FnMut(u64, i32)>(&mut self, wait: Wait, on_done: F) -> io::Result<()> {
         match self {
             Self::Uring(u) => u.reap(wait, on_done),
             Self::Pwrite(p) => p.reap(wait, on_done),

@@ -66,7 +66,7 @@ pub mod segment;
 mod fault;
 
 pub use codec::{BatchDecodeError, BatchEncodeError, BatchView, Record, RecordView};
-pub use io::{AlignedBuf, BufBacking, IoBackend, IoMode, PwriteIo, SysIo, UringIo};
+pub use io::{AlignedBuf, BufBacking, IoBackend, IoMode, PwriteIo, SysIo, UringIo, Wait};
 pub use log::*;
 pub use reader::{ReadError, Reader, SeekError};
 pub use retention::RetentionPolicy;

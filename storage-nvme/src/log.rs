@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::codec::{batch_bytes_for, encode_batch, BatchEncodeError, Record};
 use crate::index::{IndexCheckpoint, IndexCursor, SparseIndex};
-use crate::io::{AlignedBuf, BufBacking, IoBackend, IoMode, SysIo};
+use crate::io::{AlignedBuf, BufBacking, IoBackend, IoMode, SysIo, Wait};
 use crate::layout::*;
 use crate::reader::Reader;
 use crate::retention::{segments_to_delete, RetentionPolicy, SegmentInfo};
@@ -852,7 +852,7 @@ impl<B: IoBackend> Log<B> {
 
     /// Reaps completions, submits more writes and syncs; returns the durable offset.
     pub fn poll(&mut self) -> Result<u64, LogIoError> {
-        self.reap(false);
+        self.reap(Wait::No);
         self.pump();
         self.maybe_sync();
         self.submit_queued();
@@ -867,7 +867,16 @@ impl<B: IoBackend> Log<B> {
     /// the thread has nothing else to do: it leaves the CPU to the kernel's I/O completion work.
     pub fn wait(&mut self) -> Result<u64, LogIoError> {
         if self.busy_slots > 0 || self.fsync_target.is_some() {
-            self.reap(true);
+            self.reap(Wait::Forever);
+        }
+        self.poll()
+    }
+
+    /// Like [`wait`](Self::wait) but blocks at most `timeout` (e.g. until the caller's next
+    /// deadline), leaving the CPU to the kernel's completion work meanwhile.
+    pub fn wait_timeout(&mut self, timeout: std::time::Duration) -> Result<u64, LogIoError> {
+        if self.busy_slots > 0 || self.fsync_target.is_some() {
+            self.reap(Wait::Timeout(timeout));
         }
         self.poll()
     }
@@ -877,7 +886,7 @@ impl<B: IoBackend> Log<B> {
         self.flush()?;
         while self.durable_pos < self.append_pos && self.failed.is_none() {
             let waiting = self.busy_slots > 0 || self.fsync_target.is_some();
-            self.reap(waiting);
+            self.reap(if waiting { Wait::Forever } else { Wait::No });
             self.pump();
             self.maybe_sync();
             self.submit_queued();
@@ -1027,7 +1036,7 @@ impl<B: IoBackend> Log<B> {
         }
     }
 
-    fn reap(&mut self, wait: bool) {
+    fn reap(&mut self, wait: Wait) {
         let mut done = std::mem::take(&mut self.done);
         done.clear();
         if let Err(e) = self.io.reap(wait, |t, r| done.push((t, r))) {
@@ -1264,7 +1273,7 @@ impl<B: IoBackend> Log<B> {
             if self.busy_slots == 0 && self.fsync_target.is_none() {
                 return;
             }
-            self.reap(true);
+            self.reap(Wait::Forever);
         }
     }
 }
