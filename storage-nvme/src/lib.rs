@@ -28,6 +28,9 @@
 //!   may be acknowledged. [`Log::sync`] blocks until everything appended is durable.
 //!   The fdatasync is submitted only after the writes it covers completed (io_uring does not
 //!   order them otherwise); writes keep flowing while it runs.
+//! * [`Log::wait`] / [`Log::wait_timeout`] block in the kernel until an operation completes
+//!   (use them when back-pressured or idle, instead of spinning on `poll`); [`Log::stats`]
+//!   counts writes, syncs (with their durations), back-pressure and segment rolls.
 //! * A write or sync error stops the log ([`LogIoError`], naming file and offset); nothing
 //!   more is acknowledged. Reopen it: recovery keeps everything that was durable.
 //! * [`Log::enforce_retention`] deletes the oldest sealed segments beyond the size/age limits,
