@@ -1,1 +1,20 @@
-//! controlplane (being written).
+//! MemoryStreamer's control plane: cluster metadata replicated with Raft
+//! (openraft over a tonic/mTLS transport) and turned into data-plane policy.
+//! It is never on the packet path.
+//!
+//! Layout follows openraft's `raft-kv-memstore-grpc` example: [`types`] (the
+//! data model and Raft type config), [`store`] (durable log + state machine),
+//! [`network`] (Raft RPC over tonic), [`cluster`] (membership, partition
+//! leader election), [`node`] (a running node).
+#![forbid(unsafe_code)]
+
+pub mod types;
+
+
+/// Generated protobuf/tonic code.
+pub mod pb {
+    /// Raft transport between control-plane nodes.
+    pub mod raft {
+        tonic::include_proto!("msraft");
+    }
+}

@@ -1,0 +1,883 @@
+//! The control plane's data model: what the Raft log replicates ([`Command`]),
+//! what applying it answers ([`CommandResponse`]) and the replicated state
+//! machine ([`ClusterState`]).
+//!
+//! Applying a command is deterministic and never fails: a command that is not
+//! valid against the current state is *rejected* and the rejection is the
+//! response, so every replica reaches the same state from the same log.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Cursor;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A control-plane node's Raft id.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// openraft type configuration of the control plane.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// Longest stream / principal name, like Kafka topic names.
+pub const NAME_LENGTH_MAX: usize = 249;
+/// Most streams the cluster holds.
+pub const STREAMS_MAX: usize = 65_536;
+/// Most partitions in one stream.
+pub const PARTITIONS_MAX: u16 = 4_096;
+/// Highest replication factor.
+pub const REPLICATION_FACTOR_MAX: u8 = 7;
+/// Most nodes in the cluster.
+pub const NODES_MAX: usize = 256;
+/// Most ACL entries in the cluster.
+pub const ACLS_MAX: usize = 65_536;
+/// Most principals.
+pub const PRINCIPALS_MAX: usize = 65_536;
+/// Most source CIDRs in one ACL.
+pub const ACL_SOURCE_CIDRS_MAX: usize = 64;
+/// Longest node address string (`host:port`).
+pub const ADDR_LENGTH_MAX: usize = 255;
+
+const _: () = assert!(STREAMS_MAX as u64 <= u32::MAX as u64);
+const _: () = assert!(REPLICATION_FACTOR_MAX as usize <= NODES_MAX);
+
+/// Checks a stream or principal name: `[a-zA-Z0-9._-]{1,249}`, not `.` or `..`.
+pub fn validate_name(name: &str) -> Result<(), CommandRejection> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if name.is_empty() || name.len() > NAME_LENGTH_MAX || !ok_chars || name == "." || name == ".." {
+        return Err(CommandRejection::InvalidName {
+            name: name.chars().take(64).collect(),
+        });
+    }
+    Ok(())
+}
+
+/// A control-plane node: its Raft id and where to reach it. This is openraft's
+/// `Node` type, so it is stored in the membership config too.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    /// `host:port` of the control plane's Raft/admin gRPC listener.
+    pub control_addr: String,
+    /// `host:port` of the node's data plane.
+    pub data_addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "node {} (control {}, data {})",
+            self.id, self.control_addr, self.data_addr
+        )
+    }
+}
+
+/// Delivery mode of a stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamMode {
+    /// Retransmit on loss; subscribers see every frame.
+    #[default]
+    Reliable,
+    /// No retransmission; lowest latency.
+    Lossy,
+}
+
+/// A stream (topic).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stream {
+    pub name: String,
+    /// Assigned by the state machine at creation, never reused.
+    pub id: u32,
+    pub partitions: u16,
+    pub replication_factor: u8,
+    pub retention_bytes: u64,
+    pub retention_ms: u64,
+    pub mode: StreamMode,
+}
+
+/// Who leads and who replicates one partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionAssignment {
+    pub stream_id: u32,
+    pub partition: u16,
+    pub leader: NodeId,
+    pub replicas: Vec<NodeId>,
+    /// In-sync replicas (always contains the leader).
+    pub isr: Vec<NodeId>,
+    /// Bumped on every leader or replica change; a leader holding an older
+    /// epoch has been deposed and its commands are rejected.
+    pub leader_epoch: u64,
+}
+
+/// An authenticated identity (client certificate CN or first SAN).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub name: String,
+}
+
+/// An operation an ACL grants or denies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Operation {
+    Read,
+    Write,
+    Create,
+    Delete,
+    Describe,
+    Alter,
+    ClusterAdmin,
+}
+
+/// Whether an ACL allows or denies. Deny wins over Allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Permission {
+    Allow,
+    Deny,
+}
+
+/// An IPv4/IPv6 network in CIDR notation (`198.18.0.0/15`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+/// A CIDR string could not be parsed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid CIDR {text:?}: write an address and a prefix length, e.g. 198.18.0.1/32 or 2001:db8::/64")]
+pub struct CidrParseError {
+    pub text: String,
+}
+
+impl FromStr for Cidr {
+    type Err = CidrParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || CidrParseError {
+            text: s.chars().take(64).collect(),
+        };
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| err())?;
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match len {
+            Some(l) => l.parse::<u8>().map_err(|_| err())?,
+            None => bits,
+        };
+        if prefix_len > bits {
+            return Err(err());
+        }
+        Ok(Cidr { addr, prefix_len })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl Cidr {
+    /// Whether `ip` lies in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An access-control entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acl {
+    pub principal: String,
+    /// A stream name, a glob with `*` (`orders.*`), or `*` for everything.
+    pub resource_pattern: String,
+    pub operations: Vec<Operation>,
+    pub permission: Permission,
+    /// Source networks the data-path policy (XDP) applies to.
+    pub source_cidrs: Vec<Cidr>,
+}
+
+/// Checks whether `name` matches a resource pattern made of literal text and `*`
+/// wildcards (each `*` matches any run of characters, including none).
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+fn validate_pattern(pattern: &str) -> Result<(), CommandRejection> {
+    let ok = !pattern.is_empty()
+        && pattern.len() <= NAME_LENGTH_MAX
+        && pattern
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'*'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CommandRejection::InvalidPattern {
+            pattern: pattern.chars().take(64).collect(),
+        })
+    }
+}
+
+/// A per-principal rate limit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    pub principal: String,
+    pub bytes_per_s: u64,
+    pub burst_bytes: u64,
+}
+
+/// Per-node liveness as decided by the Raft leader (see `cluster`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeLiveness {
+    Live,
+    Dead,
+}
+
+/// A liveness report a node sends to the Raft leader (not replicated).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHeartbeat {
+    pub node_id: NodeId,
+}
+
+/// The Raft application data: one metadata change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    CreateStream {
+        name: String,
+        partitions: u16,
+        replication_factor: u8,
+        retention_bytes: u64,
+        retention_ms: u64,
+        mode: StreamMode,
+    },
+    DeleteStream {
+        name: String,
+    },
+    PutPrincipal(Principal),
+    DeletePrincipal {
+        name: String,
+    },
+    /// Adds the ACL, or replaces the one with the same principal, pattern and permission.
+    PutAcl(Acl),
+    /// Removes every ACL of `principal` on exactly `resource_pattern`.
+    DeleteAcl {
+        principal: String,
+        resource_pattern: String,
+    },
+    PutQuota(Quota),
+    DeleteQuota {
+        principal: String,
+    },
+    /// Adds or updates a node's addresses (membership itself lives in Raft).
+    RegisterNode(NodeInfo),
+    RemoveNode {
+        id: NodeId,
+    },
+    /// The Raft leader's verdict on a node's heartbeats.
+    SetNodeLiveness {
+        id: NodeId,
+        liveness: NodeLiveness,
+    },
+    /// Compare-and-set of partition assignments by the Raft leader: each one
+    /// must carry exactly the current epoch + 1, else all are rejected.
+    AssignPartitions {
+        assignments: Vec<PartitionAssignment>,
+    },
+    /// A partition leader reports its in-sync set; fenced by `leader_epoch`.
+    UpdateIsr {
+        stream_id: u32,
+        partition: u16,
+        leader: NodeId,
+        leader_epoch: u64,
+        isr: Vec<NodeId>,
+    },
+    /// Does nothing; used to measure a commit and to confirm leadership.
+    Noop,
+}
+
+/// Why the state machine rejected a command (the same on every replica).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CommandRejection {
+    #[error("invalid name {name:?}: use 1 to 249 characters from [a-zA-Z0-9._-]")]
+    InvalidName { name: String },
+    #[error("invalid resource pattern {pattern:?}: use a name, a glob with '*', or '*'")]
+    InvalidPattern { pattern: String },
+    #[error("stream {name:?} already exists: pick another name or delete it first")]
+    StreamExists { name: String },
+    #[error("stream {name:?} does not exist: list streams to see the names")]
+    StreamNotFound { name: String },
+    #[error("stream id {stream_id} partition {partition} does not exist")]
+    PartitionNotFound { stream_id: u32, partition: u16 },
+    #[error("principal {name:?} is unknown: create it first")]
+    UnknownPrincipal { name: String },
+    #[error("node {id} is not registered: join it to the cluster first")]
+    UnknownNode { id: NodeId },
+    #[error("stale leader epoch for stream id {stream_id} partition {partition}: sent {sent}, current {current}; refresh the assignment")]
+    StaleEpoch {
+        stream_id: u32,
+        partition: u16,
+        sent: u64,
+        current: u64,
+    },
+    #[error("node {sender} is not the leader of stream id {stream_id} partition {partition} (leader is {leader})")]
+    NotPartitionLeader {
+        stream_id: u32,
+        partition: u16,
+        sender: NodeId,
+        leader: NodeId,
+    },
+    #[error("replication factor {wanted} needs {wanted} live nodes but only {live} are live: add nodes or lower it")]
+    NotEnoughNodes { wanted: u8, live: usize },
+    #[error("invalid value for {field}: {reason}")]
+    InvalidValue { field: String, reason: String },
+    #[error("limit reached: at most {max} {what}; delete some first")]
+    LimitReached { what: String, max: usize },
+}
+
+/// The result of applying one command.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResponse {
+    /// Applied (also the response to membership entries and blanks).
+    #[default]
+    Done,
+    StreamCreated {
+        stream_id: u32,
+    },
+    Rejected(CommandRejection),
+}
+
+impl CommandResponse {
+    /// `Ok(self)` unless rejected.
+    pub fn into_result(self) -> Result<CommandResponse, CommandRejection> {
+        match self {
+            CommandResponse::Rejected(r) => Err(r),
+            other => Ok(other),
+        }
+    }
+}
+
+/// The replicated cluster metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    pub liveness: BTreeMap<NodeId, NodeLiveness>,
+    pub streams: BTreeMap<String, Stream>,
+    /// Keyed by stream id; index = partition.
+    pub assignments: BTreeMap<u32, Vec<PartitionAssignment>>,
+    pub principals: BTreeMap<String, Principal>,
+    pub acls: Vec<Acl>,
+    pub quotas: BTreeMap<String, Quota>,
+    /// Next stream id to hand out (ids are never reused).
+    pub next_stream_id: u32,
+}
+
+impl ClusterState {
+    /// Registered nodes the leader considers live, in id order.
+    pub fn live_nodes(&self) -> Vec<NodeId> {
+        self.nodes
+            .keys()
+            .copied()
+            .filter(|id| self.liveness.get(id) != Some(&NodeLiveness::Dead))
+            .collect()
+    }
+
+    /// Stream by id.
+    pub fn stream_by_id(&self, id: u32) -> Option<&Stream> {
+        self.streams.values().find(|s| s.id == id)
+    }
+
+    /// Applies one command (deterministic; a rejection leaves the state unchanged).
+    pub fn apply(&mut self, cmd: &Command) -> CommandResponse {
+        match self.try_apply(cmd) {
+            Ok(r) => r,
+            Err(e) => CommandResponse::Rejected(e),
+        }
+    }
+
+    fn try_apply(&mut self, cmd: &Command) -> Result<CommandResponse, CommandRejection> {
+        match cmd {
+            Command::CreateStream {
+                name,
+                partitions,
+                replication_factor,
+                retention_bytes,
+                retention_ms,
+                mode,
+            } => {
+                validate_name(name)?;
+                if self.streams.contains_key(name) {
+                    return Err(CommandRejection::StreamExists { name: name.clone() });
+                }
+                if self.streams.len() >= STREAMS_MAX {
+                    return Err(limit("streams", STREAMS_MAX));
+                }
+                if *partitions == 0 || *partitions > PARTITIONS_MAX {
+                    return Err(invalid(
+                        "partitions",
+                        format!("must be 1..={PARTITIONS_MAX}"),
+                    ));
+                }
+                if *replication_factor == 0 || *replication_factor > REPLICATION_FACTOR_MAX {
+                    return Err(invalid(
+                        "replication_factor",
+                        format!("must be 1..={REPLICATION_FACTOR_MAX}"),
+                    ));
+                }
+                let live = self.live_nodes();
+                if live.len() < usize::from(*replication_factor) {
+                    return Err(CommandRejection::NotEnoughNodes {
+                        wanted: *replication_factor,
+                        live: live.len(),
+                    });
+                }
+                let id = self.next_stream_id;
+                self.next_stream_id = id
+                    .checked_add(1)
+                    .ok_or_else(|| limit("stream ids", u32::MAX as usize))?;
+                let assignments = (0..*partitions)
+                    .map(|p| {
+                        let start = (id as usize + p as usize) % live.len();
+                        let replicas: Vec<NodeId> = (0..usize::from(*replication_factor))
+                            .map(|k| live[(start + k) % live.len()])
+                            .collect();
+                        PartitionAssignment {
+                            stream_id: id,
+                            partition: p,
+                            leader: replicas[0],
+                            isr: replicas.clone(),
+                            replicas,
+                            leader_epoch: 1,
+                        }
+                    })
+                    .collect();
+                self.assignments.insert(id, assignments);
+                self.streams.insert(
+                    name.clone(),
+                    Stream {
+                        name: name.clone(),
+                        id,
+                        partitions: *partitions,
+                        replication_factor: *replication_factor,
+                        retention_bytes: *retention_bytes,
+                        retention_ms: *retention_ms,
+                        mode: *mode,
+                    },
+                );
+                Ok(CommandResponse::StreamCreated { stream_id: id })
+            }
+            Command::DeleteStream { name } => {
+                let s = self
+                    .streams
+                    .remove(name)
+                    .ok_or_else(|| CommandRejection::StreamNotFound { name: name.clone() })?;
+                self.assignments.remove(&s.id);
+                Ok(CommandResponse::Done)
+            }
+            Command::PutPrincipal(p) => {
+                validate_name(&p.name)?;
+                if !self.principals.contains_key(&p.name) && self.principals.len() >= PRINCIPALS_MAX
+                {
+                    return Err(limit("principals", PRINCIPALS_MAX));
+                }
+                self.principals.insert(p.name.clone(), p.clone());
+                Ok(CommandResponse::Done)
+            }
+            Command::DeletePrincipal { name } => {
+                self.principals
+                    .remove(name)
+                    .ok_or_else(|| CommandRejection::UnknownPrincipal { name: name.clone() })?;
+                self.acls.retain(|a| &a.principal != name);
+                self.quotas.remove(name);
+                Ok(CommandResponse::Done)
+            }
+            Command::PutAcl(acl) => {
+                self.require_principal(&acl.principal)?;
+                validate_pattern(&acl.resource_pattern)?;
+                if acl.operations.is_empty() {
+                    return Err(invalid("operations", "list at least one operation".into()));
+                }
+                if acl.source_cidrs.len() > ACL_SOURCE_CIDRS_MAX {
+                    return Err(invalid(
+                        "source_cidrs",
+                        format!("at most {ACL_SOURCE_CIDRS_MAX}"),
+                    ));
+                }
+                let same = |a: &Acl| {
+                    a.principal == acl.principal
+                        && a.resource_pattern == acl.resource_pattern
+                        && a.permission == acl.permission
+                };
+                if let Some(existing) = self.acls.iter_mut().find(|a| same(a)) {
+                    *existing = acl.clone();
+                } else {
+                    if self.acls.len() >= ACLS_MAX {
+                        return Err(limit("ACLs", ACLS_MAX));
+                    }
+                    self.acls.push(acl.clone());
+                }
+                Ok(CommandResponse::Done)
+            }
+            Command::DeleteAcl {
+                principal,
+                resource_pattern,
+            } => {
+                self.require_principal(principal)?;
+                self.acls.retain(|a| {
+                    !(&a.principal == principal && &a.resource_pattern == resource_pattern)
+                });
+                Ok(CommandResponse::Done)
+            }
+            Command::PutQuota(q) => {
+                self.require_principal(&q.principal)?;
+                if q.bytes_per_s == 0 || q.burst_bytes == 0 {
+                    return Err(invalid(
+                        "quota",
+                        "bytes_per_s and burst_bytes must be > 0".into(),
+                    ));
+                }
+                self.quotas.insert(q.principal.clone(), q.clone());
+                Ok(CommandResponse::Done)
+            }
+            Command::DeleteQuota { principal } => {
+                self.require_principal(principal)?;
+                self.quotas.remove(principal);
+                Ok(CommandResponse::Done)
+            }
+            Command::RegisterNode(n) => {
+                if n.control_addr.len() > ADDR_LENGTH_MAX || n.data_addr.len() > ADDR_LENGTH_MAX {
+                    return Err(invalid("addr", format!("at most {ADDR_LENGTH_MAX} bytes")));
+                }
+                if !self.nodes.contains_key(&n.id) && self.nodes.len() >= NODES_MAX {
+                    return Err(limit("nodes", NODES_MAX));
+                }
+                self.nodes.insert(n.id, n.clone());
+                self.liveness.insert(n.id, NodeLiveness::Live);
+                Ok(CommandResponse::Done)
+            }
+            Command::RemoveNode { id } => {
+                self.nodes
+                    .remove(id)
+                    .ok_or(CommandRejection::UnknownNode { id: *id })?;
+                self.liveness.remove(id);
+                Ok(CommandResponse::Done)
+            }
+            Command::SetNodeLiveness { id, liveness } => {
+                if !self.nodes.contains_key(id) {
+                    return Err(CommandRejection::UnknownNode { id: *id });
+                }
+                self.liveness.insert(*id, *liveness);
+                Ok(CommandResponse::Done)
+            }
+            Command::AssignPartitions { assignments } => {
+                for a in assignments {
+                    let cur = self.assignment(a.stream_id, a.partition)?;
+                    if a.leader_epoch != cur.leader_epoch + 1 {
+                        return Err(CommandRejection::StaleEpoch {
+                            stream_id: a.stream_id,
+                            partition: a.partition,
+                            sent: a.leader_epoch,
+                            current: cur.leader_epoch,
+                        });
+                    }
+                    for n in a
+                        .replicas
+                        .iter()
+                        .chain(a.isr.iter())
+                        .chain(std::iter::once(&a.leader))
+                    {
+                        if !self.nodes.contains_key(n) {
+                            return Err(CommandRejection::UnknownNode { id: *n });
+                        }
+                    }
+                    if !a.replicas.contains(&a.leader) || !a.isr.contains(&a.leader) {
+                        return Err(invalid(
+                            "assignment",
+                            "the leader must be a replica and in sync".into(),
+                        ));
+                    }
+                }
+                for a in assignments {
+                    let slot = self.assignment_mut(a.stream_id, a.partition)?;
+                    *slot = a.clone();
+                }
+                Ok(CommandResponse::Done)
+            }
+            Command::UpdateIsr {
+                stream_id,
+                partition,
+                leader,
+                leader_epoch,
+                isr,
+            } => {
+                let cur = self.assignment(*stream_id, *partition)?;
+                if *leader_epoch != cur.leader_epoch {
+                    return Err(CommandRejection::StaleEpoch {
+                        stream_id: *stream_id,
+                        partition: *partition,
+                        sent: *leader_epoch,
+                        current: cur.leader_epoch,
+                    });
+                }
+                if *leader != cur.leader {
+                    return Err(CommandRejection::NotPartitionLeader {
+                        stream_id: *stream_id,
+                        partition: *partition,
+                        sender: *leader,
+                        leader: cur.leader,
+                    });
+                }
+                if !isr.contains(leader) || isr.iter().any(|n| !cur.replicas.contains(n)) {
+                    return Err(invalid(
+                        "isr",
+                        "must contain the leader and only replicas".into(),
+                    ));
+                }
+                let isr = isr.clone();
+                self.assignment_mut(*stream_id, *partition)?.isr = isr;
+                Ok(CommandResponse::Done)
+            }
+            Command::Noop => Ok(CommandResponse::Done),
+        }
+    }
+
+    fn require_principal(&self, name: &str) -> Result<(), CommandRejection> {
+        if self.principals.contains_key(name) {
+            Ok(())
+        } else {
+            Err(CommandRejection::UnknownPrincipal {
+                name: name.chars().take(64).collect(),
+            })
+        }
+    }
+
+    /// The current assignment of one partition.
+    pub fn assignment(
+        &self,
+        stream_id: u32,
+        partition: u16,
+    ) -> Result<&PartitionAssignment, CommandRejection> {
+        self.assignments
+            .get(&stream_id)
+            .and_then(|v| v.get(usize::from(partition)))
+            .ok_or(CommandRejection::PartitionNotFound {
+                stream_id,
+                partition,
+            })
+    }
+
+    fn assignment_mut(
+        &mut self,
+        stream_id: u32,
+        partition: u16,
+    ) -> Result<&mut PartitionAssignment, CommandRejection> {
+        self.assignments
+            .get_mut(&stream_id)
+            .and_then(|v| v.get_mut(usize::from(partition)))
+            .ok_or(CommandRejection::PartitionNotFound {
+                stream_id,
+                partition,
+            })
+    }
+}
+
+fn limit(what: &str, max: usize) -> CommandRejection {
+    CommandRejection::LimitReached {
+        what: what.into(),
+        max,
+    }
+}
+
+fn invalid(field: &str, reason: String) -> CommandRejection {
+    CommandRejection::InvalidValue {
+        field: field.into(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: NodeId) -> Command {
+        Command::RegisterNode(NodeInfo {
+            id,
+            control_addr: format!("n{id}:1"),
+            data_addr: format!("n{id}:2"),
+        })
+    }
+
+    fn create(name: &str, rf: u8) -> Command {
+        Command::CreateStream {
+            name: name.into(),
+            partitions: 3,
+            replication_factor: rf,
+            retention_bytes: 1 << 30,
+            retention_ms: 60_000,
+            mode: StreamMode::Reliable,
+        }
+    }
+
+    #[test]
+    fn names_are_validated_like_kafka_topics() {
+        assert!(validate_name("orders.v1_x-2").is_ok());
+        for bad in ["", ".", "..", "a b", "a/b", &"x".repeat(250)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn create_stream_assigns_partitions_and_rejects_duplicates() {
+        let mut s = ClusterState::default();
+        assert!(matches!(
+            s.apply(&create("a", 2)),
+            CommandResponse::Rejected(CommandRejection::NotEnoughNodes { .. })
+        ));
+        for id in 1..=3 {
+            assert_eq!(s.apply(&node(id)), CommandResponse::Done);
+        }
+        assert_eq!(
+            s.apply(&create("a", 2)),
+            CommandResponse::StreamCreated { stream_id: 0 }
+        );
+        assert!(matches!(
+            s.apply(&create("a", 2)),
+            CommandResponse::Rejected(CommandRejection::StreamExists { .. })
+        ));
+        let parts = &s.assignments[&0];
+        assert_eq!(parts.len(), 3);
+        for p in parts {
+            assert_eq!(p.replicas.len(), 2);
+            assert_eq!(p.leader, p.replicas[0]);
+            assert_eq!(p.leader_epoch, 1);
+        }
+    }
+
+    #[test]
+    fn stale_epochs_are_fenced() {
+        let mut s = ClusterState::default();
+        for id in 1..=3 {
+            s.apply(&node(id));
+        }
+        s.apply(&create("a", 3));
+        let mut a = s.assignment(0, 0).unwrap().clone();
+        let old_leader = a.leader;
+        let new_leader = a.replicas[1];
+        a.leader = new_leader;
+        a.leader_epoch = 2;
+        assert_eq!(
+            s.apply(&Command::AssignPartitions {
+                assignments: vec![a.clone()]
+            }),
+            CommandResponse::Done
+        );
+        // Re-applying the same epoch is stale.
+        assert!(matches!(
+            s.apply(&Command::AssignPartitions {
+                assignments: vec![a]
+            }),
+            CommandResponse::Rejected(CommandRejection::StaleEpoch {
+                sent: 2,
+                current: 2,
+                ..
+            })
+        ));
+        // The deposed leader still holds epoch 1: rejected.
+        let deposed = Command::UpdateIsr {
+            stream_id: 0,
+            partition: 0,
+            leader: old_leader,
+            leader_epoch: 1,
+            isr: vec![old_leader],
+        };
+        assert!(matches!(
+            s.apply(&deposed),
+            CommandResponse::Rejected(CommandRejection::StaleEpoch { .. })
+        ));
+        let current = Command::UpdateIsr {
+            stream_id: 0,
+            partition: 0,
+            leader: new_leader,
+            leader_epoch: 2,
+            isr: vec![new_leader],
+        };
+        assert_eq!(s.apply(&current), CommandResponse::Done);
+    }
+
+    #[test]
+    fn acls_need_known_principals_and_valid_patterns() {
+        let mut s = ClusterState::default();
+        let acl = Acl {
+            principal: "alice".into(),
+            resource_pattern: "orders.*".into(),
+            operations: vec![Operation::Write],
+            permission: Permission::Allow,
+            source_cidrs: vec!["198.18.0.2/32".parse().unwrap()],
+        };
+        assert!(matches!(
+            s.apply(&Command::PutAcl(acl.clone())),
+            CommandResponse::Rejected(CommandRejection::UnknownPrincipal { .. })
+        ));
+        s.apply(&Command::PutPrincipal(Principal {
+            name: "alice".into(),
+        }));
+        assert_eq!(
+            s.apply(&Command::PutAcl(acl.clone())),
+            CommandResponse::Done
+        );
+        assert_eq!(s.apply(&Command::PutAcl(acl)), CommandResponse::Done);
+        assert_eq!(s.acls.len(), 1);
+    }
+
+    #[test]
+    fn patterns_and_cidrs() {
+        assert!(pattern_matches("*", "x"));
+        assert!(pattern_matches("orders.*", "orders.eu"));
+        assert!(!pattern_matches("orders.*", "order"));
+        assert!(pattern_matches("a*b*c", "axxbyyc"));
+        assert!(!pattern_matches("a*b*c", "acb"));
+        let c: Cidr = "198.18.0.0/15".parse().unwrap();
+        assert!(c.contains("198.19.1.1".parse().unwrap()));
+        assert!(!c.contains("198.20.0.1".parse().unwrap()));
+        assert!("1.2.3.4/33".parse::<Cidr>().is_err());
+        assert_eq!("10.0.0.1".parse::<Cidr>().unwrap().prefix_len, 32);
+    }
+}
