@@ -1,0 +1,16 @@
+//! The data plane of a MemoryStreamer node, in the shape of Aeron's media driver.
+//!
+//! Agents with a duty cycle ([`agent`]) move records between the network ([`net`]: kernel UDP or
+//! AF_XDP), the streams' shared-memory rings (read by local SDK subscribers) and storage-nvme.
+//! `unsafe` is confined to [`net`] (socket syscalls, AF_XDP rings); every other module denies it.
+
+#![deny(unsafe_code)]
+
+pub mod agent;
+pub mod config;
+#[allow(unsafe_code)]
+pub mod net;
+
+pub use agent::{Agent, AgentInvoker, AgentRunner, AgentSlot, Clock, CommandQueue, ThreadingMode};
+pub use config::{Config, ConfigLoadError};
+pub use net::{Backend, NetPort, NetPortOpenError};
