@@ -20,6 +20,9 @@ use crate::{Mode, PublisherKind, StartAt};
 
 /// A subscriber stores its heartbeat at most this often (ring clock).
 pub const HEARTBEAT_INTERVAL_NS: u64 = 1_000_000;
+/// Steps one `poll` call may spend beyond `limit` records and one pass over
+/// the descriptors (skips, overrun jumps) before it returns.
+const POLL_EXTRA_STEPS_MAX: usize = 64;
 /// liveness_timeout_ns must be at least this (10 heartbeat intervals).
 pub const LIVENESS_TIMEOUT_MIN_NS: u64 = 10 * HEARTBEAT_INTERVAL_NS;
 
@@ -112,7 +115,7 @@ pub(crate) const fn record_total(len: u64) -> u64 {
 const fn place(pos: u64, total: u64, capacity: u64) -> u64 {
     let off = pos & (capacity - 1);
     if off + total > capacity {
-        pos + (capacity - off)
+        pos.wrapping_add(capacity - off)
     } else {
         pos
     }
@@ -481,7 +484,7 @@ impl Publisher {
         let p = self.inner.region.p;
         let (pos, seq) = self.tail;
         let start = place(pos, total, p.capacity);
-        let end = start + total;
+        let end = start.wrapping_add(total);
         if p.reliable() && (end > self.limit_pos || seq >= self.limit_seq) {
             self.refresh_limits(now);
             if end > self.limit_pos || seq >= self.limit_seq {
@@ -492,8 +495,8 @@ impl Publisher {
         self.inner
             .region
             .tail()
-            .store((end, seq + 1), Ordering::Release);
-        self.tail = (end, seq + 1);
+            .store((end, seq.wrapping_add(1)), Ordering::Release);
+        self.tail = (end, seq.wrapping_add(1));
         Ok((seq, start))
     }
 
@@ -505,7 +508,7 @@ impl Publisher {
         loop {
             let (pos, seq) = cur;
             let start = place(pos, total, p.capacity);
-            let end = start + total;
+            let end = start.wrapping_add(total);
             if p.reliable() && (end > self.limit_pos || seq >= self.limit_seq) {
                 self.refresh_limits(now);
                 if end > self.limit_pos || seq >= self.limit_seq {
@@ -516,7 +519,7 @@ impl Publisher {
             // partner: subscribers' and publishers' tail.load(Acquire).
             match self.inner.region.tail().compare_exchange(
                 cur,
-                (end, seq + 1),
+                (end, seq.wrapping_add(1)),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
@@ -669,8 +672,12 @@ impl Claim<'_> {
     #[inline(always)]
     pub fn buffer(&mut self) -> &mut [u8] {
         let region = &self.publisher.inner.region;
-        region.track(self.start + RECORD_HEADER_BYTES, self.len as u64, true);
-        let ptr = region.data_at(self.start + RECORD_HEADER_BYTES);
+        region.track(
+            self.start.wrapping_add(RECORD_HEADER_BYTES),
+            self.len as u64,
+            true,
+        );
+        let ptr = region.data_at(self.start.wrapping_add(RECORD_HEADER_BYTES));
         // SAFETY: [start, start + record_total(len)) lies inside the data region
         // (place() keeps records from straddling its end) and belongs to this
         // claim alone until commit or abort: publishers own disjoint tail ranges,
@@ -702,16 +709,19 @@ impl Claim<'_> {
         self.done = true;
         let region = &self.publisher.inner.region;
         let s = self.start;
-        region.publish_payload(s + RECORD_HEADER_BYTES, self.len as u64);
+        region.publish_payload(s.wrapping_add(RECORD_HEADER_BYTES), self.len as u64);
         region.track(s, RECORD_HEADER_BYTES, true);
-        region.write_u64(s + RECORD_SEQUENCE_OFFSET as u64, self.seq);
+        region.write_u64(s.wrapping_add(RECORD_SEQUENCE_OFFSET as u64), self.seq);
         region.write_u64(
-            s + RECORD_LEN_TYPE_OFFSET as u64,
+            s.wrapping_add(RECORD_LEN_TYPE_OFFSET as u64),
             self.len as u64 | (u64::from(self.type_id) << 32),
         );
-        region.write_u64(s + RECORD_TIMESTAMP_OFFSET as u64, self.timestamp_ns);
         region.write_u64(
-            s + RECORD_SESSION_OFFSET as u64,
+            s.wrapping_add(RECORD_TIMESTAMP_OFFSET as u64),
+            self.timestamp_ns,
+        );
+        region.write_u64(
+            s.wrapping_add(RECORD_SESSION_OFFSET as u64),
             u64::from(self.publisher.session),
         );
         self.publisher.publish(self.seq, s | DESC_COMMITTED)?;
@@ -728,7 +738,7 @@ impl Drop for Claim<'_> {
             // An aborted descriptor carries the record's end, so subscribers
             // can move their position past it (a subscriber's abort of a dead
             // claim carries 0: position unknown, resynced at the next record).
-            let end = self.start + record_total(self.len as u64);
+            let end = self.start.wrapping_add(record_total(self.len as u64));
             let _ = self.publisher.publish(self.seq, end | DESC_ABORTED);
         }
     }
@@ -928,21 +938,27 @@ impl Subscriber {
         mut handler: F,
         limit: usize,
     ) -> Result<Poll, PollError> {
-        let inner = Arc::clone(&self.inner);
-        let region = &inner.region;
-        let p = region.p;
         let now = clock::now_ns();
         if now >= self.next_heartbeat_ns {
             self.heartbeat(now)?;
         } else if self.evicted() {
             return Err(PollError::Evicted);
         }
+        let region = &self.inner.region;
+        let p = region.p;
         let mut out = Poll::default();
         let (mut q, mut r) = (self.next_seq, self.position);
+        // Every iteration delivers, skips or gives up, but a hostile process
+        // that keeps moving the tail could keep a lossy subscriber skipping:
+        // bound the work of one call.
+        let mut budget = limit
+            .saturating_add(p.descriptors as usize)
+            .saturating_add(POLL_EXTRA_STEPS_MAX);
         let result = loop {
-            if out.records >= limit {
+            if out.records >= limit || budget == 0 {
                 break Ok(());
             }
+            budget -= 1;
             let d = region.desc(q);
             // partner: Publisher::publish's Release store/CAS: the record's bytes are visible.
             let (tag, w1) = d.load(Ordering::Acquire);
@@ -952,19 +968,19 @@ impl Subscriber {
                 match self.read_record(start, q, r, &mut handler) {
                     Ok(Some(total)) => {
                         out.records += 1;
-                        q += 1;
-                        r = start + total;
+                        q = q.wrapping_add(1);
+                        r = start.wrapping_add(total);
                     }
                     Ok(None) => {
                         // Lossy: overwritten before or while we read it. The
                         // publisher is a lap ahead: jump to the tail.
                         // partner: publishers' tail store/CAS (Release).
                         let t = region.tail().load(Ordering::Acquire);
-                        out.lost += t.1.saturating_sub(q).max(1);
+                        out.lost = out.lost.saturating_add(t.1.saturating_sub(q).max(1));
                         (q, r) = if t.1 > q {
                             (t.1, t.0)
                         } else {
-                            (q + 1, r.max(start))
+                            (q.wrapping_add(1), r.max(start))
                         };
                     }
                     Err(e) => {
@@ -972,7 +988,7 @@ impl Subscriber {
                             // Bad bytes in a lossy ring: most likely a lap; resync at the tail.
                             let t = region.tail().load(Ordering::Acquire);
                             if t.1 > q {
-                                out.lost += t.1 - q;
+                                out.lost = out.lost.saturating_add(t.1 - q);
                                 (q, r) = (t.1, t.0);
                                 continue;
                             }
@@ -988,11 +1004,11 @@ impl Subscriber {
             }
             if tag == q && state == DESC_ABORTED {
                 let end = w1 & !DESC_STATE_MASK;
-                if end > r && (p.mode == Mode::Lossy || end <= r + p.capacity) {
+                if end > r && (p.mode == Mode::Lossy || end <= r.saturating_add(p.capacity)) {
                     r = end;
                 }
-                out.lost += 1;
-                q += 1;
+                out.lost = out.lost.saturating_add(1);
+                q = q.wrapping_add(1);
                 continue;
             }
             if tag > q || (tag == q && state != DESC_EMPTY) {
@@ -1008,7 +1024,7 @@ impl Subscriber {
                     // partner: publishers' tail store/CAS (Release).
                     let t = region.tail().load(Ordering::Acquire);
                     if t.1 > q {
-                        out.lost += t.1 - q;
+                        out.lost = out.lost.saturating_add(t.1 - q);
                         (q, r) = (t.1, t.0);
                         continue;
                     }
@@ -1056,7 +1072,7 @@ impl Subscriber {
         };
         self.next_seq = q;
         self.position = r;
-        self.lost_total += out.lost;
+        self.lost_total = self.lost_total.saturating_add(out.lost);
         if (q, r) != self.published {
             let slot = region.sub(self.slot);
             // partner: refresh_limits()'s Acquire loads: our reads of the
@@ -1092,9 +1108,9 @@ impl Subscriber {
             return Err(corrupt("record header crosses the end of the ring"));
         }
         region.track(start, RECORD_HEADER_BYTES, false);
-        let seq = region.read_u64(start + RECORD_SEQUENCE_OFFSET as u64);
-        let len_type = region.read_u64(start + RECORD_LEN_TYPE_OFFSET as u64);
-        let timestamp_ns = region.read_u64(start + RECORD_TIMESTAMP_OFFSET as u64);
+        let seq = region.read_u64(start.wrapping_add(RECORD_SEQUENCE_OFFSET as u64));
+        let len_type = region.read_u64(start.wrapping_add(RECORD_LEN_TYPE_OFFSET as u64));
+        let timestamp_ns = region.read_u64(start.wrapping_add(RECORD_TIMESTAMP_OFFSET as u64));
         let len = len_type & 0xffff_ffff;
         let total = record_total(len.min(p.capacity));
         if seq != q {
@@ -1108,7 +1124,7 @@ impl Subscriber {
                 .lossy_torn(start)
                 .map_or(Err(corrupt("record length out of bounds")), |_| Ok(None));
         }
-        if p.reliable() && start + total > r + p.capacity {
+        if p.reliable() && start.saturating_add(total) > r.saturating_add(p.capacity) {
             return Err(corrupt(
                 "record lies more than a ring ahead of the subscriber",
             ));
@@ -1117,7 +1133,7 @@ impl Subscriber {
             // Lapped before we got to it: do not show the handler garbage.
             return Ok(None);
         }
-        region.track(start + RECORD_HEADER_BYTES, len, false);
+        region.track(start.wrapping_add(RECORD_HEADER_BYTES), len, false);
         #[cfg(loom)]
         let copy;
         #[cfg(loom)]
@@ -1125,16 +1141,16 @@ impl Subscriber {
             // SAFETY: as below.
             unsafe {
                 std::slice::from_raw_parts(
-                    region.data_at(start + RECORD_HEADER_BYTES),
+                    region.data_at(start.wrapping_add(RECORD_HEADER_BYTES)),
                     len as usize,
                 )
             }
         } else {
-            copy = region.lossy_copy(start + RECORD_HEADER_BYTES, len);
+            copy = region.lossy_copy(start.wrapping_add(RECORD_HEADER_BYTES), len);
             &copy
         };
         #[cfg(not(loom))]
-        let payload_ptr = region.data_at(start + RECORD_HEADER_BYTES);
+        let payload_ptr = region.data_at(start.wrapping_add(RECORD_HEADER_BYTES));
         // SAFETY: [start+32, start+32+len) is inside the data region (checked
         // above: off + total <= capacity). Reliable rings: the record is
         // committed (Acquire above) and no publisher rewrites it before our
@@ -1166,7 +1182,7 @@ impl Subscriber {
         // Seqlock fence, partner: Publisher::claim's fence(Release).
         fence(Ordering::Acquire);
         let t = region.tail().load(Ordering::Relaxed);
-        (t.0 > start + region.p.capacity).then_some(())
+        (t.0 > start.saturating_add(region.p.capacity)).then_some(())
     }
 }
 

@@ -337,7 +337,7 @@ fn create_in(
             .open(&tmp)
             .map_err(|e| io_err("create", &tmp, e))?
     };
-    let guard = TempFile(Some(tmp.clone()));
+    let mut guard = TempFile(Some(tmp.clone()));
     file.set_len(bytes)
         .map_err(|e| io_err("ftruncate", &tmp, e))?;
     {
@@ -381,7 +381,7 @@ fn create_in(
         }
         return Err(io_err("rename", &path, e));
     }
-    std::mem::forget(guard);
+    guard.0 = None; // renamed into place: keep it
     Ok((map, path))
 }
 
