@@ -27,6 +27,7 @@
 
 mod context;
 mod idle;
+pub mod net;
 mod publisher;
 mod subscriber;
 pub mod typed;

@@ -12,7 +12,8 @@ use crate::idle::IdleStrategy;
 pub const OPEN_RETRY_NS: u64 = 1_000_000;
 const OPEN_RETRY: Duration = Duration::from_nanos(OPEN_RETRY_NS);
 
-/// Why `poll` failed. Nothing is lost by retrying after `Evicted`: create a new subscriber.
+/// Why `poll` failed. After `Ring { source: PollError::Evicted, .. }` create a
+/// new subscriber (records published while it was evicted may be gone).
 #[derive(Debug, thiserror::Error)]
 pub enum SubscriberPollError {
     #[error(

@@ -1,0 +1,342 @@
+//! Frame bodies of docs/protocol.md that the network client builds and
+//! checks: DATA record batches, STATUS, NAK and SETUP. The fixed 40-byte
+//! header (and its CRC32C) is `xdp_programs::frame`.
+//!
+//! ```text
+//!  DATA record:  +0 payload_len u32 | +4 record_type u16 | +6 record_flags u16 (= 0)
+//!                +8 payload | zero padding to a multiple of 8
+//!  STATUS body:  +0 durable_offset u64 | +8 window_bytes u32 | +12 reserved u32 (= 0)
+//!                +16 receiver_id u64                               (24 bytes)
+//!  NAK body:     +0 length_bytes u32 | +4 reserved u32 (= 0)       (8 bytes)
+//!  SETUP body:   +0 frame_bytes_max u32 | +4 principal_len u16 | +6 reserved u16 (= 0)
+//!                +8 principal, zero padded to a multiple of 8
+//! ```
+
+use xdp_programs::abi_consts::{
+    FRAME_BYTES_MAX, FRAME_HEADER_BYTES, RECORD_ALIGNMENT_BYTES, RECORD_HEADER_BYTES,
+};
+
+/// Record header field offsets inside a DATA body.
+pub const RECORD_PAYLOAD_LEN_OFFSET: usize = 0;
+pub const RECORD_TYPE_OFFSET: usize = 4;
+pub const RECORD_FLAGS_OFFSET: usize = 6;
+pub const RECORD_PAYLOAD_OFFSET: usize = RECORD_HEADER_BYTES as usize;
+
+pub const STATUS_BODY_BYTES: usize = 24;
+pub const STATUS_DURABLE_OFFSET_OFFSET: usize = 0;
+pub const STATUS_WINDOW_BYTES_OFFSET: usize = 8;
+pub const STATUS_RESERVED_OFFSET: usize = 12;
+pub const STATUS_RECEIVER_ID_OFFSET: usize = 16;
+
+pub const NAK_BODY_BYTES: usize = 8;
+pub const NAK_LENGTH_BYTES_OFFSET: usize = 0;
+pub const NAK_RESERVED_OFFSET: usize = 4;
+
+pub const SETUP_FRAME_BYTES_MAX_OFFSET: usize = 0;
+pub const SETUP_PRINCIPAL_LEN_OFFSET: usize = 4;
+pub const SETUP_RESERVED_OFFSET: usize = 6;
+pub const SETUP_PRINCIPAL_OFFSET: usize = 8;
+/// Longest principal name (bytes of UTF-8).
+pub const PRINCIPAL_BYTES_MAX: usize = 255;
+/// Largest SETUP body: fixed part plus the padded longest principal.
+pub const SETUP_BODY_BYTES_MAX: usize = SETUP_PRINCIPAL_OFFSET + align8(PRINCIPAL_BYTES_MAX);
+
+/// Flag bits of the header (docs/protocol.md, Flags).
+pub const FLAG_RETRANSMIT: u16 = 0x0001;
+pub const FLAG_END_OF_SESSION: u16 = 0x0002;
+pub const FLAG_REPLY_REQUESTED: u16 = 0x0004;
+pub const FLAG_SETUP_ACK: u16 = 0x0008;
+/// Every flag bit version 1 knows; frames with others are dropped.
+pub const FLAGS_KNOWN: u16 =
+    FLAG_RETRANSMIT | FLAG_END_OF_SESSION | FLAG_REPLY_REQUESTED | FLAG_SETUP_ACK;
+
+pub const HEADER_BYTES: usize = FRAME_HEADER_BYTES as usize;
+/// Smallest frame a sender may choose: header plus one record of 8 payload bytes.
+pub const FRAME_BYTES_MIN: usize = HEADER_BYTES + RECORD_PAYLOAD_OFFSET + 8;
+
+const _: () = assert!(RECORD_ALIGNMENT_BYTES == 8);
+const _: () = assert!(RECORD_PAYLOAD_OFFSET == 8);
+const _: () = assert!(HEADER_BYTES + SETUP_BODY_BYTES_MAX <= FRAME_BYTES_MIN * 8);
+const _: () = assert!(FRAME_BYTES_MIN <= FRAME_BYTES_MAX as usize);
+
+/// `n` rounded up to a multiple of 8.
+pub const fn align8(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+/// Bytes a record with `payload_len` bytes of payload takes in a DATA body.
+pub const fn record_bytes(payload_len: usize) -> usize {
+    RECORD_PAYLOAD_OFFSET + align8(payload_len)
+}
+
+/// Largest record payload in a frame of `frame_bytes` bytes.
+pub const fn payload_bytes_max(frame_bytes: usize) -> usize {
+    frame_bytes - HEADER_BYTES - RECORD_PAYLOAD_OFFSET
+}
+
+/// One record of a DATA frame, borrowed from the datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireRecord<'a> {
+    /// Position of the record in the session's byte sequence.
+    pub offset: u64,
+    pub record_type: u16,
+    pub payload: &'a [u8],
+}
+
+/// Why a DATA body was rejected (every case is a counted drop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordDecodeError {
+    #[error("DATA body of {len} bytes: empty or not a multiple of 8")]
+    BadBodyLength { len: usize },
+    #[error("record at body offset {at} runs past the body ({payload_len} payload bytes)")]
+    RecordOverrun { at: usize, payload_len: u32 },
+    #[error("record at body offset {at} has reserved flags {flags:#06x} (must be 0)")]
+    RecordFlags { at: usize, flags: u16 },
+    #[error("record at body offset {at} has non-zero padding")]
+    Padding { at: usize },
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// Checks every record of a DATA body (lengths inside the body, flags 0,
+/// zero padding) and returns how many it holds. Nothing is delivered from a
+/// body that fails: a frame is accepted whole or dropped whole.
+pub fn validate_records(body: &[u8]) -> Result<usize, RecordDecodeError> {
+    if body.is_empty() || body.len() % 8 != 0 {
+        return Err(RecordDecodeError::BadBodyLength { len: body.len() });
+    }
+    let mut at = 0;
+    let mut count = 0;
+    while at < body.len() {
+        if body.len() - at < RECORD_PAYLOAD_OFFSET {
+            return Err(RecordDecodeError::RecordOverrun { at, payload_len: 0 });
+        }
+        let payload_len = u32_at(body, at + RECORD_PAYLOAD_LEN_OFFSET);
+        let flags = u16_at(body, at + RECORD_FLAGS_OFFSET);
+        if flags != 0 {
+            return Err(RecordDecodeError::RecordFlags { at, flags });
+        }
+        let room = body.len() - at - RECORD_PAYLOAD_OFFSET;
+        if payload_len as usize > room {
+            return Err(RecordDecodeError::RecordOverrun { at, payload_len });
+        }
+        let end = at + record_bytes(payload_len as usize);
+        let padding_from = at + RECORD_PAYLOAD_OFFSET + payload_len as usize;
+        if body[padding_from..end].iter().any(|&b| b != 0) {
+            return Err(RecordDecodeError::Padding { at });
+        }
+        at = end;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Walks the records of a body that passed [`validate_records`].
+pub fn for_each_record<'a>(body: &'a [u8], first_offset: u64, mut f: impl FnMut(WireRecord<'a>)) {
+    let mut at = 0;
+    while at + RECORD_PAYLOAD_OFFSET <= body.len() {
+        let payload_len = u32_at(body, at + RECORD_PAYLOAD_LEN_OFFSET) as usize;
+        let start = at + RECORD_PAYLOAD_OFFSET;
+        f(WireRecord {
+            offset: first_offset + at as u64,
+            record_type: u16_at(body, at + RECORD_TYPE_OFFSET),
+            payload: &body[start..start + payload_len],
+        });
+        at += record_bytes(payload_len);
+    }
+}
+
+/// Appends one record (header, payload, zero padding) to `body`.
+pub fn push_record(body: &mut Vec<u8>, record_type: u16, payload: &[u8]) {
+    body.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    body.extend_from_slice(&record_type.to_le_bytes());
+    body.extend_from_slice(&0u16.to_le_bytes());
+    body.extend_from_slice(payload);
+    body.resize(body.len() + align8(payload.len()) - payload.len(), 0);
+}
+
+/// STATUS body fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusBody {
+    pub durable_offset: u64,
+    pub window_bytes: u32,
+    pub receiver_id: u64,
+}
+
+impl StatusBody {
+    pub fn encode(&self) -> [u8; STATUS_BODY_BYTES] {
+        let mut b = [0u8; STATUS_BODY_BYTES];
+        b[STATUS_DURABLE_OFFSET_OFFSET..][..8].copy_from_slice(&self.durable_offset.to_le_bytes());
+        b[STATUS_WINDOW_BYTES_OFFSET..][..4].copy_from_slice(&self.window_bytes.to_le_bytes());
+        b[STATUS_RECEIVER_ID_OFFSET..][..8].copy_from_slice(&self.receiver_id.to_le_bytes());
+        b
+    }
+
+    /// None when the body has the wrong size or a non-zero reserved field.
+    pub fn decode(body: &[u8]) -> Option<StatusBody> {
+        if body.len() != STATUS_BODY_BYTES || u32_at(body, STATUS_RESERVED_OFFSET) != 0 {
+            return None;
+        }
+        Some(StatusBody {
+            durable_offset: u64_at(body, STATUS_DURABLE_OFFSET_OFFSET),
+            window_bytes: u32_at(body, STATUS_WINDOW_BYTES_OFFSET),
+            receiver_id: u64_at(body, STATUS_RECEIVER_ID_OFFSET),
+        })
+    }
+}
+
+/// NAK body: the missing range is `[header.offset, header.offset + length_bytes)`.
+pub fn encode_nak(length_bytes: u32) -> [u8; NAK_BODY_BYTES] {
+    let mut b = [0u8; NAK_BODY_BYTES];
+    b[NAK_LENGTH_BYTES_OFFSET..][..4].copy_from_slice(&length_bytes.to_le_bytes());
+    b
+}
+
+/// None when the body has the wrong size or a non-zero reserved field.
+pub fn decode_nak(body: &[u8]) -> Option<u32> {
+    if body.len() != NAK_BODY_BYTES || u32_at(body, NAK_RESERVED_OFFSET) != 0 {
+        return None;
+    }
+    Some(u32_at(body, NAK_LENGTH_BYTES_OFFSET))
+}
+
+/// Writes a SETUP body into `out` (cleared first); the principal must be
+/// 1..=255 bytes (checked by the caller's config validation).
+pub fn encode_setup(frame_bytes_max: u32, principal: &str, out: &mut Vec<u8>) {
+    debug_assert!((1..=PRINCIPAL_BYTES_MAX).contains(&principal.len()));
+    out.clear();
+    out.extend_from_slice(&frame_bytes_max.to_le_bytes());
+    out.extend_from_slice(&(principal.len() as u16).to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(principal.as_bytes());
+    out.resize(SETUP_PRINCIPAL_OFFSET + align8(principal.len()), 0);
+}
+
+/// SETUP body fields, borrowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetupBody<'a> {
+    pub frame_bytes_max: u32,
+    pub principal: &'a str,
+}
+
+/// None when the body is malformed (sizes, reserved, padding, UTF-8).
+pub fn decode_setup(body: &[u8]) -> Option<SetupBody<'_>> {
+    if body.len() < SETUP_PRINCIPAL_OFFSET || u16_at(body, SETUP_RESERVED_OFFSET) != 0 {
+        return None;
+    }
+    let len = u16_at(body, SETUP_PRINCIPAL_LEN_OFFSET) as usize;
+    if !(1..=PRINCIPAL_BYTES_MAX).contains(&len)
+        || body.len() != SETUP_PRINCIPAL_OFFSET + align8(len)
+    {
+        return None;
+    }
+    let name = &body[SETUP_PRINCIPAL_OFFSET..SETUP_PRINCIPAL_OFFSET + len];
+    if body[SETUP_PRINCIPAL_OFFSET + len..].iter().any(|&b| b != 0) {
+        return None;
+    }
+    let principal = std::str::from_utf8(name).ok()?;
+    Some(SetupBody {
+        frame_bytes_max: u32_at(body, SETUP_FRAME_BYTES_MAX_OFFSET),
+        principal,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_with_padding() {
+        let mut body = Vec::new();
+        push_record(&mut body, 3, b"abc");
+        push_record(&mut body, 0, b"");
+        push_record(&mut body, 9, &[7u8; 16]);
+        assert_eq!(body.len(), 16 + 8 + 24);
+        assert_eq!(validate_records(&body), Ok(3));
+        let mut seen = Vec::new();
+        for_each_record(&body, 100, |r| {
+            seen.push((r.offset, r.record_type, r.payload.to_vec()))
+        });
+        assert_eq!(
+            seen,
+            vec![
+                (100, 3, b"abc".to_vec()),
+                (116, 0, vec![]),
+                (124, 9, vec![7; 16])
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_rejected_not_panicking() {
+        assert!(validate_records(&[]).is_err());
+        assert!(validate_records(&[0; 7]).is_err());
+        let mut body = Vec::new();
+        push_record(&mut body, 1, b"abcde");
+        let mut b = body.clone();
+        b[0] = 200; // payload length past the body
+        assert!(matches!(
+            validate_records(&b),
+            Err(RecordDecodeError::RecordOverrun { .. })
+        ));
+        let mut b = body.clone();
+        b[6] = 1;
+        assert!(matches!(
+            validate_records(&b),
+            Err(RecordDecodeError::RecordFlags { .. })
+        ));
+        let mut b = body.clone();
+        b[15] = 1;
+        assert_eq!(
+            validate_records(&b),
+            Err(RecordDecodeError::Padding { at: 0 })
+        );
+        let mut x: u32 = 0x1234_5677;
+        for len in (0..256).step_by(8) {
+            let junk: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let _ = validate_records(&junk);
+        }
+    }
+
+    #[test]
+    fn control_bodies_round_trip() {
+        let s = StatusBody {
+            durable_offset: 77,
+            window_bytes: 1 << 20,
+            receiver_id: 5,
+        };
+        assert_eq!(StatusBody::decode(&s.encode()), Some(s));
+        assert_eq!(StatusBody::decode(&[0; 23]), None);
+        assert_eq!(decode_nak(&encode_nak(96)), Some(96));
+        assert_eq!(decode_nak(&[0; 9]), None);
+        let mut body = Vec::new();
+        encode_setup(1472, "alice", &mut body);
+        assert_eq!(body.len(), 16);
+        assert_eq!(
+            decode_setup(&body),
+            Some(SetupBody {
+                frame_bytes_max: 1472,
+                principal: "alice"
+            })
+        );
+        body[4] = 0;
+        assert_eq!(decode_setup(&body), None);
+    }
+}
