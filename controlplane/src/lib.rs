@@ -10,6 +10,11 @@
 
 pub mod types;
 
+// Admin surface.
+pub mod audit;
+pub mod auth;
+pub mod certs;
+pub mod policy;
 
 /// Generated protobuf/tonic code.
 pub mod pb {
