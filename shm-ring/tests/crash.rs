@@ -375,3 +375,40 @@ fn handles_are_send_and_small() {
         std::mem::size_of::<Subscriber>()
     );
 }
+
+#[test]
+fn lossy_subscriber_across_processes_detects_overruns_exactly() {
+    let dir = TestDir::new("xproc-lossy");
+    let d = dir.path().to_str().unwrap();
+    let ring = Ring::create("l", &dir.cfg(4096, Mode::Lossy, PublisherKind::Exclusive)).unwrap();
+    let mut sub = ring.subscriber(StartAt::Tail).unwrap();
+    const TOTAL: u64 = 200_000;
+    let publ = ChildProc::spawn(&["publish", d, "l", &TOTAL.to_string(), "100"]);
+    let (mut records, mut lost, mut intact) = (0u64, 0u64, 0u64);
+    let mut last = None;
+    until("the lossy subscriber to account for every record", || {
+        let p = sub
+            .poll(
+                |r| {
+                    assert!(last.is_none_or(|l| r.offset > l), "offsets increase");
+                    last = Some(r.offset);
+                    intact += u64::from(r.payload == payload(r.offset, 100));
+                    // A slow handler: the publisher laps us.
+                    std::hint::black_box((0..200).sum::<u64>());
+                },
+                8,
+            )
+            .unwrap();
+        records += p.records as u64;
+        lost += p.lost;
+        (records + lost == TOTAL).then_some(())
+    });
+    assert_eq!(publ.wait_ok(), format!("ok published {TOTAL}"));
+    assert!(lost > 0, "a slow subscriber of a 4 KiB ring is overrun");
+    assert!(
+        records <= intact,
+        "every record counted as delivered was intact"
+    );
+    assert_eq!(sub.lost_records(), lost);
+    assert_eq!(sub.next_offset(), TOTAL);
+}
