@@ -94,7 +94,9 @@ impl PublisherConfig {
 
     pub fn validate(&self) -> Result<(), NetConfigError> {
         let frame_max = xdp_programs::abi_consts::FRAME_BYTES_MAX as usize;
-        if !(FRAME_BYTES_MIN..=frame_max).contains(&self.frame_bytes) || self.frame_bytes % 8 != 0 {
+        if !(FRAME_BYTES_MIN..=frame_max).contains(&self.frame_bytes)
+            || !self.frame_bytes.is_multiple_of(8)
+        {
             return Err(NetConfigError::FrameBytes {
                 value: self.frame_bytes,
                 min: FRAME_BYTES_MIN,
@@ -122,7 +124,7 @@ impl PublisherConfig {
                 len: self.principal.len(),
             });
         }
-        if self.initial_offset % 8 != 0 {
+        if !self.initial_offset.is_multiple_of(8) {
             return Err(NetConfigError::InitialOffset {
                 value: self.initial_offset,
             });

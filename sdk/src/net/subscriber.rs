@@ -303,7 +303,7 @@ impl ReceiverCore {
     }
 
     fn handle_setup(&mut self, now_ns: u64, src: SocketAddr, h: &FrameHeader, body: &[u8]) {
-        if decode_setup(body).is_none() || h.offset % 8 != 0 {
+        if decode_setup(body).is_none() || !h.offset.is_multiple_of(8) {
             self.stats.drop_bad_body += 1;
             return;
         }

@@ -112,7 +112,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// zero padding) and returns how many it holds. Nothing is delivered from a
 /// body that fails: a frame is accepted whole or dropped whole.
 pub fn validate_records(body: &[u8]) -> Result<usize, RecordDecodeError> {
-    if body.is_empty() || body.len() % 8 != 0 {
+    if body.is_empty() || !body.len().is_multiple_of(8) {
         return Err(RecordDecodeError::BadBodyLength { len: body.len() });
     }
     let mut at = 0;
