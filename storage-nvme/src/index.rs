@@ -150,17 +150,22 @@ fn index_crc(b: &[u8]) -> u32 {
 }
 
 /// Encodes an index file into `dst` (cleared first).
-pub fn encode_index(dst: &mut Vec<u8>, magic: [u8; 8], cp: &IndexCheckpoint, idx: &SparseIndex) {
+pub fn encode_index(
+    dst: &mut Vec<u8>,
+    magic: [u8; 8],
+    cp: &IndexCheckpoint,
+    entries: &[(u64, u64)],
+) {
     dst.clear();
-    dst.resize(index_file_bytes(idx.entries.len()), 0);
+    dst.resize(index_file_bytes(entries.len()), 0);
     dst[IDX_MAGIC_OFFSET..IDX_MAGIC_OFFSET + 8].copy_from_slice(&magic);
     put_u16(dst, IDX_VERSION_OFFSET, INDEX_VERSION);
-    put_u32(dst, IDX_ENTRY_COUNT_OFFSET, idx.entries.len() as u32);
+    put_u32(dst, IDX_ENTRY_COUNT_OFFSET, entries.len() as u32);
     put_u64(dst, IDX_BASE_OFFSET_OFFSET, cp.base_offset);
     put_u64(dst, IDX_END_POSITION_OFFSET, cp.end_position);
     put_u64(dst, IDX_NEXT_OFFSET_OFFSET, cp.next_offset);
     put_u64(dst, IDX_MAX_TS_OFFSET, cp.max_timestamp_ns);
-    for (i, &(k, v)) in idx.entries.iter().enumerate() {
+    for (i, &(k, v)) in entries.iter().enumerate() {
         let at = IDX_HEADER_BYTES + i * IDX_ENTRY_BYTES;
         put_u64(dst, at, k);
         put_u64(dst, at + 8, v);
@@ -254,9 +259,9 @@ mod tests {
             }
             let cp = IndexCheckpoint { base_offset: 100, end_position: pos, next_offset: off, max_timestamp_ns: cur.max_timestamp_ns };
             let mut buf = Vec::new();
-            encode_index(&mut buf, OFFSET_INDEX_MAGIC, &cp, &offs);
+            encode_index(&mut buf, OFFSET_INDEX_MAGIC, &cp, offs.entries());
             prop_assert_eq!(decode_index(&buf, OFFSET_INDEX_MAGIC, true), Ok((cp, offs.clone())));
-            encode_index(&mut buf, TIME_INDEX_MAGIC, &cp, &times);
+            encode_index(&mut buf, TIME_INDEX_MAGIC, &cp, times.entries());
             prop_assert_eq!(decode_index(&buf, TIME_INDEX_MAGIC, false), Ok((cp, times.clone())));
             // Any truncation is rejected, never a panic.
             for cut in [0, 1, buf.len() / 2, buf.len() - 1] {

@@ -37,6 +37,8 @@ pub struct LogConfig {
     pub batches_pending_max: u32,
     /// One sparse index entry per this many bytes of batches.
     pub index_interval_bytes: u64,
+    /// Write a recovery checkpoint (the active segment's indexes) every this many durable bytes.
+    pub checkpoint_interval_bytes: u64,
     pub retention: RetentionPolicy,
     pub io_mode: IoMode,
     /// Offset of the first record of a new, empty log.
@@ -55,6 +57,7 @@ impl Default for LogConfig {
             batch_bytes_max: 1 << 20,
             batches_pending_max: 1 << 16,
             index_interval_bytes: 64 << 10,
+            checkpoint_interval_bytes: 64 << 20,
             retention: RetentionPolicy::default(),
             io_mode: IoMode::Auto,
             initial_offset: 0,
@@ -106,8 +109,11 @@ impl LogConfig {
                 self.writes_inflight_max
             ));
         }
-        if self.batches_pending_max == 0 || self.index_interval_bytes == 0 {
-            return Err("batches_pending_max and index_interval_bytes must be non-zero".into());
+        if self.batches_pending_max == 0
+            || self.index_interval_bytes == 0
+            || self.checkpoint_interval_bytes == 0
+        {
+            return Err("batches_pending_max, index_interval_bytes and checkpoint_interval_bytes must be non-zero".into());
         }
         Ok(())
     }
@@ -278,6 +284,9 @@ pub struct LogStats {
     pub sync_ns_max: u64,
     /// `append_batch` calls refused for lack of ring space.
     pub back_pressured: u64,
+    /// Mid-segment recovery checkpoints written, and failures to write one.
+    pub checkpoints: u64,
+    pub checkpoint_errors: u64,
     /// Segment rolls and the time they blocked `append_batch` in total.
     pub rolls: u64,
     pub roll_ns_total: u64,
@@ -346,6 +355,9 @@ pub struct Log<B: IoBackend = SysIo> {
     commit_target: u64,
     fsync_target: Option<u64>,
     sync_started: Option<std::time::Instant>,
+    checkpoint_pos: u64,
+    /// End of the last durable batch (`durable_pos` may be inside the next batch).
+    durable_batch_end: u64,
     stats: LogStats,
     next_offset: u64,
     durable_offset: u64,
@@ -560,7 +572,7 @@ impl<B: IoBackend> Log<B> {
                     next_offset: scan.next_offset,
                     max_timestamp_ns: cursor.max_timestamp_ns,
                 };
-                save_indexes(&dir, &cp, &offs, &times, &mut scratch)?;
+                save_indexes(&dir, &cp, offs.entries(), times.entries(), &mut scratch)?;
                 report.actions.push(RecoveryAction::IndexRebuilt {
                     path: offset_index_path(&dir, base),
                     reason: had_index.err().unwrap_or_default(),
@@ -673,6 +685,8 @@ impl<B: IoBackend> Log<B> {
             commit_target: end_pos,
             fsync_target: None,
             sync_started: None,
+            checkpoint_pos: end_pos,
+            durable_batch_end: end_pos,
             stats: LogStats::default(),
             next_offset,
             durable_offset: next_offset,
@@ -851,11 +865,23 @@ impl<B: IoBackend> Log<B> {
     }
 
     /// Reaps completions, submits more writes and syncs; returns the durable offset.
+    /// Every `checkpoint_interval_bytes` of durable data it also writes the active segment's
+    /// index files (a recovery checkpoint; a few small file writes).
     pub fn poll(&mut self) -> Result<u64, LogIoError> {
         self.reap(Wait::No);
         self.pump();
         self.maybe_sync();
         self.submit_queued();
+        if self.failed.is_none()
+            && self.durable_pos >= self.checkpoint_pos + self.cfg.checkpoint_interval_bytes
+        {
+            if self.checkpoint().is_err() {
+                // Not fatal: recovery falls back to the previous checkpoint.
+                self.stats.checkpoint_errors += 1;
+            } else {
+                self.stats.checkpoints += 1;
+            }
+        }
         match &self.failed {
             Some(e) => Err(e.clone()),
             None => Ok(self.durable_offset),
@@ -1131,6 +1157,7 @@ impl<B: IoBackend> Log<B> {
                 break;
             }
             self.durable_offset = next;
+            self.durable_batch_end = end;
             self.pending.pop_front();
         }
         // Release pairs with the Acquire load in Reader::durable_limit.
@@ -1161,8 +1188,14 @@ impl<B: IoBackend> Log<B> {
             path: path.to_path_buf(),
             detail: e.to_string(),
         };
-        save_indexes(&self.dir, &cp, &a.offs, &a.times, &mut self.scratch)
-            .map_err(|e| roll_err(&a.path, &e))?;
+        save_indexes(
+            &self.dir,
+            &cp,
+            a.offs.entries(),
+            a.times.entries(),
+            &mut self.scratch,
+        )
+        .map_err(|e| roll_err(&a.path, &e))?;
         let file_bytes = a
             .file
             .metadata()
@@ -1195,6 +1228,8 @@ impl<B: IoBackend> Log<B> {
         a.times.clear();
         a.cursor = IndexCursor::new(self.cfg.index_interval_bytes);
         self.ring_origin = SEGMENT_HEADER_BYTES;
+        self.checkpoint_pos = SEGMENT_HEADER_BYTES;
+        self.durable_batch_end = SEGMENT_HEADER_BYTES;
         self.append_pos = SEGMENT_HEADER_BYTES;
         self.submitted_pos = SEGMENT_HEADER_BYTES;
         self.durable_pos = SEGMENT_HEADER_BYTES;
@@ -1256,15 +1291,30 @@ impl<B: IoBackend> Log<B> {
 
     fn close_inner(&mut self) -> Result<(), LogCloseError> {
         self.sync()?;
+        self.checkpoint()?;
+        Ok(())
+    }
+
+    /// Writes the active segment's indexes covering the durable prefix: recovery then verifies
+    /// only the batches after it. (The max timestamp may include appended, not yet durable
+    /// batches: an overestimate only makes seeks scan and retention keep a little more.)
+    fn checkpoint(&mut self) -> Result<(), FileError> {
         let a = &self.active;
+        // A batch boundary: durable_pos itself may lie inside a batch split across writes.
+        let end = self.durable_batch_end;
+        debug_assert!(end <= self.durable_pos);
         let cp = IndexCheckpoint {
             base_offset: a.base,
-            end_position: self.durable_pos,
+            end_position: end,
             next_offset: self.durable_offset,
             max_timestamp_ns: a.cursor.max_timestamp_ns,
         };
-        save_indexes(&self.dir, &cp, &a.offs, &a.times, &mut self.scratch)?;
-        Ok(())
+        let offs = a.offs.entries();
+        let offs = &offs[..offs.partition_point(|e| e.1 < end)];
+        let times = a.times.entries();
+        let times = &times[..times.partition_point(|e| e.1 < self.durable_offset)];
+        self.checkpoint_pos = self.durable_pos;
+        save_indexes(&self.dir, &cp, offs, times, &mut self.scratch)
     }
 
     fn drain(&mut self) {

@@ -192,8 +192,8 @@ pub fn load_indexes(
 pub fn save_indexes(
     dir: &Path,
     cp: &IndexCheckpoint,
-    offs: &SparseIndex,
-    times: &SparseIndex,
+    offs: &[(u64, u64)],
+    times: &[(u64, u64)],
     scratch: &mut Vec<u8>,
 ) -> Result<(), FileError> {
     for (path, magic, idx) in [

@@ -69,6 +69,10 @@ fn kill_9_at_random_points_loses_no_durable_record() {
             &cfg.write_bytes_max.to_string(),
         ]);
         cmd.args(["--batch-records", &batch_records.to_string()]);
+        cmd.args([
+            "--checkpoint-bytes",
+            &cfg.checkpoint_interval_bytes.to_string(),
+        ]);
         if round % 5 == 4 {
             cmd.arg("--pwrite");
         }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! ms-log append <dir> [--records N] [--seed S] [--payload-max B] [--batch-records N]
-//!                     [--segment-bytes B] [--pwrite]
+//!                     [--segment-bytes B] [--buffer-bytes B] [--write-bytes B]
+//!                     [--checkpoint-bytes B] [--pwrite]
 //!     Appends N deterministic records (storage_nvme::pattern) after the log's end, one flush
 //!     per batch, printing `durable <offset>` each time the durable offset advances.
 //! ms-log dump <dir> [--from OFFSET] [--timestamp NS]
@@ -93,6 +94,7 @@ fn append(args: &Args) -> Result<(), String> {
     };
     cfg.write_buffer_bytes = args.num("buffer-bytes", 2 << 20)?;
     cfg.write_bytes_max = args.num("write-bytes", 256 << 10)?;
+    cfg.checkpoint_interval_bytes = args.num("checkpoint-bytes", 64 << 20)?;
     cfg.batch_bytes_max = (batch_records * (payload_max + 32) + 64).next_multiple_of(4096) as u64;
     if args.has("pwrite") {
         cfg.io_mode = IoMode::Pwrite;

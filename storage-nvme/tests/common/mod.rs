@@ -21,6 +21,7 @@ pub fn small_config() -> LogConfig {
         write_bytes_max: 32 << 10,
         batch_bytes_max: 32 << 10,
         index_interval_bytes: 4 << 10,
+        checkpoint_interval_bytes: 64 << 10,
         ..LogConfig::default()
     }
 }
