@@ -15,5 +15,6 @@ fn compile(protos: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     compile(&["proto/raft.proto"])?;
+    compile(&["proto/admin.proto"])?;
     Ok(())
 }

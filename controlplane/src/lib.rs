@@ -8,12 +8,14 @@
 //! leader election), [`node`] (a running node).
 #![forbid(unsafe_code)]
 
+pub mod store;
 pub mod types;
 
 // Admin surface.
 pub mod audit;
 pub mod auth;
 pub mod certs;
+pub mod http;
 pub mod policy;
 
 /// Generated protobuf/tonic code.
@@ -21,5 +23,9 @@ pub mod pb {
     /// Raft transport between control-plane nodes.
     pub mod raft {
         tonic::include_proto!("msraft");
+    }
+    /// Admin API (streams, ACLs, principals, membership, status).
+    pub mod admin {
+        tonic::include_proto!("msadmin");
     }
 }
