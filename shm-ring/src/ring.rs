@@ -609,6 +609,113 @@ impl Publisher {
         c.commit().map_err(|_| OfferError::BackPressured)
     }
 
+    /// Copy up to `payloads.len()` records of type `type_id` with one claim,
+    /// one clock read and one tail update (the records share a timestamp).
+    /// Returns `(first offset, records published)`: in reliable rings only as
+    /// many as fit (at least one, else `BackPressured`); the caller offers the
+    /// rest later. An empty slice publishes nothing: `Ok((next offset, 0))`.
+    pub fn offer_batch(
+        &mut self,
+        type_id: u16,
+        payloads: &[&[u8]],
+    ) -> Result<(u64, usize), OfferError> {
+        let p = self.inner.region.p;
+        let max = p.max_payload();
+        if let Some(big) = payloads.iter().find(|m| m.len() as u64 > max) {
+            return Err(OfferError::MessageTooLarge {
+                len: big.len(),
+                max: max as usize,
+            });
+        }
+        let now = clock::now_ns();
+        if p.exclusive() && now >= self.next_heartbeat_ns {
+            self.heartbeat(now)?;
+        }
+        // How many fit between the tail `t` and the cached limits, and where the batch ends.
+        let fit = |t: (u64, u64), limit_pos: u64, limit_seq: u64| {
+            let (mut pos, mut n) = (t.0, 0usize);
+            for m in payloads {
+                let total = record_total(m.len() as u64);
+                let end = place(pos, total, p.capacity).wrapping_add(total);
+                let seq = t.1.wrapping_add(n as u64);
+                if p.reliable() && (end > limit_pos || seq >= limit_seq) {
+                    break;
+                }
+                pos = end;
+                n += 1;
+            }
+            (n, pos)
+        };
+        let mut cur = if p.exclusive() {
+            self.tail
+        } else {
+            // partner: other publishers' tail CAS (Release half of AcqRel).
+            self.inner.region.tail().load(Ordering::Acquire)
+        };
+        let (n, end) = loop {
+            let (mut n, mut end) = fit(cur, self.limit_pos, self.limit_seq);
+            if n < payloads.len() && p.reliable() {
+                self.refresh_limits(now);
+                (n, end) = fit(cur, self.limit_pos, self.limit_seq);
+            }
+            if n == 0 {
+                if payloads.is_empty() {
+                    return Ok((cur.1, 0));
+                }
+                return Err(OfferError::BackPressured);
+            }
+            let new = (end, cur.1.wrapping_add(n as u64));
+            if p.exclusive() {
+                // partner: subscribers' tail.load(Acquire).
+                self.inner.region.tail().store(new, Ordering::Release);
+                self.tail = new;
+                break (n, end);
+            }
+            // partner: subscribers' and publishers' tail.load(Acquire).
+            match self.inner.region.tail().compare_exchange(
+                cur,
+                new,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break (n, end),
+                Err(c) => cur = c,
+            }
+        };
+        debug_assert!(end >= cur.0);
+        // Seqlock fence, partner: a lossy subscriber's fence(Acquire) (see claim()).
+        fence(Ordering::Release);
+        let region = &self.inner.region;
+        let mut pos = cur.0;
+        for (i, m) in payloads[..n].iter().enumerate() {
+            let seq = cur.1.wrapping_add(i as u64);
+            let total = record_total(m.len() as u64);
+            let start = place(pos, total, p.capacity);
+            pos = start.wrapping_add(total);
+            let body = start.wrapping_add(RECORD_HEADER_BYTES);
+            region.track(body, m.len() as u64, true);
+            // SAFETY: [start, start + total) is inside the data region (place()
+            // keeps records from straddling its end) and belongs to this batch's
+            // claim alone (see Claim::buffer).
+            unsafe { std::ptr::copy_nonoverlapping(m.as_ptr(), region.data_at(body), m.len()) };
+            region.publish_payload(body, m.len() as u64);
+            region.track(start, RECORD_HEADER_BYTES, true);
+            region.write_u64(start.wrapping_add(RECORD_SEQUENCE_OFFSET as u64), seq);
+            region.write_u64(
+                start.wrapping_add(RECORD_LEN_TYPE_OFFSET as u64),
+                m.len() as u64 | (u64::from(type_id) << 32),
+            );
+            region.write_u64(start.wrapping_add(RECORD_TIMESTAMP_OFFSET as u64), now);
+            region.write_u64(
+                start.wrapping_add(RECORD_SESSION_OFFSET as u64),
+                u64::from(self.session),
+            );
+            // A record of a batch that expired (held past claim_timeout_ns) is lost like an aborted one.
+            let _ = self.publish(seq, start | DESC_COMMITTED);
+        }
+        Ok((cur.1, n))
+    }
+
     /// Publish a finished or aborted record's descriptor.
     #[inline(always)]
     fn publish(&self, seq: u64, word1: u64) -> Result<(), CommitError> {

@@ -228,3 +228,32 @@ fn lossy_overrun_is_detected_and_counted_exactly() {
         assert_eq!(sub.next_offset(), 6);
     });
 }
+
+#[test]
+fn batch_and_single_claims_interleave() {
+    model_bounded(2, || {
+        let ring = ring(Mode::Reliable, PublisherKind::Shared);
+        let mut sub = ring.subscriber(StartAt::Tail).unwrap();
+        let r2 = ring.clone();
+        let t = thread::spawn(move || {
+            let mut publ = r2.publisher().unwrap();
+            let (a, b) = (vec![0xaa; 8], vec![0xab; 8]);
+            publ.offer_batch(0, &[&a, &b]).unwrap()
+        });
+        let mut publ = ring.publisher().unwrap();
+        let single = publ.offer(&[0xbb; 8]).unwrap();
+        let (first, n) = t.join().unwrap();
+        assert_eq!(n, 2);
+        assert!(
+            single == 0 || single == 2,
+            "a batch is contiguous: {single}"
+        );
+        assert_eq!(first, if single == 0 { 1 } else { 0 });
+        let mut got = Vec::new();
+        sub.poll(|r| got.push((r.offset, r.payload[0])), 10)
+            .unwrap();
+        let mut want = vec![(first, 0xaa), (first + 1, 0xab), (single, 0xbb)];
+        want.sort();
+        assert_eq!(got, want);
+    });
+}

@@ -10,6 +10,7 @@ use shm_ring::*;
 #[derive(Debug, Clone)]
 enum Op {
     Offer(usize),
+    Batch(Vec<usize>),
     Abort(usize),
     Poll(usize),
 }
@@ -33,6 +34,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(
         prop_oneof![
             6 => len().prop_map(Op::Offer),
+            1 => prop::collection::vec(len(), 0..6).prop_map(Op::Batch),
             1 => len().prop_map(Op::Abort),
             3 => (1usize..8).prop_map(Op::Poll),
         ],
@@ -95,6 +97,28 @@ proptest! {
                     }
                     next_offset += 1;
                 }
+                Op::Batch(lens) => {
+                    let msgs: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, n)| payload(next_offset + i as u64, *n)).collect();
+                    let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+                    let mut done = 0;
+                    while done < refs.len() {
+                        match publ.offer_batch(0, &refs[done..]) {
+                            Ok((first, n)) => {
+                                prop_assert_eq!(first, next_offset);
+                                for m in &msgs[done..done + n] {
+                                    expected.push_back((next_offset, m.clone()));
+                                    next_offset += 1;
+                                }
+                                done += n;
+                            }
+                            Err(OfferError::BackPressured) => {
+                                prop_assert!(!expected.is_empty() || aborted > lost, "back-pressure with nothing unread");
+                                lost += check(&mut sub, usize::MAX, &mut expected);
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
                 Op::Poll(limit) => lost += check(&mut sub, limit, &mut expected),
             }
         }
@@ -136,6 +160,13 @@ proptest! {
                     publ.claim(n).unwrap().abort();
                     lens.push(n);
                     next_offset += 1;
+                }
+                Op::Batch(ns) => {
+                    let msgs: Vec<Vec<u8>> = ns.iter().enumerate().map(|(i, n)| payload(next_offset + i as u64, *n)).collect();
+                    let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+                    prop_assert_eq!(publ.offer_batch(0, &refs), Ok((next_offset, ns.len())), "lossy batches never wait");
+                    lens.extend(ns);
+                    next_offset += msgs.len() as u64;
                 }
                 Op::Poll(limit) => {
                     let (d, l) = poll(&mut sub, limit, &lens);

@@ -425,3 +425,50 @@ fn invalid_names_and_configs_are_refused() {
         "nothing left behind"
     );
 }
+
+#[test]
+fn offer_batch_publishes_what_fits_in_order() {
+    let dir = TestDir::new("batch");
+    for kind in [PublisherKind::Exclusive, PublisherKind::Shared] {
+        let ring =
+            Ring::create(&format!("b-{kind:?}"), &dir.cfg(1024, Mode::Reliable, kind)).unwrap();
+        let mut sub = ring.subscriber(StartAt::Tail).unwrap();
+        let mut publ = ring.publisher().unwrap();
+        assert_eq!(publ.offer_batch(3, &[]), Ok((0, 0)));
+        let msgs: Vec<Vec<u8>> = (0..40u64).map(|i| payload(i, (i % 50) as usize)).collect();
+        let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+        let mut sent = 0usize;
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while sent < refs.len() {
+            assert!(std::time::Instant::now() < deadline);
+            match publ.offer_batch(3, &refs[sent..]) {
+                Ok((first, n)) => {
+                    assert_eq!(first, sent as u64);
+                    assert!(n >= 1);
+                    sent += n;
+                }
+                Err(OfferError::BackPressured) => {}
+                Err(e) => panic!("{e}"),
+            }
+            drain(&mut sub, &mut got);
+        }
+        drain(&mut sub, &mut got);
+        let want: Vec<_> = msgs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (i as u64, 3u16, m.clone()))
+            .collect();
+        assert_eq!(got, want);
+        let big = vec![0u8; ring.max_payload_len() + 1];
+        assert!(matches!(
+            publ.offer_batch(0, &[b"ok", &big]),
+            Err(OfferError::MessageTooLarge { .. })
+        ));
+        assert_eq!(
+            publ.offer(b"next"),
+            Ok(40),
+            "a refused batch publishes nothing"
+        );
+    }
+}

@@ -213,25 +213,28 @@ mod imp {
                         .spawn()
                         .map_err(|e| e.to_string())
                 };
-                // Throughput: 32-byte records, as fast as the publisher can.
-                let mut child = spawn("throughput", messages)?;
-                let (mut n, mut first, mut last) = (0u64, 0u64, 0u64);
-                let deadline = Instant::now() + ROLE_DEADLINE;
-                while n < messages && Instant::now() < deadline {
-                    let p = sub.poll(|_| n += 1, 4096).map_err(|e| e.to_string())?;
-                    if p.records > 0 {
-                        last = clock::now_ns();
-                        if first == 0 {
-                            first = last;
+                // Throughput: 32-byte records, as fast as the publisher can,
+                // with offer() and with offer_batch() of 64 records.
+                for what in ["throughput", "throughput-batch"] {
+                    let mut child = spawn(what, messages)?;
+                    let (mut n, mut first, mut last) = (0u64, 0u64, 0u64);
+                    let deadline = Instant::now() + ROLE_DEADLINE;
+                    while n < messages && Instant::now() < deadline {
+                        let p = sub.poll(|_| n += 1, 4096).map_err(|e| e.to_string())?;
+                        if p.records > 0 {
+                            last = clock::now_ns();
+                            if first == 0 {
+                                first = last;
+                            }
                         }
                     }
+                    let _ = child.wait();
+                    let secs = (last - first) as f64 / 1e9;
+                    println!(
+                        "{what} 32 B: {n} records in {secs:.3} s = {:.1} M records/s",
+                        n as f64 / secs / 1e6
+                    );
                 }
-                let _ = child.wait();
-                let secs = (last - first) as f64 / 1e9;
-                println!(
-                    "throughput 32 B: {n} records in {secs:.3} s = {:.1} M records/s",
-                    n as f64 / secs / 1e6
-                );
                 // Latency: 64-byte records, one every PACE_NS, stamped with the ring clock.
                 let mut child = spawn("latency", LATENCY_MSGS)?;
                 let mut lat = Vec::with_capacity(LATENCY_MSGS as usize);
@@ -276,6 +279,18 @@ mod imp {
             let count = num(args.get(4))?;
             let mut publ = ring.publisher().map_err(|e| e.to_string())?;
             let deadline = Instant::now() + ROLE_DEADLINE;
+            if what == "throughput-batch" {
+                let msg = [7u8; 32];
+                let batch: Vec<&[u8]> = vec![&msg; 64];
+                let mut i = 0;
+                while i < count && Instant::now() < deadline {
+                    let want = (count - i).min(64) as usize;
+                    if let Ok((_, n)) = publ.offer_batch(0, &batch[..want]) {
+                        i += n as u64;
+                    }
+                }
+                return Ok(());
+            }
             if what == "throughput" {
                 let msg = [7u8; 32];
                 let mut i = 0;
