@@ -8,6 +8,7 @@
 //! leader election), [`node`] (a running node).
 #![forbid(unsafe_code)]
 
+pub mod store;
 pub mod types;
 
 // Admin surface.
