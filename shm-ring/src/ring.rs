@@ -372,21 +372,19 @@ impl Publisher {
             let mut cur = own.state.load(Ordering::Acquire); // partner: the owner's Release stores below
             loop {
                 let (st, hb) = cur;
+                let (opid, ostart) = (
+                    own.pid.load(Ordering::Acquire),
+                    own.start_ticks.load(Ordering::Acquire),
+                );
                 let takeable = match slot_kind(st) {
                     SLOT_FREE | SLOT_EVICTED => true,
+                    // Another publisher is attaching right now (or died doing so).
                     SLOT_ATTACHING => now.saturating_sub(hb) > region.p.liveness_timeout_ns,
-                    _ => {
-                        let (opid, ostart) = (
-                            own.pid.load(Ordering::Acquire),
-                            own.start_ticks.load(Ordering::Acquire),
-                        );
-                        if liveness::is_alive(opid, ostart) {
-                            return Err(PublisherAttachError::Busy { pid: opid as u32 });
-                        }
-                        true
-                    }
+                    _ => !liveness::is_alive(opid, ostart),
                 };
-                debug_assert!(takeable);
+                if !takeable {
+                    return Err(PublisherAttachError::Busy { pid: opid as u32 });
+                }
                 let attaching = next_generation(st, SLOT_ATTACHING);
                 match own.state.compare_exchange(
                     cur,
@@ -404,22 +402,25 @@ impl Publisher {
             own.pid.store(u64::from(pid), Ordering::Relaxed);
             own.start_ticks.store(start, Ordering::Relaxed);
             // A dead predecessor may have died between claim and commit: its
-            // claim is the sequence just below the tail. Abort it so readers
-            // do not wait for it (they never abort while an owner is alive).
+            // open claims are the sequences just below the tail (one claim, or
+            // the unpublished suffix of a batch: batches commit in order).
+            // Abort them so readers do not wait (they never abort while an
+            // owner is alive).
             tail = region.tail().load(Ordering::Acquire); // partner: predecessor's tail store(Release)
-            if tail.1 > 0 {
-                let s = tail.1 - 1;
+            let mut s = tail.1;
+            for _ in 0..region.p.descriptors {
+                if s == 0 {
+                    break;
+                }
+                s -= 1;
                 let d = region.desc(s);
                 let cur = d.load(Ordering::Acquire);
                 let finished = cur.0 > s || (cur.0 == s && cur.1 & DESC_STATE_MASK != DESC_EMPTY);
-                if !finished {
-                    let _ = d.compare_exchange(
-                        cur,
-                        (s, DESC_ABORTED),
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    );
+                if finished {
+                    break;
                 }
+                let _ =
+                    d.compare_exchange(cur, (s, DESC_ABORTED), Ordering::AcqRel, Ordering::Acquire);
             }
             // partner: may_abort()/attach()'s state load(Acquire): pid and start are visible once ACTIVE is.
             own.state.store((owner_state, now), Ordering::Release);
@@ -1166,7 +1167,9 @@ impl Subscriber {
                         Ordering::AcqRel,
                         Ordering::Acquire,
                     );
-                    self.pending = None;
+                    // A dead exclusive owner's later open claims (the rest of a
+                    // batch) are just as dead: no need to wait for them again.
+                    self.pending = p.exclusive().then(|| (q.wrapping_add(1), since));
                     // Loop: the descriptor now reads ABORTED (ours or a racing
                     // subscriber's) or COMMITTED (the publisher won).
                 }
