@@ -10,6 +10,7 @@ pub mod agent;
 pub mod config;
 #[allow(unsafe_code)]
 pub mod net;
+pub mod session;
 
 pub use agent::{Agent, AgentInvoker, AgentRunner, AgentSlot, Clock, CommandQueue, ThreadingMode};
 pub use config::{Config, ConfigLoadError};

@@ -1,6 +1,7 @@
 //! The network edge of the data plane: one enum over the backends (never `Box<dyn>` on the packet path).
 //!
 //! * [`NetPort::Udp`]: kernel UDP socket, `recvmmsg`/`sendmmsg` batches ([`udp`]).
+//! * [`NetPort::AfXdp`]: AF_XDP sockets fed by the XDP program ([`afxdp`]).
 //!
 //! Adding a backend (engineer D, AF_XDP): put it in `src/net/afxdp.rs` (or `src/net/afxdp/`), add
 //! `pub mod afxdp;` below, a variant `AfXdp(afxdp::XskPort)` to [`NetPort`] and one arm per method
@@ -13,6 +14,7 @@
 
 use std::net::SocketAddr;
 
+pub mod afxdp;
 pub mod udp;
 
 /// Which backend the node uses; chosen explicitly (`--backend afxdp|udp`), never a silent fallback.
@@ -59,6 +61,8 @@ pub struct NetPortStats {
 pub enum NetPortOpenError {
     #[error(transparent)]
     Udp(#[from] udp::UdpPortOpenError),
+    #[error(transparent)]
+    AfXdp(#[from] afxdp::XskPortOpenError),
     #[error("backend {0} is not built into this data plane yet: use --backend udp")]
     BackendUnavailable(Backend),
 }
@@ -66,6 +70,7 @@ pub enum NetPortOpenError {
 /// A network port of the node: receives and sends UDP payloads in batches.
 pub enum NetPort {
     Udp(udp::UdpPort),
+    AfXdp(afxdp::XskPort),
 }
 
 impl NetPort {
@@ -74,6 +79,7 @@ impl NetPort {
     pub fn poll_rx(&mut self, max: usize, f: &mut impl FnMut(SocketAddr, &[u8])) -> usize {
         match self {
             NetPort::Udp(p) => p.poll_rx(max, f),
+            NetPort::AfXdp(p) => p.poll_rx(max, f),
         }
     }
 
@@ -82,6 +88,7 @@ impl NetPort {
     pub fn send(&mut self, dst: SocketAddr, payload: &[u8]) -> bool {
         match self {
             NetPort::Udp(p) => p.send(dst, payload),
+            NetPort::AfXdp(p) => p.send(dst, payload),
         }
     }
 
@@ -90,6 +97,7 @@ impl NetPort {
     pub fn flush_tx(&mut self) -> usize {
         match self {
             NetPort::Udp(p) => p.flush_tx(),
+            NetPort::AfXdp(p) => p.flush_tx(),
         }
     }
 
@@ -97,6 +105,7 @@ impl NetPort {
     pub fn describe(&self) -> String {
         match self {
             NetPort::Udp(p) => p.describe(),
+            NetPort::AfXdp(p) => p.describe(),
         }
     }
 
@@ -104,6 +113,7 @@ impl NetPort {
     pub fn stats(&self) -> NetPortStats {
         match self {
             NetPort::Udp(p) => p.stats(),
+            NetPort::AfXdp(p) => p.stats(),
         }
     }
 
@@ -111,6 +121,7 @@ impl NetPort {
     pub fn local_addr(&self) -> SocketAddr {
         match self {
             NetPort::Udp(p) => p.local_addr(),
+            NetPort::AfXdp(p) => p.local_addr(),
         }
     }
 }
