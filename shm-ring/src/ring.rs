@@ -113,6 +113,9 @@ pub(crate) const fn record_total(len: u64) -> u64 {
 /// (descriptors carry each record's start, so no padding record is needed).
 #[inline(always)]
 const fn place(pos: u64, total: u64, capacity: u64) -> u64 {
+    // The tail is always 16-byte aligned unless a hostile process wrote it;
+    // aligning here keeps record words aligned no matter what.
+    let pos = pos.wrapping_add(RECORD_ALIGN_BYTES - 1) & !(RECORD_ALIGN_BYTES - 1);
     let off = pos & (capacity - 1);
     if off + total > capacity {
         pos.wrapping_add(capacity - off)

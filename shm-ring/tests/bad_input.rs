@@ -411,3 +411,41 @@ fn hugetlbfs_ring_works_when_a_pool_exists() {
     assert_eq!(ring.backing(), BackingKind::Hugetlbfs);
     ring.unlink().unwrap();
 }
+
+#[test]
+fn hostile_tail_values_do_not_break_publishers() {
+    let dir = TestDir::new("hostile-tail");
+    for kind in [PublisherKind::Exclusive, PublisherKind::Shared] {
+        for tail in [
+            (7u64, 3u64),
+            (u64::MAX - 5, u64::MAX),
+            (4096 * 1000 + 9, 17),
+        ] {
+            let name = format!("t-{kind:?}-{}", tail.0);
+            let ring = Ring::create(&name, &dir.cfg(4096, Mode::Reliable, kind)).unwrap();
+            let bytes = [tail.0.to_le_bytes(), tail.1.to_le_bytes()].concat();
+            write_at(ring.path(), TAIL_OFFSET as u64, &bytes);
+            let mut sub = ring.subscriber(StartAt::Tail).unwrap();
+            let mut publ = ring.publisher().unwrap();
+            // Whatever the values: a result, never a panic or a stray write.
+            match publ.offer(b"after a hostile tail") {
+                Ok(off) => {
+                    assert_eq!(off, tail.1);
+                    let p = sub.poll(|r| assert_eq!(r.payload, b"after a hostile tail"), 4);
+                    assert!(
+                        matches!(
+                            p,
+                            Ok(Poll { records: 1, .. }) | Err(PollError::Corrupt { .. })
+                        ),
+                        "{p:?}"
+                    );
+                }
+                Err(e) => assert_eq!(
+                    e,
+                    OfferError::BackPressured,
+                    "a tail at the end of the sequence space"
+                ),
+            }
+        }
+    }
+}
