@@ -15,6 +15,7 @@ pub mod types;
 pub mod audit;
 pub mod auth;
 pub mod certs;
+pub mod grpc;
 pub mod http;
 pub mod policy;
 

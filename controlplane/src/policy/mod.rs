@@ -39,7 +39,7 @@ pub enum PolicyPushError {
     #[error("interface `{iface}`: {source}")]
     Maps {
         iface: String,
-        source: PolicyMapsError,
+        source: Box<PolicyMapsError>,
     },
     #[error(
         "interface `{iface}`: could not read back the pinned map {}: {reason}; restart \
@@ -143,7 +143,7 @@ impl PolicyPusher {
 fn push_iface(iface: &mut Iface, want: &DesiredPolicy) -> Result<usize, PolicyPushError> {
     let maps_err = |source| PolicyPushError::Maps {
         iface: iface.name.clone(),
-        source,
+        source: Box::new(source),
     };
     if iface.maps.is_none() {
         let maps = PolicyMaps::open(&iface.name).map_err(maps_err)?;
@@ -169,7 +169,7 @@ fn push_iface(iface: &mut Iface, want: &DesiredPolicy) -> Result<usize, PolicyPu
             iface.applied = DesiredPolicy::default();
             Err(PolicyPushError::Maps {
                 iface: iface.name.clone(),
-                source,
+                source: Box::new(source),
             })
         }
     }
