@@ -11,6 +11,7 @@ pub mod config;
 #[allow(unsafe_code)]
 pub mod net;
 pub mod session;
+pub mod testnet;
 
 pub use agent::{Agent, AgentInvoker, AgentRunner, AgentSlot, Clock, CommandQueue, ThreadingMode};
 pub use config::{Config, ConfigLoadError};
