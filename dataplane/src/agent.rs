@@ -12,13 +12,15 @@
 //! Cross-thread commands travel through a bounded [`CommandQueue`]; its consumer drains at most a fixed
 //! number per duty cycle so one busy producer cannot starve the agent's own work.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
 use sdk::IdleStrategy;
+
+use crate::counters::{Counter, Counters};
 
 /// Largest command queue any agent may be given (entries).
 pub const COMMAND_QUEUE_DEPTH_MAX: usize = 65_536;
@@ -71,8 +73,12 @@ pub enum ThreadingMode {
     Invoker,
 }
 
-/// Where an agent's longest duty cycle (ns) is published (a counter cell).
-pub type DutyCycleSlot = Arc<AtomicU64>;
+/// Where an agent's longest duty cycle (ns) is published: a `Max` counter.
+#[derive(Clone)]
+pub struct DutyCycleSlot {
+    pub counters: Counters,
+    pub counter: Counter,
+}
 
 /// An agent plus the counter slot where its longest duty cycle is published.
 pub struct AgentSlot {
@@ -90,7 +96,8 @@ impl AgentSlot {
         let start = clock.now_ns();
         let work = self.agent.do_work(start);
         if let Some(duty) = &self.duty {
-            duty.fetch_max(clock.now_ns().saturating_sub(start), Ordering::Relaxed);
+            duty.counters
+                .record_max(duty.counter, clock.now_ns().saturating_sub(start));
         }
         work
     }
@@ -324,8 +331,15 @@ mod tests {
         closed: Arc<AtomicBool>,
     }
 
+    use std::sync::atomic::AtomicU64;
+
     impl Agent for Count {
         fn do_work(&mut self, _now_ns: u64) -> usize {
+            // Take a measurable time, so the duty-cycle maximum is above 0.
+            let t = Instant::now();
+            while t.elapsed().as_nanos() < 100 {
+                std::hint::spin_loop();
+            }
             self.hits.fetch_add(1, Ordering::Relaxed);
             1
         }
@@ -359,13 +373,19 @@ mod tests {
 
     #[test]
     fn invoker_runs_every_agent_once_per_cycle() {
-        let (a, ha, _) = count_agent();
+        let (mut a, ha, _) = count_agent();
+        let counters = Counters::new(&[]);
+        a.duty = Some(DutyCycleSlot {
+            counters: counters.clone(),
+            counter: Counter::DutyCycleMaxSenderNs,
+        });
         let (b, hb, cb) = count_agent();
         let mut inv = AgentInvoker::new(vec![a, b], Clock::new());
         assert_eq!(inv.invoke(), 2);
         assert_eq!(inv.invoke(), 2);
         assert_eq!(ha.load(Ordering::Relaxed), 2);
         assert_eq!(hb.load(Ordering::Relaxed), 2);
+        assert!(counters.get(Counter::DutyCycleMaxSenderNs) > 0);
         inv.close();
         assert!(cb.load(Ordering::Relaxed));
     }

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod counters;
 #[allow(unsafe_code)]
 pub mod net;
 pub mod session;

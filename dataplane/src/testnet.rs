@@ -20,7 +20,9 @@ use std::process::Command;
 pub enum TestNetCreateError {
     #[error("`ip {args}` failed: {detail} (needs root and iproute2)")]
     Ip { args: String, detail: String },
-    #[error("subnet index {0} must be in 0..=255 of 198.18.S.0/30 (and unique among concurrent users)")]
+    #[error(
+        "subnet index {0} must be in 0..=255 of 198.18.S.0/30 (and unique among concurrent users)"
+    )]
     Subnet(u32),
 }
 
@@ -117,7 +119,14 @@ impl TestNet {
             net.created.push(ns.clone());
             for knob in ["all", "default"] {
                 let path = format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6");
-                ip(&["netns", "exec", &ns, "sh", "-c", &format!("echo 1 > {path}")])?;
+                ip(&[
+                    "netns",
+                    "exec",
+                    &ns,
+                    "sh",
+                    "-c",
+                    &format!("echo 1 > {path}"),
+                ])?;
             }
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
