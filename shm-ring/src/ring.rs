@@ -1044,10 +1044,33 @@ impl Subscriber {
     ///
     /// In lossy rings a record may be overwritten while the handler runs; it
     /// is then counted in `lost` (not `records`) after the handler returns.
+    /// Use [`Subscriber::poll_copy`] when the handler must never see such a record.
     pub fn poll<F: FnMut(&Record<'_>)>(
+        &mut self,
+        handler: F,
+        limit: usize,
+    ) -> Result<Poll, PollError> {
+        self.poll_inner(handler, limit, None)
+    }
+
+    /// Like [`Subscriber::poll`], but each payload is first copied into
+    /// `buf` and checked: in lossy rings the handler only ever sees intact
+    /// records (a record overwritten during the copy is counted lost). In
+    /// reliable rings this only adds a copy.
+    pub fn poll_copy<F: FnMut(&Record<'_>)>(
+        &mut self,
+        buf: &mut Vec<u8>,
+        handler: F,
+        limit: usize,
+    ) -> Result<Poll, PollError> {
+        self.poll_inner(handler, limit, Some(buf))
+    }
+
+    fn poll_inner<F: FnMut(&Record<'_>)>(
         &mut self,
         mut handler: F,
         limit: usize,
+        mut copy_buf: Option<&mut Vec<u8>>,
     ) -> Result<Poll, PollError> {
         let now = clock::now_ns();
         if now >= self.next_heartbeat_ns {
@@ -1076,7 +1099,7 @@ impl Subscriber {
             let state = w1 & DESC_STATE_MASK;
             if tag == q && state == DESC_COMMITTED {
                 let start = w1 & !DESC_STATE_MASK;
-                match self.read_record(start, q, r, &mut handler) {
+                match self.read_record(start, q, r, &mut handler, copy_buf.as_deref_mut()) {
                     Ok(Some(total)) => {
                         out.records += 1;
                         q = q.wrapping_add(1);
@@ -1206,6 +1229,7 @@ impl Subscriber {
         q: u64,
         r: u64,
         handler: &mut F,
+        copy_buf: Option<&mut Vec<u8>>,
     ) -> Result<Option<u64>, PollError> {
         let region = &self.inner.region;
         let p = region.p;
@@ -1272,10 +1296,25 @@ impl Subscriber {
         // (documented in lib.rs).
         #[cfg(not(loom))]
         let payload = unsafe { std::slice::from_raw_parts(payload_ptr as *const u8, len as usize) };
+        let type_id = (len_type >> 32) as u16;
+        if let Some(buf) = copy_buf {
+            buf.clear();
+            buf.extend_from_slice(payload);
+            if self.lossy_torn(start).is_some() {
+                return Ok(None);
+            }
+            handler(&Record {
+                offset: q,
+                timestamp_ns,
+                type_id,
+                payload: buf,
+            });
+            return Ok(Some(total));
+        }
         handler(&Record {
             offset: q,
             timestamp_ns,
-            type_id: (len_type >> 32) as u16,
+            type_id,
             payload,
         });
         if self.lossy_torn(start).is_some() {

@@ -378,27 +378,36 @@ fn handles_are_send_and_small() {
 
 #[test]
 fn lossy_subscriber_across_processes_detects_overruns_exactly() {
-    let dir = TestDir::new("xproc-lossy");
+    for copying in [false, true] {
+        lossy_cross_process(copying);
+    }
+}
+
+fn lossy_cross_process(copying: bool) {
+    let dir = TestDir::new(&format!("xproc-lossy-{copying}"));
     let d = dir.path().to_str().unwrap();
     let ring = Ring::create("l", &dir.cfg(4096, Mode::Lossy, PublisherKind::Exclusive)).unwrap();
     let mut sub = ring.subscriber(StartAt::Tail).unwrap();
     const TOTAL: u64 = 200_000;
     let publ = ChildProc::spawn(&["publish", d, "l", &TOTAL.to_string(), "100"]);
-    let (mut records, mut lost, mut intact) = (0u64, 0u64, 0u64);
+    let (mut records, mut lost, mut intact, mut seen) = (0u64, 0u64, 0u64, 0u64);
     let mut last = None;
+    let mut buf = Vec::new();
     until("the lossy subscriber to account for every record", || {
-        let p = sub
-            .poll(
-                |r| {
-                    assert!(last.is_none_or(|l| r.offset > l), "offsets increase");
-                    last = Some(r.offset);
-                    intact += u64::from(r.payload == payload(r.offset, 100));
-                    // A slow handler: the publisher laps us.
-                    std::hint::black_box((0..200).sum::<u64>());
-                },
-                8,
-            )
-            .unwrap();
+        let handler = |r: &Record<'_>| {
+            assert!(last.is_none_or(|l| r.offset > l), "offsets increase");
+            last = Some(r.offset);
+            seen += 1;
+            intact += u64::from(r.payload == payload(r.offset, 100));
+            // A slow handler: the publisher laps us.
+            std::hint::black_box((0..200).sum::<u64>());
+        };
+        let p = if copying {
+            sub.poll_copy(&mut buf, handler, 8)
+        } else {
+            sub.poll(handler, 8)
+        }
+        .unwrap();
         records += p.records as u64;
         lost += p.lost;
         (records + lost == TOTAL).then_some(())
@@ -409,6 +418,13 @@ fn lossy_subscriber_across_processes_detects_overruns_exactly() {
         records <= intact,
         "every record counted as delivered was intact"
     );
+    if copying {
+        assert_eq!(
+            (seen, intact),
+            (records, records),
+            "poll_copy shows the handler intact records only"
+        );
+    }
     assert_eq!(sub.lost_records(), lost);
     assert_eq!(sub.next_offset(), TOTAL);
 }
