@@ -72,8 +72,13 @@
 //! (seqlock style, with a Release fence after each claim and an Acquire fence
 //! before the re-check) and then counts that record in `Poll::lost`, not in
 //! `Poll::records`: a handler in a lossy ring must treat the payload as
-//! possibly torn until `poll` returns. Reliable rings never have this race:
-//! publishers cannot pass the slowest live subscriber.
+//! possibly torn until `poll` returns. `Subscriber::poll_copy` copies each
+//! payload first and hands the handler only records that were intact. Reliable
+//! rings never have this race: publishers cannot pass the slowest live
+//! subscriber. (Formally, racing plain reads are a data race in Rust's memory
+//! model, as in every seqlock without an atomic memcpy; on x86-64 TSO the
+//! fence pair makes the tail re-check sound, and the loom model checks the
+//! protocol with atomic words.)
 //!
 //! # Crash safety
 //! Ring files are created under a temp name and renamed into place, so no

@@ -1,5 +1,5 @@
 //! Process identity for owner and subscriber slots: pid plus the process
-//! start time from /proc/<pid>/stat (field 22, clock ticks since boot), so a
+//! start time from `/proc/<pid>/stat` (field 22, clock ticks since boot), so a
 //! recycled pid is not mistaken for the original process.
 
 /// This process: (pid, start ticks).
@@ -43,7 +43,7 @@ fn start_ticks(pid: u32) -> Option<(u64, char)> {
 }
 
 #[cfg(any(test, not(loom)))]
-/// Parses /proc/<pid>/stat. The command name (field 2) may contain spaces and
+/// Parses `/proc/<pid>/stat`. The command name (field 2) may contain spaces and
 /// parentheses, so fields are counted after the last ')'.
 fn parse_stat(stat: &str) -> Option<(u64, char)> {
     let rest = &stat[stat.rfind(')')? + 1..];

@@ -603,6 +603,8 @@ impl Publisher {
     }
 
     /// Copy `payload` into a new record of type `type_id`. Returns its offset.
+    /// (A copy is committed nanoseconds after its claim; should a subscriber
+    /// still have aborted it, this returns `BackPressured` so the caller retries.)
     #[inline]
     pub fn offer_typed(&mut self, type_id: u16, payload: &[u8]) -> Result<u64, OfferError> {
         let mut c = self.claim(payload.len())?;
