@@ -263,3 +263,60 @@ fn read_back(iface: &str) -> Result<DesiredPolicy, PolicyPushError> {
     out.rates = rates;
     Ok(out)
 }
+
+/// How often interfaces that could not be written are retried (e.g. the
+/// data plane attaches its XDP program after the control plane started).
+pub const PUSH_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Pushes policy whenever the state machine applies entries, until
+/// `shutdown` turns true. Push latency (applied state seen -> maps written)
+/// goes to `metrics.policy_push`; failed interfaces are retried every
+/// [`PUSH_RETRY_INTERVAL`] and logged once per failure streak.
+pub async fn run(
+    view: crate::store::StateView,
+    mut pusher: PolicyPusher,
+    metrics: std::sync::Arc<crate::http::Metrics>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut applied = view.applied_index();
+    let mut failing = false;
+    loop {
+        let state = view.cluster_state();
+        let report = pusher.push(&state);
+        if report.all_ok() {
+            metrics.policy_push.observe(report.elapsed);
+            if failing {
+                tracing::info!("policy push: every data interface is up to date again");
+            }
+            failing = false;
+        } else {
+            metrics.policy_push_errors.fetch_add(1, Ordering::Relaxed);
+            if !failing {
+                for i in &report.ifaces {
+                    if let Err(e) = &i.result {
+                        tracing::warn!("policy push: {e}");
+                    }
+                }
+            }
+            failing = true;
+        }
+        let retry = tokio::time::sleep(PUSH_RETRY_INTERVAL);
+        tokio::select! {
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    return; // state machine gone: node shutting down
+                }
+            }
+            _ = retry, if failing => {}
+            stop = shutdown.changed() => {
+                if stop.is_err() || *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}

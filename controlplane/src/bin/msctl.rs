@@ -1,0 +1,712 @@
+//! msctl: the admin CLI of a MemoryStreamer cluster, over the control plane's
+//! mTLS gRPC admin API. Human tables by default, `--json` for scripts (one
+//! JSON document on stdout). Exit status: 0 ok, 1 the call failed (the
+//! message says what to do), 2 usage error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use controlplane::auth::client_tls_config;
+use controlplane::certs::{client_paths, CertPair, ADMIN_PRINCIPAL, DEV_CERT_DIR_DEFAULT};
+use controlplane::grpc::LEADER_METADATA_KEY;
+use controlplane::pb::admin as pb;
+use controlplane::pb::admin::admin_client::AdminClient;
+
+/// Admin address a single node with embedded defaults listens on.
+const ENDPOINT_DEFAULT: &str = "127.0.0.1:7400";
+/// Connect and per-call timeouts.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Parser)]
+#[command(name = "msctl", about = "Administer a MemoryStreamer cluster", version)]
+struct Cli {
+    /// Control-plane admin address (host:port) of any node.
+    #[arg(long, env = "MSCTL_ENDPOINT", default_value = ENDPOINT_DEFAULT, global = true)]
+    endpoint: String,
+    /// Client certificate (PEM); its CN is your principal.
+    #[arg(long, env = "MSCTL_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, env = "MSCTL_KEY", global = true)]
+    key: Option<PathBuf>,
+    /// Cluster CA certificate (PEM).
+    #[arg(long, env = "MSCTL_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Streams: create, list, describe, delete.
+    #[command(subcommand)]
+    Stream(StreamCmd),
+    /// Access-control entries.
+    #[command(subcommand)]
+    Acl(AclCmd),
+    /// Principals (identities ACLs refer to).
+    #[command(subcommand)]
+    Principal(PrincipalCmd),
+    /// Cluster members.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Cluster status: leader, term, commit index, lag per member.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Raft leadership.
+    #[command(subcommand)]
+    Leader(LeaderCmd),
+}
+
+#[derive(Subcommand)]
+enum StreamCmd {
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        #[arg(long, default_value_t = 1)]
+        replication_factor: u32,
+        #[arg(long, default_value_t = 1 << 30)]
+        retention_bytes: u64,
+        #[arg(long, default_value_t = 24 * 3600 * 1000)]
+        retention_ms: u64,
+        #[arg(long, value_enum, default_value_t = Mode::Reliable)]
+        mode: Mode,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Reliable,
+    Lossy,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Op {
+    Read,
+    Write,
+    Create,
+    Delete,
+    Describe,
+    Alter,
+    ClusterAdmin,
+}
+
+#[derive(Subcommand)]
+enum AclCmd {
+    /// Add (or replace) an ACL.
+    Put {
+        #[arg(long)]
+        principal: String,
+        /// Stream name, glob (`orders.*`) or `*` (also the cluster).
+        #[arg(long)]
+        resource: String,
+        #[arg(long = "op", value_enum, required = true)]
+        ops: Vec<Op>,
+        /// A Deny ACL (Deny wins over Allow).
+        #[arg(long)]
+        deny: bool,
+        /// Source CIDR the data-path (XDP) policy applies to; repeatable.
+        #[arg(long = "source")]
+        sources: Vec<String>,
+    },
+    List {
+        #[arg(long)]
+        principal: Option<String>,
+    },
+    Delete {
+        #[arg(long)]
+        principal: String,
+        #[arg(long)]
+        resource: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PrincipalCmd {
+    Create { name: String },
+    List,
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    List,
+    /// Add a node as a voting member.
+    Add {
+        #[arg(long)]
+        id: u64,
+        /// The node's control-plane address (ip:port).
+        #[arg(long)]
+        control: String,
+        /// The node's data-plane address (ip:port).
+        #[arg(long)]
+        data: String,
+    },
+    Remove {
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    Status,
+}
+
+#[derive(Subcommand)]
+enum LeaderCmd {
+    /// Hand Raft leadership to a voter.
+    Transfer {
+        #[arg(long)]
+        to: u64,
+    },
+}
+
+fn default_path(given: Option<PathBuf>, dev: PathBuf) -> PathBuf {
+    given.unwrap_or(dev)
+}
+
+async fn connect(cli: &Cli, endpoint: &str) -> Result<AdminClient<Channel>, String> {
+    let dev_dir = PathBuf::from(DEV_CERT_DIR_DEFAULT);
+    let dev = client_paths(&dev_dir, ADMIN_PRINCIPAL);
+    let identity = CertPair {
+        cert: default_path(cli.cert.clone(), dev.cert),
+        key: default_path(cli.key.clone(), dev.key),
+    };
+    let ca = default_path(
+        cli.ca.clone(),
+        dev_dir.join(controlplane::certs::CA_CERT_FILE),
+    );
+    let tls = client_tls_config(&identity, &ca).map_err(|e| e.to_string())?;
+    let url = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("https://{endpoint}")
+    };
+    let channel = Endpoint::from_shared(url.clone())
+        .map_err(|e| format!("`{endpoint}` is not a valid endpoint ({e}): use host:port"))?
+        .tls_config(tls)
+        .map_err(|e| format!("TLS configuration refused: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| connect_error(endpoint, &e))?;
+    Ok(AdminClient::new(channel))
+}
+
+fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+fn connect_error(endpoint: &str, e: &tonic::transport::Error) -> String {
+    let chain = source_chain(e);
+    if chain.contains("certificate") || chain.contains("tls") || chain.contains("alert") {
+        format!(
+            "TLS handshake with {endpoint} failed ({chain}): the server must present a \
+             certificate from your --ca, and your --cert must be signed by the cluster CA \
+             and not expired"
+        )
+    } else {
+        format!("cannot reach the control plane at {endpoint} ({chain}): is the node running? check --endpoint")
+    }
+}
+
+fn status_error(s: &Status) -> String {
+    let msg = s.message();
+    match s.code() {
+        Code::Unavailable
+            if msg.contains("certificate") || msg.contains("tls") || msg.contains("alert") =>
+        {
+            format!(
+                "the server refused the TLS handshake ({msg}): use a client certificate signed by \
+             the cluster CA that has not expired (--cert/--key)"
+            )
+        }
+        Code::Unavailable => format!("unavailable: {msg}"),
+        code => format!("{code:?}: {msg}"),
+    }
+}
+
+/// Runs `call` against the endpoint; on a follower's redirect, once against the leader.
+macro_rules! call {
+    ($cli:expr, $method:ident, $req:expr) => {{
+        let req = $req;
+        let mut client = connect($cli, &$cli.endpoint).await?;
+        match client.$method(req.clone()).await {
+            Ok(r) => Ok::<_, String>(r.into_inner()),
+            Err(s)
+                if s.code() == Code::FailedPrecondition
+                    && s.metadata().get(LEADER_METADATA_KEY).is_some() =>
+            {
+                let leader = s
+                    .metadata()
+                    .get(LEADER_METADATA_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let mut client = connect($cli, &leader).await?;
+                client
+                    .$method(req)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| status_error(&s))
+            }
+            Err(s) => Err(status_error(&s)),
+        }
+    }};
+}
+
+fn mode_name(m: i32) -> &'static str {
+    if m == pb::StreamMode::Lossy as i32 {
+        "lossy"
+    } else {
+        "reliable"
+    }
+}
+
+fn op_name(o: i32) -> &'static str {
+    match pb::Operation::try_from(o) {
+        Ok(pb::Operation::Read) => "read",
+        Ok(pb::Operation::Write) => "write",
+        Ok(pb::Operation::Create) => "create",
+        Ok(pb::Operation::Delete) => "delete",
+        Ok(pb::Operation::Describe) => "describe",
+        Ok(pb::Operation::Alter) => "alter",
+        Ok(pb::Operation::ClusterAdmin) => "cluster-admin",
+        Err(_) => "?",
+    }
+}
+
+fn stream_json(s: &pb::Stream) -> Value {
+    json!({
+        "name": s.name, "id": s.id, "partitions": s.partitions,
+        "replication_factor": s.replication_factor, "retention_bytes": s.retention_bytes,
+        "retention_ms": s.retention_ms, "mode": mode_name(s.mode),
+    })
+}
+
+fn acl_json(a: &pb::Acl) -> Value {
+    json!({
+        "principal": a.principal, "resource": a.resource_pattern,
+        "operations": a.operations.iter().map(|&o| op_name(o)).collect::<Vec<_>>(),
+        "permission": if a.permission == pb::Permission::Deny as i32 { "deny" } else { "allow" },
+        "sources": a.source_cidrs,
+    })
+}
+
+/// Prints rows as an aligned table.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = width[i]))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn op_pb(o: Op) -> i32 {
+    (match o {
+        Op::Read => pb::Operation::Read,
+        Op::Write => pb::Operation::Write,
+        Op::Create => pb::Operation::Create,
+        Op::Delete => pb::Operation::Delete,
+        Op::Describe => pb::Operation::Describe,
+        Op::Alter => pb::Operation::Alter,
+        Op::ClusterAdmin => pb::Operation::ClusterAdmin,
+    }) as i32
+}
+
+async fn run(cli: &Cli) -> Result<(), String> {
+    let json_out = cli.json;
+    let done = |what: String| {
+        if json_out {
+            println!("{}", json!({"ok": true, "done": what}));
+        } else {
+            println!("{what}");
+        }
+    };
+    match &cli.cmd {
+        Cmd::Stream(StreamCmd::Create {
+            name,
+            partitions,
+            replication_factor,
+            retention_bytes,
+            retention_ms,
+            mode,
+        }) => {
+            let req = pb::CreateStreamRequest {
+                name: name.clone(),
+                partitions: *partitions,
+                replication_factor: *replication_factor,
+                retention_bytes: *retention_bytes,
+                retention_ms: *retention_ms,
+                mode: match mode {
+                    Mode::Reliable => pb::StreamMode::Reliable as i32,
+                    Mode::Lossy => pb::StreamMode::Lossy as i32,
+                },
+            };
+            let r = call!(cli, create_stream, req)?;
+            let s = r.stream.unwrap_or_default();
+            if json_out {
+                println!("{}", stream_json(&s));
+            } else {
+                println!("created stream {} (id {})", s.name, s.id);
+            }
+        }
+        Cmd::Stream(StreamCmd::List) => {
+            let r = call!(cli, list_streams, pb::ListStreamsRequest {})?;
+            if json_out {
+                let v: Vec<Value> = r.streams.iter().map(stream_json).collect();
+                println!("{}", Value::Array(v));
+            } else {
+                table(
+                    &[
+                        "NAME",
+                        "ID",
+                        "PARTITIONS",
+                        "RF",
+                        "MODE",
+                        "RETENTION_BYTES",
+                        "RETENTION_MS",
+                    ],
+                    r.streams
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s.name.clone(),
+                                s.id.to_string(),
+                                s.partitions.to_string(),
+                                s.replication_factor.to_string(),
+                                mode_name(s.mode).to_string(),
+                                s.retention_bytes.to_string(),
+                                s.retention_ms.to_string(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Cmd::Stream(StreamCmd::Describe { name }) => {
+            let r = call!(
+                cli,
+                describe_stream,
+                pb::DescribeStreamRequest { name: name.clone() }
+            )?;
+            let s = r.stream.unwrap_or_default();
+            if json_out {
+                let mut v = stream_json(&s);
+                v["partitions_detail"] = r
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        json!({"partition": p.partition, "leader": p.leader, "replicas": p.replicas,
+                               "isr": p.isr, "leader_epoch": p.leader_epoch})
+                    })
+                    .collect();
+                println!("{v}");
+            } else {
+                println!(
+                    "stream {} (id {}, {} partitions, rf {}, {})",
+                    s.name,
+                    s.id,
+                    s.partitions,
+                    s.replication_factor,
+                    mode_name(s.mode)
+                );
+                let list = |v: &[u64]| {
+                    v.iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                table(
+                    &["PARTITION", "LEADER", "REPLICAS", "ISR", "EPOCH"],
+                    r.partitions
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p.partition.to_string(),
+                                p.leader.to_string(),
+                                list(&p.replicas),
+                                list(&p.isr),
+                                p.leader_epoch.to_string(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Cmd::Stream(StreamCmd::Delete { name }) => {
+            call!(
+                cli,
+                delete_stream,
+                pb::DeleteStreamRequest { name: name.clone() }
+            )?;
+            done(format!("deleted stream {name}"));
+        }
+        Cmd::Acl(AclCmd::Put {
+            principal,
+            resource,
+            ops,
+            deny,
+            sources,
+        }) => {
+            let acl = pb::Acl {
+                principal: principal.clone(),
+                resource_pattern: resource.clone(),
+                operations: ops.iter().map(|&o| op_pb(o)).collect(),
+                permission: if *deny {
+                    pb::Permission::Deny as i32
+                } else {
+                    pb::Permission::Allow as i32
+                },
+                source_cidrs: sources.clone(),
+            };
+            call!(cli, put_acl, pb::PutAclRequest { acl: Some(acl) })?;
+            done(format!(
+                "{} ACL for {principal} on {resource} stored",
+                if *deny { "deny" } else { "allow" }
+            ));
+        }
+        Cmd::Acl(AclCmd::List { principal }) => {
+            let r = call!(
+                cli,
+                list_acls,
+                pb::ListAclsRequest {
+                    principal: principal.clone().unwrap_or_default()
+                }
+            )?;
+            if json_out {
+                println!("{}", Value::Array(r.acls.iter().map(acl_json).collect()));
+            } else {
+                table(
+                    &[
+                        "PRINCIPAL",
+                        "RESOURCE",
+                        "PERMISSION",
+                        "OPERATIONS",
+                        "SOURCES",
+                    ],
+                    r.acls
+                        .iter()
+                        .map(|a| {
+                            let ops: Vec<&str> = a.operations.iter().map(|&o| op_name(o)).collect();
+                            vec![
+                                a.principal.clone(),
+                                a.resource_pattern.clone(),
+                                if a.permission == pb::Permission::Deny as i32 {
+                                    "deny"
+                                } else {
+                                    "allow"
+                                }
+                                .into(),
+                                ops.join(","),
+                                a.source_cidrs.join(","),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Cmd::Acl(AclCmd::Delete {
+            principal,
+            resource,
+        }) => {
+            call!(
+                cli,
+                delete_acl,
+                pb::DeleteAclRequest {
+                    principal: principal.clone(),
+                    resource_pattern: resource.clone()
+                }
+            )?;
+            done(format!("deleted the ACLs of {principal} on {resource}"));
+        }
+        Cmd::Principal(PrincipalCmd::Create { name }) => {
+            call!(
+                cli,
+                put_principal,
+                pb::PutPrincipalRequest { name: name.clone() }
+            )?;
+            done(format!("principal {name} stored"));
+        }
+        Cmd::Principal(PrincipalCmd::List) => {
+            let r = call!(cli, list_principals, pb::ListPrincipalsRequest {})?;
+            if json_out {
+                println!("{}", json!(r.names));
+            } else {
+                table(
+                    &["PRINCIPAL"],
+                    r.names.into_iter().map(|n| vec![n]).collect(),
+                );
+            }
+        }
+        Cmd::Principal(PrincipalCmd::Delete { name }) => {
+            call!(
+                cli,
+                delete_principal,
+                pb::DeletePrincipalRequest { name: name.clone() }
+            )?;
+            done(format!(
+                "principal {name} deleted (with its ACLs and quota)"
+            ));
+        }
+        Cmd::Node(NodeCmd::List) => {
+            let r = call!(cli, list_nodes, pb::ListNodesRequest {})?;
+            if json_out {
+                let v: Vec<Value> = r
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        json!({"id": n.id, "control_addr": n.control_addr, "data_addr": n.data_addr,
+                               "voter": n.voter, "live": n.live})
+                    })
+                    .collect();
+                println!("{}", Value::Array(v));
+            } else {
+                table(
+                    &["ID", "CONTROL", "DATA", "ROLE", "LIVE"],
+                    r.nodes
+                        .iter()
+                        .map(|n| {
+                            vec![
+                                n.id.to_string(),
+                                n.control_addr.clone(),
+                                n.data_addr.clone(),
+                                if n.voter { "voter" } else { "learner" }.into(),
+                                if n.live { "yes" } else { "no" }.into(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Cmd::Node(NodeCmd::Add { id, control, data }) => {
+            call!(
+                cli,
+                add_member,
+                pb::AddMemberRequest {
+                    id: *id,
+                    control_addr: control.clone(),
+                    data_addr: data.clone()
+                }
+            )?;
+            done(format!("node {id} added as a voter"));
+        }
+        Cmd::Node(NodeCmd::Remove { id }) => {
+            call!(cli, remove_member, pb::RemoveMemberRequest { id: *id })?;
+            done(format!("node {id} removed"));
+        }
+        Cmd::Cluster(ClusterCmd::Status) => {
+            let r = call!(cli, cluster_status, pb::ClusterStatusRequest {})?;
+            if json_out {
+                let members: Vec<Value> = r
+                    .members
+                    .iter()
+                    .map(|m| json!({"id": m.id, "matched_index": m.matched_index, "lag": m.lag, "voter": m.voter}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"node_id": r.node_id, "role": r.role, "leader": r.leader,
+                           "leader_addr": r.leader_addr, "term": r.term,
+                           "commit_index": r.commit_index, "applied_index": r.applied_index,
+                           "members": members})
+                );
+            } else {
+                println!(
+                    "node {} ({}), leader {} ({}), term {}, commit index {}, applied index {}",
+                    r.node_id,
+                    r.role,
+                    r.leader,
+                    r.leader_addr,
+                    r.term,
+                    r.commit_index,
+                    r.applied_index
+                );
+                table(
+                    &["MEMBER", "ROLE", "MATCHED", "LAG"],
+                    r.members
+                        .iter()
+                        .map(|m| {
+                            vec![
+                                m.id.to_string(),
+                                if m.voter { "voter" } else { "learner" }.into(),
+                                m.matched_index.to_string(),
+                                m.lag.to_string(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Cmd::Leader(LeaderCmd::Transfer { to }) => {
+            let r = call!(
+                cli,
+                transfer_leadership,
+                pb::TransferLeadershipRequest { to: *to }
+            )?;
+            done(format!("node {} leads", r.leader));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("msctl: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            if cli.json {
+                println!("{}", json!({"ok": false, "error": msg}));
+            }
+            eprintln!("msctl: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
