@@ -19,7 +19,7 @@
 //! - Fill-ring rule (docs/PLATFORM): at most half the fill ring is posted
 //!   (fill ring = 2 x RX frames); frames that do not fit wait in a stash.
 //! - Peer MACs are learned from frames they sent; for a peer that never spoke
-//!   the kernel neighbour table (`/proc/net/arp`, cold path) is read once.
+//!   the kernel neighbour table (`/proc/thread-self/net/arp`, cold path) is read once.
 //! - Every buffer is sized at `open`; the duty cycle does not allocate.
 
 pub mod packet;
@@ -184,23 +184,33 @@ pub struct XskPort {
     xsk_stats: XskStats,
 }
 
+/// The MAC address of `iface` in the calling thread's network namespace
+/// (netlink via getifaddrs; /sys/class/net would show the mounting process's).
 fn read_mac(iface: &str) -> io::Result<[u8; 6]> {
-    let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
-    let mut mac = [0u8; 6];
-    let mut parts = text.trim().split(':');
-    for b in mac.iter_mut() {
-        let part = parts
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short MAC"))?;
-        *b = u8::from_str_radix(part, 16)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    for ifa in addrs {
+        if ifa.interface_name != iface {
+            continue;
+        }
+        if let Some(mac) = ifa
+            .address
+            .as_ref()
+            .and_then(|a| a.as_link_addr())
+            .and_then(|l| l.addr())
+        {
+            return Ok(mac);
+        }
     }
-    Ok(mac)
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        "no such interface with a link-layer address",
+    ))
 }
 
 /// The complete entry for `ip` on `iface` in the kernel neighbour table.
 fn kernel_neighbour(iface: &str, ip: Ipv4Addr) -> Option<[u8; 6]> {
-    let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+    // thread-self: the namespace of this thread (setns is per thread).
+    let table = std::fs::read_to_string("/proc/thread-self/net/arp").ok()?;
     for line in table.lines().skip(1) {
         let cols: Vec<&str> = line.split_whitespace().collect();
         // IP address, HW type, Flags, HW address, Mask, Device
