@@ -8,6 +8,9 @@
 //! leader election), [`node`] (a running node).
 #![forbid(unsafe_code)]
 
+pub mod cluster;
+pub mod network;
+pub mod node;
 pub mod store;
 pub mod types;
 

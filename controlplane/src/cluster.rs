@@ -1,0 +1,660 @@
+//! Cluster logic on top of Raft: writes from any node (forwarded to the
+//! leader), linearizable reads, membership (join, remove, leadership
+//! transfer), node liveness and partition leader election.
+//!
+//! Liveness: every node sends a heartbeat to the Raft leader every
+//! `heartbeat_interval`. The leader keeps the last time it heard from each
+//! node in memory (a new leader starts every node with a full grace period)
+//! and commits `SetNodeLiveness` when a node crosses `node_timeout` either way.
+//! Partition leader election: after any liveness change the leader computes
+//! new assignments with [`plan_partition_changes`] and commits them with
+//! `AssignPartitions`, which the state machine accepts only if each carries
+//! exactly the current epoch + 1 — so a deposed Raft leader's stale plan, and
+//! any command from a deposed partition leader, is rejected.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Raft, ServerState};
+use serde::{Deserialize, Serialize};
+
+use crate::network::{PeerPool, Rpc, PEER_CALL_TIMEOUT_MS};
+use crate::store::StateView;
+use crate::types::{
+    ClusterState, Command, CommandRejection, CommandResponse, NodeHeartbeat, NodeId, NodeInfo,
+    NodeLiveness, PartitionAssignment, TypeConfig,
+};
+
+/// How long a write (including forwarding and leader changes) may take.
+pub const WRITE_TIMEOUT_MS: u64 = 5_000;
+/// Most attempts of one write while the leader changes.
+pub const WRITE_ATTEMPTS_MAX: u32 = 500;
+/// Pause between attempts while no leader is reachable.
+pub const WRITE_RETRY_INTERVAL_MS: u64 = 5;
+/// How long adding a member may take (it must catch up first).
+pub const JOIN_TIMEOUT_MS: u64 = 30_000;
+
+const _: () =
+    assert!(WRITE_RETRY_INTERVAL_MS * (WRITE_ATTEMPTS_MAX as u64) >= WRITE_TIMEOUT_MS / 2);
+
+/// Liveness timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivenessConfig {
+    /// Interval between heartbeats a node sends to the Raft leader.
+    pub heartbeat_interval_ms: u64,
+    /// A node not heard from for this long is dead.
+    pub node_timeout_ms: u64,
+}
+
+impl Default for LivenessConfig {
+    fn default() -> Self {
+        LivenessConfig {
+            heartbeat_interval_ms: 100,
+            node_timeout_ms: 1_000,
+        }
+    }
+}
+
+/// Why a cluster operation failed. Travels between nodes as JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ClusterError {
+    #[error("no Raft leader is reachable (election in progress or no quorum): retry shortly; if it persists, bring a majority of members up")]
+    NoLeader,
+    #[error(
+        "this node is not the Raft leader (leader: {leader:?}): send the request to the leader"
+    )]
+    NotLeader { leader: Option<NodeId> },
+    #[error("node {id} is not a member of the cluster: list members with `msctl cluster status`")]
+    UnknownMember { id: NodeId },
+    #[error("membership change failed: {reason}; retry once the cluster has a stable leader")]
+    Membership { reason: String },
+    #[error("the request timed out after {timeout_ms} ms: check that a majority of members is up")]
+    Timeout { timeout_ms: u64 },
+    #[error("Raft stopped on this node: {reason}; restart the node")]
+    Fatal { reason: String },
+    #[error("invalid request: {reason}")]
+    Invalid { reason: String },
+}
+
+/// One member as seen from a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub node: NodeInfo,
+    pub voter: bool,
+    /// Entries the member is behind the leader's log (leader only).
+    pub lag: Option<u64>,
+    pub liveness: Option<NodeLiveness>,
+}
+
+/// A node's view of the cluster (local, no round trip).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    /// "Leader", "Follower", "Candidate" or "Learner".
+    pub state: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub members: Vec<MemberStatus>,
+}
+
+/// Request of the ReadState RPC.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct ReadStateRequest {
+    /// Confirm leadership with a quorum first (served by the leader).
+    pub linearizable: bool,
+}
+
+/// A node's handle on the cluster: everything above raw Raft.
+pub struct Cluster {
+    me: NodeInfo,
+    raft: Raft<TypeConfig>,
+    view: StateView,
+    pool: Arc<PeerPool>,
+    liveness: LivenessConfig,
+    last_seen: Mutex<HashMap<NodeId, Instant>>,
+}
+
+fn fatal(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Fatal {
+        reason: e.to_string(),
+    }
+}
+
+impl Cluster {
+    pub fn new(
+        me: NodeInfo,
+        raft: Raft<TypeConfig>,
+        view: StateView,
+        pool: Arc<PeerPool>,
+        liveness: LivenessConfig,
+    ) -> Arc<Self> {
+        Arc::new(Cluster {
+            me,
+            raft,
+            view,
+            pool,
+            liveness,
+            last_seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// This node.
+    pub fn me(&self) -> &NodeInfo {
+        &self.me
+    }
+
+    /// The underlying Raft instance.
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// Read access to the applied state machine.
+    pub fn view(&self) -> &StateView {
+        &self.view
+    }
+
+    fn leader_node(&self) -> Option<NodeInfo> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// Commits `cmd` through the leader (forwarding if needed) and returns the
+    /// state machine's response, which may be a rejection.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResponse, ClusterError> {
+        let timeout = Duration::from_millis(WRITE_TIMEOUT_MS);
+        let deadline = Instant::now() + timeout;
+        for _ in 0..WRITE_ATTEMPTS_MAX {
+            match self.write_local(cmd.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(ClusterError::NotLeader { leader: Some(l) }) if l != self.me.id => {
+                    if let Some(node) = self.leader_node().filter(|n| n.id == l) {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        let res = self
+                            .pool
+                            .call::<Command, CommandResponse, ClusterError>(
+                                &node.control_addr,
+                                Rpc::ClientWrite,
+                                &cmd,
+                                left.max(Duration::from_millis(1)),
+                            )
+                            .await;
+                        match res {
+                            Ok(Ok(r)) => return Ok(r),
+                            Ok(Err(ClusterError::NotLeader { .. } | ClusterError::NoLeader)) => {}
+                            Ok(Err(e)) => return Err(e),
+                            Err(_) => {}
+                        }
+                    }
+                }
+                Err(ClusterError::NotLeader { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(WRITE_RETRY_INTERVAL_MS)).await;
+        }
+        Err(ClusterError::Timeout {
+            timeout_ms: WRITE_TIMEOUT_MS,
+        })
+    }
+
+    /// Commits `cmd` only if this node is the leader (no forwarding).
+    pub async fn write_local(&self, cmd: Command) -> Result<CommandResponse, ClusterError> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ClusterError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ClusterError::Membership {
+                    reason: e.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(f)) => Err(fatal(f)),
+        }
+    }
+
+    /// The cluster state. Linearizable reads confirm leadership with a quorum
+    /// (on the leader, forwarded if needed); otherwise this node's applied state.
+    pub async fn read_state(&self, linearizable: bool) -> Result<ClusterState, ClusterError> {
+        if !linearizable {
+            return Ok(self.view.cluster_state());
+        }
+        match self.read_state_local().await {
+            Err(ClusterError::NotLeader { leader: Some(l) }) if l != self.me.id => {
+                let node = self.leader_node().ok_or(ClusterError::NoLeader)?;
+                self.pool
+                    .call::<ReadStateRequest, ClusterState, ClusterError>(
+                        &node.control_addr,
+                        Rpc::ReadState,
+                        &ReadStateRequest { linearizable: true },
+                        Duration::from_millis(PEER_CALL_TIMEOUT_MS),
+                    )
+                    .await
+                    .map_err(|_| ClusterError::NoLeader)?
+            }
+            other => other,
+        }
+    }
+
+    /// Linearizable read served only by the leader.
+    pub async fn read_state_local(&self) -> Result<ClusterState, ClusterError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(self.view.cluster_state()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ClusterError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(ClusterError::NoLeader)
+            }
+            Err(RaftError::Fatal(f)) => Err(fatal(f)),
+        }
+    }
+
+    /// This node's view: role, leader, term, indices, members and their lag.
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let state = self.view.cluster_state();
+        let last = m.last_log_index.unwrap_or(0);
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                node: node.clone(),
+                voter: voters.contains(id),
+                lag: m.replication.as_ref().map(|r| match r.get(id) {
+                    Some(Some(matched)) => last.saturating_sub(matched.index),
+                    _ if *id == m.id => 0,
+                    _ => last,
+                }),
+                liveness: state.liveness.get(id).copied(),
+            })
+            .collect();
+        NodeStatus {
+            id: m.id,
+            state: format!("{:?}", m.state),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+            members,
+        }
+    }
+
+    /// Adds `node` as a voter (forwarded to the leader), then registers its addresses.
+    pub async fn join(&self, node: NodeInfo) -> Result<(), ClusterError> {
+        if node.id == 0 || node.control_addr.is_empty() {
+            return Err(ClusterError::Invalid {
+                reason: "a joining node needs a non-zero id and a control address".into(),
+            });
+        }
+        let deadline = Instant::now() + Duration::from_millis(JOIN_TIMEOUT_MS);
+        for _ in 0..WRITE_ATTEMPTS_MAX {
+            match self.join_local(node.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(ClusterError::NotLeader { leader: Some(l) }) if l != self.me.id => {
+                    if let Some(leader) = self.leader_node().filter(|n| n.id == l) {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match self
+                            .pool
+                            .call::<NodeInfo, (), ClusterError>(
+                                &leader.control_addr,
+                                Rpc::Join,
+                                &node,
+                                left.max(Duration::from_millis(1)),
+                            )
+                            .await
+                        {
+                            Ok(Ok(())) => return Ok(()),
+                            Ok(Err(ClusterError::NotLeader { .. } | ClusterError::NoLeader)) => {}
+                            Ok(Err(e)) => return Err(e),
+                            Err(_) => {}
+                        }
+                    }
+                }
+                Err(ClusterError::NotLeader { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Timeout {
+                    timeout_ms: JOIN_TIMEOUT_MS,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(WRITE_RETRY_INTERVAL_MS * 10)).await;
+        }
+        Err(ClusterError::Timeout {
+            timeout_ms: JOIN_TIMEOUT_MS,
+        })
+    }
+
+    /// Join handled on the leader only.
+    pub async fn join_local(&self, node: NodeInfo) -> Result<(), ClusterError> {
+        let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ClusterError::NotLeader {
+                leader: f.leader_id,
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                ClusterError::Membership {
+                    reason: e.to_string(),
+                }
+            }
+            RaftError::Fatal(f) => fatal(f),
+        };
+        let is_voter = {
+            let m = self.raft.metrics().borrow().clone();
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == node.id);
+            voter && m.membership_config.membership().get_node(&node.id) == Some(&node)
+        };
+        if !is_voter {
+            self.raft
+                .add_learner(node.id, node.clone(), true)
+                .await
+                .map_err(map_err)?;
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds([node.id].into()), false)
+                .await
+                .map_err(map_err)?;
+        }
+        self.seen(node.id);
+        self.write_local(Command::RegisterNode(node))
+            .await?
+            .into_result()
+            .map_err(|r| ClusterError::Invalid {
+                reason: r.to_string(),
+            })?;
+        Ok(())
+    }
+
+    /// Removes member `id` (forwarded to the leader).
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), ClusterError> {
+        match self.remove_member_local(id).await {
+            Err(ClusterError::NotLeader { leader: Some(l) }) if l != self.me.id => {
+                let leader = self.leader_node().ok_or(ClusterError::NoLeader)?;
+                self.pool
+                    .call::<NodeId, (), ClusterError>(
+                        &leader.control_addr,
+                        Rpc::RemoveMember,
+                        &id,
+                        Duration::from_millis(JOIN_TIMEOUT_MS),
+                    )
+                    .await
+                    .map_err(|_| ClusterError::NoLeader)?
+            }
+            other => other,
+        }
+    }
+
+    /// Member removal handled on the leader only.
+    pub async fn remove_member_local(&self, id: NodeId) -> Result<(), ClusterError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.membership_config.membership().get_node(&id).is_none() {
+            return Err(ClusterError::UnknownMember { id });
+        }
+        let voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
+        let change = if voter {
+            ChangeMembers::RemoveVoters([id].into())
+        } else {
+            ChangeMembers::RemoveNodes([id].into())
+        };
+        // retain = false: a removed voter leaves the node list too (one step).
+        match self.raft.change_membership(change, false).await {
+            Ok(_) => {}
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                return Err(ClusterError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                return Err(ClusterError::Membership {
+                    reason: e.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(f)) => return Err(fatal(f)),
+        }
+        // The removed member may have been this leader: write through any leader.
+        match self.write(Command::RemoveNode { id }).await? {
+            CommandResponse::Rejected(CommandRejection::UnknownNode { .. })
+            | CommandResponse::Done => Ok(()),
+            other => Err(ClusterError::Invalid {
+                reason: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Asks member `to` to start an election now; with an up-to-date log it
+    /// wins and becomes leader.
+    pub async fn transfer_leadership(&self, to: NodeId) -> Result<(), ClusterError> {
+        if to == self.me.id {
+            return self.raft.trigger().elect().await.map_err(fatal);
+        }
+        let node = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&to)
+            .cloned()
+            .ok_or(ClusterError::UnknownMember { id: to })?;
+        self.pool
+            .call::<(), (), ClusterError>(
+                &node.control_addr,
+                Rpc::Elect,
+                &(),
+                Duration::from_millis(PEER_CALL_TIMEOUT_MS),
+            )
+            .await
+            .map_err(|_| ClusterError::NoLeader)?
+    }
+
+    /// Records a heartbeat from `id` (on the leader).
+    pub fn seen(&self, id: NodeId) {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Instant::now());
+    }
+
+    /// Handles a heartbeat RPC.
+    pub fn heartbeat(&self, hb: &NodeHeartbeat) -> Result<(), ClusterError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(self.me.id) {
+            return Err(ClusterError::NotLeader {
+                leader: m.current_leader,
+            });
+        }
+        self.seen(hb.node_id);
+        Ok(())
+    }
+
+    /// Liveness and partition-leader duty cycle; runs until `shutdown` fires.
+    pub async fn run_liveness(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let interval = Duration::from_millis(self.liveness.heartbeat_interval_ms);
+        let timeout = Duration::from_millis(self.liveness.node_timeout_ms);
+        let mut leading_since: Option<(u64, Instant)> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            let m = self.raft.metrics().borrow().clone();
+            if m.state != ServerState::Leader {
+                leading_since = None;
+                if let Some(leader) = self.leader_node().filter(|l| l.id != self.me.id) {
+                    let pool = self.pool.clone();
+                    let hb = NodeHeartbeat {
+                        node_id: self.me.id,
+                    };
+                    tokio::spawn(async move {
+                        let _ = pool
+                            .call::<NodeHeartbeat, (), ClusterError>(
+                                &leader.control_addr,
+                                Rpc::Heartbeat,
+                                &hb,
+                                interval,
+                            )
+                            .await;
+                    });
+                }
+                continue;
+            }
+            let since = match leading_since {
+                Some((term, t)) if term == m.current_term => t,
+                _ => {
+                    let now = Instant::now();
+                    leading_since = Some((m.current_term, now));
+                    now
+                }
+            };
+            self.seen(self.me.id);
+            if let Err(e) = self.leader_tick(since, timeout).await {
+                tracing::debug!("liveness tick: {e}");
+            }
+        }
+    }
+
+    async fn leader_tick(
+        &self,
+        leading_since: Instant,
+        timeout: Duration,
+    ) -> Result<(), ClusterError> {
+        let state = self.view.cluster_state();
+        let now = Instant::now();
+        let changes: Vec<(NodeId, NodeLiveness)> = {
+            let seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+            state
+                .nodes
+                .keys()
+                .filter_map(|id| {
+                    let last = seen
+                        .get(id)
+                        .copied()
+                        .unwrap_or(leading_since)
+                        .max(leading_since);
+                    let verdict = if now.duration_since(last) > timeout {
+                        NodeLiveness::Dead
+                    } else {
+                        NodeLiveness::Live
+                    };
+                    (state.liveness.get(id) != Some(&verdict)).then_some((*id, verdict))
+                })
+                .collect()
+        };
+        for (id, liveness) in changes {
+            self.write_local(Command::SetNodeLiveness { id, liveness })
+                .await?;
+        }
+        let state = self.view.cluster_state();
+        let plan = plan_partition_changes(&state);
+        if !plan.is_empty() {
+            self.write_local(Command::AssignPartitions { assignments: plan })
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// New assignments for partitions whose leader or in-sync replicas are dead:
+/// the leader moves to the first live in-sync replica, dead nodes leave the
+/// in-sync set, and each changed partition gets epoch + 1. A partition with no
+/// live in-sync replica keeps its assignment (no unclean election).
+pub fn plan_partition_changes(state: &ClusterState) -> Vec<PartitionAssignment> {
+    let live: BTreeSet<NodeId> = state.live_nodes().into_iter().collect();
+    let mut out = Vec::new();
+    let by_stream: BTreeMap<u32, &Vec<PartitionAssignment>> =
+        state.assignments.iter().map(|(k, v)| (*k, v)).collect();
+    for parts in by_stream.values() {
+        for a in parts.iter() {
+            let isr: Vec<NodeId> = a.isr.iter().copied().filter(|n| live.contains(n)).collect();
+            if isr.len() == a.isr.len() {
+                continue;
+            }
+            let Some(&first_live) = isr.first() else {
+                continue;
+            };
+            let leader = if live.contains(&a.leader) {
+                a.leader
+            } else {
+                first_live
+            };
+            out.push(PartitionAssignment {
+                leader,
+                isr,
+                leader_epoch: a.leader_epoch + 1,
+                ..a.clone()
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::StreamMode;
+
+    #[test]
+    fn dead_leader_moves_to_live_isr_with_epoch_bump() {
+        let mut s = ClusterState::default();
+        for id in 1..=3 {
+            s.apply(&Command::RegisterNode(NodeInfo {
+                id,
+                ..Default::default()
+            }));
+        }
+        s.apply(&Command::CreateStream {
+            name: "s".into(),
+            partitions: 3,
+            replication_factor: 3,
+            retention_bytes: 0,
+            retention_ms: 0,
+            mode: StreamMode::Lossy,
+        });
+        assert!(plan_partition_changes(&s).is_empty());
+        s.apply(&Command::SetNodeLiveness {
+            id: 1,
+            liveness: NodeLiveness::Dead,
+        });
+        let plan = plan_partition_changes(&s);
+        assert_eq!(plan.len(), 3, "node 1 is in every ISR");
+        for a in &plan {
+            assert_ne!(a.leader, 1);
+            assert!(!a.isr.contains(&1));
+            assert_eq!(a.leader_epoch, 2);
+        }
+        assert_eq!(
+            s.apply(&Command::AssignPartitions {
+                assignments: plan.clone()
+            }),
+            CommandResponse::Done
+        );
+        assert!(plan_partition_changes(&s).is_empty());
+        // A deposed Raft leader replaying the same plan is fenced.
+        assert!(matches!(
+            s.apply(&Command::AssignPartitions { assignments: plan }),
+            CommandResponse::Rejected(CommandRejection::StaleEpoch { .. })
+        ));
+    }
+}
