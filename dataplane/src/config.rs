@@ -7,6 +7,7 @@
 //! threading = "shared"            # "dedicated" (one pinned busy-polling thread per agent) | "shared"
 //! cores = [2, 3, 4, 5]            # dedicated: core per agent (receiver, sender, archiver, conductor)
 //! storage_dir = "/var/lib/memstreamer"   # omit: no archiver (and no restart recovery)
+//! counters_file = "/dev/shm/memstreamer-counters"  # read by `memstreamer stat`
 //! [[streams]]
 //! id = 7
 //! partitions = 1
@@ -33,7 +34,7 @@ pub const SUBSCRIBERS_MAX: u32 = 1024;
 /// Largest receive window advertised in STATUS (bytes).
 pub const WINDOW_BYTES_MAX: u32 = 1 << 30;
 /// Largest sender retransmit window per partition (bytes).
-pub const RETRANSMIT_WINDOW_BYTES_MAX: u64 = 1 << 30;
+pub const RETRANSMIT_WINDOW_BYTES_MAX: u64 = sdk::net::BUFFER_BYTES_MAX as u64;
 /// Most AF_XDP queues (mirrors the XSKMAP size of xdp-programs).
 pub const QUEUES_MAX: u32 = xdp_programs::abi_consts::XSK_QUEUES_MAX;
 /// Longest configurable interval of any timer (ns): one minute.
@@ -110,6 +111,11 @@ pub struct Config {
     pub session_timeout_ns: u64,
     pub archive_commit_interval_ns: u64,
     pub command_queue_depth: u32,
+    /// Records of each partition's stored tail copied into a freshly created ring at start.
+    pub replay_records_max: u64,
+    /// AF_XDP: let sources without a policy entry through the XDP program (labs and tests only;
+    /// production leaves it false and the control plane writes the policy map).
+    pub xdp_default_allow: bool,
 }
 
 impl Default for Config {
@@ -143,6 +149,8 @@ impl Default for Config {
             session_timeout_ns: 5_000_000_000,
             archive_commit_interval_ns: 1_000_000,
             command_queue_depth: 1024,
+            replay_records_max: 65_536,
+            xdp_default_allow: false,
         }
     }
 }
@@ -384,6 +392,8 @@ const SCALAR_KEYS: &[&str] = &[
     "session_timeout_ns",
     "archive_commit_interval_ns",
     "command_queue_depth",
+    "replay_records_max",
+    "xdp_default_allow",
 ];
 
 fn env_value(var: &str, value: &str) -> Result<toml::Value, ConfigLoadError> {
@@ -393,6 +403,9 @@ fn env_value(var: &str, value: &str) -> Result<toml::Value, ConfigLoadError> {
             value: value.into(),
             message: "empty".into(),
         });
+    }
+    if value == "true" || value == "false" {
+        return Ok(toml::Value::Boolean(value == "true"));
     }
     if value.bytes().all(|b| b.is_ascii_digit()) {
         return value

@@ -153,6 +153,8 @@ counters! {
     DutyCycleMaxConductorNs = 49, Max, "max duty cycle ns: conductor";
     ConductorCommands = 50, Total, "conductor: commands processed";
     ConductorCommandsDropped = 51, Total, "conductor: commands dropped (queue full)";
+    TxDropOversizeRecords = 52, Total, "sender drop: record larger than a subscriber's frame";
+    ConductorSubscribeRefused = 53, Total, "conductor: subscribe requests refused (bad frame size)";
 }
 
 /// The duty-cycle counter of an agent role.

@@ -7,13 +7,19 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod archiver;
+pub mod conductor;
 pub mod config;
 pub mod counters;
 #[allow(unsafe_code)]
 pub mod net;
+pub mod node;
+pub mod receiver;
+pub mod sender;
 pub mod session;
 pub mod testnet;
 
 pub use agent::{Agent, AgentInvoker, AgentRunner, AgentSlot, Clock, CommandQueue, ThreadingMode};
 pub use config::{Config, ConfigLoadError};
 pub use net::{Backend, NetPort, NetPortOpenError};
+pub use node::{NodeHandle, NodeParts, NodeStartError};
