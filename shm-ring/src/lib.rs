@@ -3,6 +3,38 @@
 //! /dev/shm) with many publishers and many independent (broadcast)
 //! subscribers, zero-copy on both sides.
 //!
+//! # Example
+//! ```
+//! use shm_ring::{Backing, Mode, PublisherKind, Ring, RingConfig, StartAt};
+//!
+//! let dir = std::path::Path::new("/dev/shm").join(format!("shm-ring-doc-{}", std::process::id()));
+//! let cfg = RingConfig {
+//!     capacity_bytes: 64 << 10,
+//!     mode: Mode::Reliable,
+//!     publishers: PublisherKind::Exclusive,
+//!     backing: Backing::DevShm,
+//!     dir: Some(dir.clone()),
+//!     ..RingConfig::default()
+//! };
+//! let ring = Ring::create("orders", &cfg)?;
+//! let mut sub = Ring::open("orders", Some(&dir))?.subscriber(StartAt::Tail)?;
+//! let mut publ = ring.publisher()?;
+//!
+//! let mut claim = publ.claim(5)?; // zero-copy: write into the ring
+//! claim.buffer().copy_from_slice(b"hello");
+//! claim.commit()?;
+//! publ.offer(b"world")?; // or copy
+//!
+//! let mut got = Vec::new();
+//! let poll = sub.poll(|r| got.push((r.offset, r.payload.to_vec())), 16)?;
+//! assert_eq!(poll.records, 2);
+//! assert_eq!(got, vec![(0, b"hello".to_vec()), (1, b"world".to_vec())]);
+//!
+//! ring.unlink()?;
+//! std::fs::remove_dir(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Layout
 //! See [`layout`]: a header (geometry, clock calibration, the tail, the
 //! exclusive-publisher owner slot, the subscriber table), a descriptor array
