@@ -203,6 +203,7 @@ mod imp {
             let dir = ring.dir();
             let result = (|| {
                 pin(CORE_SUB);
+                single_thread(&ring)?;
                 let mut sub = ring.subscriber(StartAt::Tail).map_err(|e| e.to_string())?;
                 let spawn = |what: &str, count: u64| {
                     Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
@@ -271,6 +272,51 @@ mod imp {
             })();
             let _ = ring.unlink();
             result
+        }
+
+        /// Cost per record on one thread (no cache-line transfers): offer,
+        /// offer_batch of 64, and poll, 32-byte payloads, 4096 records per round.
+        fn single_thread(ring: &Ring) -> Result<(), String> {
+            const ROUNDS: usize = 2_000;
+            const BATCH: usize = 4096;
+            let mut sub = ring.subscriber(StartAt::Tail).map_err(|e| e.to_string())?;
+            let mut publ = ring.publisher().map_err(|e| e.to_string())?;
+            let msg = [7u8; 32];
+            let refs: Vec<&[u8]> = vec![&msg; 64];
+            for batched in [false, true] {
+                let (mut offer_ns, mut poll_ns, mut n) = (0u128, 0u128, 0usize);
+                for _ in 0..ROUNDS {
+                    let t = Instant::now();
+                    let mut k = 0;
+                    while k < BATCH {
+                        k += if batched {
+                            publ.offer_batch(0, &refs).map_err(|e| e.to_string())?.1
+                        } else {
+                            publ.offer(&msg).map_err(|e| e.to_string())?;
+                            1
+                        };
+                    }
+                    offer_ns += t.elapsed().as_nanos();
+                    let t = Instant::now();
+                    n += sub
+                        .poll(
+                            |r| {
+                                std::hint::black_box(r.payload.len());
+                            },
+                            usize::MAX,
+                        )
+                        .map_err(|e| e.to_string())?
+                        .records;
+                    poll_ns += t.elapsed().as_nanos();
+                }
+                let name = if batched { "offer_batch(64)" } else { "offer" };
+                println!(
+                    "one thread: {name} {:.1} ns/record, poll {:.1} ns/record ({n} records)",
+                    offer_ns as f64 / n as f64,
+                    poll_ns as f64 / n as f64
+                );
+            }
+            Ok(())
         }
 
         pub fn publisher(ring: &Ring, args: &[String]) -> Result<(), String> {
