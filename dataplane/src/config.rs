@@ -227,8 +227,11 @@ impl Config {
                 "backend \"afxdp\" needs `interface` (e.g. \"veth0\")".into(),
             );
         }
-        if self.listen.port() == 0 {
-            return bad("listen", "the data port must not be 0".into());
+        if self.listen.port() == 0 && self.backend == Backend::Afxdp {
+            return bad(
+                "listen",
+                "backend \"afxdp\" needs a fixed data port (not 0)".into(),
+            );
         }
         if !(1..=QUEUES_MAX).contains(&self.queues) {
             return bad("queues", format!("{} not in 1..={QUEUES_MAX}", self.queues));

@@ -381,3 +381,235 @@ impl Drop for NodeHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::CountersSnapshot;
+    use crate::session::FLAG_SUBSCRIBE;
+    use sdk::net::{PublisherConfig, ReceiverConfig, ReceiverCore, UdpPublisher};
+    use std::net::UdpSocket;
+    use std::path::Path;
+    use xdp_programs::frame::{FrameHeader, FrameType};
+
+    /// Duty cycles a test runs at most before it gives up (each is non-blocking).
+    const CYCLES_MAX: usize = 2_000_000;
+
+    fn config(dir: &Path, storage: bool) -> Config {
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shm_dir: Some(dir.join("shm")),
+            storage_dir: storage.then(|| dir.join("storage")),
+            counters_file: dir.join("counters"),
+            ring_capacity_bytes: 1 << 20,
+            ..Config::default()
+        }
+    }
+
+    fn local_subscriber(dir: &Path) -> sdk::Subscriber {
+        sdk::Context::builder()
+            .dir(dir.join("shm"))
+            .build()
+            .subscriber(7, 0)
+    }
+
+    /// Sends `count` records from a remote sdk::net publisher through the node; returns the node.
+    fn publish_through(
+        node: &mut AgentInvoker,
+        data_addr: SocketAddr,
+        count: u64,
+        mut on_cycle: impl FnMut(),
+    ) -> UdpPublisher {
+        let cfg = PublisherConfig::new(7, 0, 42, "test");
+        let mut p = UdpPublisher::new("127.0.0.1:0".parse().unwrap(), data_addr, cfg).unwrap();
+        let mut next = 0u64;
+        for _ in 0..CYCLES_MAX {
+            while next < count && p.offer(1, &next.to_le_bytes()).is_ok() {
+                next += 1;
+            }
+            p.do_work();
+            node.invoke();
+            on_cycle();
+            if next == count && p.session().is_drained() {
+                break;
+            }
+        }
+        assert!(
+            p.session().is_drained(),
+            "publisher drained {} of {count}",
+            p.session().acked_offset()
+        );
+        p
+    }
+
+    #[test]
+    fn remote_publisher_to_local_subscriber_in_order_with_storage_and_stat() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), true);
+        let (mut node, handle) = NodeParts::build(&cfg).unwrap().into_invoker();
+        let mut sub = local_subscriber(dir.path());
+        let mut got = Vec::new();
+        let count = 20_000u64;
+        let mut poll = |got: &mut Vec<u64>| {
+            sub.poll(
+                |r| got.push(u64::from_le_bytes(r.payload[..8].try_into().unwrap())),
+                256,
+            )
+            .unwrap();
+        };
+        let _p = publish_through(&mut node, handle.data_addr, count, || poll(&mut got));
+        for _ in 0..CYCLES_MAX {
+            if got.len() as u64 == count
+                && handle.counters.get(Counter::ArchivedDurableRecords) == count
+            {
+                break;
+            }
+            node.invoke();
+            poll(&mut got);
+        }
+        assert_eq!(
+            got,
+            (0..count).collect::<Vec<_>>(),
+            "in order, exactly once"
+        );
+        assert_eq!(handle.counters.get(Counter::RxRecordsAppended), count);
+        assert_eq!(handle.counters.get(Counter::ArchivedDurableRecords), count);
+        // `stat` reads the file without the node: counters are there after a publish interval.
+        let snap = (0..CYCLES_MAX)
+            .find_map(|_| {
+                node.invoke();
+                let s = CountersSnapshot::read(&cfg.counters_file).unwrap();
+                (s.get(Counter::ArchivedDurableRecords) == Some(count)).then_some(s)
+            })
+            .expect("counters file catches up");
+        assert_eq!(snap.get(Counter::RxRecordsAppended), Some(count));
+        assert_eq!(snap.partitions[0].durable_records, count);
+        assert!(snap.get(Counter::DutyCycleMaxReceiverNs).unwrap() > 0);
+        node.close();
+        drop(handle);
+        assert!(
+            !cfg.counters_file.exists(),
+            "counters file removed with the node"
+        );
+        assert!(
+            !dir.path().join("shm").join(sdk::ring_name(7, 0)).exists(),
+            "ring removed with the node"
+        );
+    }
+
+    #[test]
+    fn restart_recovers_the_stream_from_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), true);
+        let count = 1000u64;
+        {
+            let (mut node, handle) = NodeParts::build(&cfg).unwrap().into_invoker();
+            let _p = publish_through(&mut node, handle.data_addr, count, || {});
+            node.invoke_until(CYCLES_MAX, || {
+                handle.counters.get(Counter::ArchivedDurableRecords) == count
+            });
+            node.close();
+        }
+        let (mut node, handle) = NodeParts::build(&cfg).unwrap().into_invoker();
+        assert_eq!(handle.replayed_records, count);
+        let mut sub = sdk::Context::builder()
+            .dir(dir.path().join("shm"))
+            .start_at(shm_ring::StartAt::Earliest)
+            .build()
+            .subscriber(7, 0);
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            sub.poll(
+                |r| got.push(u64::from_le_bytes(r.payload[..8].try_into().unwrap())),
+                256,
+            )
+            .unwrap();
+            if got.len() as u64 == count {
+                break;
+            }
+        }
+        assert_eq!(got, (0..count).collect::<Vec<_>>());
+        // New records continue after the recovered ones, and are archived after them.
+        let mut p = UdpPublisher::new("127.0.0.1:0".parse().unwrap(), handle.data_addr, {
+            let mut c = PublisherConfig::new(7, 0, 43, "test");
+            c.epoch = 1;
+            c
+        })
+        .unwrap();
+        p.offer(1, &count.to_le_bytes()).unwrap();
+        for _ in 0..CYCLES_MAX {
+            p.do_work();
+            node.invoke();
+            if handle.counters.get(Counter::ArchivedDurableRecords) == count + 1 {
+                break;
+            }
+        }
+        assert_eq!(
+            handle.counters.get(Counter::ArchivedDurableRecords),
+            count + 1
+        );
+        node.close();
+    }
+
+    #[test]
+    fn remote_subscriber_receives_ring_records_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), false);
+        let (mut node, handle) = NodeParts::build(&cfg).unwrap().into_invoker();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let mut core = ReceiverCore::new(ReceiverConfig::default()).unwrap();
+        // SETUP with FLAG_SUBSCRIBE on the data port.
+        let mut body = Vec::new();
+        sdk::net::wire::encode_setup(1472, "sub", &mut body);
+        let h = FrameHeader {
+            frame_type: FrameType::Setup,
+            flags: FLAG_SUBSCRIBE,
+            stream_id: 7,
+            partition: 0,
+            session_id: 5,
+            offset: 0,
+            epoch: 0,
+        };
+        let mut frame = Vec::new();
+        h.encode(&body, &mut frame).unwrap();
+        socket.send_to(&frame, handle.data_addr).unwrap();
+        assert!(node.invoke_until(CYCLES_MAX, || handle
+            .counters
+            .get(Counter::TxSubscribersActive)
+            == 1));
+        let mut local = sdk::Context::builder()
+            .dir(dir.path().join("shm"))
+            .build()
+            .publisher(7, 0)
+            .unwrap();
+        let count = 5000u64;
+        let (mut next, mut got) = (0u64, Vec::new());
+        let clock = Clock::new();
+        let mut buf = vec![0u8; 9000];
+        let mut out = Vec::new();
+        for _ in 0..CYCLES_MAX {
+            // Publish only after the node's SETUP reached the subscriber (it starts at the live tail).
+            if core.expected_offset(5).is_some()
+                && next < count
+                && local.offer(&next.to_le_bytes()).is_ok()
+            {
+                next += 1;
+            }
+            node.invoke();
+            while let Ok((n, src)) = socket.recv_from(&mut buf) {
+                core.handle(clock.now_ns(), src, &buf[..n], &mut |r| {
+                    got.push(u64::from_le_bytes(r.payload[..8].try_into().unwrap()))
+                });
+            }
+            while let Some(dst) = core.poll_transmit(clock.now_ns(), &mut out) {
+                socket.send_to(&out, dst).unwrap();
+            }
+            if got.len() as u64 == count {
+                break;
+            }
+        }
+        assert_eq!(got, (0..count).collect::<Vec<_>>());
+        node.close();
+    }
+}
