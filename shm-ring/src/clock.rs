@@ -174,10 +174,18 @@ mod imp {
 #[cfg(loom)]
 mod imp {
     use super::Calibration;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
-    /// Under loom time stands still: models set timeouts to 0 instead.
+    /// Under loom time stands still at a value the model sets.
+    static NOW_NS: AtomicU64 = AtomicU64::new(0);
+
     pub fn now_ns() -> u64 {
-        0
+        NOW_NS.load(Ordering::Relaxed)
+    }
+
+    /// Loom models: set the ring clock (before spawning threads).
+    pub fn set_model_now_ns(ns: u64) {
+        NOW_NS.store(ns, Ordering::Relaxed)
     }
 
     pub fn calibration() -> Calibration {
@@ -195,6 +203,8 @@ mod imp {
 
 #[cfg(not(loom))]
 pub use imp::monotonic_ns;
+#[cfg(loom)]
+pub use imp::set_model_now_ns;
 pub use imp::{adopt, calibration, now_ns};
 
 #[cfg(all(test, not(loom)))]

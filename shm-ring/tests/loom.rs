@@ -12,7 +12,11 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
     model_bounded(3, f)
 }
 
+/// The model clock is process-global: models run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn model_bounded(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(preemptions);
     b.check(f);
@@ -21,6 +25,7 @@ fn model_bounded(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
 /// 256-byte ring: 4 descriptors, max payload 32 bytes. Time stands still under
 /// loom, so claim_timeout 0 means "abort on the second sighting".
 fn ring(mode: Mode, publishers: PublisherKind) -> Ring {
+    clock::set_model_now_ns(0);
     Ring::heap(&RingConfig {
         capacity_bytes: 256,
         mode,
@@ -255,5 +260,42 @@ fn batch_and_single_claims_interleave() {
         let mut want = vec![(first, 0xaa), (first + 1, 0xab), (single, 0xbb)];
         want.sort();
         assert_eq!(got, want);
+    });
+}
+
+#[test]
+fn eviction_and_heartbeat_race_has_one_winner() {
+    model(|| {
+        clock::set_model_now_ns(0);
+        let ring = Ring::heap(&RingConfig {
+            capacity_bytes: 256,
+            mode: Mode::Reliable,
+            publishers: PublisherKind::Shared,
+            subscribers_max: 1,
+            liveness_timeout_ns: LIVENESS_TIMEOUT_MIN_NS,
+            claim_timeout_ns: u64::MAX,
+            backing: Backing::DevShm,
+            dir: None,
+        });
+        let mut sub = ring.subscriber(StartAt::Tail).unwrap();
+        // Time jumps past the liveness timeout: the subscriber's heartbeat is stale.
+        clock::set_model_now_ns(10 * LIVENESS_TIMEOUT_MIN_NS);
+        let r2 = ring.clone();
+        let t = thread::spawn(move || {
+            // The first claim refreshes the limits, which may evict.
+            r2.publisher().unwrap().offer(&[1; 8]).is_ok()
+        });
+        let polled = sub.poll(|_| {}, 10);
+        assert!(t.join().unwrap());
+        let state = ring.subscriber_slots()[0].state;
+        match polled {
+            Err(PollError::Evicted) => assert_eq!(state, "evicted"),
+            Ok(_) => {
+                assert_eq!(state, "active", "a subscriber that heartbeated first stays");
+                let next = sub.poll(|_| {}, 10);
+                assert!(next.is_ok(), "{next:?}");
+            }
+            Err(e) => panic!("{e}"),
+        }
     });
 }
