@@ -236,17 +236,28 @@ fn connect_error(endpoint: &str, e: &tonic::transport::Error) -> String {
 }
 
 fn status_error(s: &Status) -> String {
-    let msg = s.message();
+    let msg = match std::error::Error::source(s) {
+        Some(src) => format!("{}: {}", s.message(), source_chain(src)),
+        None => s.message().to_string(),
+    };
+    let tls_hint = |m: &str| {
+        let m = m.to_ascii_lowercase();
+        m.contains("certificate") || m.contains("tls") || m.contains("alert")
+    };
     match s.code() {
-        Code::Unavailable
-            if msg.contains("certificate") || msg.contains("tls") || msg.contains("alert") =>
+        Code::Unavailable | Code::Unknown | Code::Internal if tls_hint(&msg) => format!(
+            "the server refused the TLS handshake ({msg}): use a client certificate signed by \
+             the cluster CA that has not expired (--cert/--key)"
+        ),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+            if msg.contains("transport error") || msg.contains("connection closed") =>
         {
             format!(
-                "the server refused the TLS handshake ({msg}): use a client certificate signed by \
-             the cluster CA that has not expired (--cert/--key)"
+            "the connection failed ({msg}): if the server closed it right after connecting, it \
+             refused your client certificate (expired or not signed by the cluster CA: check \
+             --cert/--key/--ca); otherwise check that the node is up"
             )
         }
-        Code::Unavailable => format!("unavailable: {msg}"),
         code => format!("{code:?}: {msg}"),
     }
 }

@@ -14,26 +14,29 @@
 //! before decoding (OUT_OF_RANGE).
 
 pub mod convert;
+pub mod serve;
+
+pub use serve::{start_admin, AdminConfig, AdminParts, AdminStartError};
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, Raft, ServerState};
+use openraft::{Raft, ServerState};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::audit::{AuditLog, AuditResult};
 use crate::auth::{authorize, principal_of, Decision, Resource};
+use crate::cluster::{Cluster, ClusterError};
 use crate::http::Metrics;
 use crate::pb::admin as pb;
 use crate::pb::admin::admin_server::{Admin, AdminServer};
 use crate::store::StateView;
 use crate::types::{
-    Command, CommandResponse, NodeId, NodeInfo, NodeLiveness, Operation, Principal, TypeConfig,
-    ADDR_LENGTH_MAX,
+    Command, CommandResponse, NodeId, NodeInfo, NodeLiveness, Operation, Principal, Stream,
+    TypeConfig, ADDR_LENGTH_MAX,
 };
 use convert::*;
 
@@ -46,15 +49,11 @@ pub const LEADER_METADATA_KEY: &str = "x-ms-leader";
 
 /// What the admin service needs from the running node.
 pub struct AdminDeps {
-    pub raft: Raft<TypeConfig>,
-    pub state: StateView,
+    pub cluster: Arc<Cluster>,
     /// Principals allowed everything.
     pub superusers: Vec<String>,
     pub audit: Arc<AuditLog>,
     pub metrics: Arc<Metrics>,
-    /// How this node calls another node's admin API (its node certificate),
-    /// used to hand leadership over; `None` disables leadership transfer.
-    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// The admin service of one node.
@@ -72,6 +71,14 @@ impl AdminService {
         AdminServer::new(self)
             .max_decoding_message_size(ADMIN_REQUEST_BYTES_MAX)
             .max_encoding_message_size(crate::grpc::REPLY_BYTES_MAX)
+    }
+
+    fn raft(&self) -> &Raft<TypeConfig> {
+        self.deps.cluster.raft()
+    }
+
+    fn state(&self) -> &StateView {
+        self.deps.cluster.view()
     }
 
     fn audit(&self, principal: &str, action: &str, resource: &str, result: &AuditResult) {
@@ -110,7 +117,7 @@ impl AdminService {
                 return Err(Status::unauthenticated(e.to_string()));
             }
         };
-        let decision = self.deps.state.read(|d| {
+        let decision = self.state().read(|d| {
             authorize(
                 &d.state.acls,
                 &self.deps.superusers,
@@ -140,7 +147,7 @@ impl AdminService {
     /// Status telling the caller where the leader is.
     fn not_leader(&self, leader: Option<NodeId>, leader_node: Option<&NodeInfo>) -> Status {
         let addr = leader_node.map(|n| n.control_addr.clone()).or_else(|| {
-            let m = self.deps.raft.metrics().borrow().clone();
+            let m = self.raft().metrics().borrow().clone();
             let id = leader?;
             let addr = m
                 .membership_config
@@ -165,23 +172,8 @@ impl AdminService {
         }
     }
 
-    fn raft_error(&self, e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Status {
-        match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                self.not_leader(f.leader_id, f.leader_node.as_ref())
-            }
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-                Status::failed_precondition(format!(
-                    "membership change refused: {c}; wait for the previous change to finish"
-                ))
-            }
-            RaftError::Fatal(f) => Status::internal(format!(
-                "the Raft core stopped ({f}): check the node's log and restart it"
-            )),
-        }
-    }
-
-    /// Proposes `cmd`, audits the outcome, maps rejections to statuses.
+    /// Proposes `cmd` through the leader (forwarded by a follower), audits
+    /// the outcome, maps rejections to statuses.
     async fn propose(
         &self,
         principal: &str,
@@ -190,18 +182,31 @@ impl AdminService {
         cmd: Command,
     ) -> Result<CommandResponse, Status> {
         let start = Instant::now();
-        let result = match self.deps.raft.client_write(cmd).await {
+        let result = match self.deps.cluster.write(cmd).await {
             Ok(resp) => {
                 self.deps.metrics.apply_latency.observe(start.elapsed());
-                match resp.data {
+                match resp {
                     CommandResponse::Rejected(r) => Err(rejection_status(&r)),
                     other => Ok(other),
                 }
             }
-            Err(e) => Err(self.raft_error(e)),
+            Err(e) => Err(self.cluster_error(e)),
         };
         self.audit_result(principal, action, resource, &result);
         result
+    }
+
+    fn cluster_error(&self, e: ClusterError) -> Status {
+        let msg = e.to_string();
+        match e {
+            ClusterError::NoLeader => Status::unavailable(msg),
+            ClusterError::NotLeader { leader } => self.not_leader(leader, None),
+            ClusterError::UnknownMember { .. } => Status::not_found(msg),
+            ClusterError::Membership { .. } => Status::failed_precondition(msg),
+            ClusterError::Timeout { .. } => Status::deadline_exceeded(msg),
+            ClusterError::Fatal { .. } => Status::internal(msg),
+            ClusterError::Invalid { .. } => Status::invalid_argument(msg),
+        }
     }
 
     fn audit_result<T>(
@@ -236,8 +241,7 @@ impl AdminService {
     }
 
     fn voters(&self) -> BTreeSet<NodeId> {
-        self.deps
-            .raft
+        self.raft()
             .metrics()
             .borrow()
             .membership_config
@@ -260,30 +264,44 @@ impl Admin for AdminService {
         let resource = Resource::Stream(&name);
         let who = self.check(&req, "CreateStream", Operation::Create, resource)?;
         let r = req.into_inner();
-        let (partitions, replication_factor) =
-            match check_create(&r).and_then(|pr| stream_mode(r.mode).map(|m| (pr, m))) {
-                Ok((pr, _)) => pr,
-                Err(s) => return self.refuse(&who, "CreateStream", &resource.describe(), s),
-            };
-        let mode = stream_mode(r.mode)?;
-        self.propose(
-            &who,
-            "CreateStream",
-            &resource.describe(),
-            Command::CreateStream {
-                name: name.clone(),
-                partitions,
-                replication_factor,
-                retention_bytes: r.retention_bytes,
-                retention_ms: r.retention_ms,
-                mode,
-            },
-        )
-        .await?;
-        let stream = self
-            .deps
-            .state
-            .read(|d| d.state.streams.get(&name).map(stream_to_pb));
+        let checked = check_create(&r).and_then(|pr| stream_mode(r.mode).map(|m| (pr, m)));
+        let ((partitions, replication_factor), mode) = match checked {
+            Ok(c) => c,
+            Err(s) => return self.refuse(&who, "CreateStream", &resource.describe(), s),
+        };
+        let created = Stream {
+            name: name.clone(),
+            id: 0,
+            partitions,
+            replication_factor,
+            retention_bytes: r.retention_bytes,
+            retention_ms: r.retention_ms,
+            mode,
+        };
+        let resp = self
+            .propose(
+                &who,
+                "CreateStream",
+                &resource.describe(),
+                Command::CreateStream {
+                    name: name.clone(),
+                    partitions,
+                    replication_factor,
+                    retention_bytes: r.retention_bytes,
+                    retention_ms: r.retention_ms,
+                    mode,
+                },
+            )
+            .await?;
+        let id = match resp {
+            CommandResponse::StreamCreated { stream_id } => stream_id,
+            other => {
+                return Err(Status::internal(format!(
+                    "unexpected state-machine answer {other:?} to CreateStream: report a bug"
+                )))
+            }
+        };
+        let stream = Some(stream_to_pb(&Stream { id, ..created }));
         Ok(Response::new(pb::CreateStreamReply { stream }))
     }
 
@@ -309,7 +327,7 @@ impl Admin for AdminService {
             Status::unauthenticated(e.to_string())
         })?;
         // Only the streams the caller may describe.
-        let streams = self.deps.state.read(|d| {
+        let streams = self.state().read(|d| {
             d.state
                 .streams
                 .values()
@@ -341,7 +359,7 @@ impl Admin for AdminService {
             Operation::Describe,
             Resource::Stream(&name),
         )?;
-        self.deps.state.read(|d| {
+        self.state().read(|d| {
             let s = d.state.streams.get(&name).ok_or_else(|| {
                 Status::not_found(format!(
                     "stream {name:?} does not exist: `msctl stream list` shows the names"
@@ -405,7 +423,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListAclsReply>, Status> {
         self.check(&req, "ListAcls", Operation::Describe, Resource::Cluster)?;
         let principal = req.into_inner().principal;
-        let acls = self.deps.state.read(|d| {
+        let acls = self.state().read(|d| {
             if !principal.is_empty() && !d.state.principals.contains_key(&principal) {
                 return Err(Status::not_found(format!(
                     "principal {principal:?} is unknown: `msctl principal list` shows the names"
@@ -433,7 +451,7 @@ impl Admin for AdminService {
         )?;
         let r = req.into_inner();
         let resource = format!("acl:{}:{}", r.principal, r.resource_pattern);
-        let exists = self.deps.state.read(|d| {
+        let exists = self.state().read(|d| {
             d.state
                 .acls
                 .iter()
@@ -495,8 +513,7 @@ impl Admin for AdminService {
             Resource::Cluster,
         )?;
         let names = self
-            .deps
-            .state
+            .state()
             .read(|d| d.state.principals.keys().cloned().collect());
         Ok(Response::new(pb::ListPrincipalsReply { names }))
     }
@@ -531,7 +548,7 @@ impl Admin for AdminService {
         req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesReply>, Status> {
         self.check(&req, "ListNodes", Operation::Describe, Resource::Cluster)?;
-        let m = self.deps.raft.metrics().borrow().clone();
+        let m = self.raft().metrics().borrow().clone();
         let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
         let mut nodes: Vec<pb::Node> = m
             .membership_config
@@ -544,7 +561,7 @@ impl Admin for AdminService {
                 live: true,
             })
             .collect();
-        self.deps.state.read(|d| {
+        self.state().read(|d| {
             for n in &mut nodes {
                 n.live = d.state.liveness.get(&n.id) != Some(&NodeLiveness::Dead);
             }
@@ -581,27 +598,17 @@ impl Admin for AdminService {
             data_addr: r.data_addr,
         };
         let start = Instant::now();
-        let result = async {
-            self.deps
-                .raft
-                .add_learner(node.id, node.clone(), true)
-                .await
-                .map_err(|e| self.raft_error(e))?;
-            self.deps
-                .raft
-                .change_membership(ChangeMembers::AddVoterIds([node.id].into()), false)
-                .await
-                .map_err(|e| self.raft_error(e))?;
-            Ok::<(), Status>(())
-        }
-        .await;
+        let result = self
+            .deps
+            .cluster
+            .join(node)
+            .await
+            .map_err(|e| self.cluster_error(e));
         if result.is_ok() {
             self.deps.metrics.apply_latency.observe(start.elapsed());
         }
         self.audit_result(&who, "AddMember", &resource, &result);
         result?;
-        self.propose(&who, "RegisterNode", &resource, Command::RegisterNode(node))
-            .await?;
         Ok(Response::new(pb::AddMemberReply {}))
     }
 
@@ -618,8 +625,7 @@ impl Admin for AdminService {
         let id = req.into_inner().id;
         let resource = format!("node:{id}");
         let known = self
-            .deps
-            .raft
+            .raft()
             .metrics()
             .borrow()
             .membership_config
@@ -638,30 +644,14 @@ impl Admin for AdminService {
             );
             return self.refuse(&who, "RemoveMember", &resource, s);
         }
-        let result = async {
-            if voters.contains(&id) {
-                self.deps
-                    .raft
-                    .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
-                    .await
-                    .map_err(|e| self.raft_error(e))?;
-            } else {
-                self.deps
-                    .raft
-                    .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
-                    .await
-                    .map_err(|e| self.raft_error(e))?;
-            }
-            Ok::<(), Status>(())
-        }
-        .await;
+        let result = self
+            .deps
+            .cluster
+            .remove_member(id)
+            .await
+            .map_err(|e| self.cluster_error(e));
         self.audit_result(&who, "RemoveMember", &resource, &result);
         result?;
-        let registered = self.deps.state.read(|d| d.state.nodes.contains_key(&id));
-        if registered {
-            self.propose(&who, "RemoveNode", &resource, Command::RemoveNode { id })
-                .await?;
-        }
         Ok(Response::new(pb::RemoveMemberReply {}))
     }
 
@@ -675,8 +665,8 @@ impl Admin for AdminService {
             Operation::Describe,
             Resource::Cluster,
         )?;
-        let figures = crate::http::raft_figures(&self.deps.raft).await;
-        let m = self.deps.raft.metrics().borrow().clone();
+        let figures = crate::http::raft_figures(self.raft()).await;
+        let m = self.raft().metrics().borrow().clone();
         let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
         let leader_addr = figures
             .leader
@@ -745,7 +735,7 @@ impl Admin for AdminService {
             ));
             return self.refuse(&who, "TransferLeadership", &resource, s);
         }
-        let me = self.deps.raft.metrics().borrow().id;
+        let me = self.raft().metrics().borrow().id;
         let result = self.transfer_to(me, to).await;
         self.audit_result(&who, "TransferLeadership", &resource, &result);
         result.map(|leader| Response::new(pb::TransferLeadershipReply { leader }))
@@ -753,79 +743,45 @@ impl Admin for AdminService {
 }
 
 impl AdminService {
-    /// Leadership transfer as openraft 0.9 allows it (it has no TimeoutNow).
-    /// On the leader: stop heartbeats (so the voters' leader leases lapse),
-    /// ask the target's admin API to campaign, resume heartbeats. On the
-    /// target: campaign (`trigger().elect()`) until it leads, bounded by
-    /// [`TRANSFER_WAIT_MAX`]. Other nodes redirect to the leader.
+    /// Leadership transfer as openraft 0.9 allows it (it has no TimeoutNow):
+    /// only the leader hands over. It stops its heartbeats (so the voters'
+    /// leader leases lapse), asks the target to campaign (`Cluster::
+    /// transfer_leadership`, repeated each round) until the target leads or
+    /// [`TRANSFER_WAIT_MAX`] passes, then resumes heartbeats.
     async fn transfer_to(&self, me: NodeId, to: NodeId) -> Result<NodeId, Status> {
-        let (current, target_addr) = {
-            let m = self.deps.raft.metrics();
-            let m = m.borrow();
-            let addr = m
-                .membership_config
-                .nodes()
-                .find(|(id, _)| **id == to)
-                .map(|(_, n)| n.control_addr.clone())
-                .unwrap_or_default();
-            (m.current_leader, addr)
-        };
+        let current = self.raft().metrics().borrow().current_leader;
         if current == Some(to) {
             return Ok(to);
-        }
-        if me == to {
-            return self.campaign(to).await;
         }
         if current != Some(me) {
             return Err(self.not_leader(current, None));
         }
-        let tls = self.deps.peer_tls.clone().ok_or_else(|| {
-            Status::failed_precondition(
-                "this node has no peer TLS configuration: transfer disabled",
-            )
-        })?;
-        self.deps.raft.runtime_config().heartbeat(false);
-        let result = async {
-            let endpoint =
-                tonic::transport::Endpoint::from_shared(format!("https://{target_addr}"))
-                    .map_err(|e| {
-                        Status::internal(format!("bad address {target_addr:?} of node {to}: {e}"))
-                    })?
-                    .tls_config(tls)
-                    .map_err(|e| Status::internal(format!("peer TLS: {e}")))?
-                    .connect_timeout(Duration::from_secs(2));
-            let channel = endpoint.connect().await.map_err(|e| {
-                Status::unavailable(format!("cannot reach node {to} at {target_addr}: {e}"))
-            })?;
-            let mut client = pb::admin_client::AdminClient::new(channel);
-            let reply = client
-                .transfer_leadership(pb::TransferLeadershipRequest { to })
-                .await?;
-            Ok(reply.into_inner().leader)
-        }
-        .await;
-        self.deps.raft.runtime_config().heartbeat(true);
-        result
-    }
-
-    async fn campaign(&self, to: NodeId) -> Result<NodeId, Status> {
+        self.raft().runtime_config().heartbeat(false);
         let deadline = Instant::now() + TRANSFER_WAIT_MAX;
-        let mut metrics = self.deps.raft.metrics();
-        while Instant::now() < deadline {
-            self.deps.raft.trigger().elect().await.map_err(|f| {
-                Status::internal(format!("the Raft core stopped ({f}): restart the node"))
-            })?;
+        let mut metrics = self.raft().metrics();
+        let mut last_error = None;
+        let mut outcome = None;
+        while outcome.is_none() && Instant::now() < deadline {
+            if let Err(e) = self.deps.cluster.transfer_leadership(to).await {
+                last_error = Some(e.to_string());
+            }
             let round = Instant::now() + Duration::from_millis(300);
             while Instant::now() < round {
-                if metrics.borrow().current_leader == Some(to) {
-                    return Ok(to);
+                let leader = metrics.borrow().current_leader;
+                if leader == Some(to) {
+                    outcome = Some(to);
+                    break;
                 }
                 let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
             }
         }
-        Err(Status::deadline_exceeded(format!(
-            "node {to} did not win an election within {TRANSFER_WAIT_MAX:?}: its log may lag; \
-             check `msctl cluster status` and retry"
-        )))
+        self.raft().runtime_config().heartbeat(true);
+        outcome.ok_or_else(|| {
+            Status::deadline_exceeded(format!(
+                "node {to} did not win an election within {TRANSFER_WAIT_MAX:?} (last error: \
+                 {}): its log may lag; check `msctl cluster status` and retry",
+                last_error.unwrap_or_else(|| "none".into())
+            ))
+        })
     }
 }
