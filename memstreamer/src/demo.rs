@@ -1,0 +1,305 @@
+//! `memstreamer demo`: a node in its own network namespace, a remote publisher in another, a
+//! local SDK subscriber; prints throughput and latency, and removes everything it created.
+//!
+//! ```text
+//!   netns <..>-p (peer)                          netns <..>-n (node)
+//!   sdk::net::UdpPublisher  --veth 198.18.S.2 -> 198.18.S.1:40100 --> `memstreamer node` (child)
+//!                                                                        | ring (shm, /dev/shm)
+//!   demo process (root netns): sdk::Subscriber <------------------------+
+//! ```
+//! Latency: the publisher stamps `sdk::clock::now_ns()` into each payload just before `offer`; the
+//! subscriber subtracts it on receipt (same host clock). Figures are hdrhistogram percentiles.
+//! Cleanup on every path: the node child gets SIGTERM (SIGKILL after 5 s), the namespaces (and
+//! with them the veth pair and the XDP attachment) and the temporary directories are removed by
+//! Drop guards; Ctrl-C sets a flag that ends every loop.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use dataplane::counters::{Counter, CountersSnapshot};
+use dataplane::testnet::TestNet;
+use dataplane::Backend;
+use hdrhistogram::Histogram;
+use sdk::net::{PublisherConfig, UdpPublisher};
+
+/// Data port of the demo node.
+const DATA_PORT: u16 = 40100;
+/// Waits for the node child to come up.
+const NODE_START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Grace period for the node child after SIGTERM.
+const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+const STREAM: u32 = 7;
+/// Smallest payload: sequence number + timestamp.
+const PAYLOAD_BYTES_MIN: usize = 16;
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Node backend: afxdp (XDP + AF_XDP on the veth) or udp (kernel sockets).
+    #[arg(long, default_value = "afxdp")]
+    backend: Backend,
+    /// Messages the remote publisher sends.
+    #[arg(long, default_value_t = 200_000)]
+    messages: u64,
+    /// Payload bytes per message (>= 16).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Publisher rate in messages/s (0 = as fast as flow control allows).
+    #[arg(long, default_value_t = 100_000)]
+    rate: u64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout_s: u64,
+    /// Third octet of 198.18.S.0/30 (pick another one if a concurrent run uses it).
+    #[arg(long, default_value_t = 100)]
+    subnet: u32,
+}
+
+/// Stops the node child on drop: SIGTERM, then SIGKILL after the grace period.
+struct NodeChild {
+    child: Child,
+}
+
+impl Drop for NodeChild {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + NODE_STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Removes a directory tree on drop.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct PublisherReport {
+    sent: u64,
+    connected: bool,
+    retransmits: u64,
+}
+
+fn write_config(
+    path: &Path,
+    args: &DemoArgs,
+    net: &TestNet,
+    shm: &Path,
+    counters: &Path,
+) -> anyhow::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    writeln!(f, "backend = \"{}\"", args.backend)?;
+    writeln!(f, "listen = \"{}:{DATA_PORT}\"", net.node_ip)?;
+    writeln!(f, "interface = \"{}\"", net.node_if)?;
+    writeln!(f, "xdp_default_allow = true")?;
+    writeln!(f, "threading = \"shared\"")?;
+    writeln!(f, "idle = \"busy_spin\"")?;
+    writeln!(f, "shm_dir = \"{}\"", shm.display())?;
+    writeln!(f, "counters_file = \"{}\"", counters.display())?;
+    writeln!(f, "[[streams]]\nid = {STREAM}\npartitions = 1")?;
+    Ok(())
+}
+
+fn run_publisher(
+    node: SocketAddr,
+    args: (u64, usize, u64, Duration),
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<PublisherReport> {
+    let (messages, size, rate, timeout) = args;
+    let cfg = PublisherConfig::new(STREAM, 0, std::process::id(), "demo");
+    let mut p = UdpPublisher::new("0.0.0.0:0".parse().expect("address"), node, cfg)?;
+    if !p.wait_connected(Duration::from_secs(5)) {
+        return Ok(PublisherReport {
+            sent: 0,
+            connected: false,
+            retransmits: 0,
+        });
+    }
+    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    let mut payload = vec![0u8; size];
+    let mut sent = 0u64;
+    while sent < messages && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        if let Some(due_ns) = sent.saturating_mul(1_000_000_000).checked_div(rate) {
+            if Instant::now() < start + Duration::from_nanos(due_ns) {
+                p.do_work();
+                continue;
+            }
+        }
+        payload[..8].copy_from_slice(&sent.to_le_bytes());
+        payload[8..16].copy_from_slice(&sdk::clock::now_ns().to_le_bytes());
+        match p.offer(1, &payload) {
+            Ok(_) => sent += 1,
+            Err(sdk::net::NetOfferError::BackPressured) => {}
+            Err(e) => return Err(e.into()),
+        }
+        p.do_work();
+    }
+    p.close(Duration::from_secs(2));
+    Ok(PublisherReport {
+        sent,
+        connected: true,
+        retransmits: p.session().stats().retransmit_frames,
+    })
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if args.size < PAYLOAD_BYTES_MIN || args.size > 1400 {
+        bail!("--size must be in {PAYLOAD_BYTES_MIN}..=1400 (one record per 1500-byte MTU frame)");
+    }
+    let stop = crate::stop_flag()?;
+    let exe = std::env::current_exe().context("locating the memstreamer binary")?;
+    let net = TestNet::create("msdemo", args.subnet)
+        .context("creating the demo namespaces (run as root)")?;
+    let tmp = tempfile::tempdir().context("creating a temporary directory")?;
+    let shm = DirGuard(PathBuf::from(format!(
+        "/dev/shm/memstreamer-demo-{}",
+        std::process::id()
+    )));
+    let counters = tmp.path().join("counters");
+    let config = tmp.path().join("node.toml");
+    write_config(&config, &args, &net, &shm.0, &counters)?;
+    let log = tmp.path().join("node.log");
+
+    println!(
+        "demo: {} ({}) <-veth-> {} ({}), backend {}",
+        net.node_ns, net.node_ip, net.peer_ns, net.peer_ip, args.backend
+    );
+    let log_file = std::fs::File::create(&log)?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &net.node_ns])
+        .arg(&exe)
+        .args(["node", "--config"])
+        .arg(&config)
+        .stdout(Stdio::from(log_file.try_clone()?))
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .context("starting the node (ip netns exec)")?;
+    let mut node = NodeChild { child };
+    let started = Instant::now();
+    let node_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    loop {
+        if let Some(status) = node.child.try_wait()? {
+            bail!(
+                "the node exited ({status}) before it was ready:\n{}",
+                node_log()
+            );
+        }
+        if node_log().contains("memstreamer node: streams") {
+            break;
+        }
+        if started.elapsed() > NODE_START_TIMEOUT || stop.load(Ordering::Relaxed) {
+            bail!(
+                "the node did not come up within {NODE_START_TIMEOUT:?}:\n{}",
+                node_log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for line in node_log().lines() {
+        println!("  {line}");
+    }
+
+    let mut subscriber = sdk::Context::builder()
+        .dir(shm.0.clone())
+        .build()
+        .subscriber(STREAM, 0);
+    let node_addr = SocketAddr::from((net.node_ip, DATA_PORT));
+    let timeout = Duration::from_secs(args.timeout_s);
+    let pub_stop = stop.clone();
+    let pub_args = (args.messages, args.size, args.rate, timeout);
+    let publisher = TestNet::spawn_in(&net.peer_ns, move || {
+        run_publisher(node_addr, pub_args, pub_stop)
+    });
+
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
+    let (mut received, mut out_of_order) = (0u64, 0u64);
+    let mut first_ns = None;
+    let deadline = Instant::now() + timeout + Duration::from_secs(5);
+    while received < args.messages && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        let n = subscriber.poll(
+            |r| {
+                let now = sdk::clock::now_ns();
+                let seq = u64::from_le_bytes(r.payload[..8].try_into().expect("8 bytes"));
+                let ts = u64::from_le_bytes(r.payload[8..16].try_into().expect("8 bytes"));
+                if seq != received {
+                    out_of_order += 1;
+                }
+                first_ns.get_or_insert(ts);
+                let _ = hist.record(now.saturating_sub(ts).max(1));
+                received += 1;
+            },
+            256,
+        )?;
+        if n == 0 {
+            if publisher.is_finished() && received == 0 {
+                break;
+            }
+            std::thread::yield_now();
+        }
+    }
+    let end_ns = sdk::clock::now_ns();
+    let report = publisher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the publisher thread panicked"))??;
+    let report = report?;
+    if !report.connected {
+        bail!(
+            "the publisher got no SETUP acknowledgement from the node within 5 s:\n{}",
+            node_log()
+        );
+    }
+    let secs = first_ns.map_or(0.0, |f| end_ns.saturating_sub(f) as f64 / 1e9);
+    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "demo: sent {} received {} out-of-order {} retransmitted frames {}",
+        report.sent, received, out_of_order, report.retransmits
+    );
+    println!(
+        "demo: {:.0} msgs/s ({} B payload, publisher rate {}), latency publisher->subscriber p50 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us",
+        received as f64 / secs.max(1e-9),
+        args.size,
+        if args.rate == 0 { "unlimited".to_string() } else { format!("{}/s", args.rate) },
+        us(0.5),
+        us(0.99),
+        us(0.999),
+        hist.max() as f64 / 1000.0
+    );
+    if let Ok(snap) = CountersSnapshot::read(&counters) {
+        let drops: u64 = snap
+            .values
+            .iter()
+            .filter(|(c, _)| c.label().contains("drop"))
+            .map(|(_, v)| v)
+            .sum();
+        println!(
+            "demo: node counters: appended {} NAKs sent {} drops {}",
+            snap.get(Counter::RxRecordsAppended).unwrap_or(0),
+            snap.get(Counter::RxNaksSent).unwrap_or(0),
+            drops
+        );
+    }
+    drop(node);
+    drop(net);
+    if received != args.messages {
+        bail!("received {received} of {} messages", args.messages);
+    }
+    Ok(())
+}
