@@ -136,6 +136,11 @@ impl Sender {
         let mut sub = *sub;
         sub.last_heard_ns = now_ns;
         if let Some(old) = self.subscriptions.iter_mut().find(|s| s.same_peer(&sub)) {
+            if old.session.config().epoch == sub.session.config().epoch {
+                // A repeated SUBSCRIBE (the subscriber has not seen our SETUP yet): keep the session.
+                old.last_heard_ns = now_ns;
+                return;
+            }
             retire(&mut self.retired, &old.session.stats());
             *old = sub;
         } else if self.subscriptions.len() < self.subscribers_max {
