@@ -2,7 +2,7 @@
 //! program of the data path lets through.
 //!
 //! The test makes two network namespaces joined by a veth pair
-//! (198.19.77.1/30 sender, 198.19.77.2/30 receiver, inside 198.18.0.0/15;
+//! (198.19.77+n.1/30 sender, .2/30 receiver, n per test, inside 198.18.0.0/15;
 //! IPv6 off and static neighbours, so no other traffic reaches the program
 //! and the counters are exact), attaches `memstreamer_xdp` natively to the
 //! receiving end with the xdp-programs loader (default deny), and starts a
@@ -64,6 +64,8 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
 }
 
 struct NetGuard {
+    /// Per-test index: namespaces, interfaces and the /30 differ by it.
+    n: u8,
     sender_ns: String,
     receiver_ns: String,
     receiver_if: String,
@@ -76,31 +78,34 @@ struct NetGuard {
 }
 
 impl NetGuard {
-    fn sender_ip() -> Ipv4Addr {
-        Ipv4Addr::new(198, 19, 77, 1)
+    fn sender_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 19, 77 + self.n, 1)
     }
-    fn receiver_ip() -> Ipv4Addr {
-        Ipv4Addr::new(198, 19, 77, 2)
+    fn receiver_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 19, 77 + self.n, 2)
     }
 
-    fn new() -> NetGuard {
+    fn new(n: u8) -> NetGuard {
+        assert!(n < 16);
         let pid = std::process::id();
         let mut g = NetGuard {
-            sender_ns: format!("mscp-{pid}-s"),
-            receiver_ns: format!("mscp-{pid}-r"),
-            receiver_if: format!("mcp{}r", pid % 1_000_000),
+            n,
+            sender_ns: format!("mscp-{pid}-{n}-s"),
+            receiver_ns: format!("mscp-{pid}-{n}-r"),
+            receiver_if: format!("mcp{}r{n}", pid % 1_000_000),
             detach: None,
             attach_thread: None,
             stop_rx: Arc::new(AtomicBool::new(false)),
             rx_thread: None,
             received: Arc::new(AtomicU64::new(0)),
         };
-        let sender_if = format!("mcp{}s", pid % 1_000_000);
-        let (smac, rmac) = ("02:00:c6:13:4d:01", "02:00:c6:13:4d:02");
-        let (sip, rip) = (
-            Self::sender_ip().to_string(),
-            Self::receiver_ip().to_string(),
+        let sender_if = format!("mcp{}s{n}", pid % 1_000_000);
+        let (smac, rmac) = (
+            format!("02:00:c6:13:{n:02x}:01"),
+            format!("02:00:c6:13:{n:02x}:02"),
         );
+        let (smac, rmac) = (smac.as_str(), rmac.as_str());
+        let (sip, rip) = (g.sender_ip().to_string(), g.receiver_ip().to_string());
         for ns in [&g.sender_ns, &g.receiver_ns] {
             ip(&["netns", "add", ns]);
             for knob in ["all", "default"] {
@@ -159,9 +164,10 @@ impl NetGuard {
         // UDP receiver in the receiver namespace, counting frames.
         let (stop, received) = (g.stop_rx.clone(), g.received.clone());
         let (bound_tx, bound_rx) = mpsc::channel();
+        let bind_ip = g.receiver_ip();
         g.rx_thread = Some(in_netns(&g.receiver_ns, move || {
-            let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Self::receiver_ip()), PORT))
-                .expect("bind receiver");
+            let sock =
+                UdpSocket::bind(SocketAddr::new(IpAddr::V4(bind_ip), PORT)).expect("bind receiver");
             sock.set_read_timeout(Some(Duration::from_millis(20)))
                 .unwrap();
             let _ = bound_tx.send(());
@@ -179,7 +185,7 @@ impl NetGuard {
     }
 
     fn source(&self) -> IpAddr {
-        IpAddr::V4(Self::sender_ip())
+        IpAddr::V4(self.sender_ip())
     }
 
     fn maps(&self) -> PolicyMaps {
@@ -188,9 +194,9 @@ impl NetGuard {
 
     /// Sends `count` data frames of `stream` from the sender namespace.
     fn send(&self, stream: u32, count: u64) {
+        let (from, to) = (self.sender_ip(), self.receiver_ip());
         in_netns(&self.sender_ns, move || {
-            let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Self::sender_ip()), 0))
-                .expect("bind sender");
+            let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(from), 0)).expect("bind sender");
             let mut frame = Vec::new();
             for i in 0..count {
                 FrameHeader {
@@ -204,8 +210,7 @@ impl NetGuard {
                 }
                 .encode(&[0xab; 64], &mut frame)
                 .expect("encode");
-                sock.send_to(&frame, (Self::receiver_ip(), PORT))
-                    .expect("send");
+                sock.send_to(&frame, (to, PORT)).expect("send");
             }
         })
         .join()
@@ -278,9 +283,9 @@ async fn acl_denial_through_the_admin_api_drops_frames_in_xdp_and_reallow_restor
         eprintln!("skipping: {reason}");
         return;
     }
-    let net = NetGuard::new();
+    let net = NetGuard::new(0);
     let node = TestNode::start(vec![net.receiver_if.clone()]).await;
-    let sip = format!("{}/32", NetGuard::sender_ip());
+    let sip = format!("{}/32", net.sender_ip());
 
     let created: serde_json::Value = serde_json::from_str(&ok_stdout(
         &node
@@ -398,4 +403,92 @@ async fn acl_denial_through_the_admin_api_drops_frames_in_xdp_and_reallow_restor
         .unwrap();
     node.stop().await;
     drop(net);
+}
+
+#[test]
+fn a_restarted_pusher_removes_stale_entries_and_writes_quotas() {
+    use controlplane::policy::PolicyPusher;
+    use controlplane::types::{
+        Acl, ClusterState, Command, NodeInfo, Operation, Permission, Principal, Quota, StreamMode,
+    };
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let net = NetGuard::new(1);
+    let stale: IpAddr = "198.19.78.9".parse().unwrap();
+    // Left behind by a previous control-plane run.
+    net.maps().allow(stale, 3).expect("stale allow");
+    net.maps()
+        .set_rate_limit(stale, 10, 10)
+        .expect("stale rate");
+
+    let mut state = ClusterState::default();
+    let apply = |s: &mut ClusterState, c: Command| {
+        let r = s.apply(&c);
+        assert!(r.clone().into_result().is_ok(), "{c:?}: {r:?}");
+    };
+    apply(
+        &mut state,
+        Command::RegisterNode(NodeInfo {
+            id: 1,
+            control_addr: "127.0.0.1:1".into(),
+            data_addr: "127.0.0.1:2".into(),
+        }),
+    );
+    apply(
+        &mut state,
+        Command::CreateStream {
+            name: "s".into(),
+            partitions: 1,
+            replication_factor: 1,
+            retention_bytes: 0,
+            retention_ms: 0,
+            mode: StreamMode::Lossy,
+        },
+    );
+    let stream = state.streams["s"].id;
+    apply(
+        &mut state,
+        Command::PutPrincipal(Principal { name: "p".into() }),
+    );
+    apply(
+        &mut state,
+        Command::PutAcl(Acl {
+            principal: "p".into(),
+            resource_pattern: "s".into(),
+            operations: vec![Operation::Write],
+            permission: Permission::Allow,
+            source_cidrs: vec!["198.19.78.0/31".parse().unwrap()],
+        }),
+    );
+    apply(
+        &mut state,
+        Command::PutQuota(Quota {
+            principal: "p".into(),
+            bytes_per_s: 1_472_000,
+            burst_bytes: 14_720,
+        }),
+    );
+
+    let mut pusher = PolicyPusher::new(&[net.receiver_if.clone()]).expect("pusher");
+    let report = pusher.push(&state);
+    assert!(report.all_ok(), "{report:?}");
+    let maps = net.maps();
+    assert_eq!(maps.policy(stale, 3).unwrap(), None, "stale allow removed");
+    assert_eq!(maps.rate_limit(stale).unwrap(), None, "stale rate removed");
+    for host in ["198.19.78.0", "198.19.78.1"] {
+        let addr: IpAddr = host.parse().unwrap();
+        assert_eq!(maps.policy(addr, stream).unwrap(), Some(true));
+        let bucket = maps.rate_limit(addr).unwrap().expect("quota bucket");
+        assert_eq!((bucket.rate_per_sec, bucket.burst), (1000, 10));
+    }
+    // Pushing the same state again writes nothing.
+    let again = pusher.push(&state);
+    assert!(matches!(again.ifaces[0].result, Ok(0)), "{again:?}");
+    // An interface without the program is reported, not a panic.
+    let mut missing = PolicyPusher::new(&["msx-absent0".to_string()]).expect("pusher");
+    let r = missing.push(&state);
+    let err = r.ifaces[0].result.as_ref().expect_err("not attached");
+    assert!(err.to_string().contains("ms-xdp attach"), "{err}");
 }
