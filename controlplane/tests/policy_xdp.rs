@@ -471,7 +471,7 @@ fn a_restarted_pusher_removes_stale_entries_and_writes_quotas() {
         }),
     );
 
-    let mut pusher = PolicyPusher::new(&[net.receiver_if.clone()]).expect("pusher");
+    let mut pusher = PolicyPusher::new(std::slice::from_ref(&net.receiver_if)).expect("pusher");
     let report = pusher.push(&state);
     assert!(report.all_ok(), "{report:?}");
     let maps = net.maps();
