@@ -29,6 +29,10 @@ use crate::session::{SessionConfig, SessionTable};
 /// Why a node could not start; each message says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeStartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigLoadError),
+    #[error("cannot attach the {agent} to the rings: {detail} (another process may hold every slot; raise subscribers_max of the rings' creator)")]
+    Attach { agent: &'static str, detail: String },
     #[error("cannot create the ring of stream {stream} partition {partition}: {detail}")]
     Ring {
         stream: u32,
