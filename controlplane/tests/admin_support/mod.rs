@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use controlplane::certs::{self, CertPair, DevCerts};
@@ -21,7 +22,8 @@ pub const MSCTL: &str = env!("CARGO_BIN_EXE_msctl");
 pub const READY_WAIT_MAX: Duration = Duration::from_secs(20);
 
 pub struct TestNode {
-    pub dir: tempfile::TempDir,
+    pub id: u64,
+    pub dir: Arc<tempfile::TempDir>,
     pub addr: SocketAddr,
     pub http: SocketAddr,
     pub audit: PathBuf,
@@ -34,16 +36,49 @@ pub struct TestNode {
 impl TestNode {
     /// Starts node 1 and waits until it leads and is registered.
     pub async fn start(data_ifaces: Vec<String>) -> TestNode {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let node = TestNode::start_member(&dir, 1, free_port(), None, data_ifaces).await;
+        node.wait_ready(&[1], Some(1)).await;
+        node
+    }
+
+    /// Starts `n` nodes (ids 1..=n, node 1 bootstraps, the others join it),
+    /// node i with `data_ifaces[i - 1]`, and waits until every node sees
+    /// all members registered and a leader.
+    pub async fn start_cluster(data_ifaces: Vec<Vec<String>>) -> Vec<TestNode> {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let ids: Vec<u64> = (1..=data_ifaces.len() as u64).collect();
+        let mut nodes: Vec<TestNode> = Vec::new();
+        for (i, ifaces) in data_ifaces.into_iter().enumerate() {
+            let join = nodes.first().map(|n| n.addr.to_string());
+            nodes.push(TestNode::start_member(&dir, i as u64 + 1, free_port(), join, ifaces).await);
+        }
+        for n in &nodes {
+            n.wait_ready(&ids, None).await;
+        }
+        nodes
+    }
+
+    async fn start_member(
+        dir: &Arc<tempfile::TempDir>,
+        id: u64,
+        port: u16,
+        join: Option<String>,
+        data_ifaces: Vec<String>,
+    ) -> TestNode {
         let cert_dir = dir.path().join("certs");
         let certs = certs::generate_dev(&cert_dir).expect("dev certs");
-        let config = NodeConfig {
-            id: 1,
-            listen: "127.0.0.1:0".into(),
-            data_dir: dir.path().join("data"),
+        let mut config = NodeConfig {
+            id,
+            listen: format!("127.0.0.1:{port}"),
+            data_addr: format!("127.0.0.1:{}", 21_000 + id),
+            data_dir: dir.path().join(format!("n{id}")),
             cert_dir: Some(cert_dir),
+            join,
             ..NodeConfig::default()
         };
+        config.liveness.heartbeat_interval_ms = 50;
+        config.liveness.node_timeout_ms = 1_000;
         std::fs::create_dir_all(&config.data_dir).expect("data dir");
         let admin = AdminConfig {
             http_listen: "127.0.0.1:0".into(),
@@ -61,20 +96,10 @@ impl TestNode {
         .await
         .expect("node starts");
         let parts = parts.expect("admin started");
-        let addr = node.local_addr;
-        let deadline = Instant::now() + READY_WAIT_MAX;
-        loop {
-            let registered = node.cluster.view().read(|d| d.state.nodes.contains_key(&1));
-            let leads = node.cluster.raft().metrics().borrow().current_leader == Some(1);
-            if registered && leads {
-                break;
-            }
-            assert!(Instant::now() < deadline, "node did not become ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         TestNode {
-            dir,
-            addr,
+            id,
+            dir: dir.clone(),
+            addr: node.local_addr,
             http: parts.http_addr.expect("http enabled"),
             audit: parts.audit_path,
             certs,
@@ -82,6 +107,48 @@ impl TestNode {
             stop,
             tasks: parts.tasks,
         }
+    }
+
+    /// Waits until this node has applied the registration of every node in
+    /// `ids` and knows a leader (`leader`, if given).
+    pub async fn wait_ready(&self, ids: &[u64], leader: Option<u64>) {
+        let node = self.node.as_ref().expect("running");
+        let deadline = Instant::now() + READY_WAIT_MAX;
+        loop {
+            let registered = node
+                .cluster
+                .view()
+                .read(|d| ids.iter().all(|id| d.state.nodes.contains_key(id)));
+            let current = node.cluster.raft().metrics().borrow().current_leader;
+            let leads = match leader {
+                Some(l) => current == Some(l),
+                None => current.is_some(),
+            };
+            if registered && leads {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not become ready",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The node's current view of the Raft leader.
+    pub fn leader(&self) -> Option<u64> {
+        self.node
+            .as_ref()?
+            .cluster
+            .raft()
+            .metrics()
+            .borrow()
+            .current_leader
+    }
+
+    pub fn cluster(&self) -> &controlplane::cluster::Cluster {
+        &self.node.as_ref().expect("running").cluster
     }
 
     pub fn cert_dir(&self) -> &Path {
@@ -146,6 +213,15 @@ impl TestNode {
             node.shutdown().await;
         }
     }
+}
+
+/// A free loopback TCP port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// stdout of a successful msctl run (panics with stderr otherwise).
