@@ -90,7 +90,7 @@ fn node_process_delivers_and_stat_reads_its_counters() {
         let appended = text
             .lines()
             .find(|l| l.contains("receiver: records appended to rings"))
-            .and_then(|l| l.split_whitespace().rev().next().map(str::to_owned));
+            .and_then(|l| l.split_whitespace().next_back().map(str::to_owned));
         if appended.as_deref() == Some(&count.to_string()) || Instant::now() > deadline {
             break text;
         }
@@ -187,4 +187,9 @@ fn demo(backend: &str, subnet: &str) {
 #[test]
 fn demo_udp_backend() {
     demo("udp", "201");
+}
+
+#[test]
+fn demo_afxdp_backend() {
+    demo("afxdp", "202");
 }
