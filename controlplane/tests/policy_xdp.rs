@@ -492,3 +492,147 @@ fn a_restarted_pusher_removes_stale_entries_and_writes_quotas() {
     let err = r.ifaces[0].result.as_ref().expect_err("not attached");
     assert!(err.to_string().contains("ms-xdp attach"), "{err}");
 }
+
+/// The same end to end on three control-plane nodes, each writing the maps
+/// of its own data interface (one veth pair per node): a Deny sent to a
+/// follower's admin API drops the senders' frames on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_denial_drops_frames_on_every_node() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let nets: Vec<Arc<NetGuard>> = (2..5).map(|n| Arc::new(NetGuard::new(n))).collect();
+    let nodes =
+        TestNode::start_cluster(nets.iter().map(|n| vec![n.receiver_if.clone()]).collect()).await;
+    let leader_id = nodes[0].leader().expect("leader");
+    let follower = nodes
+        .iter()
+        .find(|n| n.id != leader_id)
+        .expect("a follower");
+
+    let created: serde_json::Value = serde_json::from_str(&ok_stdout(
+        &follower
+            .msctl(&[
+                "--json",
+                "stream",
+                "create",
+                "fleet",
+                "--replication-factor",
+                "3",
+            ])
+            .await,
+    ))
+    .expect("json");
+    let stream = created["id"].as_u64().expect("stream id") as u32;
+    ok_stdout(&follower.msctl(&["principal", "create", "sensors"]).await);
+    let mut args = vec![
+        "acl".to_string(),
+        "put".into(),
+        "--principal".into(),
+        "sensors".into(),
+        "--resource".into(),
+        "fleet".into(),
+        "--op".into(),
+        "write".into(),
+    ];
+    for n in &nets {
+        args.push("--source".into());
+        args.push(format!("{}/32", n.sender_ip()));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok_stdout(&follower.msctl(&args).await);
+
+    // Every node's interface lets its sender through.
+    let mut before = Vec::new();
+    for n in &nets {
+        let n = n.clone();
+        before.push(
+            tokio::task::spawn_blocking(move || {
+                n.wait_policy(stream, Some(true));
+                let c0 = n.maps().counters().unwrap();
+                n.send(stream, FRAMES);
+                let c1 = n.expect_verdict(&c0, Verdict::RedirectNoSocket, FRAMES);
+                n.wait_received(FRAMES);
+                c1
+            })
+            .await
+            .unwrap(),
+        );
+    }
+
+    // Deny through a follower: every node drops.
+    ok_stdout(
+        &follower
+            .msctl(&[
+                "acl",
+                "put",
+                "--principal",
+                "sensors",
+                "--resource",
+                "fl*",
+                "--op",
+                "write",
+                "--deny",
+            ])
+            .await,
+    );
+    // Time until the deny is in every node's map (waited for in parallel).
+    let waits: Vec<_> = nets
+        .iter()
+        .map(|n| {
+            let n = n.clone();
+            std::thread::spawn(move || n.wait_policy(stream, Some(false)))
+        })
+        .collect();
+    let took: Vec<Duration> = waits.into_iter().map(|w| w.join().unwrap()).collect();
+    eprintln!(
+        "3 nodes: deny in every node's XDP map at most {:?} after msctl (sent to a follower) exited",
+        took.iter().max().unwrap()
+    );
+    let mut denied = Vec::new();
+    for (n, c1) in nets.iter().zip(before) {
+        let n = n.clone();
+        denied.push(
+            tokio::task::spawn_blocking(move || {
+                n.send(stream, FRAMES);
+                let c2 = n.expect_verdict(&c1, Verdict::DropPolicy, FRAMES);
+                assert_eq!(c2.since(&c1).get(Verdict::RedirectNoSocket), 0);
+                assert_eq!(n.received.load(Ordering::Relaxed), FRAMES);
+                c2
+            })
+            .await
+            .unwrap(),
+        );
+    }
+
+    // Re-allow: every node delivers again.
+    ok_stdout(
+        &follower
+            .msctl(&[
+                "acl",
+                "delete",
+                "--principal",
+                "sensors",
+                "--resource",
+                "fl*",
+            ])
+            .await,
+    );
+    for (n, c2) in nets.iter().zip(denied) {
+        let n = n.clone();
+        tokio::task::spawn_blocking(move || {
+            n.wait_policy(stream, Some(true));
+            n.send(stream, FRAMES);
+            let c3 = n.expect_verdict(&c2, Verdict::RedirectNoSocket, FRAMES);
+            assert_eq!(c3.since(&c2).get(Verdict::DropPolicy), 0);
+            n.wait_received(2 * FRAMES);
+        })
+        .await
+        .unwrap();
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+    drop(nets);
+}
