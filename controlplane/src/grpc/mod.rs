@@ -4,11 +4,15 @@
 //! (UNAUTHENTICATED without one), the call is authorized against the ACLs of
 //! the applied state and the superusers (PERMISSION_DENIED otherwise), and
 //! every mutation and every refusal is written to the audit log before the
-//! answer. Mutations are proposed through Raft on the leader (`client_write`,
-//! which returns once the entry is committed and applied there); a follower
-//! answers FAILED_PRECONDITION naming the leader's address in the message and
-//! in the `x-ms-leader` metadata key. Reads are served from this node's
-//! applied state (a follower may lag by the replication delay).
+//! answer. Mutations go through [`Cluster`]: committed by the Raft leader
+//! (`client_write`, answered once applied there), forwarded by a follower.
+//! Calls only the leader can serve (leadership transfer) are answered by a
+//! follower with FAILED_PRECONDITION naming the leader's address in the
+//! message and in the `x-ms-leader` metadata key (msctl retries there).
+//! Reads are served from this node's applied state (a follower may lag by
+//! the replication delay). Calls refused in the TLS handshake (no, expired,
+//! malformed or foreign-CA certificate) never reach the service and so are
+//! not audited; the handshake failure is the answer.
 //!
 //! Requests larger than [`ADMIN_REQUEST_BYTES_MAX`] are refused by tonic
 //! before decoding (OUT_OF_RANGE).
