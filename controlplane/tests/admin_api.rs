@@ -149,6 +149,11 @@ async fn bad_input_gets_the_right_status_and_a_message_that_says_what_to_do() {
         "msctl node list",
     );
     expect_status(
+        c.remove_member(pb::RemoveMemberRequest { id: 1 }).await,
+        Code::FailedPrecondition,
+        "add another member first",
+    );
+    expect_status(
         c.transfer_leadership(pb::TransferLeadershipRequest { to: 42 })
             .await,
         Code::NotFound,
