@@ -19,7 +19,7 @@ use controlplane::pb::admin as pb;
 use controlplane::pb::admin::admin_client::AdminClient;
 
 /// Admin address a single node with embedded defaults listens on.
-const ENDPOINT_DEFAULT: &str = "127.0.0.1:7400";
+const ENDPOINT_DEFAULT: &str = controlplane::node::LISTEN_DEFAULT;
 /// Connect and per-call timeouts.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
