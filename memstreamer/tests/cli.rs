@@ -186,10 +186,10 @@ fn demo(backend: &str, subnet: &str) {
 
 #[test]
 fn demo_udp_backend() {
-    demo("udp", "201");
+    demo("udp", "211");
 }
 
 #[test]
 fn demo_afxdp_backend() {
-    demo("afxdp", "202");
+    demo("afxdp", "212");
 }
