@@ -292,6 +292,8 @@ pub struct SessionTable {
     free: Vec<usize>,
     active: Vec<usize>,
     cursor: usize,
+    /// The session of the last DATA/HEARTBEAT (cleared whenever a session is removed).
+    last: Option<(SessionKey, usize)>,
     subscribes: Vec<SubscribeRequest>,
     body: Vec<u8>,
     stats: ReceiverStats,
@@ -312,6 +314,7 @@ impl SessionTable {
             free: (0..n).rev().collect(),
             active: Vec::with_capacity(n),
             cursor: 0,
+            last: None,
             subscribes: Vec::with_capacity(SUBSCRIBE_REQUESTS_MAX),
             body: Vec::with_capacity(HEADER_BYTES + wire::SETUP_BODY_BYTES_MAX),
             stats: ReceiverStats::default(),
@@ -472,9 +475,17 @@ impl SessionTable {
             partition: h.partition,
             session_id: h.session_id,
         };
-        let Some(&i) = self.index.get(&key) else {
-            self.stats.drop_unknown_session += 1;
-            return None;
+        // One-entry cache: consecutive frames usually belong to the same session.
+        let i = match self.last {
+            Some((k, i)) if k == key => i,
+            _ => {
+                let Some(&i) = self.index.get(&key) else {
+                    self.stats.drop_unknown_session += 1;
+                    return None;
+                };
+                self.last = Some((key, i));
+                i
+            }
         };
         let s = self.slots[i].as_ref().expect("indexed slot is occupied");
         if h.epoch < s.epoch {
@@ -604,6 +615,7 @@ impl SessionTable {
     }
 
     fn remove(&mut self, i: usize) {
+        self.last = None;
         if let Some(s) = self.slots[i].take() {
             self.index.remove(&s.key);
             if let Some(pos) = self.active.iter().position(|&a| a == i) {
