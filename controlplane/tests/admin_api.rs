@@ -143,6 +143,31 @@ async fn bad_input_gets_the_right_status_and_a_message_that_says_what_to_do() {
         Code::InvalidArgument,
         "missing `acl`",
     );
+    let quota = |principal: &str, rate: u64| pb::PutQuotaRequest {
+        quota: Some(pb::Quota {
+            principal: principal.into(),
+            bytes_per_s: rate,
+            burst_bytes: 1500,
+        }),
+    };
+    expect_status(
+        c.put_quota(quota("ghost", 1000)).await,
+        Code::NotFound,
+        "create it first",
+    );
+    expect_status(
+        c.put_quota(quota("alice", 0)).await,
+        Code::InvalidArgument,
+        "must both be > 0",
+    );
+    expect_status(
+        c.delete_quota(pb::DeleteQuotaRequest {
+            principal: "alice".into(),
+        })
+        .await,
+        Code::NotFound,
+        "msctl quota list",
+    );
     expect_status(
         c.remove_member(pb::RemoveMemberRequest { id: 42 }).await,
         Code::NotFound,

@@ -395,6 +395,51 @@ async fn acl_denial_through_the_admin_api_drops_frames_in_xdp_and_reallow_restor
     .await
     .unwrap();
 
+    // A quota becomes a token bucket (frames) on the sender's address.
+    ok_stdout(
+        &node
+            .msctl(&[
+                "quota",
+                "put",
+                "--principal",
+                "sensor",
+                "--bytes-per-s",
+                "147200",
+                "--burst-bytes",
+                "14720",
+            ])
+            .await,
+    );
+    let n = net.clone();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + WAIT_MAX;
+        loop {
+            if let Some(b) = n.maps().rate_limit(n.source()).unwrap() {
+                assert_eq!((b.rate_per_sec, b.burst), (100, 10));
+                break;
+            }
+            assert!(Instant::now() < deadline, "rate limit never written");
+            std::thread::sleep(POLL);
+        }
+    })
+    .await
+    .unwrap();
+    ok_stdout(
+        &node
+            .msctl(&["quota", "delete", "--principal", "sensor"])
+            .await,
+    );
+    let n = net.clone();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + WAIT_MAX;
+        while n.maps().rate_limit(n.source()).unwrap().is_some() {
+            assert!(Instant::now() < deadline, "rate limit never cleared");
+            std::thread::sleep(POLL);
+        }
+    })
+    .await
+    .unwrap();
+
     // Deleting the stream removes its entries (default deny again).
     ok_stdout(&node.msctl(&["stream", "delete", "telemetry"]).await);
     let n = net.clone();

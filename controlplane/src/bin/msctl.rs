@@ -57,6 +57,9 @@ enum Cmd {
     /// Principals (identities ACLs refer to).
     #[command(subcommand)]
     Principal(PrincipalCmd),
+    /// Per-principal rate limits (enforced per source address in XDP).
+    #[command(subcommand)]
+    Quota(QuotaCmd),
     /// Cluster members.
     #[command(subcommand)]
     Node(NodeCmd),
@@ -144,6 +147,23 @@ enum PrincipalCmd {
     Create { name: String },
     List,
     Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum QuotaCmd {
+    Put {
+        #[arg(long)]
+        principal: String,
+        #[arg(long)]
+        bytes_per_s: u64,
+        #[arg(long)]
+        burst_bytes: u64,
+    },
+    List,
+    Delete {
+        #[arg(long)]
+        principal: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -597,6 +617,57 @@ async fn run(cli: &Cli) -> Result<(), String> {
             done(format!(
                 "principal {name} deleted (with its ACLs and quota)"
             ));
+        }
+        Cmd::Quota(QuotaCmd::Put {
+            principal,
+            bytes_per_s,
+            burst_bytes,
+        }) => {
+            let quota = pb::Quota {
+                principal: principal.clone(),
+                bytes_per_s: *bytes_per_s,
+                burst_bytes: *burst_bytes,
+            };
+            call!(cli, put_quota, pb::PutQuotaRequest { quota: Some(quota) })?;
+            done(format!("quota of {principal} stored"));
+        }
+        Cmd::Quota(QuotaCmd::List) => {
+            let r = call!(cli, list_quotas, pb::ListQuotasRequest {})?;
+            if json_out {
+                let v: Vec<Value> = r
+                    .quotas
+                    .iter()
+                    .map(|q| {
+                        json!({"principal": q.principal, "bytes_per_s": q.bytes_per_s,
+                               "burst_bytes": q.burst_bytes})
+                    })
+                    .collect();
+                println!("{}", Value::Array(v));
+            } else {
+                table(
+                    &["PRINCIPAL", "BYTES_PER_S", "BURST_BYTES"],
+                    r.quotas
+                        .iter()
+                        .map(|q| {
+                            vec![
+                                q.principal.clone(),
+                                q.bytes_per_s.to_string(),
+                                q.burst_bytes.to_string(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Cmd::Quota(QuotaCmd::Delete { principal }) => {
+            call!(
+                cli,
+                delete_quota,
+                pb::DeleteQuotaRequest {
+                    principal: principal.clone()
+                }
+            )?;
+            done(format!("quota of {principal} deleted"));
         }
         Cmd::Node(NodeCmd::List) => {
             let r = call!(cli, list_nodes, pb::ListNodesRequest {})?;

@@ -5,8 +5,8 @@ use tonic::Status;
 
 use crate::pb::admin as pb;
 use crate::types::{
-    validate_name, Acl, Cidr, CommandRejection, Operation, PartitionAssignment, Permission, Stream,
-    StreamMode, ACL_SOURCE_CIDRS_MAX, PARTITIONS_MAX, REPLICATION_FACTOR_MAX,
+    validate_name, Acl, Cidr, CommandRejection, Operation, PartitionAssignment, Permission, Quota,
+    Stream, StreamMode, ACL_SOURCE_CIDRS_MAX, PARTITIONS_MAX, REPLICATION_FACTOR_MAX,
 };
 
 /// The gRPC status of a state-machine rejection.
@@ -184,4 +184,21 @@ pub fn acl_to_pb(acl: &Acl) -> pb::Acl {
         },
         source_cidrs: acl.source_cidrs.iter().map(|c| c.to_string()).collect(),
     }
+}
+
+/// Converts and checks a quota from a request.
+pub fn quota_from_pb(q: Option<pb::Quota>) -> Result<Quota, Status> {
+    let q = q.ok_or_else(|| Status::invalid_argument("missing `quota`: set the quota to put"))?;
+    check_name("principal", &q.principal)?;
+    if q.bytes_per_s == 0 || q.burst_bytes == 0 {
+        return Err(Status::invalid_argument(format!(
+            "bytes_per_s ({}) and burst_bytes ({}) must both be > 0; delete the quota to lift it",
+            q.bytes_per_s, q.burst_bytes
+        )));
+    }
+    Ok(Quota {
+        principal: q.principal,
+        bytes_per_s: q.bytes_per_s,
+        burst_bytes: q.burst_bytes,
+    })
 }

@@ -547,6 +547,75 @@ impl Admin for AdminService {
         Ok(Response::new(pb::DeletePrincipalReply {}))
     }
 
+    async fn put_quota(
+        &self,
+        req: Request<pb::PutQuotaRequest>,
+    ) -> Result<Response<pb::PutQuotaReply>, Status> {
+        let who = self.check(&req, "PutQuota", Operation::ClusterAdmin, Resource::Cluster)?;
+        let q = req.into_inner().quota;
+        let resource = format!(
+            "quota:{}",
+            q.as_ref().map(|q| q.principal.as_str()).unwrap_or("-")
+        );
+        let quota = match quota_from_pb(q) {
+            Ok(q) => q,
+            Err(s) => return self.refuse(&who, "PutQuota", &resource, s),
+        };
+        self.propose(&who, "PutQuota", &resource, Command::PutQuota(quota))
+            .await?;
+        Ok(Response::new(pb::PutQuotaReply {}))
+    }
+
+    async fn list_quotas(
+        &self,
+        req: Request<pb::ListQuotasRequest>,
+    ) -> Result<Response<pb::ListQuotasReply>, Status> {
+        self.check(&req, "ListQuotas", Operation::Describe, Resource::Cluster)?;
+        let quotas = self.state().read(|d| {
+            d.state
+                .quotas
+                .values()
+                .map(|q| pb::Quota {
+                    principal: q.principal.clone(),
+                    bytes_per_s: q.bytes_per_s,
+                    burst_bytes: q.burst_bytes,
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListQuotasReply { quotas }))
+    }
+
+    async fn delete_quota(
+        &self,
+        req: Request<pb::DeleteQuotaRequest>,
+    ) -> Result<Response<pb::DeleteQuotaReply>, Status> {
+        let who = self.check(
+            &req,
+            "DeleteQuota",
+            Operation::ClusterAdmin,
+            Resource::Cluster,
+        )?;
+        let principal = req.into_inner().principal;
+        let resource = format!("quota:{principal}");
+        let exists = self
+            .state()
+            .read(|d| d.state.quotas.contains_key(&principal));
+        if !exists {
+            let s = Status::not_found(format!(
+                "{principal:?} has no quota: `msctl quota list` shows the quotas"
+            ));
+            return self.refuse(&who, "DeleteQuota", &resource, s);
+        }
+        self.propose(
+            &who,
+            "DeleteQuota",
+            &resource,
+            Command::DeleteQuota { principal },
+        )
+        .await?;
+        Ok(Response::new(pb::DeleteQuotaReply {}))
+    }
+
     async fn list_nodes(
         &self,
         req: Request<pb::ListNodesRequest>,
