@@ -36,7 +36,7 @@ pub fn run(args: StatArgs) -> anyhow::Result<()> {
         if !args.once {
             print!("\x1b[2J\x1b[H");
         }
-        print(&snap, previous.as_ref(), args.all, args.interval_ms);
+        print(&snap, previous.as_ref(), args.all);
         if args.once || stop.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
@@ -69,9 +69,17 @@ fn print(
         if v == 0 && !all {
             continue;
         }
-        let rate = match (previous.and_then(|p| p.get(c)), c.kind()) {
-            (Some(before), CounterKind::Total) => {
-                format!("{}", v.saturating_sub(before) * 1000 / interval_ms.max(1))
+        // Rates over the writer's own timestamps (the file is refreshed every ~10 ms).
+        let rate = match (
+            previous.and_then(|p| p.get(c).map(|b| (b, p.updated_unix_ns))),
+            c.kind(),
+        ) {
+            (Some((before, then)), CounterKind::Total) if snap.updated_unix_ns > then => {
+                let ns = u128::from(snap.updated_unix_ns - then);
+                format!(
+                    "{}",
+                    u128::from(v.saturating_sub(before)) * 1_000_000_000 / ns
+                )
             }
             _ => String::new(),
         };
