@@ -45,12 +45,7 @@ pub fn run(args: StatArgs) -> anyhow::Result<()> {
     }
 }
 
-fn print(
-    snap: &CountersSnapshot,
-    previous: Option<&CountersSnapshot>,
-    all: bool,
-    interval_ms: u64,
-) {
+fn print(snap: &CountersSnapshot, previous: Option<&CountersSnapshot>, all: bool) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
