@@ -4,6 +4,7 @@
 //! Benchmarks measure; they never assert.
 #![forbid(unsafe_code)]
 
+mod net;
 mod report;
 mod shm;
 mod storage;
@@ -30,6 +31,8 @@ enum Cmd {
     Shm(SuiteArgs),
     /// storage-nvme: append throughput and durable-ack latency vs fio.
     Storage(SuiteArgs),
+    /// Network path: AF_XDP vs kernel UDP backend over veth (latency, throughput, drain cost).
+    Net(SuiteArgs),
     /// Every suite in turn.
     All(SuiteArgs),
     /// Internal: a peer process started by a suite.
@@ -47,9 +50,11 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Shm(a) => report::emit_json(&shm::run(&a)?),
         Cmd::Storage(a) => report::emit_json(&storage::run(&a)?),
+        Cmd::Net(a) => report::emit_json(&net::run(&a)?),
         Cmd::All(a) => {
             report::emit_json(&shm::run(&a)?);
             report::emit_json(&storage::run(&a)?);
+            report::emit_json(&net::run(&a)?);
         }
         Cmd::Child { suite, role, rest } => match suite.as_str() {
             "shm" => shm::child(&role, &rest)?,

@@ -225,6 +225,14 @@ fn kernel_neighbour(iface: &str, ip: Ipv4Addr) -> Option<[u8; 6]> {
     None
 }
 
+/// "reason: cause" (xsk-rs puts the errno in the source, e.g. EOPNOTSUPP).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    match e.source() {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
 struct BoundQueue {
     queue: XskQueue,
     zero_copy: bool,
@@ -267,12 +275,14 @@ fn open_queue(cfg: &XskConfig, id: u32) -> Result<BoundQueue, XskPortOpenError> 
                 Ok((u, d)) => (u, d, true, None),
                 Err(e) => {
                     let (u, d) =
-                        Umem::new(umem_cfg, count, false).map_err(|e| umem_err(e.to_string()))?;
-                    (u, d, false, Some(format!("hugepage UMEM refused: {e}")))
+                        Umem::new(umem_cfg, count, false).map_err(|e| umem_err(error_chain(&e)))?;
+                    let why = error_chain(&e);
+                    (u, d, false, Some(format!("hugepage UMEM refused: {why}")))
                 }
             }
         } else {
-            let (u, d) = Umem::new(umem_cfg, count, false).map_err(|e| umem_err(e.to_string()))?;
+            let (u, d) =
+                Umem::new(umem_cfg, count, false).map_err(|e| umem_err(error_chain(&e)))?;
             (u, d, false, Some("hugepages not requested".to_string()))
         };
         let flags = if zero_copy {
@@ -320,13 +330,13 @@ fn open_queue(cfg: &XskConfig, id: u32) -> Result<BoundQueue, XskPortOpenError> 
                     "libxdp returned no fill/completion ring for an unshared UMEM".into(),
                 ))
             }
-            Err(e) if zero_copy => zero_copy_refusal = Some(e.to_string()),
+            Err(e) if zero_copy => zero_copy_refusal = Some(error_chain(&e)),
             Err(e) => {
                 return Err(XskPortOpenError::Bind {
                     iface: cfg.interface.clone(),
                     queue: id,
                     zero_copy: zero_copy_refusal.unwrap_or_default(),
-                    copy: e.to_string(),
+                    copy: error_chain(&e),
                 })
             }
         }

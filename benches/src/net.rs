@@ -1,0 +1,569 @@
+//! `ms-bench net`: the network path of a node, AF_XDP backend vs kernel UDP
+//! backend, measured in the same run on a veth pair between two network
+//! namespaces (`dataplane::testnet`, 198.18.0.0/15 addresses only).
+//!
+//! ```text
+//!  peer netns                         node netns (this process, one thread)        local
+//!  sdk::net::UdpPublisher --veth--> XDP program -> NetPort (afxdp | udp)           sdk::Subscriber
+//!  (stamps clock::now_ns()            -> SessionTable::handle (decode, CRC,   --->  (reads the ring,
+//!   into each payload)                   gap check) -> shm ring append              records now - stamp)
+//!                      <---------- STATUS / NAK via NetPort::send + flush_tx
+//! ```
+//!
+//! Figures:
+//! - **latency**: one 64-byte record per message, paced (the publisher sleeps
+//!   between messages); the subscriber records `now_ns() - stamp` per record
+//!   in an hdrhistogram (3 significant digits, warm-up not recorded). Both
+//!   ends read the same clock (`sdk::clock`, TSC-based) in one process. The
+//!   XDP program is attached for both backends (policy on the path); with the
+//!   UDP backend no AF_XDP socket is registered, so XDP passes the frames to
+//!   the kernel stack (`redirect_no_socket`).
+//! - **throughput**: records/s at the subscriber (first to last record) with
+//!   the publisher offering as fast as flow control allows.
+//! - **drain**: the receiver's cost per core. A raw sender fills the RX ring
+//!   (AF_XDP) or socket buffer (UDP) with DATA frames of `DRAIN_RECORDS_PER_FRAME`
+//!   16-byte records while the receiver does not poll; then one thread drains
+//!   it: RX ring -> parse Ethernet/IP/UDP -> frame decode (CRC32C) -> record
+//!   validation -> shm ring append. Records/s over that thread's wall time.
+//!
+//! Benchmarks measure, they never assert. Needs root (netns, XDP, AF_XDP).
+
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use dataplane::net::afxdp::{XskConfig, XskPort};
+use dataplane::net::udp::UdpPort;
+use dataplane::net::NetPort;
+use dataplane::session::{RecordSink, SessionConfig, SessionTable};
+use dataplane::testnet::TestNet;
+use sdk::net::wire::{encode_setup, push_record};
+use sdk::net::{NetOfferError, PublisherConfig, UdpPublisher};
+use sdk::{clock, Context, Mode, StartAt};
+use serde_json::json;
+use xdp_programs::abi_consts::CONFIG_FLAG_DEFAULT_ALLOW;
+use xdp_programs::frame::{FrameHeader, FrameType};
+use xdp_programs::{AttachMode, Config, XdpProgram};
+
+use crate::report::{latency_histogram, Latency};
+use crate::SuiteArgs;
+
+const PORT: u16 = 7447;
+const STREAM: u32 = 1;
+const PAYLOAD_BYTES: usize = 64;
+/// Pause between latency-phase messages (the publisher sleeps this long).
+const LATENCY_INTERVAL: Duration = Duration::from_micros(50);
+const WARMUP_MESSAGES: u64 = 2_000;
+const DRAIN_RECORDS_PER_FRAME: usize = 32;
+const DRAIN_PAYLOAD_BYTES: usize = 16;
+/// Every wait in this suite gives up after this long.
+const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
+const RING_CAPACITY_BYTES: u64 = 64 << 20;
+/// AF_XDP frames per queue: the RX ring holds half (the drain pre-fill).
+const XSK_FRAMES: u32 = 32_768;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    AfXdp,
+    Udp,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::AfXdp => "afxdp",
+            Backend::Udp => "udp",
+        }
+    }
+}
+
+struct Sizes {
+    latency_messages: u64,
+    throughput_messages: u64,
+    drain_frames_afxdp: u64,
+    drain_frames_udp: u64,
+    rounds: usize,
+}
+
+fn open_port(backend: Backend, iface: &str, local: SocketAddrV4) -> anyhow::Result<NetPort> {
+    Ok(match backend {
+        Backend::AfXdp => {
+            let mut cfg = XskConfig::new(iface, local);
+            cfg.frames_per_queue = XSK_FRAMES;
+            NetPort::AfXdp(XskPort::open(&cfg)?)
+        }
+        Backend::Udp => NetPort::Udp(UdpPort::bind(SocketAddr::V4(local), 64, 1024)?),
+    })
+}
+
+fn session_config() -> SessionConfig {
+    SessionConfig {
+        sessions_max: 4,
+        window_bytes: 16 << 20,
+        nak_delay_ns: 100_000,
+        nak_retry_ns: 2_000_000,
+        status_interval_ns: 1_000_000,
+        session_timeout_ns: 10_000_000_000,
+        receiver_id: 1,
+    }
+}
+
+/// The ring of the node: SessionTable appends through this.
+struct RingSink(sdk::Publisher);
+
+impl RecordSink for RingSink {
+    fn append(&mut self, _partition: usize, record_type: u16, payload: &[u8]) -> Option<u64> {
+        self.0.offer_typed(record_type, payload).ok()
+    }
+}
+
+fn ring_context(dir: &std::path::Path) -> Context {
+    Context::builder()
+        .dir(dir)
+        .capacity_bytes(RING_CAPACITY_BYTES)
+        .mode(Mode::Reliable)
+        .start_at(StartAt::Earliest)
+        .build()
+}
+
+/// One node duty cycle: receive, decode, append, answer.
+fn node_cycle(
+    port: &mut NetPort,
+    table: &mut SessionTable,
+    sink: &mut RingSink,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> usize {
+    let now = clock::now_ns();
+    let n = port.poll_rx(max, &mut |src, bytes| table.handle(now, src, bytes, sink));
+    while let Some(dst) = table.poll_transmit(now, None, out) {
+        port.send(dst, out);
+    }
+    port.flush_tx();
+    n
+}
+
+struct E2e {
+    latency: Latency,
+    records_per_s: f64,
+    received: u64,
+}
+
+/// Remote publisher -> node (backend) -> ring -> local subscriber.
+fn e2e(
+    backend: Backend,
+    net: &TestNet,
+    dir: &std::path::Path,
+    messages: u64,
+    paced: bool,
+) -> anyhow::Result<E2e> {
+    let ctx = ring_context(dir);
+    let _ = ctx.remove(STREAM, 0);
+    let publisher_ring = ctx.publisher(STREAM, 0)?;
+    let mut subscriber = ctx.subscriber(STREAM, 0);
+    subscriber.try_attach(true)?;
+    let node = SocketAddrV4::new(net.node_ip, PORT);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (node_if, stop_node) = (net.node_if.clone(), stop.clone());
+    let node_thread = TestNet::spawn_in(&net.node_ns, move || -> anyhow::Result<()> {
+        let mut port = open_port(backend, &node_if, node)?;
+        let mut table = SessionTable::new(session_config(), &[(STREAM, 0)]);
+        let mut sink = RingSink(publisher_ring);
+        let mut out = Vec::with_capacity(2048);
+        while !stop_node.load(Ordering::Relaxed) {
+            node_cycle(&mut port, &mut table, &mut sink, &mut out, 64);
+        }
+        Ok(())
+    });
+    let sent = Arc::new(AtomicU64::new(0));
+    let (stop_pub, sent_pub) = (stop.clone(), sent.clone());
+    let publisher = TestNet::spawn_in(&net.peer_ns, move || -> anyhow::Result<()> {
+        let mut cfg = PublisherConfig::new(STREAM, 0, 77, "bench");
+        cfg.buffer_bytes = 16 << 20;
+        let any: SocketAddr = "0.0.0.0:0".parse()?;
+        let mut p = UdpPublisher::new(any, SocketAddr::V4(node), cfg)?;
+        if !p.wait_connected(Duration::from_secs(10)) {
+            bail!("node did not acknowledge SETUP within 10 s");
+        }
+        let mut payload = [0u8; PAYLOAD_BYTES];
+        let mut i = 0;
+        while i < messages && !stop_pub.load(Ordering::Relaxed) {
+            payload[..8].copy_from_slice(&clock::now_ns().to_le_bytes());
+            match p.offer(0, &payload) {
+                Ok(_) => {
+                    i += 1;
+                    sent_pub.store(i, Ordering::Relaxed);
+                    p.do_work();
+                    if paced {
+                        std::thread::sleep(LATENCY_INTERVAL);
+                    }
+                }
+                Err(NetOfferError::BackPressured) => {
+                    p.do_work();
+                }
+                Err(e) => bail!("offer: {e}"),
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !p.session().is_drained() && Instant::now() < deadline {
+            if p.do_work() == 0 {
+                std::thread::yield_now();
+            }
+        }
+        Ok(())
+    });
+    let mut hist = latency_histogram();
+    let mut received = 0u64;
+    let (mut first, mut last) = (None, Instant::now());
+    let deadline = Instant::now() + PHASE_TIMEOUT;
+    while received < messages && Instant::now() < deadline {
+        let n = subscriber.poll(
+            |r| {
+                let now = clock::now_ns();
+                let mut stamp = [0u8; 8];
+                stamp.copy_from_slice(&r.payload[..8]);
+                if received >= WARMUP_MESSAGES {
+                    let _ = hist.record(now.saturating_sub(u64::from_le_bytes(stamp)).max(1));
+                }
+                received += 1;
+            },
+            256,
+        )?;
+        if n > 0 {
+            last = Instant::now();
+            first.get_or_insert(last);
+        } else if publisher.is_finished() && received < messages {
+            // Everything the publisher sent is acknowledged; allow a moment.
+            if last.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    publisher
+        .join()
+        .map_err(|_| anyhow::anyhow!("publisher thread panicked"))??
+        .context("publisher")?;
+    node_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("node thread panicked"))??
+        .context("node")?;
+    let _ = ctx.remove(STREAM, 0);
+    let span = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    Ok(E2e {
+        latency: Latency::from_histogram(&hist),
+        records_per_s: if span > 0.0 {
+            received as f64 / span
+        } else {
+            0.0
+        },
+        received,
+    })
+}
+
+struct Drain {
+    frames: u64,
+    records: u64,
+    seconds: f64,
+    kernel_note: String,
+}
+
+/// Pre-fills the RX ring / socket buffer, then drains it on one thread.
+fn drain(
+    backend: Backend,
+    net: &TestNet,
+    dir: &std::path::Path,
+    frames: u64,
+) -> anyhow::Result<Drain> {
+    let ctx = ring_context(dir);
+    let _ = ctx.remove(STREAM, 1);
+    let ring = ctx.publisher(STREAM, 1)?;
+    let node = SocketAddrV4::new(net.node_ip, PORT);
+    let ready = Arc::new(AtomicBool::new(false));
+    let filled = Arc::new(AtomicBool::new(false));
+    let (node_if, ready_n, filled_n) = (net.node_if.clone(), ready.clone(), filled.clone());
+    let node_thread = TestNet::spawn_in(&net.node_ns, move || -> anyhow::Result<Drain> {
+        let mut port = open_port(backend, &node_if, node)?;
+        let mut table = SessionTable::new(session_config(), &[(STREAM, 1)]);
+        let mut sink = RingSink(ring);
+        let mut out = Vec::with_capacity(2048);
+        let deadline = Instant::now() + PHASE_TIMEOUT;
+        while table.sessions_active() == 0 && Instant::now() < deadline {
+            node_cycle(&mut port, &mut table, &mut sink, &mut out, 64);
+        }
+        if table.sessions_active() == 0 {
+            bail!("no SETUP arrived");
+        }
+        ready_n.store(true, Ordering::Release);
+        while !filled_n.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Let the kernel finish moving the last frames into the ring.
+        std::thread::sleep(Duration::from_millis(200));
+        let before = table.stats().records_appended;
+        let mut got = 0u64;
+        let start = Instant::now();
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            let now = clock::now_ns();
+            let n = port.poll_rx(256, &mut |src, bytes| {
+                table.handle(now, src, bytes, &mut sink)
+            });
+            got += n as u64;
+            if n == 0 {
+                // The ring is empty once nothing arrives for a while.
+                let t = *idle_since.get_or_insert_with(Instant::now);
+                if got >= frames || t.elapsed() > Duration::from_millis(20) {
+                    break;
+                }
+            } else {
+                idle_since = None;
+            }
+        }
+        let end = idle_since.unwrap_or_else(Instant::now);
+        let seconds = end.duration_since(start).as_secs_f64();
+        let kernel_note = match &port {
+            NetPort::AfXdp(x) => x
+                .kernel_stats()
+                .map(|k| {
+                    format!(
+                        "kernel rx_dropped {} rx_ring_full {} fill_ring_empty {}",
+                        k.rx_dropped, k.rx_ring_full, k.rx_fill_ring_empty
+                    )
+                })
+                .unwrap_or_default(),
+            NetPort::Udp(_) => String::new(),
+        };
+        Ok(Drain {
+            frames: got,
+            records: table.stats().records_appended - before,
+            seconds,
+            kernel_note,
+        })
+    });
+    let sender = TestNet::spawn_in(&net.peer_ns, move || -> anyhow::Result<()> {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let mut buf = Vec::new();
+        let mut body = Vec::new();
+        encode_setup(1472, "bench", &mut body);
+        let header = |frame_type, offset| FrameHeader {
+            frame_type,
+            flags: 0,
+            stream_id: STREAM,
+            partition: 1,
+            session_id: 9,
+            offset,
+            epoch: 0,
+        };
+        let deadline = Instant::now() + PHASE_TIMEOUT;
+        while !ready.load(Ordering::Acquire) && Instant::now() < deadline {
+            header(FrameType::Setup, 0).encode(&body, &mut buf)?;
+            socket.send_to(&buf, node)?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        body.clear();
+        for _ in 0..DRAIN_RECORDS_PER_FRAME {
+            push_record(&mut body, 0, &[0x5A; DRAIN_PAYLOAD_BYTES]);
+        }
+        for i in 0..frames {
+            header(FrameType::Data, i * body.len() as u64).encode(&body, &mut buf)?;
+            while socket.send_to(&buf, node).is_err() && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+        }
+        filled.store(true, Ordering::Release);
+        Ok(())
+    });
+    sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender thread panicked"))??
+        .context("drain sender")?;
+    let d = node_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("node thread panicked"))??
+        .context("drain node")?;
+    let _ = ctx.remove(STREAM, 1);
+    Ok(d)
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
+    if !nix_is_root() {
+        bail!("ms-bench net needs root (network namespaces, XDP, AF_XDP): run it with sudo");
+    }
+    let sizes = if args.quick {
+        Sizes {
+            latency_messages: 20_000,
+            throughput_messages: 200_000,
+            drain_frames_afxdp: 8_000,
+            drain_frames_udp: 2_000,
+            rounds: 1,
+        }
+    } else {
+        Sizes {
+            latency_messages: 100_000,
+            throughput_messages: 1_000_000,
+            drain_frames_afxdp: 16_000,
+            drain_frames_udp: 3_000,
+            rounds: 2,
+        }
+    };
+    let net = TestNet::create("msbench-net", 230)?;
+    let dir = std::path::PathBuf::from(format!("/dev/shm/ms-bench-net-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _dir_guard = RemoveDir(dir.clone());
+    // The XDP program stays attached for the whole run (both backends).
+    let node_if = net.node_if.clone();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (ok_tx, ok_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+    let xdp_thread = TestNet::spawn_in(&net.node_ns, move || {
+        let config = Config {
+            data_port: PORT,
+            reserved: 0,
+            flags: CONFIG_FLAG_DEFAULT_ALLOW,
+        };
+        match XdpProgram::load_and_attach(&node_if, AttachMode::Native, config) {
+            Ok(h) => {
+                let _ = ok_tx.send(Ok(format!("{:?}", h.mode())));
+                let _ = stop_rx.recv_timeout(Duration::from_secs(3600));
+                drop(h);
+            }
+            Err(e) => {
+                let _ = ok_tx.send(Err(e.to_string()));
+            }
+        }
+    });
+    let mode = ok_rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("XDP attach thread did not answer")?
+        .map_err(|e| anyhow::anyhow!("XDP attach: {e}"))?;
+    println!(
+        "net: veth {} (198.18.230.1) <-> {} (198.18.230.2), XDP {mode} mode, payload {PAYLOAD_BYTES} B",
+        net.node_if, net.peer_if
+    );
+    let describe = TestNet::spawn_in(&net.node_ns, {
+        let (iface, local) = (net.node_if.clone(), SocketAddrV4::new(net.node_ip, PORT));
+        move || open_port(Backend::AfXdp, &iface, local).map(|p| p.describe())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("describe thread panicked"))??
+    .map_err(|e| anyhow::anyhow!("AF_XDP backend: {e}"))?;
+    println!("backend: {describe}");
+
+    let backends = [Backend::AfXdp, Backend::Udp];
+    let mut lat: [Vec<E2e>; 2] = [Vec::new(), Vec::new()];
+    let mut tput: [Vec<E2e>; 2] = [Vec::new(), Vec::new()];
+    let mut drains: [Vec<Drain>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..sizes.rounds {
+        for (b, &backend) in backends.iter().enumerate() {
+            let l = e2e(backend, &net, &dir, sizes.latency_messages, true)?;
+            println!(
+                "{}",
+                l.latency
+                    .line(&format!("round {round} {} latency", backend.name()))
+            );
+            lat[b].push(l);
+            let t = e2e(backend, &net, &dir, sizes.throughput_messages, false)?;
+            println!(
+                "round {round} {:<5} throughput {:>12.0} records/s ({} of {} received)",
+                backend.name(),
+                t.records_per_s,
+                t.received,
+                sizes.throughput_messages
+            );
+            tput[b].push(t);
+            let frames = match backend {
+                Backend::AfXdp => sizes.drain_frames_afxdp,
+                Backend::Udp => sizes.drain_frames_udp,
+            };
+            let d = drain(backend, &net, &dir, frames)?;
+            println!(
+                "round {round} {:<5} drain {:>8} frames {:>9} records in {:.4} s: {:.2} M records/s, {:.3} M frames/s per core {}",
+                backend.name(),
+                d.frames,
+                d.records,
+                d.seconds,
+                ratio(d.records as f64, d.seconds) / 1e6,
+                ratio(d.frames as f64, d.seconds) / 1e6,
+                d.kernel_note
+            );
+            drains[b].push(d);
+        }
+    }
+    let _ = stop_tx.send(());
+    let _ = xdp_thread.join();
+
+    let best_lat = |v: &Vec<E2e>| -> Latency {
+        v.iter()
+            .map(|e| e.latency)
+            .min_by_key(|l| l.p99_ns)
+            .unwrap_or_default()
+    };
+    let best_tput = |v: &Vec<E2e>| v.iter().map(|e| e.records_per_s).fold(0.0, f64::max);
+    let best_drain = |v: &Vec<Drain>| {
+        v.iter()
+            .map(|d| ratio(d.records as f64, d.seconds))
+            .fold(0.0, f64::max)
+    };
+    let (la, lu) = (best_lat(&lat[0]), best_lat(&lat[1]));
+    let (ta, tu) = (best_tput(&tput[0]), best_tput(&tput[1]));
+    let (da, du) = (best_drain(&drains[0]), best_drain(&drains[1]));
+    let us = |ns: u64| ns as f64 / 1000.0;
+    println!("{}", la.line("afxdp latency (best round)"));
+    println!("{}", lu.line("udp latency (best round)"));
+    println!(
+        "afxdp p99 / udp p99 = {:.2} (target <= 0.5); afxdp p99 {:.1} us (target < 10 us); drain {:.2} M records/s (target >= 20)",
+        ratio(la.p99_ns as f64, lu.p99_ns as f64),
+        us(la.p99_ns),
+        da / 1e6
+    );
+    Ok(json!({
+        "suite": "net",
+        "quick": args.quick,
+        "backend": describe,
+        "payload_bytes": PAYLOAD_BYTES,
+        "afxdp_p50_us": us(la.p50_ns),
+        "afxdp_p99_us": us(la.p99_ns),
+        "afxdp_p999_us": us(la.p999_ns),
+        "udp_p50_us": us(lu.p50_ns),
+        "udp_p99_us": us(lu.p99_ns),
+        "udp_p999_us": us(lu.p999_ns),
+        "afxdp_msgs_per_s": ta,
+        "udp_msgs_per_s": tu,
+        "drain_mpps": da / 1e6,
+        "udp_drain_mpps": du / 1e6,
+        "drain_records_per_frame": DRAIN_RECORDS_PER_FRAME,
+        "p99_ratio_afxdp_over_udp": ratio(la.p99_ns as f64, lu.p99_ns as f64),
+        "throughput_ratio_afxdp_over_udp": ratio(ta, tu),
+        "drain_ratio_afxdp_over_udp": ratio(da, du),
+    }))
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Removes the bench's ring directory on every path.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
