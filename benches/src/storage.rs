@@ -43,14 +43,20 @@ impl Drop for BenchDir {
     }
 }
 
-/// `MS_BENCH_STORAGE_IO=pwrite` measures the fallback backend instead of io_uring.
+/// `MS_BENCH_STORAGE_IO=pwrite` measures the fallback backend instead of io_uring;
+/// `MS_BENCH_STORAGE_SYNCS=N` sets the fdatasyncs allowed in flight (default 2).
 fn log_config() -> LogConfig {
     let io_mode = match std::env::var("MS_BENCH_STORAGE_IO").as_deref() {
         Ok("pwrite") => storage_nvme::IoMode::Pwrite,
         _ => storage_nvme::IoMode::Auto,
     };
+    let syncs_inflight_max = std::env::var("MS_BENCH_STORAGE_SYNCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     LogConfig {
         io_mode,
+        syncs_inflight_max,
         segment_bytes: 256 << 20,
         write_buffer_bytes: 8 << 20,
         write_bytes_max: BLOCK_BYTES,

@@ -33,6 +33,8 @@ pub struct LogConfig {
     pub writes_inflight_max: u32,
     /// Largest encoded batch accepted by `append_batch`.
     pub batch_bytes_max: u64,
+    /// fdatasyncs in flight at once (1..=SYNCS_INFLIGHT_MAX).
+    pub syncs_inflight_max: u32,
     /// Batches appended but not yet durable; beyond this `append_batch` back-pressures.
     pub batches_pending_max: u32,
     /// One sparse index entry per this many bytes of batches.
@@ -55,6 +57,7 @@ impl Default for LogConfig {
             write_bytes_max: 1 << 20,
             writes_inflight_max: 4,
             batch_bytes_max: 1 << 20,
+            syncs_inflight_max: 2,
             batches_pending_max: 1 << 16,
             index_interval_bytes: 64 << 10,
             checkpoint_interval_bytes: 64 << 20,
@@ -71,6 +74,8 @@ pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
 pub const WRITES_INFLIGHT_MAX: u32 = 256;
 /// Attempts (5 ms apart) to take the directory's writer lock.
 pub const LOCK_ATTEMPTS_MAX: u32 = 40;
+/// Largest `syncs_inflight_max`.
+pub const SYNCS_INFLIGHT_MAX: usize = 4;
 /// Retries of a short write before the log fails.
 pub const SHORT_WRITE_RETRIES_MAX: u32 = 3;
 const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(BLOCK_BYTES));
@@ -107,6 +112,12 @@ impl LogConfig {
             return Err(format!(
                 "writes_inflight_max {} must be in 1..={WRITES_INFLIGHT_MAX}",
                 self.writes_inflight_max
+            ));
+        }
+        if self.syncs_inflight_max == 0 || self.syncs_inflight_max as usize > SYNCS_INFLIGHT_MAX {
+            return Err(format!(
+                "syncs_inflight_max {} must be in 1..={SYNCS_INFLIGHT_MAX}",
+                self.syncs_inflight_max
             ));
         }
         if self.batches_pending_max == 0
@@ -331,7 +342,8 @@ struct WriteSlot {
 // thread; nothing else shares them.
 unsafe impl Send for WriteSlot {}
 
-const FSYNC_TOKEN: u64 = u64::MAX;
+/// Tokens of syncs: `FSYNC_TOKEN_BASE + slot`.
+const FSYNC_TOKEN_BASE: u64 = u64::MAX - SYNCS_INFLIGHT_MAX as u64;
 
 /// One partition's log: appends batches, group-commits them, recovers on open.
 ///
@@ -353,8 +365,8 @@ pub struct Log<B: IoBackend = SysIo> {
     submitted_pos: u64,
     durable_pos: u64,
     commit_target: u64,
-    fsync_target: Option<u64>,
-    sync_started: Option<std::time::Instant>,
+    /// fdatasyncs in flight: (position they make durable, submission time).
+    syncs: [Option<(u64, std::time::Instant)>; SYNCS_INFLIGHT_MAX],
     checkpoint_pos: u64,
     /// End of the last durable batch (`durable_pos` may be inside the next batch).
     durable_batch_end: u64,
@@ -381,7 +393,11 @@ impl Log<SysIo> {
         dir: impl AsRef<Path>,
         cfg: LogConfig,
     ) -> Result<(Self, RecoveryReport), LogOpenError> {
-        let io = SysIo::new(cfg.io_mode, cfg.writes_inflight_max).map_err(LogOpenError::Io)?;
+        let io = SysIo::new(
+            cfg.io_mode,
+            cfg.writes_inflight_max + cfg.syncs_inflight_max,
+        )
+        .map_err(LogOpenError::Io)?;
         Self::open_with(dir, cfg, io)
     }
 }
@@ -683,8 +699,7 @@ impl<B: IoBackend> Log<B> {
             submitted_pos: end_pos,
             durable_pos: end_pos,
             commit_target: end_pos,
-            fsync_target: None,
-            sync_started: None,
+            syncs: [None; SYNCS_INFLIGHT_MAX],
             checkpoint_pos: end_pos,
             durable_batch_end: end_pos,
             stats: LogStats::default(),
@@ -892,7 +907,7 @@ impl<B: IoBackend> Log<B> {
     /// completes (returns at once when none is). Use it on [`AppendError::BackPressured`] when
     /// the thread has nothing else to do: it leaves the CPU to the kernel's I/O completion work.
     pub fn wait(&mut self) -> Result<u64, LogIoError> {
-        if self.busy_slots > 0 || self.fsync_target.is_some() {
+        if self.busy_slots > 0 || self.syncs_inflight() {
             self.reap(Wait::Forever);
         }
         self.poll()
@@ -901,7 +916,7 @@ impl<B: IoBackend> Log<B> {
     /// Like [`wait`](Self::wait) but blocks at most `timeout` (e.g. until the caller's next
     /// deadline), leaving the CPU to the kernel's completion work meanwhile.
     pub fn wait_timeout(&mut self, timeout: std::time::Duration) -> Result<u64, LogIoError> {
-        if self.busy_slots > 0 || self.fsync_target.is_some() {
+        if self.busy_slots > 0 || self.syncs_inflight() {
             self.reap(Wait::Timeout(timeout));
         }
         self.poll()
@@ -911,7 +926,7 @@ impl<B: IoBackend> Log<B> {
     pub fn sync(&mut self) -> Result<u64, LogIoError> {
         self.flush()?;
         while self.durable_pos < self.append_pos && self.failed.is_none() {
-            let waiting = self.busy_slots > 0 || self.fsync_target.is_some();
+            let waiting = self.busy_slots > 0 || self.syncs_inflight();
             self.reap(if waiting { Wait::Forever } else { Wait::No });
             self.pump();
             self.maybe_sync();
@@ -1034,30 +1049,42 @@ impl<B: IoBackend> Log<B> {
             .unwrap_or(self.submitted_pos)
     }
 
+    fn syncs_inflight(&self) -> bool {
+        self.syncs.iter().any(Option::is_some)
+    }
+
+    /// Submits an fdatasync covering every completed write when a commit is wanted. Up to
+    /// `syncs_inflight_max` run at once: a record need not wait for the sync in flight to end
+    /// before its own starts. Each covers only writes that completed before it was submitted.
     fn maybe_sync(&mut self) {
-        if self.failed.is_some()
-            || self.fsync_target.is_some()
-            || self.commit_target <= self.durable_pos
-        {
+        if self.failed.is_some() || self.commit_target <= self.durable_pos {
             return;
         }
+        let covered = self
+            .syncs
+            .iter()
+            .flatten()
+            .map(|s| s.0)
+            .fold(self.durable_pos, u64::max);
         let c = self.completed_pos();
-        if c > self.durable_pos {
-            match self
-                .io
-                .submit_fdatasync(self.active.file.as_raw_fd(), FSYNC_TOKEN)
-            {
-                Ok(()) => {
-                    self.fsync_target = Some(c);
-                    self.sync_started = Some(std::time::Instant::now());
-                }
-                Err(e) => {
-                    let path = self.active.path.clone();
-                    self.fail(LogIoError::Submit {
-                        path,
-                        errno: e.raw_os_error().unwrap_or(libc::EIO),
-                    });
-                }
+        if c <= covered {
+            return;
+        }
+        let limit = self.cfg.syncs_inflight_max as usize;
+        let Some(slot) = self.syncs[..limit].iter().position(Option::is_none) else {
+            return;
+        };
+        match self
+            .io
+            .submit_fdatasync(self.active.file.as_raw_fd(), FSYNC_TOKEN_BASE + slot as u64)
+        {
+            Ok(()) => self.syncs[slot] = Some((c, std::time::Instant::now())),
+            Err(e) => {
+                let path = self.active.path.clone();
+                self.fail(LogIoError::Submit {
+                    path,
+                    errno: e.raw_os_error().unwrap_or(libc::EIO),
+                });
             }
         }
     }
@@ -1073,8 +1100,8 @@ impl<B: IoBackend> Log<B> {
             });
         }
         for &(token, res) in &done {
-            if token == FSYNC_TOKEN {
-                self.on_sync_done(res);
+            if token >= FSYNC_TOKEN_BASE {
+                self.on_sync_done((token - FSYNC_TOKEN_BASE) as usize, res);
             } else {
                 self.on_write_done(token as usize, res);
             }
@@ -1128,16 +1155,14 @@ impl<B: IoBackend> Log<B> {
         }
     }
 
-    fn on_sync_done(&mut self, res: i32) {
-        if let Some(t) = self.sync_started.take() {
-            let ns = t.elapsed().as_nanos() as u64;
-            self.stats.syncs += 1;
-            self.stats.sync_ns_total += ns;
-            self.stats.sync_ns_max = self.stats.sync_ns_max.max(ns);
-        }
-        let Some(target) = self.fsync_target.take() else {
+    fn on_sync_done(&mut self, slot: usize, res: i32) {
+        let Some((target, started)) = self.syncs.get_mut(slot).and_then(Option::take) else {
             return;
         };
+        let ns = started.elapsed().as_nanos() as u64;
+        self.stats.syncs += 1;
+        self.stats.sync_ns_total += ns;
+        self.stats.sync_ns_max = self.stats.sync_ns_max.max(ns);
         if res < 0 {
             let path = self.active.path.clone();
             self.fail(LogIoError::Sync {
@@ -1151,7 +1176,8 @@ impl<B: IoBackend> Log<B> {
             // A write failed meanwhile; acknowledge nothing more.
             return;
         }
-        self.durable_pos = target;
+        // Syncs may complete out of order; each makes its own target durable.
+        self.durable_pos = self.durable_pos.max(target);
         while let Some(&(end, next)) = self.pending.front() {
             if end > self.durable_pos {
                 break;
@@ -1320,7 +1346,7 @@ impl<B: IoBackend> Log<B> {
     fn drain(&mut self) {
         // Bounded: every backend completes what it accepted; the bound only stops a broken one.
         for _ in 0..1_000_000 {
-            if self.busy_slots == 0 && self.fsync_target.is_none() {
+            if self.busy_slots == 0 && !self.syncs_inflight() {
                 return;
             }
             self.reap(Wait::Forever);
