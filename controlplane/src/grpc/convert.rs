@@ -202,3 +202,50 @@ pub fn quota_from_pb(q: Option<pb::Quota>) -> Result<Quota, Status> {
         burst_bytes: q.burst_bytes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary request fields never panic; what is accepted is valid.
+        #[test]
+        fn arbitrary_acls_and_streams_are_checked_not_panicked(
+            principal in ".{0,300}",
+            pattern in ".{0,40}",
+            ops in proptest::collection::vec(any::<i32>(), 0..5),
+            permission in any::<i32>(),
+            cidrs in proptest::collection::vec(".{0,24}", 0..3),
+            partitions in any::<u32>(),
+            rf in any::<u32>(),
+            mode in any::<i32>(),
+        ) {
+            let acl = acl_from_pb(Some(pb::Acl {
+                principal: principal.clone(),
+                resource_pattern: pattern,
+                operations: ops,
+                permission,
+                source_cidrs: cidrs,
+            }));
+            if let Ok(a) = acl {
+                prop_assert!(!a.operations.is_empty());
+                prop_assert!(a.principal == "*" || validate_name(&a.principal).is_ok());
+            }
+            let req = pb::CreateStreamRequest {
+                name: principal,
+                partitions,
+                replication_factor: rf,
+                retention_bytes: 0,
+                retention_ms: 0,
+                mode,
+            };
+            if let Ok((p, r)) = check_create(&req) {
+                prop_assert!((1..=PARTITIONS_MAX).contains(&p));
+                prop_assert!((1..=REPLICATION_FACTOR_MAX).contains(&r));
+                prop_assert!(validate_name(&req.name).is_ok());
+            }
+            let _ = stream_mode(mode);
+        }
+    }
+}
