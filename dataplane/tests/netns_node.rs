@@ -1,0 +1,628 @@
+//! The node's data plane on real network namespaces, a real veth pair, the
+//! real XDP program and a real AF_XDP socket:
+//!
+//! ```text
+//!  peer netns: sdk::net::UdpPublisher / raw UDP sender --veth--> node netns: XDP -> AF_XDP
+//!              (198.18.S.2)                                       -> node (receiver, archiver, ...)
+//!  test process: sdk::Subscriber on the node's shm ring (local subscriber)
+//! ```
+//! The node runs in-process (`NodeParts::build` + `start`, shared threading)
+//! on a thread that entered the node namespace. The kernel here has no
+//! `sch_netem`, so the loss test puts a seeded lossy relay (5 % each way) in
+//! the peer namespace between the publisher and the veth. Needs root; the
+//! tests run one at a time (2 vCPUs); addresses only from 198.18.0.0/15;
+//! every namespace, pin, ring and directory is removed on every path.
+
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use dataplane::config::Config;
+use dataplane::counters::{Counter, CountersSnapshot};
+use dataplane::testnet::TestNet;
+use dataplane::{Backend, NodeParts};
+use sdk::net::{NetOfferError, PublisherConfig, PublisherStats, UdpPublisher};
+use sdk::StartAt;
+use xdp_programs::frame::{FrameHeader, FrameType};
+use xdp_programs::{PolicyMaps, Verdict, VerdictCounts};
+
+const PORT: u16 = 7447;
+/// A thread that entered a namespace and returns `T`.
+type InNetns<T> = JoinHandle<Result<T, dataplane::testnet::NetnsEnterError>>;
+const STREAM: u32 = 7;
+const WAIT_MAX: Duration = Duration::from_secs(30);
+/// One node at a time: the machine has 2 vCPUs and each node busy-polls.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn skip_reason() -> Option<&'static str> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some("needs root (netns, XDP, AF_XDP)");
+    }
+    if std::process::Command::new("ip").arg("-V").output().is_err() {
+        return Some("needs iproute2 (`ip`)");
+    }
+    None
+}
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    let mut p = vec![(i % 251) as u8; 8 + (i % 48) as usize];
+    p[..8].copy_from_slice(&i.to_le_bytes());
+    p
+}
+
+fn node_config(net: &TestNet, dir: &Path, storage: bool, default_allow: bool) -> Config {
+    Config {
+        backend: Backend::Afxdp,
+        listen: SocketAddr::V4(SocketAddrV4::new(net.node_ip, PORT)),
+        interface: Some(net.node_if.clone()),
+        shm_dir: Some(dir.join("shm")),
+        storage_dir: storage.then(|| dir.join("storage")),
+        counters_file: dir.join("counters"),
+        ring_capacity_bytes: 4 << 20,
+        xdp_default_allow: default_allow,
+        ..Config::default()
+    }
+}
+
+/// A node running on a thread inside the node namespace.
+struct Node {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<InNetns<usize>>,
+    counters_file: PathBuf,
+    describe: String,
+}
+
+impl Node {
+    fn start(net: &TestNet, cfg: Config) -> Node {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let counters_file = cfg.counters_file.clone();
+        let thread = TestNet::spawn_in(&net.node_ns, move || {
+            let started = NodeParts::build(&cfg).and_then(|p| p.start(&cfg));
+            match started {
+                Ok(handle) => {
+                    let _ = ready_tx.send(Ok(handle.describe.clone()));
+                    let _ = stop_rx.recv_timeout(Duration::from_secs(600));
+                    handle.stop()
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    0
+                }
+            }
+        });
+        let describe = ready_rx
+            .recv_timeout(WAIT_MAX)
+            .expect("node thread answered")
+            .expect("node started");
+        Node {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            counters_file,
+            describe,
+        }
+    }
+
+    fn counter(&self, c: Counter) -> u64 {
+        CountersSnapshot::read(&self.counters_file)
+            .ok()
+            .and_then(|s| s.get(c))
+            .unwrap_or(0)
+    }
+
+    /// Waits (bounded) until counter `c` reaches `at_least` in the counters
+    /// file (the conductor refreshes it); returns its value.
+    fn wait_counter(&self, c: Counter, at_least: u64) -> u64 {
+        let deadline = Instant::now() + WAIT_MAX;
+        while self.counter(c) < at_least && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.counter(c)
+    }
+
+    /// Stops the agents; returns how many agent threads had panicked.
+    fn stop(mut self) -> usize {
+        self.stop.take();
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("node thread")
+            .expect("entered node netns")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn local_subscriber(dir: &Path) -> sdk::Subscriber {
+    sdk::Context::builder()
+        .dir(dir.join("shm"))
+        .start_at(StartAt::Earliest)
+        .build()
+        .subscriber(STREAM, 0)
+}
+
+/// Polls the local subscriber until it holds `count` records or WAIT_MAX passes.
+fn collect(sub: &mut sdk::Subscriber, got: &mut Vec<Vec<u8>>, count: usize) {
+    let deadline = Instant::now() + WAIT_MAX;
+    while got.len() < count && Instant::now() < deadline {
+        let n = sub
+            .poll(|r| got.push(r.payload.to_vec()), 256)
+            .expect("ring poll");
+        if n == 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+fn assert_in_order_exactly_once(got: &[Vec<u8>], count: u64) {
+    assert_eq!(got.len() as u64, count, "records delivered");
+    for (i, p) in got.iter().enumerate() {
+        assert_eq!(p, &payload(i as u64), "record {i}");
+    }
+}
+
+enum PubCmd {
+    Offer(u64),
+    Close,
+}
+
+/// A remote publisher on a thread in the peer namespace, driven by commands
+/// and running duty cycles in between (so NAKs and heartbeats are served).
+struct RemotePublisher {
+    cmds: mpsc::Sender<PubCmd>,
+    thread: InNetns<(u64, bool, PublisherStats)>,
+}
+
+impl RemotePublisher {
+    fn start(net: &TestNet, local: SocketAddr, node: SocketAddr) -> RemotePublisher {
+        let (cmds, rx) = mpsc::channel();
+        let thread = TestNet::spawn_in(&net.peer_ns, move || {
+            let mut cfg = PublisherConfig::new(STREAM, 0, 11, "tester");
+            cfg.buffer_bytes = 1 << 20;
+            cfg.heartbeat_interval_ns = 5_000_000;
+            cfg.setup_retry_ns = 20_000_000;
+            let mut p = UdpPublisher::new(local, node, cfg).expect("publisher");
+            let (mut offered, mut target) = (0u64, 0u64);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let (mut closing, mut closed) = (false, false);
+            while Instant::now() < deadline {
+                match rx.try_recv() {
+                    Ok(PubCmd::Offer(n)) => target += n,
+                    Ok(PubCmd::Close) | Err(mpsc::TryRecvError::Disconnected) => closing = true,
+                    Err(mpsc::TryRecvError::Empty) => {}
+                }
+                while offered < target && p.session().is_connected() {
+                    match p.offer(0, &payload(offered)) {
+                        Ok(_) => offered += 1,
+                        Err(NetOfferError::BackPressured) => break,
+                        Err(e) => panic!("offer: {e}"),
+                    }
+                }
+                if closing && offered == target {
+                    // Everything requested is offered: wait for the acks, then END_OF_SESSION.
+                    closed = p.close(WAIT_MAX);
+                    break;
+                }
+                if p.do_work() == 0 {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            (offered, closed, p.session().stats())
+        });
+        RemotePublisher { cmds, thread }
+    }
+
+    fn offer(&self, n: u64) {
+        self.cmds.send(PubCmd::Offer(n)).expect("publisher alive");
+    }
+
+    /// Offers what was requested, closes after everything is acknowledged:
+    /// (offered, closed cleanly, stats).
+    fn finish(self) -> (u64, bool, PublisherStats) {
+        let _ = self.cmds.send(PubCmd::Close);
+        self.thread
+            .join()
+            .expect("publisher thread")
+            .expect("entered peer netns")
+    }
+}
+
+fn maps(net: &TestNet) -> PolicyMaps {
+    PolicyMaps::open(&net.node_if).expect("the node pinned its maps")
+}
+
+fn verdicts(net: &TestNet) -> VerdictCounts {
+    maps(net).counters().expect("XDP counters")
+}
+
+fn delta(after: &VerdictCounts, before: &VerdictCounts, v: Verdict) -> u64 {
+    after.get(v) - before.get(v)
+}
+
+fn any_addr() -> SocketAddr {
+    "0.0.0.0:0".parse().expect("addr")
+}
+
+#[test]
+fn remote_publisher_to_local_subscriber_in_order_exactly_once() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = TestNet::create("msd-node", 202).expect("test network");
+    let node = Node::start(&net, node_config(&net, dir.path(), false, true));
+    assert!(node.describe.contains("afxdp"), "{}", node.describe);
+    assert!(node.describe.contains("copy-mode"), "{}", node.describe);
+    let node_addr = SocketAddr::V4(SocketAddrV4::new(net.node_ip, PORT));
+    const N: u64 = 20_000;
+    let publisher = RemotePublisher::start(&net, any_addr(), node_addr);
+    publisher.offer(N);
+    let mut sub = local_subscriber(dir.path());
+    let mut got = Vec::new();
+    collect(&mut sub, &mut got, N as usize);
+    let (offered, closed, stats) = publisher.finish();
+    assert_eq!(offered, N);
+    assert!(closed, "every record acknowledged: {stats:?}");
+    assert_in_order_exactly_once(&got, N);
+    assert!(node.wait_counter(Counter::RxRecordsAppended, N) >= N);
+    assert!(
+        verdicts(&net).get(Verdict::Redirect) > 0,
+        "frames came through AF_XDP"
+    );
+    assert_eq!(node.stop(), 0, "no agent panicked");
+}
+
+/// A seeded lossy link (in the peer namespace): drops `percent` of the
+/// datagrams in each direction between `front` (the publisher's side) and
+/// the node.
+fn lossy_relay(
+    net: &TestNet,
+    node: SocketAddr,
+    percent: u64,
+    stop: Arc<AtomicBool>,
+) -> (SocketAddr, InNetns<(u64, u64)>) {
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let peer_ip = net.peer_ip;
+    let thread = TestNet::spawn_in(&net.peer_ns, move || {
+        let front = UdpSocket::bind("127.0.0.1:0").expect("front");
+        let back = UdpSocket::bind(SocketAddrV4::new(peer_ip, 0)).expect("back");
+        front.set_nonblocking(true).expect("nonblocking");
+        back.set_nonblocking(true).expect("nonblocking");
+        addr_tx
+            .send(front.local_addr().expect("addr"))
+            .expect("send addr");
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut lose = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % 100 < percent
+        };
+        let (mut dropped, mut passed) = (0u64, 0u64);
+        let mut publisher: Option<SocketAddr> = None;
+        let mut buf = vec![0u8; 9000];
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let mut idle = true;
+            while let Ok((n, src)) = front.recv_from(&mut buf) {
+                idle = false;
+                publisher = Some(src);
+                if lose() {
+                    dropped += 1;
+                } else {
+                    passed += 1;
+                    let _ = back.send_to(&buf[..n], node);
+                }
+            }
+            while let Ok((n, _)) = back.recv_from(&mut buf) {
+                idle = false;
+                if let (Some(p), false) = (publisher, lose()) {
+                    passed += 1;
+                    let _ = front.send_to(&buf[..n], p);
+                } else {
+                    dropped += 1;
+                }
+            }
+            if idle {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        (dropped, passed)
+    });
+    (
+        addr_rx.recv_timeout(WAIT_MAX).expect("relay address"),
+        thread,
+    )
+}
+
+#[test]
+fn lossy_link_nak_and_retransmit_recover_every_record() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = TestNet::create("msd-loss", 203).expect("test network");
+    let node = Node::start(&net, node_config(&net, dir.path(), false, true));
+    let node_addr = SocketAddr::V4(SocketAddrV4::new(net.node_ip, PORT));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (relay, relay_thread) = lossy_relay(&net, node_addr, 5, stop.clone());
+    const N: u64 = 10_000;
+    let publisher = RemotePublisher::start(&net, "127.0.0.1:0".parse().expect("addr"), relay);
+    publisher.offer(N);
+    let mut sub = local_subscriber(dir.path());
+    let mut got = Vec::new();
+    collect(&mut sub, &mut got, N as usize);
+    let (offered, closed, stats) = publisher.finish();
+    stop.store(true, Ordering::Relaxed);
+    let (dropped, _passed) = relay_thread
+        .join()
+        .expect("relay thread")
+        .expect("entered peer netns");
+    assert_eq!(offered, N);
+    assert_in_order_exactly_once(&got, N);
+    assert!(closed, "every record acknowledged despite loss: {stats:?}");
+    assert!(dropped > 0, "the link lost datagrams");
+    assert!(
+        node.wait_counter(Counter::RxNaksSent, 1) > 0,
+        "the node NAKed the gaps"
+    );
+    assert!(
+        stats.retransmit_frames > 0,
+        "the publisher re-sent: {stats:?}"
+    );
+    assert_eq!(node.stop(), 0);
+}
+
+#[test]
+fn policy_deny_drops_in_xdp_and_reallow_restores() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = TestNet::create("msd-pol", 204).expect("test network");
+    let node = Node::start(&net, node_config(&net, dir.path(), false, false));
+    let peer = IpAddr::V4(net.peer_ip);
+    maps(&net).allow(peer, STREAM).expect("allow");
+    let node_addr = SocketAddr::V4(SocketAddrV4::new(net.node_ip, PORT));
+    let publisher = RemotePublisher::start(&net, any_addr(), node_addr);
+    let mut sub = local_subscriber(dir.path());
+    let mut got = Vec::new();
+    publisher.offer(100);
+    collect(&mut sub, &mut got, 100);
+    assert_eq!(got.len(), 100, "allowed source delivers");
+
+    // Deny through the running node's pinned maps: XDP drops and counts.
+    let before = verdicts(&net);
+    maps(&net).deny(peer, STREAM).expect("deny");
+    publisher.offer(100);
+    std::thread::sleep(Duration::from_millis(500));
+    sub.poll(|r| got.push(r.payload.to_vec()), 1000)
+        .expect("poll");
+    assert_eq!(got.len(), 100, "nothing passes while denied");
+    let after = verdicts(&net);
+    assert!(delta(&after, &before, Verdict::DropPolicy) > 0, "{after:?}");
+    assert_eq!(delta(&after, &before, Verdict::Redirect), 0, "{after:?}");
+
+    // Re-allow: the publisher's heartbeats reveal the gap, NAK/retransmit fill it.
+    maps(&net).allow(peer, STREAM).expect("re-allow");
+    collect(&mut sub, &mut got, 200);
+    let (offered, closed, stats) = publisher.finish();
+    assert_eq!(offered, 200);
+    assert!(closed, "{stats:?}");
+    assert_in_order_exactly_once(&got, 200);
+    assert_eq!(node.stop(), 0);
+}
+
+/// A valid frame header (and CRC) with no session behind it: passes every
+/// XDP check, so what happens to it is up to policy and the rate limit.
+fn heartbeat_frame(session_id: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    FrameHeader {
+        frame_type: FrameType::Heartbeat,
+        flags: 0,
+        stream_id: STREAM,
+        partition: 0,
+        session_id,
+        offset: 0,
+        epoch: 0,
+    }
+    .encode(&[], &mut out)
+    .expect("fits");
+    out
+}
+
+/// Sends `frames` from the peer namespace to the node's data port.
+fn send_raw(net: &TestNet, node: SocketAddrV4, frames: Vec<Vec<u8>>) {
+    let peer_ip = net.peer_ip;
+    TestNet::spawn_in(&net.peer_ns, move || {
+        let s = UdpSocket::bind(SocketAddrV4::new(peer_ip, 0)).expect("bind");
+        for f in &frames {
+            s.send_to(f, node).expect("send");
+            // Paced: the copy-mode RX path must never be the thing that drops.
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    })
+    .join()
+    .expect("sender thread")
+    .expect("entered peer netns");
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+#[test]
+fn rate_limit_passes_exactly_the_burst() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = TestNet::create("msd-rate", 205).expect("test network");
+    let node = Node::start(&net, node_config(&net, dir.path(), false, true));
+    let node_addr = SocketAddrV4::new(net.node_ip, PORT);
+    // Burst 50, never refilled.
+    maps(&net)
+        .set_rate_limit(IpAddr::V4(net.peer_ip), 0, 50)
+        .expect("rate limit");
+    let before = verdicts(&net);
+    let rx_before = node.counter(Counter::PortRxDatagrams);
+    send_raw(&net, node_addr, (0..200).map(heartbeat_frame).collect());
+    let after = verdicts(&net);
+    assert_eq!(delta(&after, &before, Verdict::Redirect), 50, "{after:?}");
+    assert_eq!(
+        delta(&after, &before, Verdict::DropRateLimited),
+        150,
+        "{after:?}"
+    );
+    let deadline = Instant::now() + WAIT_MAX;
+    while node.counter(Counter::PortRxDatagrams) < rx_before + 50 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(node.counter(Counter::PortRxDatagrams) - rx_before, 50);
+    assert_eq!(node.stop(), 0);
+}
+
+#[test]
+fn malformed_and_truncated_frames_are_counted_never_a_crash() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = TestNet::create("msd-bad", 206).expect("test network");
+    let node = Node::start(&net, node_config(&net, dir.path(), false, true));
+    let node_addr = SocketAddrV4::new(net.node_ip, PORT);
+    let good = heartbeat_frame(1);
+    let truncated = good[..30].to_vec();
+    let mut bad_magic = good.clone();
+    bad_magic[0] = b'X';
+    let mut bad_crc = good.clone();
+    bad_crc[36] ^= 0xFF;
+    let mut bad_version = good.clone();
+    bad_version[4] = 9;
+    // A DATA frame with a valid CRC whose record runs past the body.
+    let mut bad_body = Vec::new();
+    FrameHeader {
+        frame_type: FrameType::Data,
+        flags: 0,
+        stream_id: STREAM,
+        partition: 0,
+        session_id: 1,
+        offset: 0,
+        epoch: 0,
+    }
+    .encode(&[200, 0, 0, 0, 0, 0, 0, 0], &mut bad_body)
+    .expect("fits");
+    let before = verdicts(&net);
+    let malformed_before = node.counter(Counter::RxDropMalformed);
+    let mut frames = Vec::new();
+    for _ in 0..10 {
+        frames.extend([
+            truncated.clone(),
+            bad_magic.clone(),
+            bad_version.clone(),
+            bad_crc.clone(),
+            bad_body.clone(),
+        ]);
+    }
+    send_raw(&net, node_addr, frames);
+    let after = verdicts(&net);
+    // XDP drops what it can see cheaply ...
+    assert_eq!(
+        delta(&after, &before, Verdict::DropTruncated),
+        10,
+        "{after:?}"
+    );
+    assert_eq!(
+        delta(&after, &before, Verdict::DropBadHeader),
+        20,
+        "{after:?}"
+    );
+    // ... and the node counts the rest (CRC, record bodies).
+    let deadline = Instant::now() + WAIT_MAX;
+    while node.counter(Counter::RxDropMalformed) < malformed_before + 10
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        node.counter(Counter::RxDropMalformed) - malformed_before,
+        10
+    );
+    let body_drops =
+        node.counter(Counter::RxDropBadBody) + node.counter(Counter::RxDropUnknownSession);
+    assert!(body_drops >= 10, "bad bodies counted");
+
+    // The node is still serving.
+    let publisher = RemotePublisher::start(&net, any_addr(), SocketAddr::V4(node_addr));
+    publisher.offer(500);
+    let mut sub = local_subscriber(dir.path());
+    let mut got = Vec::new();
+    collect(&mut sub, &mut got, 500);
+    let (_, closed, stats) = publisher.finish();
+    assert!(closed, "{stats:?}");
+    assert_in_order_exactly_once(&got, 500);
+    assert_eq!(node.stop(), 0, "no agent panicked");
+}
+
+#[test]
+fn node_restart_recovers_the_stream_from_storage() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = TestNet::create("msd-rst", 207).expect("test network");
+    let cfg = node_config(&net, dir.path(), true, true);
+    let node = Node::start(&net, cfg.clone());
+    let node_addr = SocketAddr::V4(SocketAddrV4::new(net.node_ip, PORT));
+    const N: u64 = 3_000;
+    let publisher = RemotePublisher::start(&net, any_addr(), node_addr);
+    publisher.offer(N);
+    let (offered, closed, stats) = publisher.finish();
+    assert_eq!(offered, N);
+    assert!(closed, "{stats:?}");
+    let deadline = Instant::now() + WAIT_MAX;
+    while node.counter(Counter::ArchivedDurableRecords) < N && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(node.counter(Counter::ArchivedDurableRecords), N);
+    assert_eq!(node.stop(), 0);
+
+    // The stopped node removed its ring; the new one replays storage into a fresh ring.
+    let node = Node::start(&net, cfg);
+    // The counters file is refreshed by the conductor's duty cycle.
+    let deadline = Instant::now() + WAIT_MAX;
+    while node.counter(Counter::ArchiverReplayedRecords) < N && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(node.counter(Counter::ArchiverReplayedRecords), N);
+    let mut sub = local_subscriber(dir.path());
+    let mut got = Vec::new();
+    collect(&mut sub, &mut got, N as usize);
+    assert_in_order_exactly_once(&got, N);
+    assert_eq!(node.stop(), 0);
+}
