@@ -365,8 +365,8 @@ pub struct Log<B: IoBackend = SysIo> {
     submitted_pos: u64,
     durable_pos: u64,
     commit_target: u64,
-    /// fdatasyncs in flight: (position they make durable, submission time).
-    syncs: [Option<(u64, std::time::Instant)>; SYNCS_INFLIGHT_MAX],
+    /// fdatasyncs in flight: (segment base, position they make durable, submission time).
+    syncs: [Option<(u64, u64, std::time::Instant)>; SYNCS_INFLIGHT_MAX],
     checkpoint_pos: u64,
     /// End of the last durable batch (`durable_pos` may be inside the next batch).
     durable_batch_end: u64,
@@ -1078,7 +1078,7 @@ impl<B: IoBackend> Log<B> {
             .io
             .submit_fdatasync(self.active.file.as_raw_fd(), FSYNC_TOKEN_BASE + slot as u64)
         {
-            Ok(()) => self.syncs[slot] = Some((c, std::time::Instant::now())),
+            Ok(()) => self.syncs[slot] = Some((self.active.base, c, std::time::Instant::now())),
             Err(e) => {
                 let path = self.active.path.clone();
                 self.fail(LogIoError::Submit {
@@ -1156,9 +1156,15 @@ impl<B: IoBackend> Log<B> {
     }
 
     fn on_sync_done(&mut self, slot: usize, res: i32) {
-        let Some((target, started)) = self.syncs.get_mut(slot).and_then(Option::take) else {
+        let Some((base, target, started)) = self.syncs.get_mut(slot).and_then(Option::take) else {
             return;
         };
+        // Rolls drain every sync first, so this always holds; positions of another segment
+        // must never move this one's durable position.
+        debug_assert_eq!(base, self.active.base);
+        if base != self.active.base {
+            return;
+        }
         let ns = started.elapsed().as_nanos() as u64;
         self.stats.syncs += 1;
         self.stats.sync_ns_total += ns;
@@ -1203,6 +1209,12 @@ impl<B: IoBackend> Log<B> {
 
     fn roll_inner(&mut self) -> Result<(), LogIoError> {
         self.sync()?;
+        // A slower, older sync may still be in flight on the old file: let it finish before the
+        // file is closed and positions restart in the new segment.
+        self.drain();
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
         let a = &self.active;
         let cp = IndexCheckpoint {
             base_offset: a.base,
