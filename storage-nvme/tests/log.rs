@@ -265,3 +265,19 @@ fn checkpoints_are_written_while_appending() {
     assert_eq!(snap.end_offset(), end);
     assert_eq!(verify_pattern(&mut snap, 0), end);
 }
+
+#[test]
+fn sync_returns_only_when_everything_is_durable_across_rolls() {
+    // Regression: with two fdatasyncs in flight, a slower one of the old segment could
+    // complete after a roll and move the new segment's durable position.
+    for _ in 0..20 {
+        let dir = tempdir();
+        let (mut log, _) = Log::open(dir.path(), small_config()).unwrap();
+        let end = append_pattern(&mut log, 800, 7);
+        assert_eq!(log.sync().unwrap(), end);
+        assert!(log.stats().rolls >= 2);
+        assert_eq!(verify_pattern(&mut log.reader(), 0), end);
+        let mut snap = storage_nvme::Reader::open(dir.path()).unwrap();
+        assert_eq!(snap.end_offset(), end);
+    }
+}
