@@ -277,7 +277,7 @@ fn sync_returns_only_when_everything_is_durable_across_rolls() {
         assert_eq!(log.sync().unwrap(), end);
         assert!(log.stats().rolls >= 2);
         assert_eq!(verify_pattern(&mut log.reader(), 0), end);
-        let mut snap = storage_nvme::Reader::open(dir.path()).unwrap();
+        let snap = storage_nvme::Reader::open(dir.path()).unwrap();
         assert_eq!(snap.end_offset(), end);
     }
 }
