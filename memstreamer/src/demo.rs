@@ -90,10 +90,15 @@ impl Drop for DirGuard {
     }
 }
 
-struct PublisherReport {
-    sent: u64,
+/// What the client thread measured.
+struct ClientReport {
     connected: bool,
+    sent: u64,
+    received: u64,
+    out_of_order: u64,
     retransmits: u64,
+    elapsed_s: f64,
+    hist: Histogram<u64>,
 }
 
 fn write_config(
@@ -116,47 +121,78 @@ fn write_config(
     Ok(())
 }
 
-fn run_publisher(
+/// The client: the remote publisher (its socket lives in the peer namespace) and the local
+/// subscriber (shared memory needs no namespace) on ONE thread, so that on a small machine the
+/// node's busy-polling thread and this one each have a core.
+fn run_client(
     node: SocketAddr,
+    shm: PathBuf,
     args: (u64, usize, u64, Duration),
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<PublisherReport> {
+) -> anyhow::Result<ClientReport> {
     let (messages, size, rate, timeout) = args;
+    let mut subscriber = sdk::Context::builder()
+        .dir(shm)
+        .build()
+        .subscriber(STREAM, 0);
     let cfg = PublisherConfig::new(STREAM, 0, std::process::id(), "demo");
     let mut p = UdpPublisher::new("0.0.0.0:0".parse().expect("address"), node, cfg)?;
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
+    let mut report = ClientReport {
+        connected: false,
+        sent: 0,
+        received: 0,
+        out_of_order: 0,
+        retransmits: 0,
+        elapsed_s: 0.0,
+        hist: hist.clone(),
+    };
     if !p.wait_connected(Duration::from_secs(5)) {
-        return Ok(PublisherReport {
-            sent: 0,
-            connected: false,
-            retransmits: 0,
-        });
+        return Ok(report);
     }
+    report.connected = true;
     let deadline = Instant::now() + timeout;
     let start = Instant::now();
     let mut payload = vec![0u8; size];
-    let mut sent = 0u64;
-    while sent < messages && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-        if let Some(due_ns) = sent.saturating_mul(1_000_000_000).checked_div(rate) {
-            if Instant::now() < start + Duration::from_nanos(due_ns) {
-                p.do_work();
-                continue;
+    let (mut sent, mut received, mut out_of_order) = (0u64, 0u64, 0u64);
+    while received < messages && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        let due = sent
+            .saturating_mul(1_000_000_000)
+            .checked_div(rate)
+            .map(Duration::from_nanos);
+        if sent < messages && due.is_none_or(|d| start.elapsed() >= d) {
+            payload[..8].copy_from_slice(&sent.to_le_bytes());
+            payload[8..16].copy_from_slice(&sdk::clock::now_ns().to_le_bytes());
+            match p.offer(1, &payload) {
+                Ok(_) => sent += 1,
+                Err(sdk::net::NetOfferError::BackPressured) => {}
+                Err(e) => return Err(e.into()),
             }
         }
-        payload[..8].copy_from_slice(&sent.to_le_bytes());
-        payload[8..16].copy_from_slice(&sdk::clock::now_ns().to_le_bytes());
-        match p.offer(1, &payload) {
-            Ok(_) => sent += 1,
-            Err(sdk::net::NetOfferError::BackPressured) => {}
-            Err(e) => return Err(e.into()),
-        }
         p.do_work();
+        subscriber.poll(
+            |r| {
+                let now = sdk::clock::now_ns();
+                let seq = u64::from_le_bytes(r.payload[..8].try_into().expect("8 bytes"));
+                let ts = u64::from_le_bytes(r.payload[8..16].try_into().expect("8 bytes"));
+                if seq != received {
+                    out_of_order += 1;
+                }
+                let _ = hist.record(now.saturating_sub(ts).max(1));
+                received += 1;
+            },
+            256,
+        )?;
     }
+    report.elapsed_s = start.elapsed().as_secs_f64();
     p.close(Duration::from_secs(2));
-    Ok(PublisherReport {
-        sent,
-        connected: true,
-        retransmits: p.session().stats().retransmit_frames,
-    })
+    report.sent = sent;
+    report.received = received;
+    report.out_of_order = out_of_order;
+    report.retransmits = p.session().stats().retransmit_frames;
+    report.hist = hist;
+    Ok(report)
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -216,65 +252,32 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("  {line}");
     }
 
-    let mut subscriber = sdk::Context::builder()
-        .dir(shm.0.clone())
-        .build()
-        .subscriber(STREAM, 0);
     let node_addr = SocketAddr::from((net.node_ip, DATA_PORT));
     let timeout = Duration::from_secs(args.timeout_s);
-    let pub_stop = stop.clone();
-    let pub_args = (args.messages, args.size, args.rate, timeout);
-    let publisher = TestNet::spawn_in(&net.peer_ns, move || {
-        run_publisher(node_addr, pub_args, pub_stop)
+    let client_stop = stop.clone();
+    let client_args = (args.messages, args.size, args.rate, timeout);
+    let shm_dir = shm.0.clone();
+    let client = TestNet::spawn_in(&net.peer_ns, move || {
+        run_client(node_addr, shm_dir, client_args, client_stop)
     });
-
-    let mut hist =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
-    let (mut received, mut out_of_order) = (0u64, 0u64);
-    let mut first_ns = None;
-    let deadline = Instant::now() + timeout + Duration::from_secs(5);
-    while received < args.messages && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-        let n = subscriber.poll(
-            |r| {
-                let now = sdk::clock::now_ns();
-                let seq = u64::from_le_bytes(r.payload[..8].try_into().expect("8 bytes"));
-                let ts = u64::from_le_bytes(r.payload[8..16].try_into().expect("8 bytes"));
-                if seq != received {
-                    out_of_order += 1;
-                }
-                first_ns.get_or_insert(ts);
-                let _ = hist.record(now.saturating_sub(ts).max(1));
-                received += 1;
-            },
-            256,
-        )?;
-        if n == 0 {
-            if publisher.is_finished() && received == 0 {
-                break;
-            }
-            std::thread::yield_now();
-        }
-    }
-    let end_ns = sdk::clock::now_ns();
-    let report = publisher
+    let report = client
         .join()
-        .map_err(|_| anyhow::anyhow!("the publisher thread panicked"))??;
-    let report = report?;
+        .map_err(|_| anyhow::anyhow!("the client thread panicked"))???;
     if !report.connected {
         bail!(
             "the publisher got no SETUP acknowledgement from the node within 5 s:\n{}",
             node_log()
         );
     }
-    let secs = first_ns.map_or(0.0, |f| end_ns.saturating_sub(f) as f64 / 1e9);
+    let hist = &report.hist;
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "demo: sent {} received {} out-of-order {} retransmitted frames {}",
-        report.sent, received, out_of_order, report.retransmits
+        report.sent, report.received, report.out_of_order, report.retransmits
     );
     println!(
         "demo: {:.0} msgs/s ({} B payload, publisher rate {}), latency publisher->subscriber p50 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us",
-        received as f64 / secs.max(1e-9),
+        report.received as f64 / report.elapsed_s.max(1e-9),
         args.size,
         if args.rate == 0 { "unlimited".to_string() } else { format!("{}/s", args.rate) },
         us(0.5),
@@ -298,8 +301,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     drop(node);
     drop(net);
-    if received != args.messages {
-        bail!("received {received} of {} messages", args.messages);
+    if report.received != args.messages {
+        bail!("received {} of {} messages", report.received, args.messages);
     }
     Ok(())
 }
