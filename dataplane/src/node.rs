@@ -502,6 +502,39 @@ mod tests {
     }
 
     #[test]
+    fn dedicated_threads_run_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), true);
+        cfg.threading = Threading::Dedicated;
+        cfg.idle = crate::config::Idle::Yielding;
+        let node = NodeParts::build(&cfg).unwrap().start(&cfg).unwrap();
+        let mut p = UdpPublisher::new(
+            "127.0.0.1:0".parse().unwrap(),
+            node.data_addr,
+            PublisherConfig::new(7, 0, 9, "t"),
+        )
+        .unwrap();
+        assert!(p.wait_connected(std::time::Duration::from_secs(10)));
+        let mut sub = local_subscriber(dir.path());
+        let (count, mut next, mut got) = (500u64, 0u64, Vec::new());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while (got.len() as u64) < count && std::time::Instant::now() < deadline {
+            while next < count && p.offer(1, &next.to_le_bytes()).is_ok() {
+                next += 1;
+            }
+            p.do_work();
+            sub.poll(
+                |r| got.push(u64::from_le_bytes(r.payload[..8].try_into().unwrap())),
+                256,
+            )
+            .unwrap();
+        }
+        assert_eq!(got, (0..count).collect::<Vec<_>>());
+        assert!(node.is_healthy());
+        assert_eq!(node.stop(), 0, "no agent thread panicked");
+    }
+
+    #[test]
     fn restart_recovers_the_stream_from_storage() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), true);
