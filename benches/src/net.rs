@@ -3,11 +3,11 @@
 //! namespaces (`dataplane::testnet`, 198.18.0.0/15 addresses only).
 //!
 //! ```text
-//!  peer netns                         node netns (this process, one thread)        local
-//!  sdk::net::UdpPublisher --veth--> XDP program -> NetPort (afxdp | udp)           sdk::Subscriber
-//!  (stamps clock::now_ns()            -> SessionTable::handle (decode, CRC,   --->  (reads the ring,
-//!   into each payload)                   gap check) -> shm ring append              records now - stamp)
-//!                      <---------- STATUS / NAK via NetPort::send + flush_tx
+//!  peer netns                          node netns: the real node (NodeParts,       local (this process)
+//!  sdk::net::UdpPublisher  --veth-->   shared threading, busy spin, no storage)    sdk::Subscriber
+//!  (stamps clock::now_ns()             data port (afxdp: XDP -> AF_XDP | udp:  -->  (reads the ring,
+//!   into each payload)                 kernel socket) -> receiver -> shm ring       records now - stamp)
+//!                       <----------- STATUS / NAK from the receiver
 //! ```
 //!
 //! Figures:
@@ -15,16 +15,17 @@
 //!   between messages); the subscriber records `now_ns() - stamp` per record
 //!   in an hdrhistogram (3 significant digits, warm-up not recorded). Both
 //!   ends read the same clock (`sdk::clock`, TSC-based) in one process. The
-//!   XDP program is attached for both backends (policy on the path); with the
-//!   UDP backend no AF_XDP socket is registered, so XDP passes the frames to
-//!   the kernel stack (`redirect_no_socket`).
+//!   node attaches the XDP program for the AF_XDP backend; the UDP backend
+//!   runs without XDP (as a node with `--backend udp` does).
 //! - **throughput**: records/s at the subscriber (first to last record) with
 //!   the publisher offering as fast as flow control allows.
 //! - **drain**: the receiver's cost per core. A raw sender fills the RX ring
 //!   (AF_XDP) or socket buffer (UDP) with DATA frames of `DRAIN_RECORDS_PER_FRAME`
 //!   16-byte records while the receiver does not poll; then one thread drains
-//!   it: RX ring -> parse Ethernet/IP/UDP -> frame decode (CRC32C) -> record
-//!   validation -> shm ring append. Records/s over that thread's wall time.
+//!   it with the receiver core (`SessionTable`, not the whole node, so the
+//!   drain can be held back): RX ring -> parse Ethernet/IP/UDP -> frame decode
+//!   (CRC32C) -> record validation -> shm ring append. Records/s over that
+//!   thread's wall time.
 //!
 //! Benchmarks measure, they never assert. Needs root (netns, XDP, AF_XDP).
 
@@ -39,6 +40,7 @@ use dataplane::net::udp::UdpPort;
 use dataplane::net::NetPort;
 use dataplane::session::{RecordSink, SessionConfig, SessionTable};
 use dataplane::testnet::TestNet;
+use dataplane::NodeParts;
 use sdk::net::wire::{encode_setup, push_record};
 use sdk::net::{NetOfferError, PublisherConfig, UdpPublisher};
 use sdk::{clock, Context, Mode, StartAt};
@@ -146,12 +148,15 @@ fn node_cycle(
 }
 
 struct E2e {
+    /// The node's largest receiver duty cycle (ns), from its counters file.
+    receiver_duty_max_ns: u64,
     latency: Latency,
     records_per_s: f64,
     received: u64,
 }
 
-/// Remote publisher -> node (backend) -> ring -> local subscriber.
+/// Remote publisher -> the real node (`NodeParts`, shared threading, busy
+/// spin, no storage) with `backend` -> its ring -> local subscriber.
 fn e2e(
     backend: Backend,
     net: &TestNet,
@@ -159,24 +164,55 @@ fn e2e(
     messages: u64,
     paced: bool,
 ) -> anyhow::Result<E2e> {
-    let ctx = ring_context(dir);
-    let _ = ctx.remove(STREAM, 0);
-    let publisher_ring = ctx.publisher(STREAM, 0)?;
-    let mut subscriber = ctx.subscriber(STREAM, 0);
-    subscriber.try_attach(true)?;
     let node = SocketAddrV4::new(net.node_ip, PORT);
+    let cfg = dataplane::Config {
+        backend: match backend {
+            Backend::AfXdp => dataplane::Backend::Afxdp,
+            Backend::Udp => dataplane::Backend::Udp,
+        },
+        listen: SocketAddr::V4(node),
+        interface: Some(net.node_if.clone()),
+        shm_dir: Some(dir.join("node-shm")),
+        counters_file: dir.join("node-counters"),
+        ring_capacity_bytes: RING_CAPACITY_BYTES,
+        window_bytes: 16 << 20,
+        xdp_default_allow: true,
+        streams: vec![dataplane::config::StreamConfig {
+            id: STREAM,
+            partitions: 1,
+        }],
+        ..dataplane::Config::default()
+    };
+    let mut subscriber = Context::builder()
+        .dir(dir.join("node-shm"))
+        .start_at(StartAt::Earliest)
+        .build()
+        .subscriber(STREAM, 0);
     let stop = Arc::new(AtomicBool::new(false));
-    let (node_if, stop_node) = (net.node_if.clone(), stop.clone());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stop_node = stop.clone();
     let node_thread = TestNet::spawn_in(&net.node_ns, move || -> anyhow::Result<()> {
-        let mut port = open_port(backend, &node_if, node)?;
-        let mut table = SessionTable::new(session_config(), &[(STREAM, 0)]);
-        let mut sink = RingSink(publisher_ring);
-        let mut out = Vec::with_capacity(2048);
+        let handle = match NodeParts::build(&cfg).and_then(|p| p.start(&cfg)) {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.to_string()));
+                bail!("node: {e}");
+            }
+        };
+        let _ = ready_tx.send(Ok(()));
         while !stop_node.load(Ordering::Relaxed) {
-            node_cycle(&mut port, &mut table, &mut sink, &mut out, 64);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let panicked = handle.stop();
+        if panicked > 0 {
+            bail!("{panicked} node agent thread(s) panicked");
         }
         Ok(())
     });
+    ready_rx
+        .recv_timeout(PHASE_TIMEOUT)
+        .context("node thread did not answer")?
+        .map_err(|e| anyhow::anyhow!("node start ({}): {e}", backend.name()))?;
     let sent = Arc::new(AtomicU64::new(0));
     let (stop_pub, sent_pub) = (stop.clone(), sent.clone());
     let publisher = TestNet::spawn_in(&net.peer_ns, move || -> anyhow::Result<()> {
@@ -241,6 +277,11 @@ fn e2e(
             }
         }
     }
+    let counters_file = dir.join("node-counters");
+    let receiver_duty_max_ns = dataplane::counters::CountersSnapshot::read(&counters_file)
+        .ok()
+        .and_then(|c| c.get(dataplane::counters::Counter::DutyCycleMaxReceiverNs))
+        .unwrap_or(0);
     stop.store(true, Ordering::Relaxed);
     publisher
         .join()
@@ -250,9 +291,9 @@ fn e2e(
         .join()
         .map_err(|_| anyhow::anyhow!("node thread panicked"))??
         .context("node")?;
-    let _ = ctx.remove(STREAM, 0);
     let span = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
     Ok(E2e {
+        receiver_duty_max_ns,
         latency: Latency::from_histogram(&hist),
         records_per_s: if span > 0.0 {
             received as f64 / span
@@ -264,6 +305,7 @@ fn e2e(
 }
 
 struct Drain {
+    describe: String,
     frames: u64,
     records: u64,
     seconds: f64,
@@ -285,7 +327,21 @@ fn drain(
     let filled = Arc::new(AtomicBool::new(false));
     let (node_if, ready_n, filled_n) = (net.node_if.clone(), ready.clone(), filled.clone());
     let node_thread = TestNet::spawn_in(&net.node_ns, move || -> anyhow::Result<Drain> {
+        // AF_XDP needs the XDP program (redirect into the XSKMAP); the UDP backend runs without it.
+        let _xdp = match backend {
+            Backend::AfXdp => Some(XdpProgram::load_and_attach(
+                &node_if,
+                AttachMode::Native,
+                Config {
+                    data_port: PORT,
+                    reserved: 0,
+                    flags: CONFIG_FLAG_DEFAULT_ALLOW,
+                },
+            )?),
+            Backend::Udp => None,
+        };
         let mut port = open_port(backend, &node_if, node)?;
+        let describe = port.describe();
         let mut table = SessionTable::new(session_config(), &[(STREAM, 1)]);
         let mut sink = RingSink(ring);
         let mut out = Vec::with_capacity(2048);
@@ -337,6 +393,7 @@ fn drain(
             NetPort::Udp(_) => String::new(),
         };
         Ok(Drain {
+            describe,
             frames: got,
             records: table.stats().records_appended - before,
             seconds,
@@ -421,44 +478,14 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
     let dir = std::path::PathBuf::from(format!("/dev/shm/ms-bench-net-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let _dir_guard = RemoveDir(dir.clone());
-    // The XDP program stays attached for the whole run (both backends).
-    let node_if = net.node_if.clone();
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let (ok_tx, ok_rx) = std::sync::mpsc::channel::<Result<String, String>>();
-    let xdp_thread = TestNet::spawn_in(&net.node_ns, move || {
-        let config = Config {
-            data_port: PORT,
-            reserved: 0,
-            flags: CONFIG_FLAG_DEFAULT_ALLOW,
-        };
-        match XdpProgram::load_and_attach(&node_if, AttachMode::Native, config) {
-            Ok(h) => {
-                let _ = ok_tx.send(Ok(format!("{:?}", h.mode())));
-                let _ = stop_rx.recv_timeout(Duration::from_secs(3600));
-                drop(h);
-            }
-            Err(e) => {
-                let _ = ok_tx.send(Err(e.to_string()));
-            }
-        }
-    });
-    let mode = ok_rx
-        .recv_timeout(Duration::from_secs(30))
-        .context("XDP attach thread did not answer")?
-        .map_err(|e| anyhow::anyhow!("XDP attach: {e}"))?;
     println!(
-        "net: veth {} (198.18.230.1) <-> {} (198.18.230.2), XDP {mode} mode, payload {PAYLOAD_BYTES} B",
-        net.node_if, net.peer_if
+        "net: veth {} ({}) <-> {} ({}), payload {PAYLOAD_BYTES} B, latency pacing {} us",
+        net.node_if,
+        net.node_ip,
+        net.peer_if,
+        net.peer_ip,
+        LATENCY_INTERVAL.as_micros()
     );
-    let describe = TestNet::spawn_in(&net.node_ns, {
-        let (iface, local) = (net.node_if.clone(), SocketAddrV4::new(net.node_ip, PORT));
-        move || open_port(Backend::AfXdp, &iface, local).map(|p| p.describe())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("describe thread panicked"))??
-    .map_err(|e| anyhow::anyhow!("AF_XDP backend: {e}"))?;
-    println!("backend: {describe}");
-
     let backends = [Backend::AfXdp, Backend::Udp];
     let mut lat: [Vec<E2e>; 2] = [Vec::new(), Vec::new()];
     let mut tput: [Vec<E2e>; 2] = [Vec::new(), Vec::new()];
@@ -470,6 +497,11 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
                 "{}",
                 l.latency
                     .line(&format!("round {round} {} latency", backend.name()))
+            );
+            println!(
+                "round {round} {:<5} node receiver duty cycle max {} ns",
+                backend.name(),
+                l.receiver_duty_max_ns
             );
             lat[b].push(l);
             let t = e2e(backend, &net, &dir, sizes.throughput_messages, false)?;
@@ -486,6 +518,9 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
                 Backend::Udp => sizes.drain_frames_udp,
             };
             let d = drain(backend, &net, &dir, frames)?;
+            if round == 0 {
+                println!("{} backend: {}", backend.name(), d.describe);
+            }
             println!(
                 "round {round} {:<5} drain {:>8} frames {:>9} records in {:.4} s: {:.2} M records/s, {:.3} M frames/s per core {}",
                 backend.name(),
@@ -499,8 +534,6 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
             drains[b].push(d);
         }
     }
-    let _ = stop_tx.send(());
-    let _ = xdp_thread.join();
 
     let best_lat = |v: &Vec<E2e>| -> Latency {
         v.iter()
@@ -517,6 +550,10 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
     let (la, lu) = (best_lat(&lat[0]), best_lat(&lat[1]));
     let (ta, tu) = (best_tput(&tput[0]), best_tput(&tput[1]));
     let (da, du) = (best_drain(&drains[0]), best_drain(&drains[1]));
+    let describe = drains[0]
+        .first()
+        .map(|d| d.describe.clone())
+        .unwrap_or_default();
     let us = |ns: u64| ns as f64 / 1000.0;
     println!("{}", la.line("afxdp latency (best round)"));
     println!("{}", lu.line("udp latency (best round)"));
