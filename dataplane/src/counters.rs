@@ -270,6 +270,8 @@ pub enum CountersFileError {
         "counters file {path} stayed mid-update for {READ_ATTEMPTS_MAX} reads: is the node wedged?"
     )]
     Busy { path: PathBuf },
+    #[error("counters file {path} belongs to a running node (pid {pid}): stop it, or give this node another `counters_file`")]
+    InUse { path: PathBuf, pid: u32 },
     #[error("too many partitions for the counters file: {count} > {PARTITIONS_MAX}")]
     TooManyPartitions { count: usize },
 }
@@ -298,6 +300,14 @@ impl CountersFile {
         let parts = counters.partitions().len();
         if parts > PARTITIONS_MAX {
             return Err(CountersFileError::TooManyPartitions { count: parts });
+        }
+        if let Ok(old) = CountersSnapshot::read(path) {
+            if old.pid != std::process::id() && old.writer_alive() {
+                return Err(CountersFileError::InUse {
+                    path: path.into(),
+                    pid: old.pid,
+                });
+            }
         }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| CountersFileError::Create {
@@ -560,6 +570,15 @@ mod tests {
             ),
             (7, 1, 3)
         );
+        // A second node may not take over the file of a live one.
+        let mut other = std::fs::read(&path).unwrap();
+        other[PID_OFFSET..PID_OFFSET + 4].copy_from_slice(&1u32.to_le_bytes()); // pid 1 is alive
+        let taken = dir.path().join("taken");
+        std::fs::write(&taken, &other).unwrap();
+        assert!(matches!(
+            CountersFile::create(&taken, &counters),
+            Err(CountersFileError::InUse { pid: 1, .. })
+        ));
         drop(file);
         assert!(!path.exists());
     }
