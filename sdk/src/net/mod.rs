@@ -6,7 +6,8 @@
 //!   batches cut from a retransmit buffer, flow control from STATUS windows,
 //!   retransmission on NAK, heartbeats (tail-loss detection), END_OF_SESSION.
 //! - [`UdpSubscriber`] / [`ReceiverCore`]: per-session in-order, exactly-once
-//!   delivery, loss detection (gaps and heartbeat offsets) and NAK, STATUS.
+//!   delivery, loss detection (gaps and heartbeat offsets) and NAK, STATUS;
+//!   `subscribe` asks a node for a partition (SETUP with `FLAG_SUBSCRIBE`).
 //! - [`wire`]: the frame bodies; the header codec is `xdp_programs::frame`.
 //!
 //! The sessions are sans-IO (`handle(now, datagram)` / `poll_transmit(now,
@@ -33,8 +34,8 @@ pub use publisher::{
     UdpPublisherCreateError, BUFFER_BYTES_DEFAULT, BUFFER_BYTES_MAX, BUFFER_BYTES_MIN,
 };
 pub use subscriber::{
-    NetRecord, ReceiverConfig, ReceiverCore, ReceiverStats, UdpSubscriber,
-    UdpSubscriberCreateError, SESSIONS_MAX,
+    NetRecord, NetSubscribeError, ReceiverConfig, ReceiverCore, ReceiverStats, UdpSubscriber,
+    UdpSubscriberCreateError, SESSIONS_MAX, SUBSCRIBE_RETRY_NS, SUBSCRIPTIONS_MAX,
 };
 
 /// Receive buffer size: one byte more than the largest frame, so an

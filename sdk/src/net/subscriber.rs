@@ -6,6 +6,11 @@
 //! session in order and exactly once, and answers with STATUS (acknowledged
 //! offset and receive window) and NAK.
 //!
+//! To receive a partition from a node, [`UdpSubscriber::subscribe`] sends a
+//! SETUP with `FLAG_SUBSCRIBE` to the node's data port (repeated every
+//! [`SUBSCRIBE_RETRY_NS`] until the node's SETUP for that session id arrives);
+//! the node then acts as the publisher of that session, from its sender port.
+//!
 //! Loss handling is go-back-N: a DATA frame that starts after the next
 //! expected offset is dropped (counted) and the receiver NAKs
 //! `[expected, highest end seen)`; the publisher re-sends that range and the
@@ -20,8 +25,9 @@ use std::time::Instant;
 use xdp_programs::frame::{FrameHeader, FrameType};
 
 use super::wire::{
-    decode_setup, encode_nak, for_each_record, validate_records, StatusBody, FLAGS_KNOWN,
-    FLAG_END_OF_SESSION, FLAG_REPLY_REQUESTED, FLAG_SETUP_ACK, HEADER_BYTES,
+    decode_setup, encode_nak, encode_setup, for_each_record, validate_records, StatusBody,
+    FLAGS_KNOWN, FLAG_END_OF_SESSION, FLAG_REPLY_REQUESTED, FLAG_SETUP_ACK, FLAG_SUBSCRIBE,
+    HEADER_BYTES, PRINCIPAL_BYTES_MAX,
 };
 use super::{NetConfigError, FRAME_RECV_BYTES};
 
@@ -38,7 +44,13 @@ pub const NAK_RETRY_NS_DEFAULT: u64 = 2_000_000;
 /// `frames_max` argument, capped by this.
 pub const RECV_BATCH_MAX: usize = 256;
 
+/// Subscriptions one `UdpSubscriber` asks nodes for.
+pub const SUBSCRIPTIONS_MAX: usize = 16;
+/// Interval between SUBSCRIBE requests until the node's SETUP arrives.
+pub const SUBSCRIBE_RETRY_NS: u64 = 100_000_000;
+
 const _: () = assert!(WINDOW_BYTES_MIN <= WINDOW_BYTES_DEFAULT);
+const _: () = assert!(SUBSCRIPTIONS_MAX <= SESSIONS_MAX);
 
 /// How a receiver acknowledges.
 #[derive(Clone, Debug)]
@@ -404,6 +416,25 @@ impl ReceiverCore {
     }
 }
 
+/// Why a subscription was not registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetSubscribeError {
+    #[error(
+        "already {SUBSCRIPTIONS_MAX} subscriptions on this subscriber: use another UdpSubscriber"
+    )]
+    Full,
+    #[error("principal must be 1..=255 bytes of UTF-8, got {len} bytes")]
+    Principal { len: usize },
+}
+
+/// A partition asked from a node, until the node's SETUP arrives.
+struct Subscription {
+    node: SocketAddr,
+    header: FrameHeader,
+    body: Vec<u8>,
+    next_send_ns: u64,
+}
+
 /// Why a UDP subscriber could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum UdpSubscriberCreateError {
@@ -421,6 +452,7 @@ pub enum UdpSubscriberCreateError {
 /// SETUP and DATA to its address.
 pub struct UdpSubscriber {
     core: ReceiverCore,
+    subscriptions: Vec<Subscription>,
     socket: UdpSocket,
     clock: Instant,
     rx: Vec<u8>,
@@ -443,6 +475,7 @@ impl UdpSubscriber {
             })?;
         Ok(Self {
             core,
+            subscriptions: Vec::with_capacity(SUBSCRIPTIONS_MAX),
             socket,
             clock: Instant::now(),
             rx: vec![0; FRAME_RECV_BYTES],
@@ -464,6 +497,53 @@ impl UdpSubscriber {
         self.send_errors
     }
 
+    /// Asks the node whose data port is `node` for (stream, partition): the
+    /// node becomes the publisher of session `session_id` toward this socket.
+    /// The request is repeated by `poll` until the node's SETUP arrives.
+    pub fn subscribe(
+        &mut self,
+        node: SocketAddr,
+        stream_id: u32,
+        partition: u16,
+        session_id: u32,
+        principal: &str,
+    ) -> Result<(), NetSubscribeError> {
+        if !(1..=PRINCIPAL_BYTES_MAX).contains(&principal.len()) {
+            return Err(NetSubscribeError::Principal {
+                len: principal.len(),
+            });
+        }
+        if self.subscriptions.len() == SUBSCRIPTIONS_MAX {
+            return Err(NetSubscribeError::Full);
+        }
+        let mut body = Vec::new();
+        encode_setup(
+            xdp_programs::abi_consts::FRAME_BYTES_MTU1500_IPV4,
+            principal,
+            &mut body,
+        );
+        self.subscriptions.push(Subscription {
+            node,
+            header: FrameHeader {
+                frame_type: FrameType::Setup,
+                flags: FLAG_SUBSCRIBE,
+                stream_id,
+                partition,
+                session_id,
+                offset: 0,
+                epoch: 0,
+            },
+            body,
+            next_send_ns: 0,
+        });
+        Ok(())
+    }
+
+    /// True once the node's SETUP for a subscription's session arrived.
+    pub fn is_subscribed(&self, session_id: u32) -> bool {
+        self.core.expected_offset(session_id).is_some()
+    }
+
     /// One duty cycle: receives up to `frames_max` datagrams (capped by
     /// RECV_BATCH_MAX), delivers records in order, sends due STATUS/NAK.
     /// Returns records delivered.
@@ -476,6 +556,19 @@ impl UdpSubscriber {
                     delivered += self.core.handle(now, src, &self.rx[..n], &mut deliver);
                 }
                 Err(_) => break,
+            }
+        }
+        let now = self.clock.elapsed().as_nanos() as u64;
+        for sub in &mut self.subscriptions {
+            if now < sub.next_send_ns || self.core.expected_offset(sub.header.session_id).is_some()
+            {
+                continue;
+            }
+            sub.next_send_ns = now + SUBSCRIBE_RETRY_NS;
+            if sub.header.encode(&sub.body, &mut self.tx).is_err()
+                || self.socket.send_to(&self.tx, sub.node).is_err()
+            {
+                self.send_errors += 1;
             }
         }
         for _ in 0..SESSIONS_MAX * 2 {

@@ -347,3 +347,42 @@ fn loopback_udp_publisher_to_subscriber() {
     }
     assert!(sub.core().is_ended(99));
 }
+
+#[test]
+fn subscribe_asks_the_node_until_its_setup_arrives() {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let node = std::net::UdpSocket::bind(any).expect("node data port");
+    node.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut sub = UdpSubscriber::bind(any, ReceiverConfig::default()).expect("bind");
+    sub.subscribe(node.local_addr().expect("addr"), 7, 2, 4242, "reader")
+        .expect("room");
+    assert_eq!(
+        sub.subscribe(node.local_addr().expect("addr"), 7, 2, 1, ""),
+        Err(NetSubscribeError::Principal { len: 0 })
+    );
+    sub.poll(|_| {}, 1);
+    let mut buf = vec![0u8; FRAME_RECV_BYTES];
+    let (n, from) = node.recv_from(&mut buf).expect("SUBSCRIBE arrives");
+    let h = FrameHeader::decode(&buf[..n]).expect("valid frame");
+    assert_eq!(h.frame_type, FrameType::Setup);
+    assert_eq!(h.flags, wire::FLAG_SUBSCRIBE);
+    assert_eq!((h.stream_id, h.partition, h.session_id), (7, 2, 4242));
+    assert_eq!(
+        wire::decode_setup(&buf[HEADER_BYTES..n]).map(|s| s.principal),
+        Some("reader")
+    );
+    // The node answers as the publisher of session 4242 (from another port).
+    let mut c = PublisherConfig::new(7, 2, 4242, "node");
+    c.buffer_bytes = BUFFER_BYTES_MIN;
+    let mut sender = UdpPublisher::new(any, from, c).expect("node sender");
+    sender.offer(0, b"from the ring").expect("room");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.is_empty() && Instant::now() < deadline {
+        sender.do_work();
+        sub.poll(|r| got.push(r.payload.to_vec()), 16);
+    }
+    assert!(sub.is_subscribed(4242));
+    assert_eq!(got, vec![b"from the ring".to_vec()]);
+}

@@ -46,6 +46,10 @@ pub const FLAG_RETRANSMIT: u16 = 0x0001;
 pub const FLAG_END_OF_SESSION: u16 = 0x0002;
 pub const FLAG_REPLY_REQUESTED: u16 = 0x0004;
 pub const FLAG_SETUP_ACK: u16 = 0x0008;
+/// SETUP from a remote subscriber asking a node for a partition (node-side
+/// flag: a node answers with its own SETUP from its sender port, then DATA).
+/// Not in FLAGS_KNOWN: a subscriber or publisher never accepts it.
+pub const FLAG_SUBSCRIBE: u16 = 0x0010;
 /// Every flag bit version 1 knows; frames with others are dropped.
 pub const FLAGS_KNOWN: u16 =
     FLAG_RETRANSMIT | FLAG_END_OF_SESSION | FLAG_REPLY_REQUESTED | FLAG_SETUP_ACK;
@@ -54,6 +58,7 @@ pub const HEADER_BYTES: usize = FRAME_HEADER_BYTES as usize;
 /// Smallest frame a sender may choose: header plus one record of 8 payload bytes.
 pub const FRAME_BYTES_MIN: usize = HEADER_BYTES + RECORD_PAYLOAD_OFFSET + 8;
 
+const _: () = assert!(FLAGS_KNOWN & FLAG_SUBSCRIBE == 0);
 const _: () = assert!(RECORD_ALIGNMENT_BYTES == 8);
 const _: () = assert!(RECORD_PAYLOAD_OFFSET == 8);
 const _: () = assert!(HEADER_BYTES + SETUP_BODY_BYTES_MAX <= FRAME_BYTES_MIN * 8);
