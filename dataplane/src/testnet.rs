@@ -15,6 +15,9 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::process::Command;
 
+/// Most queues per veth end a test network creates (the XSKMAP has 64 slots).
+pub const QUEUES_MAX: u32 = 16;
+
 /// Why the test network could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum TestNetCreateError {
@@ -24,6 +27,8 @@ pub enum TestNetCreateError {
         "subnet index {0} must be in 0..=255 of 198.18.S.0/30 (and unique among concurrent users)"
     )]
     Subnet(u32),
+    #[error("queues {0} must be in 1..={QUEUES_MAX}")]
+    Queues(u32),
 }
 
 /// Why a thread could not enter a namespace.
@@ -98,6 +103,20 @@ impl TestNet {
     /// 198.18.`subnet`.1 (node) and .2 (peer). `subnet` must be unique among
     /// concurrent users on the machine (tests pick distinct ones).
     pub fn create(tag: &str, subnet: u32) -> Result<TestNet, TestNetCreateError> {
+        Self::create_with_queues(tag, subnet, 1)
+    }
+
+    /// Like [`TestNet::create`] with `queues` RX and TX queues on each veth end
+    /// (flows are spread over them by their hash).
+    pub fn create_with_queues(
+        tag: &str,
+        subnet: u32,
+        queues: u32,
+    ) -> Result<TestNet, TestNetCreateError> {
+        if !(1..=QUEUES_MAX).contains(&queues) {
+            return Err(TestNetCreateError::Queues(queues));
+        }
+        let q = queues.to_string();
         let s = u8::try_from(subnet).map_err(|_| TestNetCreateError::Subnet(subnet))?;
         let pid = std::process::id();
         let prefix = format!("{tag}-{pid}-{s}");
@@ -132,8 +151,10 @@ impl TestNet {
         }
         let (nmac, pmac) = (mac_string(&net.node_mac), mac_string(&net.peer_mac));
         #[rustfmt::skip]
-        ip(&["link", "add", &net.node_if, "address", &nmac, "netns", &net.node_ns, "type", "veth",
-             "peer", "name", &net.peer_if, "address", &pmac, "netns", &net.peer_ns])?;
+        ip(&["link", "add", &net.node_if, "address", &nmac, "netns", &net.node_ns,
+             "numtxqueues", &q, "numrxqueues", &q, "type", "veth",
+             "peer", "name", &net.peer_if, "address", &pmac, "netns", &net.peer_ns,
+             "numtxqueues", &q, "numrxqueues", &q])?;
         let (nip, pip) = (net.node_ip.to_string(), net.peer_ip.to_string());
         for (ns, dev, addr, other, other_mac) in [
             (&net.node_ns, &net.node_if, &nip, &pip, &pmac),

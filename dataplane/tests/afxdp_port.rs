@@ -128,3 +128,87 @@ fn remote_publisher_to_afxdp_port_in_order_exactly_once() {
     );
     assert!(stats.tx_datagrams > 0, "STATUS went out through AF_XDP TX");
 }
+
+#[test]
+fn two_rx_queues_each_get_a_socket_and_traffic() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let net = TestNet::create_with_queues("msd-xq", 209, 2).expect("test network");
+    let node = SocketAddrV4::new(net.node_ip, PORT);
+    let node_if = net.node_if.clone();
+    const FLOWS: u16 = 32;
+    const PER_FLOW: usize = 4;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let receiver = TestNet::spawn_in(&net.node_ns, move || {
+        let config = Config {
+            data_port: PORT,
+            reserved: 0,
+            flags: CONFIG_FLAG_DEFAULT_ALLOW,
+        };
+        let _xdp =
+            XdpProgram::load_and_attach(&node_if, AttachMode::Native, config).expect("attach XDP");
+        let mut cfg = XskConfig::new(&node_if, node);
+        cfg.queues = 2;
+        cfg.frames_per_queue = 2048;
+        let mut port = XskPort::open(&cfg).expect("AF_XDP port on 2 queues");
+        ready_tx.send(()).expect("test alive");
+        let mut sources = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + WAIT_MAX;
+        let mut got = 0;
+        while got < usize::from(FLOWS) * PER_FLOW && Instant::now() < deadline {
+            got += port.poll_rx(64, &mut |src, bytes| {
+                assert!(xdp_programs::frame::FrameHeader::decode(bytes).is_ok());
+                sources.insert(src);
+            });
+        }
+        (
+            got,
+            sources.len(),
+            port.rx_frames_per_queue(),
+            port.describe(),
+        )
+    });
+    ready_rx.recv_timeout(WAIT_MAX).expect("port ready");
+    let peer_ip = net.peer_ip;
+    TestNet::spawn_in(&net.peer_ns, move || {
+        let mut frame = Vec::new();
+        xdp_programs::frame::FrameHeader {
+            frame_type: xdp_programs::frame::FrameType::Heartbeat,
+            flags: 0,
+            stream_id: 3,
+            partition: 0,
+            session_id: 1,
+            offset: 0,
+            epoch: 0,
+        }
+        .encode(&[], &mut frame)
+        .expect("fits");
+        // One socket per flow: the sending veth hashes each flow to a TX queue,
+        // which is the RX queue it arrives on at the other end.
+        let sockets: Vec<std::net::UdpSocket> = (0..FLOWS)
+            .map(|_| std::net::UdpSocket::bind(SocketAddrV4::new(peer_ip, 0)).expect("bind"))
+            .collect();
+        for _ in 0..PER_FLOW {
+            for s in &sockets {
+                s.send_to(&frame, node).expect("send");
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    })
+    .join()
+    .expect("sender thread")
+    .expect("enter peer netns");
+    let (got, flows, per_queue, describe) = receiver
+        .join()
+        .expect("receiver thread")
+        .expect("enter node netns");
+    assert_eq!(got, usize::from(FLOWS) * PER_FLOW, "{describe}");
+    assert_eq!(flows, usize::from(FLOWS));
+    assert_eq!(per_queue.len(), 2);
+    assert!(
+        per_queue.iter().all(|&n| n > 0),
+        "both RX queues delivered frames: {per_queue:?}"
+    );
+}

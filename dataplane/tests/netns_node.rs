@@ -626,3 +626,58 @@ fn node_restart_recovers_the_stream_from_storage() {
     assert_in_order_exactly_once(&got, N);
     assert_eq!(node.stop(), 0);
 }
+
+#[test]
+fn remote_publisher_through_the_node_to_a_remote_subscriber() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = TestNet::create("msd-fan", 208).expect("test network");
+    let node = Node::start(&net, node_config(&net, dir.path(), false, true));
+    let node_addr = SocketAddr::V4(SocketAddrV4::new(net.node_ip, PORT));
+    const N: u64 = 5_000;
+    // The remote subscriber (peer namespace) asks the node for the partition first.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let peer_ip = net.peer_ip;
+    let subscriber = TestNet::spawn_in(&net.peer_ns, move || {
+        let mut sub = sdk::net::UdpSubscriber::bind(
+            SocketAddr::V4(SocketAddrV4::new(peer_ip, 0)),
+            sdk::net::ReceiverConfig::default(),
+        )
+        .expect("bind");
+        sub.subscribe(node_addr, STREAM, 0, 77, "remote-reader")
+            .expect("subscribe");
+        let mut got = Vec::new();
+        let mut told = false;
+        let deadline = Instant::now() + WAIT_MAX;
+        while (got.len() as u64) < N && Instant::now() < deadline {
+            if sub.poll(|r| got.push(r.payload.to_vec()), 64) == 0 {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            if !told && sub.is_subscribed(77) {
+                told = true;
+                let _ = ready_tx.send(());
+            }
+        }
+        (got, sub.stats())
+    });
+    ready_rx
+        .recv_timeout(WAIT_MAX)
+        .expect("the node set up the subscription");
+    let publisher = RemotePublisher::start(&net, any_addr(), node_addr);
+    publisher.offer(N);
+    let (got, stats) = subscriber
+        .join()
+        .expect("subscriber thread")
+        .expect("entered peer netns");
+    let (offered, closed, pstats) = publisher.finish();
+    assert_eq!(offered, N);
+    assert!(closed, "{pstats:?}");
+    assert_in_order_exactly_once(&got, N);
+    assert_eq!(stats.drop_bad_header + stats.drop_bad_body, 0, "{stats:?}");
+    assert!(node.wait_counter(Counter::TxDataFrames, 1) > 0);
+    assert_eq!(node.stop(), 0);
+}

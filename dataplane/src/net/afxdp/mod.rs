@@ -161,6 +161,8 @@ struct XskQueue {
     tx_pending: Vec<FrameDesc>,
     /// Scratch for consume calls (BATCH_MAX).
     batch: Vec<FrameDesc>,
+    /// Frames this queue's RX ring delivered.
+    rx_frames: u64,
 }
 
 /// An AF_XDP port: the [`NetPort::AfXdp`](super::NetPort::AfXdp) backend.
@@ -318,6 +320,7 @@ fn open_queue(cfg: &XskConfig, id: u32) -> Result<BoundQueue, XskPortOpenError> 
                         tx_free,
                         tx_pending: Vec::with_capacity(tx_frames.len()),
                         batch: vec![FrameDesc::default(); BATCH_MAX],
+                        rx_frames: 0,
                     },
                     zero_copy,
                     zero_copy_refusal,
@@ -427,6 +430,11 @@ impl XskPort {
         self.hugepages
     }
 
+    /// Frames received per RX queue (index = queue id).
+    pub fn rx_frames_per_queue(&self) -> Vec<u64> {
+        self.queues.iter().map(|q| q.rx_frames).collect()
+    }
+
     /// Kernel socket statistics summed over the queues.
     pub fn kernel_stats(&self) -> io::Result<XskKernelStats> {
         let mut k = XskKernelStats::default();
@@ -504,6 +512,7 @@ impl XskPort {
             // belong to `q.umem` and are ours until we put them back on the
             // fill ring below.
             let got = unsafe { q.rx.consume(&mut q.batch[..want]) };
+            q.rx_frames += got as u64;
             for desc in &q.batch[..got] {
                 // SAFETY: the RX ring handed this frame to us; nothing else
                 // (kernel or user space) writes it until it is re-filled.
