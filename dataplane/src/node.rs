@@ -56,6 +56,20 @@ pub enum NodeStartError {
     Threads(#[from] AgentRunnerStartError),
 }
 
+/// The partition rings; the ones this node created are removed on drop (every path, also a
+/// failed start).
+struct NodeRings(Vec<(Ring, bool)>);
+
+impl Drop for NodeRings {
+    fn drop(&mut self) {
+        for (ring, created) in &self.0 {
+            if *created {
+                let _ = ring.unlink();
+            }
+        }
+    }
+}
+
 /// What the node built, before threads run it.
 pub struct NodeParts {
     pub agents: Vec<AgentSlot>,
@@ -64,7 +78,7 @@ pub struct NodeParts {
     pub sender_addr: SocketAddr,
     pub describe: String,
     pub replayed_records: u64,
-    rings: Vec<(Ring, bool)>,
+    rings: NodeRings,
     xdp: Option<xdp_programs::XdpHandle>,
 }
 
@@ -92,7 +106,7 @@ impl NodeParts {
             ctx = ctx.dir(dir.clone());
         }
         let ring_cfg = ctx.build().ring_config();
-        let mut rings = Vec::with_capacity(partitions.len());
+        let mut rings = NodeRings(Vec::with_capacity(partitions.len()));
         let mut replayed_records = 0;
         for &(stream, partition) in &partitions {
             let name = sdk::ring_name(stream, partition);
@@ -110,6 +124,7 @@ impl NodeParts {
                 ),
                 Err(e) => return Err(ring_err(e.to_string())),
             };
+            rings.0.push((ring.clone(), fresh));
             if ring.max_payload_len() < xdp_programs::abi_consts::FRAME_BYTES_MAX as usize {
                 return Err(ring_err(format!(
                     "ring_capacity_bytes {} is too small for a frame",
@@ -123,10 +138,9 @@ impl NodeParts {
                     config.replay_records_max,
                 )?;
             }
-            rings.push((ring, fresh));
         }
         counters.add(Counter::ArchiverReplayedRecords, replayed_records);
-        let ring_list = || rings.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>();
+        let ring_list = || rings.0.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>();
 
         // Ports.
         let mut xdp = None;
@@ -346,7 +360,7 @@ pub struct NodeHandle {
     pub sender_addr: SocketAddr,
     pub describe: String,
     pub replayed_records: u64,
-    rings: Vec<(Ring, bool)>,
+    rings: NodeRings,
     xdp: Option<xdp_programs::XdpHandle>,
     runner: Option<AgentRunner>,
 }
@@ -360,6 +374,7 @@ impl NodeHandle {
     /// The ring files of the node's partitions.
     pub fn ring_paths(&self) -> Vec<PathBuf> {
         self.rings
+            .0
             .iter()
             .map(|(r, _)| r.path().to_owned())
             .collect()
@@ -378,11 +393,7 @@ impl Drop for NodeHandle {
             r.stop();
         }
         self.xdp.take();
-        for (ring, created) in &self.rings {
-            if *created {
-                let _ = ring.unlink();
-            }
-        }
+        // The rings field then removes the rings this node created.
     }
 }
 

@@ -107,8 +107,23 @@ fn run_node(config: Option<PathBuf>, backend: Option<Backend>) -> anyhow::Result
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        // The chain, without causes already quoted by the message above them.
+        let mut msg = e.to_string();
+        for cause in e.chain().skip(1) {
+            let cause = cause.to_string();
+            if !msg.contains(&cause) {
+                msg = format!("{msg}: {cause}");
+            }
+        }
+        eprintln!("memstreamer: error: {msg}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node { config, backend } => run_node(config, backend),
         Command::Stat(args) => stat::run(args),

@@ -133,6 +133,29 @@ fn bad_config_is_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("interface"), "{err}");
+    // A missing interface is a clear error that names it and the way out; nothing is left behind.
+    let shm = dir.path().join("shm");
+    let text = format!(
+        "backend = \"afxdp\"\ninterface = \"msnoif0\"\nlisten = \"198.18.250.1:7447\"\nshm_dir = \"{}\"\n",
+        shm.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["node", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("msnoif0") && err.contains("--backend udp"),
+        "{err}"
+    );
+    assert!(!err.contains("Caused by"), "{err}");
+    assert!(
+        !shm.join("stream-7-0").exists(),
+        "a failed start removes the rings it created"
+    );
     let out = Command::new(BIN)
         .args(["stat", "--once", "--counters-file"])
         .arg(dir.path().join("none"))
