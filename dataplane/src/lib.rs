@@ -3,6 +3,23 @@
 //! Agents with a duty cycle ([`agent`]) move records between the network ([`net`]: kernel UDP or
 //! AF_XDP), the streams' shared-memory rings (read by local SDK subscribers) and storage-nvme.
 //! `unsafe` is confined to [`net`] (socket syscalls, AF_XDP rings); every other module denies it.
+//!
+//! Code map:
+//! * [`node`]: builds a node from its [`config`] (rings, storage replay, ports, agents, threads).
+//! * [`receiver`] (agent) over [`session`] (sans-IO: sessions, DATA decode, gap -> NAK, epochs,
+//!   STATUS with durable offset and window).
+//! * [`sender`] (agent): rings -> remote subscribers (SUBSCRIBE convention of docs/protocol.md),
+//!   retransmits from a bounded window.
+//! * [`archiver`] (agent): rings -> storage-nvme, group commit, durable ring marks, replay at start.
+//! * [`conductor`] (agent): commands (subscribe requests), the counters file.
+//! * [`agent`]: the Agent trait, threading modes (dedicated / shared / invoker), command queues.
+//! * [`counters`]: closed counter enum, shared-memory counters file read by `memstreamer stat`.
+//! * [`net`]: the [`NetPort`] enum over the kernel UDP backend and the AF_XDP backend.
+//! * [`testnet`]: network namespaces + veth for tests, the demo and the net bench.
+//!
+//! Architecture invariants: no allocation, lock or syscall other than the port's batched I/O on
+//! the receiver's duty cycle after start-up; every byte from the network is validated and a bad
+//! frame is a counted drop, never a panic; the backend is chosen explicitly, never by fallback.
 
 #![deny(unsafe_code)]
 
