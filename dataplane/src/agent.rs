@@ -73,11 +73,13 @@ pub enum ThreadingMode {
     Invoker,
 }
 
-/// Where an agent's longest duty cycle (ns) is published: a `Max` counter.
+/// Where an agent's longest duty cycle (ns, a `Max` counter) and its number of duty cycles (the
+/// conductor's liveness check) are published.
 #[derive(Clone)]
 pub struct DutyCycleSlot {
     pub counters: Counters,
     pub counter: Counter,
+    pub cycles: Option<Counter>,
 }
 
 /// An agent plus the counter slot where its longest duty cycle is published.
@@ -98,6 +100,9 @@ impl AgentSlot {
         if let Some(duty) = &self.duty {
             duty.counters
                 .record_max(duty.counter, clock.now_ns().saturating_sub(start));
+            if let Some(cycles) = duty.cycles {
+                duty.counters.bump_single_writer(cycles);
+            }
         }
         work
     }
@@ -378,6 +383,7 @@ mod tests {
         a.duty = Some(DutyCycleSlot {
             counters: counters.clone(),
             counter: Counter::DutyCycleMaxSenderNs,
+            cycles: Some(Counter::AgentCyclesSender),
         });
         let (b, hb, cb) = count_agent();
         let mut inv = AgentInvoker::new(vec![a, b], Clock::new());
@@ -386,6 +392,7 @@ mod tests {
         assert_eq!(ha.load(Ordering::Relaxed), 2);
         assert_eq!(hb.load(Ordering::Relaxed), 2);
         assert!(counters.get(Counter::DutyCycleMaxSenderNs) > 0);
+        assert_eq!(counters.get(Counter::AgentCyclesSender), 2);
         inv.close();
         assert!(cb.load(Ordering::Relaxed));
     }

@@ -155,6 +155,22 @@ counters! {
     ConductorCommandsDropped = 51, Total, "conductor: commands dropped (queue full)";
     TxDropOversizeRecords = 52, Total, "sender drop: record larger than a subscriber's frame";
     ConductorSubscribeRefused = 53, Total, "conductor: subscribe requests refused (bad frame size)";
+    AgentCyclesReceiver = 54, Total, "duty cycles: receiver";
+    AgentCyclesSender = 55, Total, "duty cycles: sender";
+    AgentCyclesArchiver = 56, Total, "duty cycles: archiver";
+    AgentCyclesConductor = 57, Total, "duty cycles: conductor";
+    AgentStalls = 58, Total, "conductor: agents seen without a duty cycle for 1 s";
+}
+
+/// The duty-cycle count counter of an agent role.
+pub fn cycles_counter(role: &str) -> Option<Counter> {
+    match role {
+        "receiver" => Some(Counter::AgentCyclesReceiver),
+        "sender" => Some(Counter::AgentCyclesSender),
+        "archiver" => Some(Counter::AgentCyclesArchiver),
+        "conductor" => Some(Counter::AgentCyclesConductor),
+        _ => None,
+    }
 }
 
 /// The duty-cycle counter of an agent role.
@@ -214,6 +230,13 @@ impl Counters {
         if n != 0 {
             self.cell(c).fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    /// Adds 1 to a counter that only the calling thread writes (no atomic read-modify-write).
+    #[inline]
+    pub fn bump_single_writer(&self, c: Counter) {
+        let cell = self.cell(c);
+        cell.store(cell.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
     /// Sets a gauge, or a total that an agent accumulates itself.

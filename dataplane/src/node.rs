@@ -20,7 +20,9 @@ use crate::agent::{
 use crate::archiver::{self, ArchiveOpenError, Archiver};
 use crate::conductor::{Conductor, SubscriptionSettings};
 use crate::config::{Config, Threading};
-use crate::counters::{duty_cycle_counter, Counter, Counters, CountersFile, CountersFileError};
+use crate::counters::{
+    cycles_counter, duty_cycle_counter, Counter, Counters, CountersFile, CountersFileError,
+};
 use crate::net::{afxdp, udp, Backend, NetPort, NetPortOpenError};
 use crate::receiver::{Receiver, RingSink};
 use crate::sender::Sender;
@@ -244,7 +246,7 @@ impl NodeParts {
             detail: e.to_string(),
         })?;
         let file = CountersFile::create(&config.counters_file, &counters)?;
-        let conductor = Conductor::new(
+        let mut conductor = Conductor::new(
             conductor_q,
             sender_q,
             counters.clone(),
@@ -267,6 +269,8 @@ impl NodeParts {
                 config.archive_commit_interval_ns,
             )?));
         }
+        let roles: Vec<&'static str> = agents.iter().map(|a| a.role()).collect();
+        conductor.watch(&roles);
         agents.push(Box::new(conductor));
         let agents = agents
             .into_iter()
@@ -274,6 +278,7 @@ impl NodeParts {
                 let duty = duty_cycle_counter(a.role()).map(|counter| DutyCycleSlot {
                     counters: counters.clone(),
                     counter,
+                    cycles: cycles_counter(a.role()),
                 });
                 AgentSlot::new(a, duty)
             })
