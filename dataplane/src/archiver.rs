@@ -30,6 +30,8 @@ pub const STAGE_BYTES: usize = STAGE_RECORDS_MAX * STAGE_RECORD_BYTES_MAX;
 pub const BATCH_BYTES_MAX: u64 = 2 * STAGE_BYTES as u64;
 /// Appended-but-not-durable batches whose ring position the archiver remembers (older ones coalesce).
 pub const PENDING_MARKS_MAX: usize = 4096;
+/// Duty cycles per partition the archiver runs at close to drain its ring.
+pub const CLOSE_DRAIN_CYCLES_MAX: usize = 100_000;
 /// Waits for storage I/O before an oversized record is given up (counted).
 pub const APPEND_WAITS_MAX: u32 = 64;
 
@@ -413,7 +415,20 @@ impl Agent for Archiver {
     }
 
     fn on_close(&mut self) {
-        // Everything read from the rings reaches storage before the logs close.
+        // Drain what the rings still hold (bounded), so a clean stop loses nothing that was
+        // acknowledged as consumed; then everything staged reaches storage before the logs close.
+        for i in 0..self.parts.len() {
+            for _ in 0..CLOSE_DRAIN_CYCLES_MAX {
+                match self.work_partition(i, u64::MAX) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.fail(i, &e);
+                        break;
+                    }
+                }
+            }
+        }
         for p in &mut self.parts {
             let Some(mut log) = p.log.take() else {
                 continue;
