@@ -20,6 +20,11 @@ fn main() {
     let consts = fs::read_to_string(ABI_CONSTS).expect("read src/abi_consts.rs");
     fs::write(&header, c_header(&consts)).expect("write memstreamer_abi.h");
 
+    // Only the loader embeds the BPF object; clients of the frame codec alone
+    // (sdk::net) build without clang.
+    if env::var_os("CARGO_FEATURE_LOADER").is_none() {
+        return;
+    }
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_string());
     let arch_include = format!("/usr/include/{}-linux-gnu", arch_triple_prefix());
     for program in PROGRAMS {

@@ -8,7 +8,7 @@
 //! - [`abi`]: the `#[repr(C)]` map key/value types and verdict ids shared with
 //!   the C program (one list of numbers: `abi_consts.rs`).
 //! - [`frame`]: the wire frame header of docs/protocol.md.
-//! - [`loader`]: aya loader (`XdpProgram::load_and_attach`), pins under
+//! - `loader` (feature `loader`, on by default): aya loader (`XdpProgram::load_and_attach`), pins under
 //!   `/sys/fs/bpf/memstreamer/<iface>/`, and `PolicyMaps` for other processes.
 //! - `ms-xdp` (src/bin): operator tool: attach, counters, allow, deny,
 //!   ratelimit, config, and a bounded frame sender / receiver for tests.
@@ -20,9 +20,11 @@ pub mod abi_consts {
 }
 pub mod abi;
 pub mod frame;
+#[cfg(feature = "loader")]
 pub mod loader;
 
 pub use abi::{Config, RateBucket, Verdict, VerdictCounts};
+#[cfg(feature = "loader")]
 pub use loader::{
     AttachMode, PolicyMaps, PolicyMapsError, TestRunError, TestRunOutcome, TestRunProgram,
     XdpHandle, XdpLoadError, XdpProgram,
