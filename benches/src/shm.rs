@@ -668,6 +668,20 @@ fn child_iox_pub(rest: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Live iceoryx2 nodes on this machine (None: could not list them).
+fn iox_nodes_alive() -> Option<usize> {
+    use iceoryx2::prelude::*;
+    let mut alive = 0;
+    Node::<ipc::Service>::list(Config::global_config(), |state| {
+        if matches!(state, NodeState::Alive(_)) {
+            alive += 1;
+        }
+        CallbackProgression::Continue
+    })
+    .ok()?;
+    Some(alive)
+}
+
 /// iceoryx2 keeps its state in files under /dev/shm and /tmp/iceoryx2; they are
 /// named by hashes, so the suite removes what appeared during its run.
 struct IoxFiles {
@@ -710,14 +724,21 @@ impl IoxFiles {
     }
 
     /// Removes the files that appeared since the snapshot; returns how many.
+    /// Removes the files that appeared since the snapshot; when no iceoryx2
+    /// node is alive any more (no other run is using iceoryx2), also what an
+    /// earlier, interrupted run left behind. Returns how many files.
     fn cleanup(&self) -> usize {
+        let none_alive = iox_nodes_alive() == Some(0);
         let mut removed = 0;
-        for p in Self::list().difference(&self.before) {
-            if p.is_file() && std::fs::remove_file(p).is_ok() {
+        for p in Self::list() {
+            if (none_alive || !self.before.contains(&p))
+                && p.is_file()
+                && std::fs::remove_file(&p).is_ok()
+            {
                 removed += 1;
             }
         }
-        if !self.tmp_existed {
+        if none_alive || !self.tmp_existed {
             let _ = std::fs::remove_dir_all(IOX_TMP);
         }
         removed
@@ -840,7 +861,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
     }
     let removed = iox_files.cleanup();
     if removed > 0 {
-        println!("iceoryx2: removed {removed} leftover files it created during this run");
+        println!("iceoryx2: removed {removed} files it left under /dev/shm and /tmp/iceoryx2");
     }
     result
 }
