@@ -74,12 +74,11 @@ impl Spread {
 }
 
 /// Pins the calling thread to `core`. Returns false (and the run goes on,
-/// unpinned, saying so) when the core does not exist.
+/// unpinned, saying so) when the core does not exist. The core is set
+/// directly, not looked up in the current affinity mask, so a child spawned
+/// from a pinned thread can still pin itself to another core.
 pub fn pin_current_thread(core: usize) -> bool {
-    let ok = core_affinity::get_core_ids()
-        .and_then(|ids| ids.into_iter().find(|c| c.id == core))
-        .map(core_affinity::set_for_current)
-        .unwrap_or(false);
+    let ok = core_affinity::set_for_current(core_affinity::CoreId { id: core });
     if !ok {
         eprintln!("note: could not pin to core {core}; running unpinned");
     }
