@@ -264,7 +264,7 @@ impl Cluster {
     /// This node's view: role, leader, term, indices, members and their lag.
     pub fn status(&self) -> NodeStatus {
         let m = self.raft.metrics().borrow().clone();
-        let state = self.view.cluster_state();
+        let liveness = self.view.read(|d| d.state.liveness.clone());
         let last = m.last_log_index.unwrap_or(0);
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -278,7 +278,7 @@ impl Cluster {
                     _ if *id == m.id => 0,
                     _ => last,
                 }),
-                liveness: state.liveness.get(id).copied(),
+                liveness: liveness.get(id).copied(),
             })
             .collect();
         NodeStatus {
@@ -540,34 +540,34 @@ impl Cluster {
         leading_since: Instant,
         timeout: Duration,
     ) -> Result<(), ClusterError> {
-        let state = self.view.cluster_state();
         let now = Instant::now();
         let changes: Vec<(NodeId, NodeLiveness)> = {
             let seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
-            state
-                .nodes
-                .keys()
-                .filter_map(|id| {
-                    let last = seen
-                        .get(id)
-                        .copied()
-                        .unwrap_or(leading_since)
-                        .max(leading_since);
-                    let verdict = if now.duration_since(last) > timeout {
-                        NodeLiveness::Dead
-                    } else {
-                        NodeLiveness::Live
-                    };
-                    (state.liveness.get(id) != Some(&verdict)).then_some((*id, verdict))
-                })
-                .collect()
+            self.view.read(|d| {
+                d.state
+                    .nodes
+                    .keys()
+                    .filter_map(|id| {
+                        let last = seen
+                            .get(id)
+                            .copied()
+                            .unwrap_or(leading_since)
+                            .max(leading_since);
+                        let verdict = if now.duration_since(last) > timeout {
+                            NodeLiveness::Dead
+                        } else {
+                            NodeLiveness::Live
+                        };
+                        (d.state.liveness.get(id) != Some(&verdict)).then_some((*id, verdict))
+                    })
+                    .collect()
+            })
         };
         for (id, liveness) in changes {
             self.write_local(Command::SetNodeLiveness { id, liveness })
                 .await?;
         }
-        let state = self.view.cluster_state();
-        let plan = plan_partition_changes(&state);
+        let plan = self.view.read(|d| plan_partition_changes(&d.state));
         if !plan.is_empty() {
             self.write_local(Command::AssignPartitions { assignments: plan })
                 .await?;

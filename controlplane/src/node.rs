@@ -33,7 +33,18 @@ pub const DATA_DIR_DEFAULT: &str = "/var/lib/memstreamer/cp";
 /// registering this node (it is retried by the next start).
 pub const STARTUP_LEADER_WAIT_MS: u64 = 10_000;
 
+/// Longest wait for in-flight calls when a node shuts down.
+pub const SHUTDOWN_DRAIN_MS: u64 = 2_000;
+
 /// Raft timing (milliseconds) and log compaction.
+///
+/// Failover budget: openraft (0.9) lets a follower start an election only
+/// after `election_timeout_max` (the leader lease) plus a random timeout in
+/// `election_timeout_min..election_timeout_max` without hearing from the
+/// leader, so with the defaults a dead leader is replaced 200-250 ms after
+/// its last heartbeat, plus one vote round and one commit. Fsync stalls of
+/// this order would cause spurious elections; keep `election_timeout_min`
+/// well above the disk's fsync p99.9.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftConfig {
@@ -49,9 +60,9 @@ pub struct RaftConfig {
 impl Default for RaftConfig {
     fn default() -> Self {
         RaftConfig {
-            heartbeat_interval_ms: 50,
-            election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
+            heartbeat_interval_ms: 25,
+            election_timeout_min_ms: 75,
+            election_timeout_max_ms: 125,
             snapshot_after_entries: 5_000,
             log_entries_kept: 1_000,
         }
@@ -177,13 +188,21 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
-    /// Stops the server, the cluster duties and Raft.
+    /// Stops Raft, the cluster duties and the server. The server drains
+    /// in-flight calls for at most `SHUTDOWN_DRAIN_MS`, then is aborted
+    /// (peers keep idle HTTP/2 connections open indefinitely).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
         let _ = self.cluster.raft().shutdown().await;
+        for t in self.tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_millis(SHUTDOWN_DRAIN_MS), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
     }
 }
 
@@ -217,7 +236,10 @@ pub async fn start_with(
     let raft = openraft::Raft::new(
         config.id,
         raft_config,
-        NetworkFactory::new(pool.clone()),
+        NetworkFactory::new(
+            pool.clone(),
+            Duration::from_millis(2 * config.raft.heartbeat_interval_ms),
+        ),
         log,
         sm,
     )

@@ -26,13 +26,15 @@ fn config(
     certs: &std::path::Path,
     join: Option<String>,
 ) -> NodeConfig {
-    let mut c = NodeConfig::default();
-    c.id = id;
-    c.listen = format!("127.0.0.1:{port}");
-    c.data_addr = format!("127.0.0.1:{}", 20_000 + id);
-    c.data_dir = root.join(format!("n{id}"));
-    c.cert_dir = Some(certs.to_path_buf());
-    c.join = join;
+    let mut c = NodeConfig {
+        id,
+        listen: format!("127.0.0.1:{port}"),
+        data_addr: format!("127.0.0.1:{}", 20_000 + id),
+        data_dir: root.join(format!("n{id}")),
+        cert_dir: Some(certs.to_path_buf()),
+        join,
+        ..Default::default()
+    };
     c.liveness.heartbeat_interval_ms = 50;
     c.liveness.node_timeout_ms = 500;
     c

@@ -184,17 +184,22 @@ fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(
 #[derive(Clone)]
 pub struct NetworkFactory {
     pool: Arc<PeerPool>,
+    backoff: Duration,
 }
 
 impl NetworkFactory {
-    pub fn new(pool: Arc<PeerPool>) -> Self {
-        NetworkFactory { pool }
+    /// `backoff`: pause before retrying an unreachable peer. Keep it near the
+    /// heartbeat interval: a restarted peer must hear from the leader before
+    /// its own election timer fires, or it campaigns needlessly.
+    pub fn new(pool: Arc<PeerPool>, backoff: Duration) -> Self {
+        NetworkFactory { pool, backoff }
     }
 }
 
 /// openraft's connection to one peer.
 pub struct NetworkConnection {
     pool: Arc<PeerPool>,
+    backoff: Duration,
     target: NodeId,
     addr: String,
 }
@@ -205,6 +210,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
         NetworkConnection {
             pool: self.pool.clone(),
+            backoff: self.backoff,
             target,
             addr: node.control_addr.clone(),
         }
@@ -238,6 +244,10 @@ impl NetworkConnection {
 }
 
 impl RaftNetwork<TypeConfig> for NetworkConnection {
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(self.backoff))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

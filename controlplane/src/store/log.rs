@@ -3,8 +3,11 @@
 //!
 //! Record kinds: an entry, a truncation (drop entries from an index on), a
 //! purge (drop entries up to a log id), the vote and the committed log id.
-//! Appends and votes are `fdatasync`ed before openraft is told they are
-//! flushed. When most records are dead (purged or truncated), the file is
+//! Appends are written at once and `fdatasync`ed by a flusher thread that
+//! groups concurrent appends into one sync; openraft is told an append is
+//! flushed only after its sync. Votes are synced before `save_vote` returns.
+//! The file is zero-filled ahead of the write position (see `preallocate`);
+//! zeros never decode as a record, so they end the log like a torn tail. When most records are dead (purged or truncated), the file is
 //! rewritten (temp file, fsync, rename, fsync of the directory).
 
 use std::collections::BTreeMap;
@@ -12,8 +15,9 @@ use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -31,6 +35,9 @@ pub const LOG_FILE_NAME: &str = "raft-log.dat";
 /// outnumber the live ones.
 pub const COMPACT_DEAD_RECORDS_MIN: u64 = 4_096;
 
+/// The file grows in zero-filled steps of this size (see `preallocate`).
+pub const PREALLOCATE_BYTES: u64 = 4 << 20;
+
 const KIND_ENTRY: u8 = 1;
 const KIND_TRUNCATE: u8 = 2;
 const KIND_PURGE: u8 = 3;
@@ -41,19 +48,70 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
 struct LogInner {
     path: PathBuf,
-    file: File,
+    /// Shared with the flusher thread, which `fdatasync`s it.
+    file: Arc<File>,
     entries: BTreeMap<u64, Entry<TypeConfig>>,
     last_purged: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId<NodeId>>,
     /// Records in the file that no longer describe live state.
     dead_records: u64,
+    /// File offset of the next record.
+    write_pos: u64,
+    /// File size: bytes from `write_pos` up to here are zero-filled.
+    allocated: u64,
 }
 
 /// The durable Raft log; cheap to clone (clones share the file).
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<LogInner>>,
+    flusher: mpsc::Sender<FlushRequest>,
+}
+
+/// An append waiting for `fdatasync`: the file it was written to and
+/// openraft's completion callback.
+struct FlushRequest {
+    file: Arc<File>,
+    done: LogFlushed<TypeConfig>,
+}
+
+/// Most flush requests completed by one `fdatasync` (group commit).
+pub const FLUSH_BATCH_MAX: usize = 1_024;
+
+/// The flusher thread: takes every append queued while the previous
+/// `fdatasync` ran, syncs once, then completes them in order. Appends thus
+/// never block Raft's core task on the disk, and concurrent appends share
+/// one sync. Ends when every `LogStore` clone is dropped.
+fn run_flusher(rx: mpsc::Receiver<FlushRequest>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < FLUSH_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        // Usually one file; two when a compaction swapped it in between.
+        let mut synced: Vec<*const File> = Vec::new();
+        let mut result: Result<(), io::Error> = Ok(());
+        for r in batch.iter().rev() {
+            let ptr = Arc::as_ptr(&r.file);
+            if !synced.contains(&ptr) {
+                synced.push(ptr);
+                if let Err(e) = r.file.sync_data() {
+                    result = Err(e);
+                }
+            }
+        }
+        for r in batch {
+            let res = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            r.done.log_io_completed(res);
+        }
+    }
 }
 
 fn io_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -69,25 +127,32 @@ impl LogStore {
     /// tail (a crash in the middle of an unacknowledged append) is cut off.
     pub fn open(dir: &Path) -> io::Result<Self> {
         let path = dir.join(LOG_FILE_NAME);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data)?;
         let mut inner = LogInner {
-            file: OpenOptions::new()
-                .create(true)
-                .read(true)
-                .append(true)
-                .open(&path)?,
+            file: Arc::new(file),
             path,
             entries: BTreeMap::new(),
             last_purged: None,
             vote: None,
             committed: None,
             dead_records: 0,
+            write_pos: 0,
+            allocated: 0,
         };
-        let mut data = Vec::new();
-        inner.file.read_to_end(&mut data)?;
         if data.is_empty() {
-            inner.file.write_all(&record::file_header(&LOG_MAGIC))?;
+            inner
+                .file
+                .write_all_at(&record::file_header(&LOG_MAGIC), 0)?;
             inner.file.sync_all()?;
             record::sync_dir(&inner.path)?;
+            inner.write_pos = FILE_HEADER_BYTES as u64;
         } else {
             record::check_file_header(&data, &LOG_MAGIC)?;
             let (recs, valid) = record::decode(&data[FILE_HEADER_BYTES..]);
@@ -96,16 +161,25 @@ impl LogStore {
             }
             let valid_len = (FILE_HEADER_BYTES + valid) as u64;
             if valid_len < data.len() as u64 {
+                // A torn record or the unused zero-filled tail: cut it.
                 inner.file.set_len(valid_len)?;
                 inner.file.sync_all()?;
             }
+            inner.write_pos = valid_len;
         }
+        inner.allocated = inner.write_pos;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("cp-log-flush".into())
+            .spawn(move || run_flusher(rx))?;
         Ok(LogStore {
             inner: Arc::new(Mutex::new(inner)),
+            flusher: tx,
         })
     }
 
-    /// Writes `entries` and `fdatasync`s them; they are readable once this returns.
+    /// Writes `entries` and `fdatasync`s them before returning (the Raft
+    /// path instead syncs on the flusher thread).
     pub fn append_entries(&self, entries: Vec<Entry<TypeConfig>>) -> io::Result<()> {
         let mut buf = Vec::new();
         for e in &entries {
@@ -183,11 +257,28 @@ impl LogInner {
     }
 
     fn write(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
-        self.file.write_all(buf)?;
+        let end = self.write_pos + buf.len() as u64;
+        if end > self.allocated {
+            self.preallocate(end)?;
+        }
+        self.file.write_all_at(buf, self.write_pos)?;
+        self.write_pos = end;
         if sync {
             self.file.sync_data()?;
         }
         Ok(())
+    }
+
+    /// Zero-fills the file up to at least `end` in `PREALLOCATE_BYTES` steps
+    /// and syncs it, so that later `fdatasync`s of records written over the
+    /// zeros flush data blocks only, without a file-size (journal) update.
+    fn preallocate(&mut self, end: u64) -> io::Result<()> {
+        let zeros = vec![0u8; PREALLOCATE_BYTES as usize];
+        while self.allocated < end {
+            self.file.write_all_at(&zeros, self.allocated)?;
+            self.allocated += PREALLOCATE_BYTES;
+        }
+        self.file.sync_all()
     }
 
     fn write_record<T: serde::Serialize>(&mut self, kind: u8, v: &T, sync: bool) -> io::Result<()> {
@@ -221,10 +312,9 @@ impl LogInner {
         }
         std::fs::rename(&tmp, &self.path)?;
         record::sync_dir(&self.path)?;
-        self.file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&self.path)?;
+        self.file = Arc::new(OpenOptions::new().read(true).write(true).open(&self.path)?);
+        self.write_pos = buf.len() as u64;
+        self.allocated = self.write_pos;
         self.dead_records = 0;
         Ok(())
     }
@@ -298,18 +388,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let res = self.append_entries(entries.into_iter().collect());
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let err = io_err(io::Error::new(e.kind(), e.to_string()));
-                callback.log_io_completed(Err(e));
-                Err(err)
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let mut buf = Vec::new();
+        for e in &entries {
+            record::encode(&mut buf, KIND_ENTRY, &json(e).map_err(io_err)?).map_err(io_err)?;
+        }
+        let mut g = self.lock();
+        g.write(&buf, false).map_err(io_err)?;
+        for e in entries {
+            if g.entries.insert(e.log_id.index, e).is_some() {
+                g.dead_records += 1;
             }
         }
+        // Sent under the lock so flushes complete in append order.
+        let req = FlushRequest {
+            file: g.file.clone(),
+            done: callback,
+        };
+        if let Err(mpsc::SendError(req)) = self.flusher.send(req) {
+            let e = io::Error::other("the log flusher thread is gone");
+            let err = io_err(io::Error::other(e.to_string()));
+            req.done.log_io_completed(Err(e));
+            return Err(err);
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
