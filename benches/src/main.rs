@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod net;
+mod control;
 mod report;
 mod shm;
 mod storage;
@@ -33,6 +34,8 @@ enum Cmd {
     Storage(SuiteArgs),
     /// Network path: AF_XDP vs kernel UDP backend over veth (latency, throughput, drain cost).
     Net(SuiteArgs),
+    /// Control plane: 3-node Raft write latency, failover, policy propagation vs etcd.
+    Control(SuiteArgs),
     /// Every suite in turn.
     All(SuiteArgs),
     /// Internal: a peer process started by a suite.
@@ -51,14 +54,17 @@ fn main() -> anyhow::Result<()> {
         Cmd::Shm(a) => report::emit_json(&shm::run(&a)?),
         Cmd::Storage(a) => report::emit_json(&storage::run(&a)?),
         Cmd::Net(a) => report::emit_json(&net::run(&a)?),
+        Cmd::Control(a) => report::emit_json(&control::run(&a)?),
         Cmd::All(a) => {
             report::emit_json(&shm::run(&a)?);
             report::emit_json(&storage::run(&a)?);
+            report::emit_json(&control::run(&a)?);
             report::emit_json(&net::run(&a)?);
         }
         Cmd::Child { suite, role, rest } => match suite.as_str() {
             "shm" => shm::child(&role, &rest)?,
             "storage" => storage::child(&role, &rest)?,
+            "control" => control::child(&role, &rest)?,
             other => anyhow::bail!("unknown suite {other:?}"),
         },
     }

@@ -1,0 +1,646 @@
+//! `ms-bench control`: the control plane's Raft cluster against etcd.
+//!
+//! Ours: three `ms-bench child control node` processes (each a
+//! `controlplane::node::run`) on 127.0.0.1 with mTLS and durable logs
+//! (`fdatasync` per append) in /var/tmp. The bench is a node-certificate
+//! client of the Raft service's `ClientWrite` on the leader.
+//! - write latency: one write at a time (a `PutPrincipal` metadata command),
+//!   client send -> committed on a majority and applied on the leader -> reply;
+//! - writes/s: `PIPELINE_DEPTH` writes in flight;
+//! - failover: `kill -9` of the leader -> first write that commits through a
+//!   survivor (writes retried round-robin over the survivors), >= 10 kills,
+//!   the killed node restarted from its directory between kills;
+//! - policy propagation: a `PutAcl` write -> the ACL applied on every node
+//!   (each node's applied state polled over RPC; this is the replication +
+//!   apply part of admin call -> XDP map; the map write itself is measured
+//!   by the policy push histogram of the admin surface, not here).
+//!
+//! Peer: a 3-member etcd cluster (Debian `etcd-server`) on 127.0.0.1 with
+//! data dirs in /var/tmp, written through its HTTP/JSON gateway
+//! (`POST /v3/kv/put`) on one keep-alive connection to the leader.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Proc, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use controlplane::certs::{self, DevCerts};
+use controlplane::cluster::{ClusterError, NodeStatus};
+use controlplane::network::{PeerPool, Rpc};
+use controlplane::node::NodeConfig;
+use controlplane::types::{Acl, Command, CommandResponse, Operation, Permission, Principal};
+use serde_json::json;
+
+use crate::report::{latency_histogram, Latency};
+use crate::SuiteArgs;
+
+const NODES: usize = 3;
+/// Writes in flight for the throughput figure.
+const PIPELINE_DEPTH: usize = 32;
+/// Longest wait for a cluster to form or recover.
+const WAIT_MAX: Duration = Duration::from_secs(30);
+/// Deadline of one failover measurement.
+const FAILOVER_MAX: Duration = Duration::from_secs(10);
+
+struct BenchDir(PathBuf);
+
+impl Drop for BenchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Child processes of this suite; killed on drop.
+struct Procs(Vec<Option<Child>>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in self.0.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+struct Ours {
+    root: PathBuf,
+    certs: DevCerts,
+    ports: Vec<u16>,
+    procs: Procs,
+    rt: tokio::runtime::Runtime,
+    pool: Arc<PeerPool>,
+}
+
+impl Ours {
+    fn addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[i])
+    }
+
+    fn start(&mut self, i: usize, join: bool) -> anyhow::Result<()> {
+        let mut args = vec![
+            "--id".into(),
+            (i + 1).to_string(),
+            "--listen".into(),
+            self.addr(i),
+            "--data-dir".into(),
+            self.root.join(format!("n{i}")).display().to_string(),
+            "--cert-dir".into(),
+            self.certs.dir.display().to_string(),
+        ];
+        if join {
+            args.extend(["--join".into(), self.addr(0)]);
+        }
+        let exe = std::env::current_exe()?;
+        let child = Proc::new(exe)
+            .args(["child", "control", "node"])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        self.procs.0[i] = Some(child);
+        Ok(())
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.procs.0[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn call<Q: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        i: usize,
+        rpc: Rpc,
+        req: &Q,
+        timeout: Duration,
+    ) -> Option<Result<T, ClusterError>> {
+        self.rt
+            .block_on(self.pool.call(&self.addr(i), rpc, req, timeout))
+            .ok()
+    }
+
+    fn status(&self, i: usize) -> Option<NodeStatus> {
+        self.call(i, Rpc::Status, &(), Duration::from_millis(300))?
+            .ok()
+    }
+
+    /// The leader every node in `nodes` agrees on, once all are caught up.
+    fn wait_stable(&self, nodes: &[usize]) -> anyhow::Result<usize> {
+        let start = Instant::now();
+        while start.elapsed() < WAIT_MAX {
+            let st: Vec<Option<NodeStatus>> = nodes.iter().map(|&i| self.status(i)).collect();
+            if st.iter().all(|s| s.is_some()) {
+                let st: Vec<NodeStatus> = st.into_iter().flatten().collect();
+                let leader = st[0].leader;
+                let voters = st[0].members.iter().filter(|m| m.voter).count();
+                let applied: BTreeSet<Option<u64>> =
+                    st.iter().map(|s| s.last_applied_index).collect();
+                if leader.is_some()
+                    && voters == NODES
+                    && st.iter().all(|s| s.leader == leader)
+                    && applied.len() == 1
+                {
+                    return Ok((leader.unwrap_or(1) - 1) as usize);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("the control-plane cluster did not settle within {WAIT_MAX:?}")
+    }
+
+    fn write(&self, i: usize, cmd: &Command, timeout: Duration) -> bool {
+        matches!(
+            self.call::<_, CommandResponse>(i, Rpc::ClientWrite, cmd, timeout),
+            Some(Ok(r)) if !matches!(r, CommandResponse::Rejected(_))
+        )
+    }
+}
+
+fn principal(k: u64) -> Command {
+    Command::PutPrincipal(Principal {
+        name: format!("bench-principal-{k}"),
+    })
+}
+
+fn write_latency(
+    ours: &Ours,
+    leader: usize,
+    seconds: u64,
+    next: &mut u64,
+) -> anyhow::Result<Latency> {
+    let mut h = latency_histogram();
+    for _ in 0..50 {
+        *next += 1;
+        ours.write(leader, &principal(*next), Duration::from_secs(2));
+    }
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        *next += 1;
+        let t = Instant::now();
+        if !ours.write(leader, &principal(*next), Duration::from_secs(2)) {
+            bail!("a benchmark write failed on the leader (leadership moved?)");
+        }
+        h.record(t.elapsed().as_nanos() as u64)?;
+    }
+    Ok(Latency::from_histogram(&h))
+}
+
+fn throughput(ours: &Ours, leader: usize, seconds: u64, next: &mut u64) -> f64 {
+    let addr = ours.addr(leader);
+    let pool = ours.pool.clone();
+    let base = *next;
+    *next += 10_000_000;
+    ours.rt.block_on(async move {
+        let end = Instant::now() + Duration::from_secs(seconds);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..PIPELINE_DEPTH as u64 {
+            let pool = pool.clone();
+            let addr = addr.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                let mut k = base + w * 100_000;
+                while Instant::now() < end {
+                    k += 1;
+                    let r = pool
+                        .call::<Command, CommandResponse, ClusterError>(
+                            &addr,
+                            Rpc::ClientWrite,
+                            &principal(k),
+                            Duration::from_secs(2),
+                        )
+                        .await;
+                    if matches!(r, Ok(Ok(_))) {
+                        n += 1;
+                    }
+                }
+                n
+            }));
+        }
+        let mut total = 0u64;
+        for t in tasks {
+            total += t.await.unwrap_or(0);
+        }
+        total as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+fn failover(ours: &mut Ours, kills: usize, next: &mut u64) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for round in 0..kills {
+        let leader = ours.wait_stable(&[0, 1, 2])?;
+        let survivors: Vec<usize> = (0..NODES).filter(|&i| i != leader).collect();
+        ours.kill9(leader);
+        let t0 = Instant::now();
+        let mut done = None;
+        'outer: for _ in 0..100_000 {
+            for &i in &survivors {
+                *next += 1;
+                if ours.write(i, &principal(*next), Duration::from_millis(200)) {
+                    done = Some(t0.elapsed());
+                    break 'outer;
+                }
+            }
+            if t0.elapsed() > FAILOVER_MAX {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let ms = done
+            .map(|d| d.as_secs_f64() * 1e3)
+            .context("no write committed after the leader was killed")?;
+        println!(
+            "failover {round}: killed node {} -> write committed after {ms:.0} ms",
+            leader + 1
+        );
+        out.push(ms);
+        ours.start(leader, false)?;
+    }
+    ours.wait_stable(&[0, 1, 2])?;
+    Ok(out)
+}
+
+fn policy_propagation(ours: &Ours, leader: usize, rounds: usize) -> anyhow::Result<Latency> {
+    let who = Command::PutPrincipal(Principal {
+        name: "bench-policy".into(),
+    });
+    if !ours.write(leader, &who, Duration::from_secs(2)) {
+        bail!("cannot create the policy principal");
+    }
+    let mut h = latency_histogram();
+    for k in 0..rounds {
+        let cidr = format!("198.18.1.{}/32", k % 250 + 1)
+            .parse()
+            .expect("static CIDR");
+        let acl = Acl {
+            principal: "bench-policy".into(),
+            resource_pattern: format!("bench-stream-{k}"),
+            operations: vec![Operation::Write],
+            permission: Permission::Allow,
+            source_cidrs: vec![cidr],
+        };
+        let t = Instant::now();
+        if !ours.write(leader, &Command::PutAcl(acl), Duration::from_secs(2)) {
+            bail!("policy write failed");
+        }
+        // The leader applied the ACL before answering; its applied index now
+        // covers it. Wait for every node to apply up to there.
+        let target = ours
+            .status(leader)
+            .and_then(|s| s.last_applied_index)
+            .context("leader status")?;
+        let mut pending: Vec<usize> = (0..NODES).filter(|&i| i != leader).collect();
+        for _ in 0..100_000 {
+            pending.retain(|&i| {
+                ours.status(i)
+                    .and_then(|s| s.last_applied_index)
+                    .is_none_or(|a| a < target)
+            });
+            if pending.is_empty() || t.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+        }
+        if !pending.is_empty() {
+            bail!("ACL not applied on nodes {pending:?} within 5 s");
+        }
+        h.record(t.elapsed().as_nanos() as u64)?;
+    }
+    Ok(Latency::from_histogram(&h))
+}
+
+// ---- etcd peer --------------------------------------------------------
+
+fn etcd_binary() -> Option<String> {
+    let out = Proc::new("etcd").arg("--version").output().ok()?;
+    let v = String::from_utf8_lossy(&out.stdout);
+    v.lines().next().map(|l| l.trim().to_string())
+}
+
+fn start_etcd(root: &Path, procs: &mut Procs) -> anyhow::Result<Vec<u16>> {
+    let client: Vec<u16> = (0..NODES)
+        .map(|_| free_port())
+        .collect::<anyhow::Result<_>>()?;
+    let peer: Vec<u16> = (0..NODES)
+        .map(|_| free_port())
+        .collect::<anyhow::Result<_>>()?;
+    let cluster = (0..NODES)
+        .map(|i| format!("e{i}=http://127.0.0.1:{}", peer[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    for i in 0..NODES {
+        let c = Proc::new("etcd")
+            .args(["--name", &format!("e{i}")])
+            .arg("--data-dir")
+            .arg(root.join(format!("etcd{i}")))
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{}", client[i]),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{}", client[i]),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{}", peer[i]),
+            ])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{}", peer[i]),
+            ])
+            .args([
+                "--initial-cluster",
+                &cluster,
+                "--initial-cluster-state",
+                "new",
+            ])
+            .args([
+                "--initial-cluster-token",
+                "ms-bench",
+                "--log-level",
+                "error",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start etcd")?;
+        procs.0.push(Some(c));
+    }
+    Ok(client)
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Http {
+    r: BufReader<TcpStream>,
+    port: u16,
+}
+
+impl Http {
+    fn connect(port: u16) -> anyhow::Result<Http> {
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(Http {
+            r: BufReader::new(s),
+            port,
+        })
+    }
+
+    fn post(&mut self, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.port,
+            body.len()
+        );
+        self.r.get_mut().write_all(req.as_bytes())?;
+        let mut line = String::new();
+        self.r.read_line(&mut line)?;
+        let code: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("bad HTTP status line")?;
+        let (mut len, mut chunked) = (None, false);
+        for _ in 0..100 {
+            line.clear();
+            self.r.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let lower = l.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse::<usize>().ok();
+            }
+            if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                chunked = true;
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            for _ in 0..10_000 {
+                line.clear();
+                self.r.read_line(&mut line)?;
+                let n = usize::from_str_radix(line.trim(), 16).context("bad chunk size")?;
+                let mut chunk = vec![0u8; n + 2];
+                self.r.read_exact(&mut chunk)?;
+                body.extend_from_slice(&chunk[..n]);
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            let mut b = vec![0u8; len.unwrap_or(0)];
+            self.r.read_exact(&mut b)?;
+            body = b;
+        }
+        Ok((code, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            if k <= c.len() {
+                s.push(T[(n >> (18 - 6 * k)) as usize & 63] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+fn etcd_leader_port(ports: &[u16]) -> anyhow::Result<u16> {
+    let start = Instant::now();
+    while start.elapsed() < WAIT_MAX {
+        for &p in ports {
+            let Ok(mut h) = Http::connect(p) else {
+                continue;
+            };
+            let Ok((200, body)) = h.post("/v3/maintenance/status", "{}") else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let me = v["header"]["member_id"].as_str().unwrap_or("-");
+            if v["leader"].as_str() == Some(me) {
+                return Ok(p);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("etcd elected no leader within {WAIT_MAX:?}")
+}
+
+fn etcd_write_latency(port: u16, seconds: u64) -> anyhow::Result<Latency> {
+    let mut h = Http::connect(port)?;
+    let mut hist = latency_histogram();
+    let put = |h: &mut Http, k: u64| -> anyhow::Result<()> {
+        let body = json!({
+            "key": b64(format!("bench-principal-{k}").as_bytes()),
+            "value": b64(format!("{{\"name\":\"bench-principal-{k}\"}}").as_bytes()),
+        })
+        .to_string();
+        let (code, resp) = h.post("/v3/kv/put", &body)?;
+        if code != 200 {
+            bail!("etcd put answered {code}: {resp}");
+        }
+        Ok(())
+    };
+    for k in 0..50 {
+        put(&mut h, k)?;
+    }
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut k = 1_000;
+    while Instant::now() < end {
+        k += 1;
+        let t = Instant::now();
+        put(&mut h, k)?;
+        hist.record(t.elapsed().as_nanos() as u64)?;
+    }
+    Ok(Latency::from_histogram(&hist))
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1e3
+}
+
+pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
+    let root = PathBuf::from(format!("/var/tmp/ms-bench-control-{}", std::process::id()));
+    std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
+    let _guard = BenchDir(root.clone());
+    let (lat_s, tput_s, kills, policy_rounds) = if args.quick {
+        (8, 5, 10, 200)
+    } else {
+        (30, 15, 20, 1_000)
+    };
+    println!("control suite: 3 nodes on 127.0.0.1 (mTLS, fdatasync per append) in {}; removed at the end", root.display());
+
+    let certs = certs::generate_dev(&root.join("certs")).context("dev certificates")?;
+    let tls = controlplane::auth::client_tls_config(&certs.node, &certs.ca.cert)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let pool = {
+        let _g = rt.enter();
+        PeerPool::new(tls)
+    };
+    let mut ours = Ours {
+        root: root.clone(),
+        certs,
+        ports: (0..NODES)
+            .map(|_| free_port())
+            .collect::<anyhow::Result<_>>()?,
+        procs: Procs((0..NODES).map(|_| None).collect()),
+        rt,
+        pool,
+    };
+    let raft = controlplane::node::RaftConfig::default();
+    println!(
+        "raft: heartbeat {} ms, election timeout {}-{} ms",
+        raft.heartbeat_interval_ms, raft.election_timeout_min_ms, raft.election_timeout_max_ms
+    );
+    ours.start(0, false)?;
+    std::thread::sleep(Duration::from_millis(300));
+    ours.start(1, true)?;
+    ours.start(2, true)?;
+    let leader = ours.wait_stable(&[0, 1, 2])?;
+    let mut next = 0u64;
+    let lat = write_latency(&ours, leader, lat_s, &mut next)?;
+    println!("{}", lat.line("ours: write (3 nodes)"));
+    let wps = throughput(&ours, leader, tput_s, &mut next);
+    println!("ours: {wps:.0} writes/s with {PIPELINE_DEPTH} in flight");
+    let policy = policy_propagation(&ours, leader, policy_rounds)?;
+    println!("{}", policy.line("ours: ACL write -> all 3"));
+    let fo = failover(&mut ours, kills, &mut next)?;
+    let mut sorted = fo.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let fo_median = sorted[sorted.len() / 2];
+    let fo_max = sorted[sorted.len() - 1];
+    println!(
+        "ours: failover over {} kills: median {fo_median:.0} ms, max {fo_max:.0} ms",
+        fo.len()
+    );
+    drop(ours);
+
+    let etcd = match etcd_binary() {
+        Some(v) => {
+            println!("peer: {v} (3 members on 127.0.0.1, HTTP/JSON gateway, one keep-alive connection to the leader)");
+            let mut procs = Procs(Vec::new());
+            let ports = start_etcd(&root, &mut procs)?;
+            let port = etcd_leader_port(&ports)?;
+            let l = etcd_write_latency(port, lat_s)?;
+            println!("{}", l.line("etcd: put (3 members)"));
+            drop(procs);
+            Some(l)
+        }
+        None => {
+            println!("etcd not found: install it with `apt-get install etcd-server`; etcd figures are null");
+            None
+        }
+    };
+
+    Ok(json!({
+        "suite": "control",
+        "quick": args.quick,
+        "write_p50_us": us(lat.p50_ns),
+        "write_p99_us": us(lat.p99_ns),
+        "write_p999_us": us(lat.p999_ns),
+        "writes_per_s": wps,
+        "pipeline_depth": PIPELINE_DEPTH,
+        "etcd_write_p50_us": etcd.map(|l| us(l.p50_ns)),
+        "etcd_write_p99_us": etcd.map(|l| us(l.p99_ns)),
+        "ratio_write_p99_to_etcd": etcd.map(|l| lat.p99_ns as f64 / l.p99_ns as f64),
+        "failover_kills": fo.len(),
+        "failover_median_ms": fo_median,
+        "failover_max_ms": fo_max,
+        "failover_ms": fo,
+        "policy_p50_us": us(policy.p50_ns),
+        "policy_p99_us": us(policy.p99_ns),
+        "policy_measures": "ACL write -> applied on all 3 nodes (XDP map write excluded)",
+    }))
+}
+
+/// `node ARGS`: one control-plane node (`--id --listen --data-dir --cert-dir [--join]`).
+pub fn child(role: &str, rest: &[String]) -> anyhow::Result<()> {
+    if role != "node" {
+        bail!("unknown control role {role:?}");
+    }
+    let mut c = NodeConfig::default();
+    let mut it = rest.iter();
+    while let Some(flag) = it.next() {
+        let v = it
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?
+            .clone();
+        match flag.as_str() {
+            "--id" => c.id = v.parse()?,
+            "--listen" => c.listen = v,
+            "--data-dir" => c.data_dir = v.into(),
+            "--cert-dir" => c.cert_dir = Some(v.into()),
+            "--join" => c.join = Some(v),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    controlplane::node::run(c)?;
+    Ok(())
+}
