@@ -4,8 +4,8 @@
 //! Benchmarks measure; they never assert.
 #![forbid(unsafe_code)]
 
-mod net;
 mod control;
+mod net;
 mod report;
 mod shm;
 mod storage;
