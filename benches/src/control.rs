@@ -626,6 +626,8 @@ pub fn child(role: &str, rest: &[String]) -> anyhow::Result<()> {
         bail!("unknown control role {role:?}");
     }
     let mut c = NodeConfig::default();
+    // Three nodes share 127.0.0.1: each takes a free port for /metrics.
+    c.admin.http_listen = "127.0.0.1:0".into();
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let v = it

@@ -1,5 +1,5 @@
 //! A running control-plane node: store, Raft, mTLS gRPC server, cluster
-//! duties. [`run`] is the blocking entry point (own tokio runtime);
+//! duties, and (in [`run`]) the admin surface of `grpc::start_admin`. [`run`] is the blocking entry point (own tokio runtime);
 //! [`start`] / [`start_with`] start a node inside an existing runtime.
 //!
 //! A node with the embedded defaults needs no configuration: it listens on
@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::auth::{client_tls_config, server_tls_config, TlsConfigError};
 use crate::certs::{self, CertsGenerateError, DevCerts};
 use crate::cluster::{Cluster, ClusterError, LivenessConfig, JOIN_TIMEOUT_MS};
+use crate::grpc::{start_admin, AdminConfig, AdminStartError};
 use crate::network::server::RaftServer;
 use crate::network::{NetworkFactory, PeerPool, Rpc};
 use crate::store::{self, StoreOpenError};
@@ -90,6 +91,8 @@ pub struct NodeConfig {
     pub join: Option<String>,
     pub raft: RaftConfig,
     pub liveness: LivenessConfig,
+    /// Admin API, audit log, HTTP endpoints and policy push (`[admin]`).
+    pub admin: AdminConfig,
 }
 
 impl Default for NodeConfig {
@@ -104,6 +107,7 @@ impl Default for NodeConfig {
             join: None,
             raft: RaftConfig::default(),
             liveness: LivenessConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -176,6 +180,8 @@ pub enum NodeStartError {
     Join { addr: String, reason: String },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot start the admin surface: {0}")]
+    Admin(#[from] AdminStartError),
 }
 
 /// A started node; dropping it does not stop it, call [`RunningNode::shutdown`].
@@ -395,7 +401,9 @@ async fn ensure_registered(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<
     }
 }
 
-/// Runs a node until SIGINT or SIGTERM (own multi-threaded tokio runtime).
+/// Runs a node — Raft, the admin API on the same mTLS listener, the audit
+/// log, the HTTP endpoints and the policy push — until SIGINT or SIGTERM
+/// (own multi-threaded tokio runtime).
 pub fn run(config: NodeConfig) -> Result<(), NodeStartError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -403,12 +411,36 @@ pub fn run(config: NodeConfig) -> Result<(), NodeStartError> {
         .build()
         .map_err(NodeStartError::Runtime)?;
     rt.block_on(async move {
-        let node = start(config).await?;
+        let admin = config.admin.clone();
+        let (stop, stop_rx) = watch::channel(false);
+        let mut parts = None;
+        let node = start_with(config, |cluster, cfg, routes| {
+            parts = Some(start_admin(cluster, &admin, &cfg.data_dir, routes, stop_rx));
+        })
+        .await?;
+        let parts = match parts {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                node.shutdown().await;
+                return Err(e.into());
+            }
+            None => unreachable!("start_with calls its hook before returning Ok"),
+        };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(NodeStartError::Runtime)?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+        }
+        let _ = stop.send(true);
+        for t in parts.tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_millis(SHUTDOWN_DRAIN_MS), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
         node.shutdown().await;
         Ok(())
