@@ -6,8 +6,11 @@
 //! vote — storage-nvme is an append-only segment log for stream data without
 //! tail truncation. Control-plane metadata is small (KiB per command, a few
 //! thousand entries between snapshots), so a single append-only file of
-//! CRC-checked records with `fdatasync` per append, replayed into memory at
-//! open, is the simplest store that is durable and obviously correct:
+//! CRC-checked records, replayed into memory at open, is the simplest store
+//! that is durable and obviously correct. Every append is `fdatasync`ed
+//! before openraft hears it is flushed; a flusher thread groups concurrent
+//! appends into one sync, and the file is zero-filled ahead so a sync
+//! flushes data blocks only (as etcd's preallocated WAL does). Log
 //! truncation and purge are records too, and the file is rewritten when most
 //! of it is dead. The state machine lives in memory and is made durable by an
 //! atomically replaced snapshot file; openraft re-applies committed entries
