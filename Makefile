@@ -1,8 +1,11 @@
 # One entry point for developers. Every target runs its own idempotent set-up.
-.PHONY: demo test bench bench-quick setup fmt clippy
+.PHONY: demo shm-demo test bench bench-quick setup fmt clippy
 
-demo:            ## the main job: two-process shm pub/sub demo with latency figures
+demo:            ## the main job: remote publisher -> XDP/AF_XDP node -> local subscriber, in its own netns
 	scripts/demo.sh
+
+shm-demo:        ## two-process shared-memory pub/sub demo with latency figures
+	scripts/demo.sh --shm
 
 test:            ## the whole test suite (what CI runs)
 	scripts/test.sh

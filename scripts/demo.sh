@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
-# The main job: set up a fresh machine, then run the two-process shared-memory
-# publish/subscribe demo (prints messages/s and p50/p99/p99.9 latency).
+# The main job: set up a fresh machine, then run `memstreamer demo`: it creates its
+# own network namespaces and veth pair (198.18.0.0/15), runs a node with XDP +
+# AF_XDP on one end, a remote publisher in the other namespace and a local SDK
+# subscriber, prints throughput and p50/p99/p99.9 latency, and removes everything
+# it created. Extra arguments go to `memstreamer demo` (e.g. --backend udp).
+#
+#   scripts/demo.sh [ARGS]      network demo (needs root)
+#   scripts/demo.sh --shm       two-process shared-memory demo (sdk example)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/hugepages.sh reserve 512
 trap 'scripts/hugepages.sh release' EXIT
-cargo run --release --locked -p sdk --example shm_demo -- "$@"
+if [[ "${1:-}" == "--shm" ]]; then
+  shift
+  cargo run --release --locked -p sdk --example shm_demo -- "$@"
+else
+  cargo run --release --locked -p memstreamer -- demo "$@"
+fi
