@@ -10,7 +10,8 @@
 //!   it from its own `now_ns()` on receipt (same time base in both processes).
 //!   Warm-up messages are not recorded.
 //! - cross-process throughput of 32-byte messages, 1 publisher -> 1 subscriber,
-//!   exclusive publisher, batch polling (up to 256 records per poll, a short
+//!   exclusive publisher publishing with `shm_ring::Publisher::offer_batch`
+//!   (64 records per call), batch polling (up to 256 records per poll, a short
 //!   pause after an empty poll); counted from the first to the last message
 //!   seen by the subscriber.
 //! - iceoryx2 0.10.0 cross-process (lossless: safe overflow off, publisher retries
@@ -58,6 +59,9 @@ const _: () = assert!(
 );
 /// Records per poll call in the throughput run.
 const POLL_BATCH_MAX: usize = 256;
+/// Records per `Publisher::offer_batch` call in the throughput run (one clock
+/// read and one tail store per batch, like Aeron's batched throughput tests).
+const PUBLISH_BATCH_MAX: usize = 64;
 /// iceoryx2 subscriber buffer (samples).
 const PEER_BUFFER_MAX: usize = 1024;
 /// crossbeam ArrayQueue depth (messages).
@@ -354,11 +358,10 @@ fn ours_latency(plan: &Plan, stream: u32) -> anyhow::Result<(Histogram<u64>, &'s
 fn ours_throughput(plan: &Plan, stream: u32) -> anyhow::Result<f64> {
     let (ring, mut sub) = ours_setup(stream, RING_CAPACITY_BYTES)?;
     let child = ChildGuard::spawn(
-        "ours-pub",
+        "ours-pub-batch",
         &[
             stream.to_string(),
             plan.throughput_msgs.to_string(),
-            "0".to_string(),
             THROUGHPUT_MSG_BYTES.to_string(),
         ],
     )?;
@@ -434,6 +437,54 @@ fn child_ours_pub(rest: &[String]) -> anyhow::Result<()> {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+    Ok(())
+}
+
+/// Throughput publisher child: `ours-pub-batch STREAM COUNT SIZE`. Publishes
+/// COUNT records of SIZE bytes with `shm_ring::Publisher::offer_batch`,
+/// PUBLISH_BATCH_MAX per call (the sdk wraps the same ring; its Publisher has
+/// no batch call, so this attaches shm-ring's exclusive publisher directly).
+fn child_ours_pub_batch(rest: &[String]) -> anyhow::Result<()> {
+    let stream: u32 = parse(rest, 0, "stream")?;
+    let count: u64 = parse(rest, 1, "count")?;
+    let size: usize = parse(rest, 2, "size")?;
+    if size != THROUGHPUT_MSG_BYTES {
+        bail!("ours-pub-batch: size {size} is not {THROUGHPUT_MSG_BYTES}");
+    }
+    report::pin_current_thread(CORE_PUB);
+    let ctx = ours_context(RING_CAPACITY_BYTES);
+    let deadline = Instant::now() + Duration::from_secs(RUN_TIMEOUT_S);
+    let ring = ctx.create_ring(stream, 0)?;
+    let mut publisher = loop {
+        match ring.publisher() {
+            Ok(p) => break p,
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_micros(200)),
+        }
+    };
+    let mut msgs = vec![[0u8; THROUGHPUT_MSG_BYTES]; PUBLISH_BATCH_MAX];
+    let mut sent = 0u64;
+    while sent < count {
+        let n = (count - sent).min(PUBLISH_BATCH_MAX as u64) as usize;
+        for (k, m) in msgs[..n].iter_mut().enumerate() {
+            m[..8].copy_from_slice(&(sent + k as u64).to_le_bytes());
+        }
+        let refs: [&[u8]; PUBLISH_BATCH_MAX] = std::array::from_fn(|k| &msgs[k][..]);
+        let mut off = 0usize;
+        while off < n {
+            match publisher.offer_batch(0, &refs[off..n]) {
+                Ok((_, k)) => off += k,
+                Err(shm_ring::OfferError::BackPressured) => {
+                    if Instant::now() > deadline {
+                        bail!("ours-pub-batch: back-pressured past the timeout at message {sent}");
+                    }
+                    std::hint::spin_loop();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        sent += n as u64;
     }
     Ok(())
 }
@@ -848,7 +899,9 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
          {LATENCY_MSG_BYTES}-byte message every {PACE_NS} ns; publisher pinned to core {CORE_PUB}, \
          subscriber to core {CORE_SUB}; first {} messages of {} per round not recorded; hdrhistogram, \
          3 significant digits; headline = median over rounds of each percentile. Throughput: {THROUGHPUT_MSG_BYTES}-byte messages, {} per round, \
-         counted at the subscriber from first to last message. {} interleaved rounds.",
+         counted at the subscriber from first to last message; ours publishes with \
+         shm_ring::Publisher::offer_batch ({PUBLISH_BATCH_MAX} records per call, exclusive publisher), \
+         crossbeam pushes one message per push(). {} interleaved rounds.",
         plan.warmup_msgs, plan.latency_msgs, plan.throughput_msgs, plan.rounds
     );
 
@@ -1037,6 +1090,7 @@ fn run_rounds(plan: &Plan) -> anyhow::Result<serde_json::Value> {
             "msgs_per_s": ours_tp_s,
             "crossbeam_msgs_per_s": cb_tp_s,
         },
+        "ours_throughput_publish_api": format!("shm_ring::Publisher::offer_batch, {PUBLISH_BATCH_MAX} records per call"),
         "idle_stream_bytes": idle_footprint,
         "idle_stream_size_of_bytes": idle_size_of,
         "wakeup_idle_ms": plan.wakeup_gap_ms,
@@ -1063,6 +1117,7 @@ pub fn child(role: &str, rest: &[String]) -> anyhow::Result<()> {
     let rest = &rest[1..];
     match role {
         "ours-pub" => child_ours_pub(rest),
+        "ours-pub-batch" => child_ours_pub_batch(rest),
         "iox-pub" => child_iox_pub(rest),
         other => bail!("unknown shm child role {other:?}"),
     }

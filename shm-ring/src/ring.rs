@@ -25,6 +25,18 @@ pub const HEARTBEAT_INTERVAL_NS: u64 = 1_000_000;
 const POLL_EXTRA_STEPS_MAX: usize = 64;
 /// liveness_timeout_ns must be at least this (10 heartbeat intervals).
 pub const LIVENESS_TIMEOUT_MIN_NS: u64 = 10 * HEARTBEAT_INTERVAL_NS;
+/// A subscriber reads the clock (and so checks whether a heartbeat is due)
+/// once this much poll work has passed since its last reading: one unit per
+/// `poll` call plus one per record delivered, `POLL_EMPTY_WORK` for a call
+/// that found nothing. A busy poll loop thus reads the TSC once per batch of
+/// records or per 8 empty polls, not per call. The stale reading only ever
+/// delays a heartbeat or a claim abort, never hastens one (see
+/// `Subscriber::poll_inner`); a caller that sleeps between polls should call
+/// `keepalive` (as the sdk's idle strategies do), which reads the clock.
+const POLL_CLOCK_WORK_MAX: u32 = 64;
+/// Poll work of a call that delivered and skipped nothing.
+const POLL_EMPTY_WORK: u32 = 8;
+const _: () = assert!(POLL_EMPTY_WORK >= 1 && POLL_EMPTY_WORK <= POLL_CLOCK_WORK_MAX);
 
 /// One owner or subscriber slot (layout.rs, "Slot").
 #[repr(C, align(64))]
@@ -888,9 +900,14 @@ pub struct Subscriber {
     position: u64,
     published: (u64, u64),
     lost_total: u64,
-    /// Sequence seen claimed-but-uncommitted, and since when (ring clock).
-    pending: Option<(u64, u64)>,
+    /// Sequence seen claimed-but-uncommitted, since when (ring clock), and
+    /// whether that time is exact (read while the sequence was uncommitted)
+    /// or the cached clock (possibly older than the first sighting).
+    pending: Option<(u64, u64, bool)>,
     next_heartbeat_ns: u64,
+    /// Last clock reading and the poll work left before the next one.
+    now_ns: u64,
+    clock_credit: u32,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -961,6 +978,8 @@ impl Subscriber {
                 lost_total: 0,
                 pending: None,
                 next_heartbeat_ns: now + HEARTBEAT_INTERVAL_NS,
+                now_ns: now,
+                clock_credit: 0,
                 _not_sync: PhantomData,
             });
         }
@@ -982,6 +1001,8 @@ impl Subscriber {
     /// Heartbeat without polling (call it while parked).
     pub fn keepalive(&mut self) {
         let now = clock::now_ns();
+        self.now_ns = now;
+        self.clock_credit = POLL_CLOCK_WORK_MAX;
         let _ = self.heartbeat(now);
     }
 
@@ -1074,7 +1095,15 @@ impl Subscriber {
         limit: usize,
         mut copy_buf: Option<&mut Vec<u8>>,
     ) -> Result<Poll, PollError> {
-        let now = clock::now_ns();
+        // The cached clock is at most POLL_CLOCK_WORK_MAX units of poll work
+        // old, and never ahead of the real one: a heartbeat is at worst
+        // stored that much later, and a claim abort compares against a
+        // `pending` time that is exact (see below), so it is never early.
+        if self.clock_credit == 0 {
+            self.now_ns = clock::now_ns();
+            self.clock_credit = POLL_CLOCK_WORK_MAX;
+        }
+        let mut now = self.now_ns;
         if now >= self.next_heartbeat_ns {
             self.heartbeat(now)?;
         } else if self.evicted() {
@@ -1178,12 +1207,25 @@ impl Subscriber {
             // publisher's hot cache line): only a sighting that lasts
             // claim_timeout_ns looks at whether q was claimed at all.
             match self.pending {
-                Some((pq, since)) if pq == q && now.saturating_sub(since) >= p.claim_timeout_ns => {
+                Some((pq, since, false))
+                    if pq == q && now.saturating_sub(since) >= p.claim_timeout_ns =>
+                {
+                    // `since` was the cached clock, which may predate the first
+                    // sighting of q: restart the wait from an exact reading
+                    // taken while q is uncommitted (loop: re-check q first).
+                    now = clock::now_ns();
+                    self.now_ns = now;
+                    self.clock_credit = POLL_CLOCK_WORK_MAX;
+                    self.pending = Some((q, now, true));
+                }
+                Some((pq, since, true))
+                    if pq == q && now.saturating_sub(since) >= p.claim_timeout_ns =>
+                {
                     // partner: publishers' tail store/CAS (Release).
                     let t = region.tail().load(Ordering::Acquire);
                     if t.1 <= q || !self.may_abort() {
                         // Nothing claimed (an idle publisher), or a live exclusive owner.
-                        self.pending = Some((q, now));
+                        self.pending = Some((q, now, false));
                         break Ok(());
                     }
                     // Abort it for everyone: the CAS makes all subscribers agree,
@@ -1197,13 +1239,13 @@ impl Subscriber {
                     );
                     // A dead exclusive owner's later open claims (the rest of a
                     // batch) are just as dead: no need to wait for them again.
-                    self.pending = p.exclusive().then(|| (q.wrapping_add(1), since));
+                    self.pending = p.exclusive().then(|| (q.wrapping_add(1), since, true));
                     // Loop: the descriptor now reads ABORTED (ours or a racing
                     // subscriber's) or COMMITTED (the publisher won).
                 }
-                Some((pq, _)) if pq == q => break Ok(()),
+                Some((pq, _, _)) if pq == q => break Ok(()),
                 _ => {
-                    self.pending = Some((q, now));
+                    self.pending = Some((q, now, false));
                     break Ok(());
                 }
             }
@@ -1211,6 +1253,14 @@ impl Subscriber {
         self.next_seq = q;
         self.position = r;
         self.lost_total = self.lost_total.saturating_add(out.lost);
+        let work = if out.records == 0 && out.lost == 0 {
+            POLL_EMPTY_WORK
+        } else {
+            u32::try_from(out.records)
+                .unwrap_or(u32::MAX)
+                .saturating_add(1)
+        };
+        self.clock_credit = self.clock_credit.saturating_sub(work);
         if (q, r) != self.published {
             let slot = region.sub(self.slot);
             // partner: refresh_limits()'s Acquire loads: our reads of the
