@@ -1,6 +1,30 @@
-//! The conductor agent: commands from the other agents (and, later, the control plane), counters
+//! The conductor agent: commands from the other agents and from the control plane, counters
 //! publication, housekeeping. Everything that allocates after start-up happens here, off the
 //! receiver's and sender's duty cycles (e.g. a remote subscriber's retransmit buffer).
+//!
+//! ## Control plane -> data plane stream commands
+//!
+//! The node creates a small shm-ring, [`COMMAND_RING_NAME`], in its ring directory; the local
+//! control plane publishes fixed-width [`StreamCommand`] records into it (see
+//! `controlplane::dataplane_link`) and the conductor drains at most
+//! [`STREAM_COMMANDS_PER_CYCLE_MAX`] per duty cycle ([`StreamRings`]). A `Create` makes the
+//! partition rings of a stream at run time, a `Drop` removes the ones it made. Both are
+//! idempotent (the control plane re-sends its full state whenever it (re)attaches). A record
+//! that does not decode is counted ([`StreamRings::bad_commands`]) and skipped, never a panic.
+//!
+//! Record layout (16 bytes, little-endian):
+//!
+//! ```text
+//!  0        2          4       6            8           12          16
+//!  +--------+----------+-------+------------+-----------+-----------+
+//!  | magic  | version  | kind  | partitions | stream_id | reserved  |
+//!  |  u16   |   u16    |  u16  |    u16     |    u32    | u32 (= 0) |
+//!  +--------+----------+-------+------------+-----------+-----------+
+//! ```
+
+use std::collections::BTreeMap;
+
+use shm_ring::{Ring, RingConfig, RingCreateError, StartAt};
 
 use crate::agent::{Agent, CommandQueue};
 use crate::counters::{Counter, Counters, CountersFile};
@@ -17,6 +41,284 @@ pub const LIVENESS_CHECK_INTERVAL_NS: u64 = 100_000_000;
 pub const AGENT_STALL_NS: u64 = 1_000_000_000;
 
 const _: () = assert!(LIVENESS_CHECK_INTERVAL_NS < AGENT_STALL_NS);
+
+/// Name of the control plane -> data plane command ring (in the node's ring directory).
+pub const COMMAND_RING_NAME: &str = "memstreamer-commands";
+/// Data bytes of the command ring (a few thousand commands).
+pub const COMMAND_RING_CAPACITY_BYTES: u64 = 64 << 10;
+/// Stream commands applied per duty cycle at most.
+pub const STREAM_COMMANDS_PER_CYCLE_MAX: usize = 16;
+/// Most partition rings the control plane may create on one node (all streams together).
+pub const DYNAMIC_RINGS_MAX: usize = 4096;
+
+/// Bytes of one stream command record.
+pub const STREAM_COMMAND_BYTES: usize = 16;
+/// Offset of the magic (u16).
+pub const CMD_OFF_MAGIC: usize = 0;
+/// Offset of the record version (u16).
+pub const CMD_OFF_VERSION: usize = 2;
+/// Offset of the kind (u16): [`CMD_KIND_CREATE`] or [`CMD_KIND_DROP`].
+pub const CMD_OFF_KIND: usize = 4;
+/// Offset of the partition count (u16; 0 for a drop).
+pub const CMD_OFF_PARTITIONS: usize = 6;
+/// Offset of the stream id (u32).
+pub const CMD_OFF_STREAM_ID: usize = 8;
+/// Offset of the reserved word (u32, must be 0).
+pub const CMD_OFF_RESERVED: usize = 12;
+/// "MC": MemoryStreamer command.
+pub const CMD_MAGIC: u16 = 0x434D;
+/// Record version this build writes and accepts.
+pub const CMD_VERSION: u16 = 1;
+pub const CMD_KIND_CREATE: u16 = 1;
+pub const CMD_KIND_DROP: u16 = 2;
+
+const _: () = assert!(CMD_OFF_RESERVED + 4 == STREAM_COMMAND_BYTES);
+const _: () = assert!(COMMAND_RING_CAPACITY_BYTES as usize >= 64 * STREAM_COMMAND_BYTES);
+
+/// A stream change the control plane asks this node's data plane to apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamCommand {
+    /// Make sure the rings of partitions `0..partitions` of `stream_id` exist.
+    Create { stream_id: u32, partitions: u16 },
+    /// Remove the rings the data plane made for `stream_id`.
+    Drop { stream_id: u32 },
+}
+
+/// Why a command record was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StreamCommandDecodeError {
+    #[error("command record of {0} bytes, expected {STREAM_COMMAND_BYTES}: control plane and data plane builds differ")]
+    Length(usize),
+    #[error("bad command magic {0:#06x}: something other than the control plane writes the command ring")]
+    Magic(u16),
+    #[error("command record version {0}, this data plane reads {CMD_VERSION}: upgrade both planes together")]
+    Version(u16),
+    #[error("unknown command kind {0}")]
+    Kind(u16),
+    #[error("invalid command: {0}")]
+    Field(&'static str),
+}
+
+impl StreamCommand {
+    pub fn encode(&self) -> [u8; STREAM_COMMAND_BYTES] {
+        let (kind, stream_id, partitions) = match *self {
+            StreamCommand::Create {
+                stream_id,
+                partitions,
+            } => (CMD_KIND_CREATE, stream_id, partitions),
+            StreamCommand::Drop { stream_id } => (CMD_KIND_DROP, stream_id, 0),
+        };
+        let mut b = [0u8; STREAM_COMMAND_BYTES];
+        b[CMD_OFF_MAGIC..CMD_OFF_MAGIC + 2].copy_from_slice(&CMD_MAGIC.to_le_bytes());
+        b[CMD_OFF_VERSION..CMD_OFF_VERSION + 2].copy_from_slice(&CMD_VERSION.to_le_bytes());
+        b[CMD_OFF_KIND..CMD_OFF_KIND + 2].copy_from_slice(&kind.to_le_bytes());
+        b[CMD_OFF_PARTITIONS..CMD_OFF_PARTITIONS + 2].copy_from_slice(&partitions.to_le_bytes());
+        b[CMD_OFF_STREAM_ID..CMD_OFF_STREAM_ID + 4].copy_from_slice(&stream_id.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<StreamCommand, StreamCommandDecodeError> {
+        if b.len() != STREAM_COMMAND_BYTES {
+            return Err(StreamCommandDecodeError::Length(b.len()));
+        }
+        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        if u16_at(CMD_OFF_MAGIC) != CMD_MAGIC {
+            return Err(StreamCommandDecodeError::Magic(u16_at(CMD_OFF_MAGIC)));
+        }
+        if u16_at(CMD_OFF_VERSION) != CMD_VERSION {
+            return Err(StreamCommandDecodeError::Version(u16_at(CMD_OFF_VERSION)));
+        }
+        if u32_at(CMD_OFF_RESERVED) != 0 {
+            return Err(StreamCommandDecodeError::Field("reserved word is not 0"));
+        }
+        let stream_id = u32_at(CMD_OFF_STREAM_ID);
+        let partitions = u16_at(CMD_OFF_PARTITIONS);
+        match u16_at(CMD_OFF_KIND) {
+            CMD_KIND_CREATE if partitions == 0 => {
+                Err(StreamCommandDecodeError::Field("create with 0 partitions"))
+            }
+            CMD_KIND_CREATE => Ok(StreamCommand::Create {
+                stream_id,
+                partitions,
+            }),
+            CMD_KIND_DROP if partitions != 0 => Err(StreamCommandDecodeError::Field(
+                "drop with a partition count",
+            )),
+            CMD_KIND_DROP => Ok(StreamCommand::Drop { stream_id }),
+            k => Err(StreamCommandDecodeError::Kind(k)),
+        }
+    }
+}
+
+/// The conductor's side of the command ring: the partition rings made at run time.
+pub struct StreamRings {
+    commands: shm_ring::Subscriber,
+    ring_cfg: RingConfig,
+    /// Partitions of the node's configuration (never created or dropped by commands).
+    fixed: Vec<(u32, u16)>,
+    /// Stream id -> (ring, made by this node) per partition.
+    dynamic: BTreeMap<u32, Vec<(Ring, bool)>>,
+    bad_commands: u64,
+    failed_creates: u64,
+    applied: u64,
+}
+
+impl StreamRings {
+    /// Subscribes to `command_ring`; partition rings are created with `ring_cfg`.
+    pub fn new(
+        command_ring: &Ring,
+        ring_cfg: RingConfig,
+        fixed: Vec<(u32, u16)>,
+    ) -> Result<StreamRings, shm_ring::SubscriberAttachError> {
+        Ok(StreamRings {
+            commands: command_ring.subscriber(StartAt::Earliest)?,
+            ring_cfg,
+            fixed,
+            dynamic: BTreeMap::new(),
+            bad_commands: 0,
+            failed_creates: 0,
+            applied: 0,
+        })
+    }
+
+    /// Records that did not decode, plus commands beyond [`DYNAMIC_RINGS_MAX`].
+    pub fn bad_commands(&self) -> u64 {
+        self.bad_commands
+    }
+
+    /// Commands applied (including no-op repeats).
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// (stream, partitions) of the rings made at run time.
+    pub fn dynamic_streams(&self) -> Vec<(u32, u16)> {
+        self.dynamic
+            .iter()
+            .map(|(&s, v)| (s, v.len() as u16))
+            .collect()
+    }
+
+    /// Applies up to `limit` pending commands; returns how many records were read.
+    pub fn drain(&mut self, limit: usize) -> usize {
+        let mut batch = [None; STREAM_COMMANDS_PER_CYCLE_MAX];
+        let mut n = 0;
+        let mut bad = 0u64;
+        let polled = self.commands.poll(
+            |r| {
+                match StreamCommand::decode(r.payload) {
+                    Ok(c) if n < batch.len() => {
+                        batch[n] = Some(c);
+                        n += 1;
+                    }
+                    Ok(_) => bad += 1,
+                    Err(e) => {
+                        if bad == 0 {
+                            eprintln!("memstreamer: command ring: {e}");
+                        }
+                        bad += 1;
+                    }
+                };
+            },
+            limit.min(STREAM_COMMANDS_PER_CYCLE_MAX),
+        );
+        self.bad_commands += bad;
+        let read = match polled {
+            Ok(p) => p.records,
+            Err(e) => {
+                self.bad_commands += 1;
+                eprintln!("memstreamer: command ring: {e}");
+                0
+            }
+        };
+        for c in batch.into_iter().take(n).flatten() {
+            self.apply(c);
+        }
+        read
+    }
+
+    fn apply(&mut self, c: StreamCommand) {
+        self.applied += 1;
+        match c {
+            StreamCommand::Create {
+                stream_id,
+                partitions,
+            } => self.create(stream_id, partitions),
+            StreamCommand::Drop { stream_id } => {
+                if let Some(rings) = self.dynamic.remove(&stream_id) {
+                    unlink_made(rings);
+                }
+            }
+        }
+    }
+
+    fn create(&mut self, stream_id: u32, partitions: u16) {
+        let total: usize = self.dynamic.values().map(Vec::len).sum();
+        let rings = self.dynamic.entry(stream_id).or_default();
+        if rings.len() > partitions as usize {
+            unlink_made(rings.split_off(partitions as usize));
+        }
+        for p in rings.len() as u16..partitions {
+            if total + rings.len() >= DYNAMIC_RINGS_MAX {
+                self.bad_commands += 1;
+                eprintln!("memstreamer: stream {stream_id}: more than {DYNAMIC_RINGS_MAX} partition rings on this node; partitions from {p} on are not served");
+                break;
+            }
+            let name = sdk::ring_name(stream_id, p);
+            let made = if self.fixed.contains(&(stream_id, p)) {
+                // The node's configuration already serves it: open, never remove.
+                Ring::open(&name, self.ring_cfg.dir.as_deref())
+                    .map(|r| (r, false))
+                    .map_err(|e| e.to_string())
+            } else {
+                match Ring::create(&name, &self.ring_cfg) {
+                    Ok(r) => Ok((r, true)),
+                    Err(RingCreateError::Exists { .. }) => {
+                        Ring::open(&name, self.ring_cfg.dir.as_deref())
+                            .map(|r| (r, false))
+                            .map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            match made {
+                Ok(r) => rings.push(r),
+                Err(e) => {
+                    self.failed_creates += 1;
+                    if self.failed_creates.is_power_of_two() {
+                        eprintln!("memstreamer: cannot create the ring of stream {stream_id} partition {p}: {e}");
+                    }
+                    break;
+                }
+            }
+        }
+        if rings.is_empty() {
+            self.dynamic.remove(&stream_id);
+        }
+    }
+
+    /// Removes every ring made at run time (node stop).
+    pub fn close(&mut self) {
+        for (_, rings) in std::mem::take(&mut self.dynamic) {
+            unlink_made(rings);
+        }
+    }
+}
+
+impl Drop for StreamRings {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn unlink_made(rings: Vec<(Ring, bool)>) {
+    for (ring, made) in rings {
+        if made {
+            let _ = ring.unlink();
+        }
+    }
+}
 
 /// What the conductor is asked to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +349,7 @@ pub struct Conductor {
     /// (role, cycles counter, last value, when it last changed, reported stalled).
     watched: Vec<(&'static str, Counter, u64, u64, bool)>,
     next_liveness_ns: u64,
+    streams: Option<StreamRings>,
 }
 
 impl Conductor {
@@ -68,7 +371,14 @@ impl Conductor {
             file_errors: 0,
             watched: Vec::new(),
             next_liveness_ns: 0,
+            streams: None,
         }
+    }
+
+    /// Drains the control plane's stream commands every duty cycle.
+    pub fn with_stream_commands(mut self, streams: StreamRings) -> Conductor {
+        self.streams = Some(streams);
+        self
     }
 
     /// Watches the duty-cycle count of these agent roles (liveness).
@@ -137,6 +447,9 @@ impl Agent for Conductor {
         let mut work = commands.drain(COMMANDS_PER_CYCLE_MAX, |c| match c {
             ConductorCommand::Subscribe(r) => self.subscribe(r),
         });
+        if let Some(streams) = self.streams.as_mut() {
+            work += streams.drain(STREAM_COMMANDS_PER_CYCLE_MAX);
+        }
         self.commands_done += work as u64;
         self.counters
             .set(Counter::ConductorCommands, self.commands_done);
@@ -163,6 +476,9 @@ impl Agent for Conductor {
     }
 
     fn on_close(&mut self) {
+        if let Some(streams) = self.streams.as_mut() {
+            streams.close();
+        }
         let _ = self.file.publish(&self.counters);
     }
 }
@@ -248,5 +564,128 @@ mod tests {
             2,
             "unknown stream, frame too small"
         );
+    }
+
+    fn command_ring(dir: &std::path::Path) -> (Ring, RingConfig) {
+        let cfg = RingConfig {
+            capacity_bytes: COMMAND_RING_CAPACITY_BYTES,
+            backing: shm_ring::Backing::DevShm,
+            dir: Some(dir.to_path_buf()),
+            ..RingConfig::default()
+        };
+        let ring = Ring::create(COMMAND_RING_NAME, &cfg).unwrap();
+        let part_cfg = RingConfig {
+            capacity_bytes: 1 << 16,
+            ..cfg
+        };
+        (ring, part_cfg)
+    }
+
+    #[test]
+    fn stream_commands_round_trip_and_bad_records_are_refused() {
+        for c in [
+            StreamCommand::Create {
+                stream_id: u32::MAX,
+                partitions: 3,
+            },
+            StreamCommand::Drop { stream_id: 9 },
+        ] {
+            assert_eq!(StreamCommand::decode(&c.encode()), Ok(c));
+        }
+        let good = StreamCommand::Drop { stream_id: 1 }.encode();
+        let with = |off: usize, v: u8| {
+            let mut b = good;
+            b[off] = v;
+            b
+        };
+        assert_eq!(
+            StreamCommand::decode(&good[..8]),
+            Err(StreamCommandDecodeError::Length(8))
+        );
+        assert!(matches!(
+            StreamCommand::decode(&with(CMD_OFF_MAGIC, 0)),
+            Err(StreamCommandDecodeError::Magic(_))
+        ));
+        assert_eq!(
+            StreamCommand::decode(&with(CMD_OFF_VERSION, 9)),
+            Err(StreamCommandDecodeError::Version(9))
+        );
+        assert_eq!(
+            StreamCommand::decode(&with(CMD_OFF_KIND, 7)),
+            Err(StreamCommandDecodeError::Kind(7))
+        );
+        assert!(StreamCommand::decode(&with(CMD_OFF_RESERVED, 1)).is_err());
+        assert!(StreamCommand::decode(&with(CMD_OFF_PARTITIONS, 1)).is_err());
+        let create0 = StreamCommand::Create {
+            stream_id: 1,
+            partitions: 1,
+        }
+        .encode();
+        let mut b = create0;
+        b[CMD_OFF_PARTITIONS] = 0;
+        assert!(StreamCommand::decode(&b).is_err());
+    }
+
+    #[test]
+    fn stream_commands_create_and_drop_rings_idempotently() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ring, part_cfg) = command_ring(dir.path());
+        let mut streams = StreamRings::new(&ring, part_cfg, vec![(7, 0)]).unwrap();
+        let mut publ = ring.publisher().unwrap();
+        let path = |s: u32, p: u16| dir.path().join(sdk::ring_name(s, p));
+        let create = |stream_id, partitions| StreamCommand::Create {
+            stream_id,
+            partitions,
+        };
+        for c in [create(3, 2), create(3, 2)] {
+            publ.offer(&c.encode()).unwrap();
+        }
+        publ.offer(b"garbage").unwrap();
+        assert_eq!(streams.drain(STREAM_COMMANDS_PER_CYCLE_MAX), 3);
+        assert_eq!(streams.bad_commands(), 1);
+        assert_eq!(streams.dynamic_streams(), vec![(3, 2)]);
+        assert!(path(3, 0).exists() && path(3, 1).exists());
+        // A local SDK publisher and subscriber work on a ring made at run time.
+        let ctx = sdk::Context::builder().dir(dir.path()).build();
+        let mut sub = ctx.subscriber(3, 1);
+        let mut p = ctx.publisher(3, 1).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            let _ = p.offer(b"hello");
+            sub.poll(|r| got.push(r.payload.to_vec()), 16).unwrap();
+            if !got.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(got[0], b"hello");
+        drop((p, sub));
+        publ.offer(&StreamCommand::Drop { stream_id: 3 }.encode())
+            .unwrap();
+        publ.offer(&StreamCommand::Drop { stream_id: 3 }.encode())
+            .unwrap();
+        assert_eq!(streams.drain(STREAM_COMMANDS_PER_CYCLE_MAX), 2);
+        assert!(!path(3, 0).exists() && !path(3, 1).exists());
+        assert!(streams.dynamic_streams().is_empty());
+        // The node's own stream is opened, never removed by commands.
+        let fixed = Ring::create(&sdk::ring_name(7, 0), &part_cfg_of(&streams)).unwrap();
+        publ.offer(&create(7, 1).encode()).unwrap();
+        publ.offer(&create(8, 1).encode()).unwrap();
+        streams.drain(STREAM_COMMANDS_PER_CYCLE_MAX);
+        publ.offer(&StreamCommand::Drop { stream_id: 7 }.encode())
+            .unwrap();
+        streams.drain(STREAM_COMMANDS_PER_CYCLE_MAX);
+        assert!(path(7, 0).exists(), "configured ring kept");
+        assert!(path(8, 0).exists());
+        streams.close();
+        assert!(
+            !path(8, 0).exists(),
+            "rings made at run time go with the node"
+        );
+        fixed.unlink().unwrap();
+        ring.unlink().unwrap();
+    }
+
+    fn part_cfg_of(s: &StreamRings) -> RingConfig {
+        s.ring_cfg.clone()
     }
 }

@@ -18,7 +18,9 @@ use crate::agent::{
     DutyCycleSlot, ThreadingMode,
 };
 use crate::archiver::{self, ArchiveOpenError, Archiver};
-use crate::conductor::{Conductor, SubscriptionSettings};
+use crate::conductor::{
+    Conductor, StreamRings, SubscriptionSettings, COMMAND_RING_CAPACITY_BYTES, COMMAND_RING_NAME,
+};
 use crate::config::{Config, Threading};
 use crate::counters::{
     cycles_counter, duty_cycle_counter, Counter, Counters, CountersFile, CountersFileError,
@@ -41,6 +43,8 @@ pub enum NodeStartError {
         partition: u16,
         detail: String,
     },
+    #[error("cannot create the control-plane command ring `{}`: {detail} (another data plane may use the same ring directory: give each node its own shm_dir)", crate::conductor::COMMAND_RING_NAME)]
+    CommandRing { detail: String },
     #[error(transparent)]
     Storage(#[from] ArchiveOpenError),
     #[error("data port: {0}")]
@@ -142,7 +146,30 @@ impl NodeParts {
             }
         }
         counters.add(Counter::ArchiverReplayedRecords, replayed_records);
-        let ring_list = || rings.0.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>();
+        // The control plane's stream commands (see conductor.rs); small, so never on hugepages.
+        let command_cfg = shm_ring::RingConfig {
+            capacity_bytes: COMMAND_RING_CAPACITY_BYTES,
+            backing: shm_ring::Backing::DevShm,
+            ..ring_cfg.clone()
+        };
+        let command_ring = Ring::create(COMMAND_RING_NAME, &command_cfg).map_err(|e| {
+            NodeStartError::CommandRing {
+                detail: e.to_string(),
+            }
+        })?;
+        rings.0.push((command_ring.clone(), true));
+        let stream_rings = StreamRings::new(&command_ring, ring_cfg.clone(), partitions.clone())
+            .map_err(|e| NodeStartError::CommandRing {
+                detail: e.to_string(),
+            })?;
+        let ring_list = || {
+            rings
+                .0
+                .iter()
+                .take(partitions.len())
+                .map(|(r, _)| r.clone())
+                .collect::<Vec<_>>()
+        };
 
         // Ports.
         let mut xdp = None;
@@ -258,7 +285,8 @@ impl NodeParts {
                 session_timeout_ns: config.session_timeout_ns,
                 principal: format!("node-{}", data_addr.port()),
             },
-        );
+        )
+        .with_stream_commands(stream_rings);
         let mut agents: Vec<Box<dyn crate::agent::Agent>> =
             vec![Box::new(receiver), Box::new(sender)];
         if let Some(dir) = &config.storage_dir {
@@ -376,7 +404,7 @@ impl NodeHandle {
         self.runner.as_ref().is_none_or(|r| r.is_healthy())
     }
 
-    /// The ring files of the node's partitions.
+    /// The ring files of the node's configured partitions, then the command ring.
     pub fn ring_paths(&self) -> Vec<PathBuf> {
         self.rings
             .0
