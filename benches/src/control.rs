@@ -100,8 +100,9 @@ impl Ours {
         if join {
             args.extend(["--join".into(), self.addr(0)]);
         }
-        let exe = std::env::current_exe()?;
-        let child = Proc::new(exe)
+        // /proc/self/exe still execs this binary if a rebuild replaced the
+        // file during the run (current_exe() would name the new one, or none).
+        let child = Proc::new("/proc/self/exe")
             .args(["child", "control", "node"])
             .args(&args)
             .stdin(Stdio::null())
