@@ -15,6 +15,7 @@ APT_PACKAGES=(
   clang llvm libbpf-dev      # xdp-programs: C XDP programs built with clang -target bpf
   m4 libelf-dev zlib1g-dev   # xsk-rs (AF_XDP) builds its vendored libxdp/libbpf
   etcd-server  # ms-bench control: the etcd peer
+  ethtool      # AF_XDP queue set-up on veth (ethtool -L)
 )
 
 log() { printf '[setup] %s\n' "$*"; }

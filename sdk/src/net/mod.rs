@@ -30,7 +30,7 @@ mod subscriber;
 pub mod wire;
 
 pub use publisher::{
-    NetOfferError, PublisherConfig, PublisherSession, PublisherStats, UdpPublisher,
+    NetOfferError, PublisherConfig, PublisherSession, PublisherStats, Release, UdpPublisher,
     UdpPublisherCreateError, BUFFER_BYTES_DEFAULT, BUFFER_BYTES_MAX, BUFFER_BYTES_MIN,
 };
 pub use subscriber::{

@@ -73,6 +73,25 @@ pub struct PublisherConfig {
     pub status_timeout_ns: u64,
     /// Offset of the session's first record (normally 0).
     pub initial_offset: u64,
+    /// When records leave the retransmit buffer: once the node has them
+    /// ([`Release::Consumed`], the default), or once the node reports them on
+    /// storage ([`Release::Durable`], like Kafka's `acks=all`).
+    pub release: Release,
+}
+
+/// When the publisher forgets a record (frees its bytes in the retransmit
+/// buffer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Release {
+    /// At the STATUS consumed offset: the record is in the node's ring. A node
+    /// crash can lose records that were not yet archived.
+    #[default]
+    Consumed,
+    /// At the STATUS durable offset: the record is on the node's storage, so a
+    /// node crash loses nothing this publisher still could resend. Use only
+    /// with nodes that archive the stream; otherwise the durable offset never
+    /// moves and `offer` stays back-pressured once the buffer is full.
+    Durable,
 }
 
 impl PublisherConfig {
@@ -89,6 +108,7 @@ impl PublisherConfig {
             setup_retry_ns: SETUP_RETRY_NS_DEFAULT,
             status_timeout_ns: STATUS_TIMEOUT_NS_DEFAULT,
             initial_offset: 0,
+            release: Release::Consumed,
         }
     }
 
@@ -178,6 +198,8 @@ pub struct PublisherSession {
     buf: Vec<u8>,
     mask: u64,
     released: u64,
+    /// Highest durable offset the node reported (never beyond `sent`).
+    durable: u64,
     sent: u64,
     end: u64,
     window_limit: u64,
@@ -201,6 +223,7 @@ impl PublisherSession {
             buf: vec![0; cfg.buffer_bytes],
             mask: cfg.buffer_bytes as u64 - 1,
             released: start,
+            durable: start,
             sent: start,
             end: start,
             window_limit: start,
@@ -236,6 +259,13 @@ impl PublisherSession {
     pub fn acked_offset(&self) -> u64 {
         self.released
     }
+
+    /// Every record below this offset is on the node's storage (STATUS
+    /// durable offset): an application may acknowledge those to its users.
+    pub fn durable_offset(&self) -> u64 {
+        self.durable
+    }
+
     /// Largest payload `offer` accepts.
     pub fn payload_bytes_max(&self) -> usize {
         payload_bytes_max(self.cfg.frame_bytes)
@@ -367,9 +397,14 @@ impl PublisherSession {
                 if !self.connected {
                     return;
                 }
-                while self.released < h.offset {
+                self.durable = self.durable.max(status.durable_offset.min(h.offset));
+                let release_to = match self.cfg.release {
+                    Release::Consumed => h.offset,
+                    Release::Durable => self.durable,
+                };
+                while self.released < release_to {
                     let next = self.released + self.record_bytes_at(self.released);
-                    if next > h.offset {
+                    if next > release_to {
                         break;
                     }
                     self.released = next;

@@ -161,6 +161,61 @@ fn flow_control_never_sends_past_the_window() {
     assert!(data_end > 0 && data_end <= u64::from(window), "{data_end}");
 }
 
+/// A STATUS from the node for `cfg()`'s session.
+fn status(flags: u16, consumed: u64, durable: u64) -> Vec<u8> {
+    let c = cfg();
+    let h = FrameHeader {
+        frame_type: FrameType::Status,
+        flags,
+        stream_id: c.stream_id,
+        partition: c.partition,
+        session_id: c.session_id,
+        offset: consumed,
+        epoch: c.epoch,
+    };
+    let body = wire::StatusBody {
+        durable_offset: durable,
+        window_bytes: 1 << 20,
+        receiver_id: 1,
+    };
+    let mut out = Vec::new();
+    h.encode(&body.encode(), &mut out)
+        .expect("STATUS fits a frame");
+    out
+}
+
+#[test]
+fn durable_release_keeps_records_until_the_node_stored_them() {
+    for release in [Release::Consumed, Release::Durable] {
+        let mut c = cfg();
+        c.release = release;
+        let mut p = PublisherSession::new(c).expect("config");
+        let mut frame = Vec::new();
+        assert!(p.poll_transmit(0, &mut frame)); // SETUP
+        p.handle(0, &status(wire::FLAG_SETUP_ACK, 0, 0));
+        assert!(p.is_connected());
+        for _ in 0..4 {
+            p.offer(0, &[7; 100]).expect("room");
+        }
+        for _ in 0..100 {
+            if !p.poll_transmit(1, &mut frame) {
+                break;
+            }
+        }
+        let end = p.end_offset();
+        assert!(end > 0);
+        // The node has every record in its ring, none on storage yet.
+        p.handle(2, &status(0, end, 0));
+        assert_eq!(p.durable_offset(), 0);
+        let expected = if release == Release::Durable { 0 } else { end };
+        assert_eq!(p.acked_offset(), expected, "{release:?}");
+        // A durable offset past the consumed one is clamped to it.
+        p.handle(3, &status(0, end, end + 4096));
+        assert_eq!(p.durable_offset(), end);
+        assert_eq!(p.acked_offset(), end, "{release:?}");
+    }
+}
+
 #[test]
 fn tail_loss_is_found_by_heartbeat_and_recovered() {
     let mut p = PublisherSession::new(cfg()).expect("config");
