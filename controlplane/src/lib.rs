@@ -18,6 +18,7 @@ pub mod types;
 pub mod audit;
 pub mod auth;
 pub mod certs;
+pub mod dataplane_link;
 pub mod grpc;
 pub mod http;
 pub mod policy;

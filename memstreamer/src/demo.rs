@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   netns <..>-p (peer)                          netns <..>-n (node)
-//!   sdk::net::UdpPublisher  --veth 198.18.S.2 -> 198.18.S.1:40100 --> `memstreamer node` (child)
+//!   sdk::net::UdpPublisher  --veth 198.18.S.2 -> 198.18.S.1:40100 --> `memstreamer dataplane` (child)
 //!                                                                        | ring (shm, /dev/shm)
 //!   demo process (root netns): sdk::Subscriber <------------------------+
 //! ```
@@ -221,7 +221,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let child = Command::new("ip")
         .args(["netns", "exec", &net.node_ns])
         .arg(&exe)
-        .args(["node", "--config"])
+        .args(["dataplane", "--config"])
         .arg(&config)
         .stdout(Stdio::from(log_file.try_clone()?))
         .stderr(Stdio::from(log_file))
@@ -237,7 +237,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 node_log()
             );
         }
-        if node_log().contains("memstreamer node: streams") {
+        if node_log().contains("memstreamer dataplane: streams") {
             break;
         }
         if started.elapsed() > NODE_START_TIMEOUT || stop.load(Ordering::Relaxed) {

@@ -1,6 +1,23 @@
 //! `memstreamer`: the node binary.
 //!
-//! * `memstreamer node --config FILE [--backend udp|afxdp]`: runs the data plane until SIGINT/SIGTERM.
+//! * `memstreamer node [--config FILE] [--join ADDR] ...`: the supervised pair — runs
+//!   `memstreamer dataplane` and `memstreamer controlplane` as child processes, forwards
+//!   SIGINT/SIGTERM, and stops both (exit status 1, naming the child) when either exits on its own
+//!   (see `supervise.rs`). With no flags and no files a single node comes up on the embedded
+//!   defaults: the data plane on the UDP backend at 127.0.0.1:7447 with its default ring
+//!   directory, the control plane on 127.0.0.1:7450 (admin API, mTLS with dev certificates created
+//!   on first start under /var/lib/memstreamer/cp/certs) and HTTP /metrics on 127.0.0.1:7451.
+//!   `--join ADDR` is passed to the control plane.
+//! * `memstreamer dataplane --config FILE [--backend udp|afxdp]`: runs the data plane alone until
+//!   SIGINT/SIGTERM.
+//! * `memstreamer controlplane [--config FILE] [--id N] [--listen ADDR] [--join ADDR] ...`: runs a
+//!   control-plane node alone (`controlplane::node::run`; the same flags as `ms-controlplane`).
+//! * `memstreamer certs --dir DIR`: creates a dev CA, a node and an `admin` client certificate.
+//!
+//! Stream changes reach the data plane without a restart: the control plane (run by `node`, or
+//! with `--dataplane-commands`) writes create/drop commands into the data plane's shm-ring
+//! `memstreamer-commands` (`controlplane::dataplane_link`), and the data plane's conductor
+//! creates or removes the partition rings (`dataplane::conductor::StreamRings`).
 //! * `memstreamer stat [--config FILE | --counters-file PATH] [--once]`: prints the node's counters
 //!   from its shared-memory counters file (never touches the node process).
 //! * `memstreamer demo`: its own netns + veth pair (198.18.0.0/15), a node on one end, a remote
@@ -10,6 +27,7 @@
 
 mod demo;
 mod stat;
+mod supervise;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +41,7 @@ use dataplane::{Backend, Config, NodeParts};
 #[derive(Parser)]
 #[command(
     name = "memstreamer",
-    about = "MemoryStreamer node: data plane, counters, demo"
+    about = "MemoryStreamer node: data plane + control plane, counters, certificates, demo"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,8 +50,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the data plane and the control plane as supervised child processes.
+    Node(supervise::NodeArgs),
+    /// Runs a control-plane node (Raft metadata, admin API, policy push) until SIGINT/SIGTERM.
+    Controlplane(controlplane::dataplane_link::NodeArgs),
+    /// Creates dev certificates (CA, node, `admin` client) in DIR; existing ones are kept.
+    Certs {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Runs the data plane (receiver, sender, archiver, conductor) until SIGINT/SIGTERM.
-    Node {
+    Dataplane {
         /// TOML config (see dataplane::config); MS_* environment variables override it.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -52,7 +79,7 @@ enum Command {
     },
 }
 
-fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+pub(crate) fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     Ok(match path {
         Some(path) => Config::load(path)?,
         None => Config::from_env()?,
@@ -78,9 +105,9 @@ fn run_node(config: Option<PathBuf>, backend: Option<Backend>) -> anyhow::Result
     let parts = NodeParts::build(&config)?;
     let replayed = parts.replayed_records;
     let node = parts.start(&config)?;
-    println!("memstreamer node: {}", node.describe);
+    println!("memstreamer dataplane: {}", node.describe);
     println!(
-        "memstreamer node: streams {:?}, storage {}, replayed {replayed} records, counters {}",
+        "memstreamer dataplane: streams {:?}, storage {}, replayed {replayed} records, counters {}",
         config
             .streams
             .iter()
@@ -103,7 +130,7 @@ fn run_node(config: Option<PathBuf>, backend: Option<Backend>) -> anyhow::Result
     if panicked > 0 {
         anyhow::bail!("{panicked} agent threads panicked during shutdown");
     }
-    println!("memstreamer node: stopped");
+    println!("memstreamer dataplane: stopped");
     Ok(())
 }
 
@@ -125,7 +152,24 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Node { config, backend } => run_node(config, backend),
+        Command::Node(args) => supervise::run(args),
+        Command::Dataplane { config, backend } => {
+            supervise::follow_supervisor()?;
+            run_node(config, backend)
+        }
+        Command::Controlplane(args) => {
+            supervise::follow_supervisor()?;
+            let config = args.into_config()?;
+            controlplane::node::run(config)?;
+            Ok(())
+        }
+        Command::Certs { dir } => {
+            let c = controlplane::certs::generate_dev(&dir)?;
+            for (what, pair) in [("CA", &c.ca), ("node", &c.node), ("admin client", &c.admin)] {
+                println!("{what}: {} {}", pair.cert.display(), pair.key.display());
+            }
+            Ok(())
+        }
         Command::Stat(args) => stat::run(args),
         Command::Demo(args) => demo::run(args),
         Command::CheckConfig { config } => {

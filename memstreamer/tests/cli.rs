@@ -37,7 +37,7 @@ fn node_process_delivers_and_stat_reads_its_counters() {
     .unwrap();
     let mut child = Kill(
         Command::new(BIN)
-            .args(["node", "--config"])
+            .args(["dataplane", "--config"])
             .arg(&config)
             .stdout(Stdio::piped())
             .spawn()
@@ -45,7 +45,7 @@ fn node_process_delivers_and_stat_reads_its_counters() {
     );
     let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    // "memstreamer node: data port udp 127.0.0.1:PORT (kernel ..."
+    // "memstreamer dataplane: data port udp 127.0.0.1:PORT (kernel ..."
     let addr: SocketAddr = first.split_whitespace().nth(5).unwrap().parse().unwrap();
     let _ = lines.next();
 
@@ -126,7 +126,7 @@ fn bad_config_is_a_clear_error() {
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "backend = \"afxdp\"\n").unwrap();
     let out = Command::new(BIN)
-        .args(["node", "--config"])
+        .args(["dataplane", "--config"])
         .arg(&config)
         .output()
         .unwrap();
@@ -141,7 +141,7 @@ fn bad_config_is_a_clear_error() {
     );
     std::fs::write(&config, text).unwrap();
     let out = Command::new(BIN)
-        .args(["node", "--config"])
+        .args(["dataplane", "--config"])
         .arg(&config)
         .output()
         .unwrap();

@@ -36,6 +36,12 @@ pub struct AdminConfig {
     pub data_ifaces: Vec<String>,
     /// Audit log path (default: `<data_dir>/audit.log`).
     pub audit_log: Option<PathBuf>,
+    /// Tell the local data plane about stream changes through its command
+    /// ring (see `dataplane_link`); `memstreamer node` turns it on.
+    pub dataplane_commands: bool,
+    /// The local data plane's ring directory (its `shm_dir`; default:
+    /// shm-ring's default directories).
+    pub dataplane_shm_dir: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -45,6 +51,8 @@ impl Default for AdminConfig {
             http_listen: HTTP_LISTEN_DEFAULT.to_string(),
             data_ifaces: Vec::new(),
             audit_log: None,
+            dataplane_commands: false,
+            dataplane_shm_dir: None,
         }
     }
 }
@@ -113,6 +121,13 @@ pub fn start_admin(
                 tracing::error!("HTTP endpoints stopped: {e}");
             }
         }));
+    }
+    if config.dataplane_commands {
+        tasks.push(tokio::spawn(crate::dataplane_link::run(
+            cluster.view().clone(),
+            crate::dataplane_link::DataplaneLink::new(config.dataplane_shm_dir.clone()),
+            shutdown.clone(),
+        )));
     }
     if !config.data_ifaces.is_empty() {
         tasks.push(tokio::spawn(crate::policy::run(

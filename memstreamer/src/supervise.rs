@@ -1,0 +1,207 @@
+//! `memstreamer node`: the supervised pair of a data plane and a control plane.
+//!
+//! The supervisor runs itself twice as child processes — `memstreamer dataplane ...` and
+//! `memstreamer controlplane ... --dataplane-commands` — and forwards SIGINT/SIGTERM to both.
+//! When one child exits on its own, the supervisor stops the other and exits non-zero naming the
+//! child (no restart: a data plane without its control plane would serve stale policy, and a
+//! crash loop is better handled by the service manager that started the node, which sees the
+//! failure). Each child asks the kernel for SIGTERM when the supervisor dies
+//! (`PR_SET_PDEATHSIG`), so a `kill -9` of the supervisor leaves no orphans either.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use dataplane::Backend;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Environment variable through which a child learns its supervisor's pid.
+pub const SUPERVISOR_PID_ENV: &str = "MEMSTREAMER_SUPERVISOR_PID";
+/// How long a child may take to stop after SIGTERM before it is killed.
+pub const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Interval of the supervisor's child checks.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// Data-plane TOML config (see dataplane::config; MS_* variables override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data-plane backend override: afxdp or udp.
+    #[arg(long)]
+    backend: Option<Backend>,
+    /// Control-plane TOML config (see controlplane::node::NodeConfig).
+    #[arg(long)]
+    controlplane_config: Option<PathBuf>,
+    /// Control-plane (Raft) node id.
+    #[arg(long)]
+    id: Option<u64>,
+    /// Control-plane gRPC (Raft + admin) listen address.
+    #[arg(long)]
+    control_listen: Option<String>,
+    /// Control-plane address other nodes use to reach this one.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Control-plane data directory (Raft log, snapshots, audit log, dev certs).
+    #[arg(long)]
+    control_data_dir: Option<PathBuf>,
+    /// Control-plane certificate directory.
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+    /// Control-plane /metrics, /health, /ready address (empty: none).
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Join a cluster through this member's control-plane address.
+    #[arg(long)]
+    join: Option<String>,
+}
+
+/// In a supervised child: SIGTERM when the supervisor dies; exit if it is already gone.
+pub fn follow_supervisor() -> anyhow::Result<()> {
+    let Ok(pid) = std::env::var(SUPERVISOR_PID_ENV) else {
+        return Ok(());
+    };
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).context("PR_SET_PDEATHSIG")?;
+    if pid.parse::<i32>().ok() != Some(nix::unistd::getppid().as_raw()) {
+        anyhow::bail!("the supervisor (pid {pid}) is gone");
+    }
+    Ok(())
+}
+
+struct Supervised {
+    name: &'static str,
+    child: Child,
+    status: Option<ExitStatus>,
+}
+
+impl Supervised {
+    fn spawn(name: &'static str, args: &[String]) -> anyhow::Result<Supervised> {
+        let exe = std::env::current_exe().context("locating the memstreamer executable")?;
+        let child = Command::new(exe)
+            .args(args)
+            .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
+            .spawn()
+            .with_context(|| format!("starting the {name}"))?;
+        println!("memstreamer node: {name} started, pid {}", child.id());
+        Ok(Supervised {
+            name,
+            child,
+            status: None,
+        })
+    }
+
+    fn poll(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// SIGTERM, then SIGKILL after [`CHILD_STOP_TIMEOUT`]; always reaps.
+    fn stop(&mut self) {
+        if self.poll().is_some() {
+            return;
+        }
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + CHILD_STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.poll().is_some() {
+                return;
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        eprintln!(
+            "memstreamer node: the {} did not stop within {:?}; killing it",
+            self.name, CHILD_STOP_TIMEOUT
+        );
+        let _ = self.child.kill();
+        self.status = self.child.wait().ok();
+    }
+}
+
+fn dataplane_args(a: &NodeArgs) -> Vec<String> {
+    let mut v = vec!["dataplane".to_string()];
+    if let Some(c) = &a.config {
+        v.extend(["--config".into(), c.display().to_string()]);
+    }
+    if let Some(b) = a.backend {
+        v.extend(["--backend".into(), b.to_string()]);
+    }
+    v
+}
+
+fn controlplane_args(a: &NodeArgs, dp: &dataplane::Config) -> Vec<String> {
+    let mut v = vec!["controlplane".to_string(), "--dataplane-commands".into()];
+    let mut opt = |flag: &str, value: Option<String>| {
+        if let Some(value) = value {
+            v.extend([flag.to_string(), value]);
+        }
+    };
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    opt("--config", path(&a.controlplane_config));
+    opt("--id", a.id.map(|i| i.to_string()));
+    opt("--listen", a.control_listen.clone());
+    opt("--advertise", a.advertise.clone());
+    opt("--data-dir", path(&a.control_data_dir));
+    opt("--cert-dir", path(&a.cert_dir));
+    opt("--http-listen", a.http_listen.clone());
+    opt("--join", a.join.clone());
+    // The control plane registers the data plane's address and writes into its ring directory.
+    opt("--data-addr", Some(dp.listen.to_string()));
+    opt("--dataplane-shm-dir", path(&dp.shm_dir));
+    v
+}
+
+/// Runs the pair until SIGINT/SIGTERM or until one of them exits.
+pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let stop = crate::stop_flag()?;
+    let mut dp_config = crate::load_config(args.config.as_ref())?;
+    if let Some(b) = args.backend {
+        dp_config.backend = b;
+    }
+    dp_config.validate()?;
+    let mut children = vec![Supervised::spawn("data plane", &dataplane_args(&args))?];
+    match Supervised::spawn("control plane", &controlplane_args(&args, &dp_config)) {
+        Ok(c) => children.push(c),
+        Err(e) => {
+            children[0].stop();
+            return Err(e);
+        }
+    }
+    let mut failed = None;
+    while !stop.load(Ordering::Relaxed) {
+        if let Some((name, status)) = children
+            .iter_mut()
+            .find_map(|c| c.poll().map(|status| (c.name, status)))
+        {
+            failed = Some((name, status));
+            break;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    // Control plane first: it stops writing commands before the data plane goes.
+    for c in children.iter_mut().rev() {
+        c.stop();
+    }
+    if let Some((name, status)) = failed {
+        let others: Vec<&str> = children
+            .iter()
+            .filter(|c| c.name != name)
+            .map(|c| c.name)
+            .collect();
+        anyhow::bail!(
+            "the {name} exited unexpectedly ({status}); stopped the {} too",
+            others.join(", ")
+        );
+    }
+    for c in &children {
+        if let Some(s) = c.status.filter(|s| !s.success()) {
+            eprintln!("memstreamer node: the {} stopped with {s}", c.name);
+        }
+    }
+    println!("memstreamer node: stopped");
+    Ok(())
+}
