@@ -1,5 +1,5 @@
 //! Single-process micro-benchmarks of the ring hot path (figures, not tests):
-//! claim/commit, offer, poll, and the two typed (rkyv) publish paths.
+//! claim/commit, offer, offer_batch, poll, and the two typed (rkyv) publish paths.
 //!
 //!     cargo bench -p benches --bench ring
 //!
@@ -16,6 +16,7 @@ use sdk::{Context, Mode, PublisherKind, StartAt};
 
 const CAPACITY_BYTES: u64 = 8 << 20;
 const POLL_BATCH: usize = 256;
+const PUBLISH_BATCH: usize = 64;
 
 fn context(dir: &Path, mode: Mode) -> Context {
     Context::builder()
@@ -47,6 +48,20 @@ fn publish(c: &mut Criterion) {
         });
     }
     g.finish();
+    drop(p);
+    // Batched: shm-ring's own exclusive publisher (the sdk Publisher has no
+    // batch call), one clock read and one tail store per 64 records.
+    let ring = ctx.create_ring(1, 0).expect("ring");
+    let mut raw = ring.publisher().expect("exclusive publisher");
+    let mut g = c.benchmark_group("publish");
+    g.throughput(Throughput::Elements(PUBLISH_BATCH as u64));
+    let payload = [7u8; 32];
+    let batch: [&[u8]; PUBLISH_BATCH] = [&payload[..]; PUBLISH_BATCH];
+    g.bench_function(format!("offer_batch{PUBLISH_BATCH}/32B"), |b| {
+        b.iter(|| black_box(raw.offer_batch(0, black_box(&batch)).expect("offer_batch")))
+    });
+    g.finish();
+    drop(raw);
     ctx.remove(1, 0).expect("remove ring");
 }
 

@@ -61,16 +61,28 @@
 //!   an exclusive publisher, a CAS for shared ones). Dropping a claim
 //!   publishes `(s, end | ABORTED)` instead (the end lets subscribers move
 //!   their position past it).
+//! - **Batches.** `Publisher::offer_batch` claims `n` records with one tail
+//!   update and one clock read (all `n` share the timestamp), writes every
+//!   record, then publishes the `n` descriptors in order in one burst, so a
+//!   caught-up subscriber takes each descriptor cache line from the publisher
+//!   at most once per batch. `claim()` keeps an exact per-record timestamp
+//!   (one TSC read per claim): use `offer_batch` for throughput.
 //! - **Poll.** A subscriber at sequence `q` Acquire-loads descriptor `q`:
 //!   committed -> validate the record (sequence, bounds) and hand the payload
 //!   to the handler zero-copy; aborted -> skip, count as lost; older tag ->
 //!   not yet committed. It stores its progress (position, sequence) once per
-//!   poll call, and a heartbeat at most every millisecond of ring clock.
+//!   poll call, and a heartbeat at most every millisecond of ring clock. It
+//!   reads the clock (TSC) not per call but once per 64 units of poll work (a
+//!   call plus its records; an empty call counts 8), so the cached time is
+//!   never ahead of the real one and only delays a heartbeat or an abort;
+//!   callers that sleep between polls call `keepalive`, which reads it.
 //! - **Abort.** If the tail says `q` was claimed but its descriptor stays
 //!   uncommitted for `claim_timeout_ns` (of the subscriber's clock), the
 //!   subscriber CASes the descriptor to `(q, ABORTED)`: every subscriber then
 //!   sees the same outcome and the publisher's commit CAS fails with
-//!   `CommitError::ClaimExpired`. In exclusive rings (plain-store commit) a
+//!   `CommitError::ClaimExpired`. The wait starts from an exact clock
+//!   reading taken while `q` was seen uncommitted (a cached reading first
+//!   seen past the timeout restarts it), so no claim is aborted early. In exclusive rings (plain-store commit) a
 //!   subscriber aborts only after the owner process is dead (pid + start time
 //!   from /proc), and a new exclusive publisher aborts its dead predecessor's
 //!   open claim when it takes over the owner slot.

@@ -136,6 +136,35 @@ const fn place(pos: u64, total: u64, capacity: u64) -> u64 {
     }
 }
 
+/// Copy `src` to `dst`. Payloads of up to 64 bytes take two (possibly
+/// overlapping) unaligned 16- or 32-byte moves instead of a `memcpy` call,
+/// which dominated `offer_batch` for small records.
+///
+/// # Safety
+/// `dst` is valid for writes of `src.len()` bytes and does not overlap `src`.
+#[inline(always)]
+unsafe fn copy_payload(src: &[u8], dst: *mut u8) {
+    let len = src.len();
+    let s = src.as_ptr();
+    // SAFETY: every read is inside `src` (offsets + widths <= len by the
+    // range checks) and every write inside `dst[..len]` (the caller's contract).
+    unsafe {
+        if (16..=32).contains(&len) {
+            let a = std::ptr::read_unaligned(s as *const [u8; 16]);
+            let b = std::ptr::read_unaligned(s.add(len - 16) as *const [u8; 16]);
+            std::ptr::write_unaligned(dst as *mut [u8; 16], a);
+            std::ptr::write_unaligned(dst.add(len - 16) as *mut [u8; 16], b);
+        } else if (33..=64).contains(&len) {
+            let a = std::ptr::read_unaligned(s as *const [u8; 32]);
+            let b = std::ptr::read_unaligned(s.add(len - 32) as *const [u8; 32]);
+            std::ptr::write_unaligned(dst as *mut [u8; 32], a);
+            std::ptr::write_unaligned(dst.add(len - 32) as *mut [u8; 32], b);
+        } else {
+            std::ptr::copy_nonoverlapping(s, dst, len);
+        }
+    }
+}
+
 /// Pointers to the live parts of a ring plus its parameters.
 pub(crate) struct Region {
     tail: *const AtomicPair,
@@ -715,7 +744,7 @@ impl Publisher {
             // SAFETY: [start, start + total) is inside the data region (place()
             // keeps records from straddling its end) and belongs to this batch's
             // claim alone (see Claim::buffer).
-            unsafe { std::ptr::copy_nonoverlapping(m.as_ptr(), region.data_at(body), m.len()) };
+            unsafe { copy_payload(m, region.data_at(body)) };
             region.publish_payload(body, m.len() as u64);
             region.track(start, RECORD_HEADER_BYTES, true);
             region.write_u64(start.wrapping_add(RECORD_SEQUENCE_OFFSET as u64), seq);
@@ -728,6 +757,19 @@ impl Publisher {
                 start.wrapping_add(RECORD_SESSION_OFFSET as u64),
                 u64::from(self.session),
             );
+        }
+        // Descriptors last, in order, in one burst: a caught-up subscriber
+        // polling descriptor q then takes each descriptor line from us at most
+        // once per batch instead of once per record (cross-process, that
+        // cache-line ping-pong was the throughput limit). Partner and
+        // orderings: see publish(). A dead owner's successor still finds the
+        // unpublished records as a suffix below the tail (Publisher::attach).
+        let mut pos = cur.0;
+        for (i, m) in payloads[..n].iter().enumerate() {
+            let seq = cur.1.wrapping_add(i as u64);
+            let total = record_total(m.len() as u64);
+            let start = place(pos, total, p.capacity);
+            pos = start.wrapping_add(total);
             // A record of a batch that expired (held past claim_timeout_ns) is lost like an aborted one.
             let _ = self.publish(seq, start | DESC_COMMITTED);
         }

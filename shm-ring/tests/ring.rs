@@ -472,3 +472,63 @@ fn offer_batch_publishes_what_fits_in_order() {
         );
     }
 }
+
+#[test]
+fn offer_batch_copies_every_small_payload_length_exactly() {
+    // offer_batch copies payloads of up to 64 bytes with fixed-width moves:
+    // every length 0..=80 must arrive byte-exact, neighbours untouched.
+    let dir = TestDir::new("batch-lens");
+    let ring = Ring::create(
+        "lens",
+        &dir.cfg(64 << 10, Mode::Reliable, PublisherKind::Exclusive),
+    )
+    .unwrap();
+    let mut sub = ring.subscriber(StartAt::Tail).unwrap();
+    let mut publ = ring.publisher().unwrap();
+    let msgs: Vec<Vec<u8>> = (0..=80u64).map(|len| payload(len, len as usize)).collect();
+    let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+    assert_eq!(publ.offer_batch(9, &refs), Ok((0, refs.len())));
+    let mut got = Vec::new();
+    assert_eq!(drain(&mut sub, &mut got).records, refs.len());
+    let want: Vec<_> = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (i as u64, 9u16, m.clone()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn busy_polling_subscriber_keeps_its_heartbeat_fresh() {
+    // The subscriber reads the clock only every few polls; a busy empty-poll
+    // loop must still refresh its heartbeat about every HEARTBEAT_INTERVAL_NS.
+    let dir = TestDir::new("heartbeat");
+    let ring = Ring::create(
+        "hb",
+        &dir.cfg(4096, Mode::Reliable, PublisherKind::Exclusive),
+    )
+    .unwrap();
+    let mut sub = ring.subscriber(StartAt::Tail).unwrap();
+    let first = ring.subscriber_slots()[0].heartbeat_ns;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut refreshed = 0;
+    let mut last = first;
+    for _ in 0..100_000_000u64 {
+        assert_eq!(sub.poll(|_| {}, 16), Ok(Poll::default()));
+        let hb = ring.subscriber_slots()[0].heartbeat_ns;
+        if hb != last {
+            assert!(hb > last, "heartbeats only move forward");
+            last = hb;
+            refreshed += 1;
+            if refreshed == 3 {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "heartbeat refreshed {refreshed} times in 10 s"
+        );
+    }
+    assert_eq!(refreshed, 3);
+    assert!(last - first >= 3 * HEARTBEAT_INTERVAL_NS);
+}
