@@ -205,3 +205,63 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     println!("memstreamer node: stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    #[test]
+    fn flags_reach_the_right_child() {
+        let a = Cli::parse_from([
+            "node",
+            "--config",
+            "/d.toml",
+            "--backend",
+            "udp",
+            "--join",
+            "10.0.0.1:7450",
+            "--id",
+            "2",
+            "--control-listen",
+            "127.0.0.1:9",
+        ])
+        .node;
+        assert_eq!(
+            dataplane_args(&a),
+            ["dataplane", "--config", "/d.toml", "--backend", "udp"]
+        );
+        let dp = dataplane::Config {
+            shm_dir: Some("/r".into()),
+            ..dataplane::Config::default()
+        };
+        let cp = controlplane_args(&a, &dp).join(" ");
+        assert_eq!(
+            cp,
+            format!(
+                "controlplane --dataplane-commands --id 2 --listen 127.0.0.1:9 --join 10.0.0.1:7450 --data-addr {} --dataplane-shm-dir /r",
+                dp.listen
+            )
+        );
+        // The control plane accepts what the supervisor passes.
+        #[derive(Parser)]
+        struct Cp {
+            #[command(flatten)]
+            node: controlplane::dataplane_link::NodeArgs,
+        }
+        let c = Cp::try_parse_from(controlplane_args(&a, &dp).iter().map(String::as_str))
+            .unwrap()
+            .node
+            .into_config()
+            .unwrap();
+        assert_eq!(c.join.as_deref(), Some("10.0.0.1:7450"));
+        assert!(c.admin.dataplane_commands);
+        assert_eq!(c.admin.dataplane_shm_dir, Some("/r".into()));
+    }
+}
