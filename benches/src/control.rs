@@ -280,11 +280,20 @@ fn failover(ours: &mut Ours, kills: usize, next: &mut u64) -> anyhow::Result<Vec
     Ok(out)
 }
 
-fn policy_propagation(ours: &Ours, leader: usize, rounds: usize) -> anyhow::Result<Latency> {
+fn policy_propagation(ours: &Ours, rounds: usize) -> anyhow::Result<Latency> {
+    let mut leader = ours.wait_stable(&[0, 1, 2])?;
     let who = Command::PutPrincipal(Principal {
         name: "bench-policy".into(),
     });
-    if !ours.write(leader, &who, Duration::from_secs(2)) {
+    let mut created = false;
+    for _ in 0..5 {
+        created = ours.write(leader, &who, Duration::from_secs(2));
+        if created {
+            break;
+        }
+        leader = ours.wait_stable(&[0, 1, 2])?;
+    }
+    if !created {
         bail!("cannot create the policy principal");
     }
     let mut h = latency_histogram();
@@ -301,14 +310,15 @@ fn policy_propagation(ours: &Ours, leader: usize, rounds: usize) -> anyhow::Resu
         };
         let t = Instant::now();
         if !ours.write(leader, &Command::PutAcl(acl), Duration::from_secs(2)) {
-            bail!("policy write failed");
+            // Leadership moved under load: skip this sample.
+            leader = ours.wait_stable(&[0, 1, 2])?;
+            continue;
         }
         // The leader applied the ACL before answering; its applied index now
         // covers it. Wait for every node to apply up to there.
-        let target = ours
-            .status(leader)
-            .and_then(|s| s.last_applied_index)
-            .context("leader status")?;
+        let Some(target) = ours.status(leader).and_then(|s| s.last_applied_index) else {
+            continue;
+        };
         let mut pending: Vec<usize> = (0..NODES).filter(|&i| i != leader).collect();
         for _ in 0..100_000 {
             pending.retain(|&i| {
@@ -582,7 +592,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
     }
     let wps = throughput(&ours, leader, tput_s, &mut next);
     println!("ours: {wps:.0} writes/s with {PIPELINE_DEPTH} in flight");
-    let policy = policy_propagation(&ours, leader, policy_rounds)?;
+    let policy = policy_propagation(&ours, policy_rounds)?;
     println!("{}", policy.line("ours: ACL write -> all 3"));
     let fo = failover(&mut ours, kills, &mut next)?;
     let mut sorted = fo.clone();
