@@ -177,7 +177,11 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             .iter_mut()
             .find_map(|c| c.poll().map(|status| (c.name, status)))
         {
-            failed = Some((name, status));
+            // A terminal's Ctrl-C reaches the children too: an exit after a stop request is not
+            // a failure.
+            if !stop.load(Ordering::Relaxed) {
+                failed = Some((name, status));
+            }
             break;
         }
         std::thread::sleep(POLL_INTERVAL);

@@ -56,8 +56,15 @@ fn free_port() -> u16 {
 }
 
 fn alive(pid: i32) -> bool {
-    // Signal 0: existence check. A reaped child is gone (ESRCH).
-    kill(Pid::from_raw(pid), None).is_ok()
+    // Running or sleeping; a zombie (exited, not yet reaped by whoever adopted it) is gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 impl Node {
@@ -282,4 +289,18 @@ fn a_dying_control_plane_stops_the_node_without_orphans() {
         assert!(!alive(pid), "no orphan: pid {pid}");
     }
     assert!(!counters.exists(), "the data plane stopped cleanly");
+}
+
+#[test]
+fn children_follow_a_killed_supervisor() {
+    let mut node = Node::start();
+    let counters = node.dir.path().join("counters");
+    wait_for("the data plane", || counters.exists());
+    node.child.kill().unwrap(); // SIGKILL: the supervisor cannot stop its children itself
+    node.child.wait().unwrap();
+    let pids = [node.dataplane_pid, node.controlplane_pid];
+    wait_for("the children to follow (PR_SET_PDEATHSIG)", || {
+        pids.iter().all(|&p| !alive(p))
+    });
+    wait_for("the data plane's clean stop", || !counters.exists());
 }
