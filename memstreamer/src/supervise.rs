@@ -149,8 +149,11 @@ fn controlplane_args(a: &NodeArgs, dp: &dataplane::Config) -> Vec<String> {
     opt("--cert-dir", path(&a.cert_dir));
     opt("--http-listen", a.http_listen.clone());
     opt("--join", a.join.clone());
-    // The control plane registers the data plane's address and writes into its ring directory.
-    opt("--data-addr", Some(dp.listen.to_string()));
+    // The control plane registers the data plane's address (when it is one others can reach:
+    // not 0.0.0.0 or port 0, then the control-plane config's `data_addr` applies) and writes
+    // into the data plane's ring directory.
+    let reachable = !dp.listen.ip().is_unspecified() && dp.listen.port() != 0;
+    opt("--data-addr", reachable.then(|| dp.listen.to_string()));
     opt("--dataplane-shm-dir", path(&dp.shm_dir));
     v
 }
