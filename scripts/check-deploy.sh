@@ -9,13 +9,13 @@
 #   3. Metric names: every ms_cp_* name used by the alert rules, the dashboard and the ansible
 #      templates must be one that controlplane/src/http.rs exports.
 #   4. Grafana dashboard: valid JSON (jq), with the structure Grafana needs.
-#   5. Ansible: `--syntax-check`, `ansible-lint` when Debian's package is installed, the node
+#   5. Ansible: `--syntax-check`, `ansible-lint` (Debian's package), the node
 #      configuration templates rendered into a temp dir and checked by `memstreamer
 #      check-config` (data plane) and against controlplane::node::NodeConfig's fields (control
 #      plane), then a CHECK-MODE run of site.yml against localhost (--check --diff); a snapshot of
 #      every path the playbook would write is compared before and after it.
 #
-# Installs with apt what it needs (ansible); idempotent; exits non-zero on the first failure.
+# Installs with apt what it needs (ansible, ansible-lint, jq); idempotent; exits non-zero on the first failure.
 # Usage: scripts/check-deploy.sh   (as root; about 1 minute)
 set -euo pipefail
 
@@ -30,6 +30,7 @@ START=$(date +%s)
 # --- tools -------------------------------------------------------------------------------
 need_apt=()
 command -v ansible-playbook >/dev/null || need_apt+=(ansible)
+command -v ansible-lint >/dev/null || need_apt+=(ansible-lint)
 command -v jq >/dev/null || need_apt+=(jq)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if ((${#need_apt[@]})); then
@@ -104,12 +105,8 @@ cd "$ROOT/ansible"
 export ANSIBLE_CONFIG=$ROOT/ansible/ansible.cfg ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0
 log "ansible-playbook --syntax-check"
 ansible-playbook --syntax-check -i localhost, site.yml >/dev/null
-if command -v ansible-lint >/dev/null; then
-  log "ansible-lint"
-  ansible-lint -q site.yml
-else
-  log "ansible-lint not installed (apt install ansible-lint to add it): skipped"
-fi
+log "ansible-lint (production profile)"
+ansible-lint --offline -q --nocolor site.yml || fail "ansible-lint (findings above)"
 
 log "rendering the node configuration templates into $TMP"
 cat >"$TMP/render.yml" <<EOF
