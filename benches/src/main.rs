@@ -13,7 +13,10 @@ mod storage;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ms-bench", about = "MemoryStreamer benchmark suites (figures, not tests)")]
+#[command(
+    name = "ms-bench",
+    about = "MemoryStreamer benchmark suites (figures, not tests)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
