@@ -105,6 +105,7 @@ cd "$ROOT/ansible"
 export ANSIBLE_CONFIG=$ROOT/ansible/ansible.cfg ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0
 log "ansible-playbook --syntax-check"
 ansible-playbook --syntax-check -i localhost, site.yml >/dev/null
+ansible-inventory -i inventory.example.ini --list >/dev/null || fail "ansible/inventory.example.ini does not parse"
 log "ansible-lint (production profile)"
 ansible-lint --offline -q --nocolor site.yml || fail "ansible-lint (findings above)"
 
@@ -175,12 +176,16 @@ snapshot() {
   sysctl -n net.core.busy_poll net.core.busy_read net.core.rmem_max net.core.wmem_max
 }
 snapshot >"$TMP/before"
-log "check-mode run of site.yml against localhost (--check --diff)"
-ansible-playbook -i localhost, -c local --check --diff \
-  -e ms_node_hosts=localhost -e ms_monitoring_hosts=localhost \
-  -e memstreamer_binary_src="$BIN" site.yml >"$TMP/check-mode.log" 2>&1 ||
-  { tail -40 "$TMP/check-mode.log" >&2; fail "check-mode run of site.yml"; }
-grep -E '^localhost +:' "$TMP/check-mode.log" | sed 's/^/[check-deploy]   /'
+# Two passes: the defaults, and an AF_XDP node with a data-plane core (IRQ affinity tasks).
+passes=('{}' '{"tuned_host_dataplane_cores": [1], "memstreamer_backend": "afxdp", "memstreamer_interface": "lo"}')
+for extra in "${passes[@]}"; do
+  log "check-mode run of site.yml against localhost (--check --diff), extra vars $extra"
+  ansible-playbook -i localhost, -c local --check --diff \
+    -e ms_node_hosts=localhost -e ms_monitoring_hosts=localhost \
+    -e memstreamer_binary_src="$BIN" -e "$extra" site.yml >"$TMP/check-mode.log" 2>&1 ||
+    { tail -40 "$TMP/check-mode.log" >&2; fail "check-mode run of site.yml with $extra"; }
+  grep -E '^localhost +:' "$TMP/check-mode.log" | sed 's/^/[check-deploy]   /'
+done
 snapshot >"$TMP/after"
 diff -u "$TMP/before" "$TMP/after" >&2 || fail "the check-mode run changed this machine (diff above)"
 
