@@ -12,7 +12,8 @@
 #   5. Ansible: `--syntax-check`, `ansible-lint` (Debian's package), the node
 #      configuration templates rendered into a temp dir and checked by `memstreamer
 #      check-config` (data plane) and against controlplane::node::NodeConfig's fields (control
-#      plane), then a CHECK-MODE run of site.yml against localhost (--check --diff); a snapshot of
+#      plane); a smoke test runs `memstreamer node` on loopback with a rendered configuration
+#      (temp dirs, free ports) and checks its live /metrics; then two CHECK-MODE runs of site.yml against localhost (--check --diff); a snapshot of
 #      every path the playbook would write is compared before and after it.
 #
 # Installs with apt what it needs (ansible, ansible-lint, jq); idempotent; exits non-zero on the first failure.
@@ -22,7 +23,17 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${MS_CHECK_DEPLOY_CACHE:-/var/cache/memstreamer-check-deploy}
 TMP=$(mktemp -d /tmp/check-deploy.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
+SHM=/dev/shm/check-deploy-$$
+NODE_PID=""
+cleanup() {
+  if [[ -n "$NODE_PID" ]] && kill -0 "$NODE_PID" 2>/dev/null; then
+    kill -TERM "$NODE_PID" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$NODE_PID" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL "$NODE_PID" 2>/dev/null || true
+  fi
+  rm -rf "$TMP" "$SHM"
+}
+trap cleanup EXIT
 log() { printf '[check-deploy] %s\n' "$*"; }
 fail() { printf '[check-deploy] FAILED: %s\n' "$*" >&2; exit 1; }
 START=$(date +%s)
@@ -32,6 +43,7 @@ need_apt=()
 command -v ansible-playbook >/dev/null || need_apt+=(ansible)
 command -v ansible-lint >/dev/null || need_apt+=(ansible-lint)
 command -v jq >/dev/null || need_apt+=(jq)
+command -v curl >/dev/null || need_apt+=(curl)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if ((${#need_apt[@]})); then
   log "installing ${need_apt[*]} (apt)"
@@ -56,10 +68,8 @@ if [[ -z "$PROMTOOL" ]]; then
   fi
 fi
 
-BIN=""
-for b in "$ROOT/target/release/memstreamer" "$ROOT/target/debug/memstreamer"; do
-  if [[ -x "$b" ]]; then BIN=$b; break; fi
-done
+# The newest local build (release or debug).
+BIN=$(ls -t "$ROOT/target/release/memstreamer" "$ROOT/target/debug/memstreamer" 2>/dev/null | head -1 || true)
 [[ -n "$BIN" ]] || fail "no memstreamer build in target/: run cargo build -p memstreamer (or --release)"
 
 # --- 1. systemd units ----------------------------------------------------------------------
@@ -154,6 +164,40 @@ for v in ("default", "afxdp"):
     if not isinstance(cfg["id"], int) or cfg["id"] <= 0:
         sys.exit(f"{v}: id must be a positive integer")
 EOF
+
+# Smoke test: the node runs with the configuration the role renders (loopback, free ports,
+# every directory under $TMP and $SHM) and its /metrics serves every metric the alert rules
+# and the dashboard use.
+read -r P_DATA P_CTRL P_HTTP < <(python3 -c 'import socket
+s = [socket.socket() for _ in range(3)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*[x.getsockname()[1] for x in s])')
+ansible-playbook -i localhost, "$TMP/render.yml" -e variant=smoke -e "{
+  \"memstreamer_data_listen\": \"127.0.0.1:$P_DATA\", \"memstreamer_control_listen\": \"127.0.0.1:$P_CTRL\",
+  \"memstreamer_http_listen\": \"127.0.0.1:$P_HTTP\", \"memstreamer_idle\": \"backoff\",
+  \"memstreamer_ring_capacity_bytes\": 1048576, \"memstreamer_shm_dir\": \"$SHM\",
+  \"memstreamer_storage_dir\": \"$TMP/storage\", \"memstreamer_counters_file\": \"$TMP/counters\",
+  \"memstreamer_data_dir\": \"$TMP/cp\", \"memstreamer_cert_dir\": \"$TMP/cp/certs\"}" >/dev/null
+log "smoke test: memstreamer node with the rendered configuration (ports $P_DATA/$P_CTRL/$P_HTTP)"
+env -i PATH="$PATH" "$BIN" node --config "$TMP/smoke-node.toml" \
+  --controlplane-config "$TMP/smoke-controlplane.toml" >"$TMP/node.log" 2>&1 &
+NODE_PID=$!
+ready=""
+for _ in $(seq 1 120); do
+  if curl -sf "http://127.0.0.1:$P_HTTP/ready" >/dev/null 2>&1; then ready=1; break; fi
+  kill -0 "$NODE_PID" 2>/dev/null || break
+  sleep 0.25
+done
+[[ -n "$ready" ]] || { cat "$TMP/node.log" >&2; fail "the node did not become ready within 30 s with the rendered configuration"; }
+live=$(curl -sf "http://127.0.0.1:$P_HTTP/metrics" | sed -n 's/^# TYPE \([a-z_]*\) .*/\1/p' | sort -u)
+for m in $used; do
+  grep -qx "$m" <<<"$live" || fail "metric $m is used but the running node's /metrics does not serve it"
+done
+kill -TERM "$NODE_PID"
+for _ in $(seq 1 60); do kill -0 "$NODE_PID" 2>/dev/null || break; sleep 0.25; done
+if kill -0 "$NODE_PID" 2>/dev/null; then fail "the node did not stop within 15 s of SIGTERM"; fi
+wait "$NODE_PID" || { cat "$TMP/node.log" >&2; fail "the node exited non-zero after SIGTERM"; }
+NODE_PID=""
 
 # Paths the playbook writes on a node or monitoring host: they must look the same afterwards.
 snapshot() {
