@@ -200,24 +200,26 @@ wait "$NODE_PID" || { cat "$TMP/node.log" >&2; fail "the node exited non-zero af
 NODE_PID=""
 
 # Paths the playbook writes on a node or monitoring host: they must look the same afterwards.
+# /var/lib/memstreamer only by its own owner and mode (other tests may run nodes that write
+# below it); only the sysctls nothing else here sets.
 snapshot() {
   local p
   for p in /etc/memstreamer /etc/sysctl.d/60-memstreamer.conf /etc/default/memstreamer \
     /etc/security/limits.d/90-memstreamer.conf /etc/tmpfiles.d/memstreamer-cpufreq.conf \
     /etc/systemd/system/memstreamer.service /etc/systemd/system/memstreamer-hugepages.service \
     /etc/systemd/system/memstreamer-irq-affinity.service /usr/local/sbin/memstreamer-irq-affinity \
-    /usr/local/bin/memstreamer /var/lib/memstreamer /etc/prometheus /etc/fstab \
-    "$ROOT/ansible/.dev-certs"; do
+    /usr/local/bin/memstreamer /etc/prometheus /etc/fstab "$ROOT/ansible/.dev-certs"; do
     if [[ -e "$p" ]]; then
       find "$p" -printf '%p %s %m %u %T@\n' 2>/dev/null | sort
     else
       echo "$p absent"
     fi
   done
+  stat -c '%n %U %G %a' /var/lib/memstreamer 2>/dev/null || echo "/var/lib/memstreamer absent"
   getent passwd memstreamer || echo "user memstreamer absent"
   getent group memstreamer || echo "group memstreamer absent"
   dpkg-query -W -f='${Status}\n' prometheus 2>/dev/null || echo "prometheus not installed"
-  sysctl -n net.core.busy_poll net.core.busy_read net.core.rmem_max net.core.wmem_max
+  sysctl -n net.core.busy_poll net.core.busy_read net.core.netdev_max_backlog
 }
 snapshot >"$TMP/before"
 # Two passes: the defaults, and an AF_XDP node with a data-plane core (IRQ affinity tasks).
