@@ -34,6 +34,7 @@ cleanup() {
   rm -rf "$TMP" "$SHM"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM HUP PIPE
 log() { printf '[check-deploy] %s\n' "$*"; }
 fail() { printf '[check-deploy] FAILED: %s\n' "$*" >&2; exit 1; }
 START=$(date +%s)
@@ -58,8 +59,9 @@ if [[ -z "$PROMTOOL" ]]; then
   if [[ ! -x "$PROMTOOL" ]]; then
     log "fetching promtool from Debian's prometheus package (download only, not installed)"
     mkdir -p "$CACHE/deb"
-    (cd "$CACHE/deb" && apt-get download -q prometheus >/dev/null 2>&1) ||
-      fail "apt-get download prometheus failed: run apt-get update, or install promtool"
+    (cd "$CACHE/deb" && { apt-get download -q prometheus >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null && apt-get download -q prometheus >/dev/null 2>&1; }; }) ||
+      fail "apt-get download prometheus failed (network?): install promtool, or retry"
     dpkg-deb --fsys-tarfile "$CACHE"/deb/prometheus_*.deb |
       tar -xO ./usr/bin/promtool >"$PROMTOOL.part"
     chmod 0755 "$PROMTOOL.part"
