@@ -2,7 +2,8 @@
 # Validates the operators' deployment kit (infra/ and ansible/) without changing this machine:
 #
 #   1. systemd units: `systemd-analyze verify` on temp copies whose ExecStart points at the local
-#      build; any warning (unknown key, bad value, missing binary) fails.
+#      build; any warning (unknown key, bad value, missing binary) fails; `systemd-analyze
+#      security --offline` keeps memstreamer.service's exposure score at 5.0 or below.
 #   2. Prometheus: `promtool check config`, `promtool check rules`, `promtool test rules` (promtool
 #      taken from Debian's prometheus .deb, extracted into a cache dir: nothing is installed or
 #      started).
@@ -85,6 +86,11 @@ done
 out=$(cd "$TMP/units" && systemd-analyze verify --man=no ./*.service 2>&1) ||
   fail "systemd-analyze verify: $out"
 [[ -z "$out" ]] || fail "systemd-analyze verify reported: $out"
+# Hardening regression guard: memstreamer.service scores 4.6 ("OK") today; fail above 5.0.
+out=$(cd "$TMP/units" && systemd-analyze security --offline=yes --threshold=50 --no-pager \
+  ./memstreamer.service 2>&1) ||
+  fail "memstreamer.service hardening got weaker (exposure above 5.0): $(tail -1 <<<"$out")"
+log "  $(grep -o 'Overall exposure level.*' <<<"$out")"
 sh -n "$ROOT/infra/systemd/memstreamer-irq-affinity" || fail "infra/systemd/memstreamer-irq-affinity: shell syntax"
 
 # --- 2. Prometheus -------------------------------------------------------------------------
