@@ -16,6 +16,7 @@ APT_PACKAGES=(
   m4 libelf-dev zlib1g-dev   # xsk-rs (AF_XDP) builds its vendored libxdp/libbpf
   etcd-server  # ms-bench control: the etcd peer
   ethtool      # AF_XDP queue set-up on veth (ethtool -L)
+  ansible ansible-lint jq   # scripts/check-deploy.sh validates ansible/ and infra/
 )
 
 log() { printf '[setup] %s\n' "$*"; }

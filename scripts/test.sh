@@ -22,6 +22,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
+step "deployment kit (infra/, ansible/)"
+scripts/check-deploy.sh
+
 step "loom models (shm-ring)"
 RUSTFLAGS="--cfg loom -C target-feature=+cmpxchg16b" CARGO_TARGET_DIR=target/loom \
   cargo test -p shm-ring --release --locked --test loom
