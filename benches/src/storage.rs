@@ -15,6 +15,12 @@
 //! * **fdatasync floor**: fio, 4 KiB O_DIRECT writes each followed by fdatasync (sync engine,
 //!   queue depth 1). `fsync_floor_p99_us` is fio's fdatasync p99 alone, a lower bound of the
 //!   write + fdatasync pair, so the ack/floor ratio is, if anything, pessimistic for us.
+//! * **durable-write peer**: fio, 4 KiB O_DIRECT|O_DSYNC writes at queue depth 1: one write
+//!   made durable with nothing queued before it (what a record costs at best on this device).
+//! * The ack and floor runs are interleaved over rounds (3 in `--quick`); the figures are
+//!   medians over rounds, and each round prints its own ack/floor ratio.
+//! * The log zeroes segments ahead of the append position (`LogConfig::zero_ahead_bytes`) and
+//!   commits with RWF_DSYNC writes (`dsync_commits`); both are on by default, as here.
 //!
 //! Files live in a temporary directory under /var/tmp (checked with statfs: not tmpfs) and are
 //! removed at the end. Throughput runs are interleaved over rounds (this VM moves its vCPUs).
@@ -44,7 +50,9 @@ impl Drop for BenchDir {
 }
 
 /// `MS_BENCH_STORAGE_IO=pwrite` measures the fallback backend instead of io_uring;
-/// `MS_BENCH_STORAGE_SYNCS=N` sets the fdatasyncs allowed in flight (default 2).
+/// `MS_BENCH_STORAGE_SYNCS=N` sets the fdatasyncs allowed in flight (default 2);
+/// `MS_BENCH_STORAGE_ZERO_AHEAD_MIB=N` sets how far ahead segments are zeroed (0 disables);
+/// `MS_BENCH_STORAGE_DSYNC=0` turns RWF_DSYNC commits off (write, then fdatasync).
 fn log_config() -> LogConfig {
     let io_mode = match std::env::var("MS_BENCH_STORAGE_IO").as_deref() {
         Ok("pwrite") => storage_nvme::IoMode::Pwrite,
@@ -54,7 +62,14 @@ fn log_config() -> LogConfig {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
+    let zero_ahead_bytes = std::env::var("MS_BENCH_STORAGE_ZERO_AHEAD_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(LogConfig::default().zero_ahead_bytes, |m| m << 20);
+    let dsync_commits = std::env::var("MS_BENCH_STORAGE_DSYNC").as_deref() != Ok("0");
     LogConfig {
+        dsync_commits,
+        zero_ahead_bytes,
         io_mode,
         syncs_inflight_max,
         segment_bytes: 256 << 20,
@@ -175,12 +190,15 @@ fn ack_latency_run(dir: &Path, seconds: u64) -> anyhow::Result<Latency> {
     }
     let st = log.stats();
     println!(
-        "  log: {} writes ({:.1} KiB avg), {} fdatasyncs (mean {:.0} us, max {:.0} us)",
+        "  log: {} writes ({:.1} KiB avg), {} fdatasyncs (mean {:.0} us, max {:.0} us), {} dsync writes, {} zero-ahead writes ({} MiB)",
         st.writes,
         st.write_bytes as f64 / st.writes.max(1) as f64 / 1024.0,
         st.syncs,
         st.sync_ns_total as f64 / st.syncs.max(1) as f64 / 1e3,
-        st.sync_ns_max as f64 / 1e3
+        st.sync_ns_max as f64 / 1e3,
+        st.dsync_writes,
+        st.zero_writes,
+        st.zero_bytes >> 20
     );
     log.close()?;
     let _ = std::fs::remove_dir_all(dir);
@@ -261,6 +279,27 @@ fn fio_floor(dir: &Path, seconds: u64) -> anyhow::Result<Floor> {
     })
 }
 
+/// fio 4 KiB O_DIRECT|O_DSYNC writes at queue depth 1 (each write durable when it returns,
+/// write and flush in one call); p50/p99/p99.9 in microseconds. A second peer: the latency of
+/// one durable write with nothing queued before it.
+fn fio_dsync(dir: &Path, seconds: u64) -> anyhow::Result<[f64; 3]> {
+    let file = dir.join("fio-dsync.dat");
+    let v = fio_json(&[
+        "--name=dsync".into(),
+        format!("--filename={}", file.display()),
+        "--rw=write".into(),
+        "--bs=4k".into(),
+        "--ioengine=sync".into(),
+        "--direct=1".into(),
+        "--sync=dsync".into(),
+        "--size=256M".into(),
+        format!("--runtime={seconds}"),
+    ])?;
+    let _ = std::fs::remove_file(&file);
+    let p = &v["jobs"][0]["write"]["clat_ns"]["percentile"];
+    Ok(["50.000000", "99.000000", "99.900000"].map(|k| p[k].as_f64().unwrap_or(f64::NAN) / 1e3))
+}
+
 pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
     let root = PathBuf::from(format!("/var/tmp/ms-bench-storage-{}", std::process::id()));
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
@@ -278,10 +317,16 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
         Some(v) => println!("peer: {v}"),
         None => println!("fio not found: install it with `apt-get install fio` (or run scripts/setup.sh); fio figures are null"),
     }
-    let (rounds, total_bytes, ack_seconds, floor_seconds) = if args.quick {
-        (1, 512u64 << 20, 5, 5)
+    let (rounds, total_bytes, ack_rounds, ack_seconds, floor_seconds) = if args.quick {
+        (1, 512u64 << 20, 3, 3, 3)
     } else {
-        (3, 2u64 << 30, 20, 15)
+        (3, 2u64 << 30, 5, 8, 6)
+    };
+    // MS_BENCH_STORAGE_PARTS=ack skips the append runs (for tuning the ack path).
+    let rounds = if std::env::var("MS_BENCH_STORAGE_PARTS").as_deref() == Ok("ack") {
+        0
+    } else {
+        rounds
     };
     println!("append: {rounds} interleaved round(s) of {} MiB per run; writes {} KiB x {QUEUE_DEPTH} in flight", total_bytes >> 20, BLOCK_BYTES >> 10);
     let log_dir = root.join("log");
@@ -306,26 +351,60 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
             fio_mb.push(f);
         }
     }
-    println!("backend {backend}, write ring on {backing}");
-    let lat = ack_latency_run(&log_dir, ack_seconds)?;
-    println!("{}", lat.line("durable ack @100k rec/s"));
-    let floor = if fio.is_some() {
-        Some(fio_floor(&root, floor_seconds)?)
-    } else {
-        None
-    };
-    if let Some(f) = &floor {
-        println!("fio 4 KiB O_DIRECT write + fdatasync: fdatasync p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us; write p50 {:.0} us  p99 {:.0} us", f.sync[0], f.sync[1], f.sync[2], f.write[0], f.write[1]);
+    if rounds > 0 {
+        println!("backend {backend}, write ring on {backing}");
+    }
+    // Durable-ack latency and the fdatasync floor, interleaved over rounds: each round's ratio
+    // compares two runs a few seconds apart, and the reported figures are medians over rounds.
+    println!("durable ack vs fdatasync floor: {ack_rounds} interleaved round(s) of {ack_seconds} s + {floor_seconds} s");
+    let (mut lats, mut floors, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut dsyncs: Vec<[f64; 3]> = Vec::new();
+    for round in 0..ack_rounds {
+        let lat = ack_latency_run(&log_dir, ack_seconds)?;
+        println!("round {round}: {}", lat.line("durable ack @100k rec/s"));
+        if fio.is_some() {
+            let f = fio_floor(&root, floor_seconds)?;
+            println!("round {round}: fio 4 KiB O_DIRECT write + fdatasync: fdatasync p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us; write p50 {:.0} us  p99 {:.0} us", f.sync[0], f.sync[1], f.sync[2], f.write[0], f.write[1]);
+            let r = lat.p99_ns as f64 / 1e3 / f.sync[1];
+            println!("round {round}: ack p99 / fdatasync p99 = {r:.2}");
+            ratios.push(r);
+            floors.push(f);
+            let d = fio_dsync(&root, floor_seconds)?;
+            println!("round {round}: fio 4 KiB O_DIRECT|O_DSYNC write (durable write, qd 1): p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us", d[0], d[1], d[2]);
+            dsyncs.push(d);
+        }
+        lats.push(lat);
     }
     drop(guard);
+    let med = |f: &dyn Fn(&Latency) -> u64| {
+        Spread::of(&lats.iter().map(|l| f(l) as f64 / 1e3).collect::<Vec<_>>())
+    };
+    let (ack_p50, ack_p99, ack_p999, ack_max) = (
+        med(&|l| l.p50_ns),
+        med(&|l| l.p99_ns),
+        med(&|l| l.p999_ns),
+        med(&|l| l.max_ns),
+    );
+    let fmed = |i: usize, k: usize| {
+        (!floors.is_empty()).then(|| {
+            let v: Vec<f64> = floors
+                .iter()
+                .map(|f| if k == 0 { f.sync[i] } else { f.write[i] })
+                .collect();
+            Spread::of(&v).median
+        })
+    };
+    let ratio_spread = (!ratios.is_empty()).then(|| Spread::of(&ratios));
+    let dmed = |i: usize| {
+        (!dsyncs.is_empty())
+            .then(|| Spread::of(&dsyncs.iter().map(|d| d[i]).collect::<Vec<_>>()).median)
+    };
 
     let s64 = Spread::of(&a64);
     let s1k = Spread::of(&a1k);
     let sfio = Spread::of(&fio_mb);
     let fio_med = (!fio_mb.is_empty()).then_some(sfio.median);
     let ratio = |x: f64| fio_med.map(|f| x / f);
-    let ack_p99_us = lat.p99_ns as f64 / 1e3;
-    let floor_p99 = floor.as_ref().map(|f| f.sync[1]);
     let v = json!({
         "suite": "storage",
         "quick": args.quick,
@@ -347,15 +426,22 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
         "ratio_append_to_fio": ratio(s1k.median),
         "ratio_append_64b_to_fio": ratio(s64.median),
         "offered_records_s": OFFERED_RECORDS_S,
-        "ack_p50_us": lat.p50_ns as f64 / 1e3,
-        "ack_p99_us": ack_p99_us,
-        "ack_p999_us": lat.p999_ns as f64 / 1e3,
-        "ack_max_us": lat.max_ns as f64 / 1e3,
-        "fsync_floor_p50_us": floor.as_ref().map(|f| f.sync[0]),
-        "fsync_floor_p99_us": floor_p99,
-        "fsync_floor_p999_us": floor.as_ref().map(|f| f.sync[2]),
-        "fio_write4k_p99_us": floor.as_ref().map(|f| f.write[1]),
-        "ratio_ack_p99_to_floor": floor_p99.map(|f| ack_p99_us / f),
+        "ack_rounds": ack_rounds,
+        "ack_p50_us": ack_p50.median,
+        "ack_p99_us": ack_p99.median,
+        "ack_p99_us_spread": ack_p99,
+        "ack_p999_us": ack_p999.median,
+        "ack_max_us": ack_max.median,
+        "fsync_floor_p50_us": fmed(0, 0),
+        "fsync_floor_p99_us": fmed(1, 0),
+        "fsync_floor_p999_us": fmed(2, 0),
+        "fio_write4k_p50_us": fmed(0, 1),
+        "fio_write4k_p99_us": fmed(1, 1),
+        "ratio_ack_p99_to_floor": ratio_spread.map(|r| r.median),
+        "ratio_ack_p99_to_floor_spread": ratio_spread,
+        "fio_dsync_write_p50_us": dmed(0),
+        "fio_dsync_write_p99_us": dmed(1),
+        "ratio_ack_p99_to_dsync_write_p99": dmed(1).map(|d| ack_p99.median / d),
     });
     Ok(v)
 }

@@ -36,6 +36,8 @@ pub(crate) struct FaultIo {
     scratch: AlignedBuf,
     pub injected: Vec<Fault>,
     pub fail_open: Option<i32>,
+    /// Offer RWF_DSYNC writes (a write fault, or on success a sync fault, as for the pair).
+    pub dsync: bool,
 }
 
 impl FaultIo {
@@ -48,6 +50,7 @@ impl FaultIo {
             scratch: AlignedBuf::new(write_bytes_max + 2 * BLOCK_BYTES as usize).expect("scratch"),
             injected: Vec::new(),
             fail_open: None,
+            dsync: false,
         }
     }
     fn next(&mut self) -> u64 {
@@ -87,7 +90,15 @@ impl IoBackend for FaultIo {
         pos: u64,
         token: u64,
     ) -> io::Result<()> {
-        // Gather the iovecs into the aligned scratch buffer.
+        // Gather the iovecs into the aligned scratch buffer (zero-ahead writes may be larger
+        // than write_bytes_max).
+        let len: usize = (0..iovcnt as usize)
+            // SAFETY: the caller guarantees `iov` points to `iovcnt` valid iovecs.
+            .map(|i| unsafe { (*iov.add(i)).iov_len })
+            .sum();
+        if len + BLOCK_BYTES as usize > self.scratch.len() {
+            self.scratch = AlignedBuf::new(len + 2 * BLOCK_BYTES as usize)?;
+        }
         let mut total = 0usize;
         for i in 0..iovcnt as usize {
             // SAFETY: the caller guarantees `iov` points to `iovcnt` valid iovecs.
@@ -177,6 +188,38 @@ impl IoBackend for FaultIo {
             self.injected.push(f);
         }
         self.done.push_back((token, res));
+        Ok(())
+    }
+    fn dsync_writes(&self) -> bool {
+        self.dsync
+    }
+    unsafe fn submit_writev_dsync(
+        &mut self,
+        fd: RawFd,
+        iov: *const libc::iovec,
+        iovcnt: u32,
+        pos: u64,
+        token: u64,
+    ) -> io::Result<()> {
+        // SAFETY: forwarded; the caller upholds submit_writev's contract.
+        unsafe { self.submit_writev(fd, iov, iovcnt, pos, token)? };
+        let Some(&(t, res)) = self.done.back() else {
+            return Ok(());
+        };
+        let len: usize = (0..iovcnt as usize)
+            // SAFETY: the caller guarantees `iov` points to `iovcnt` valid iovecs.
+            .map(|i| unsafe { (*iov.add(i)).iov_len })
+            .sum();
+        if t == token && res >= 0 && res as usize == len {
+            // The write landed whole: now the implied fdatasync, which may fail too.
+            self.done.pop_back();
+            self.submit_fdatasync(fd, token)?;
+            if let Some(last) = self.done.back_mut() {
+                if last.1 == 0 {
+                    last.1 = res;
+                }
+            }
+        }
         Ok(())
     }
     fn submit_fdatasync(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
@@ -339,7 +382,10 @@ mod tests {
             let mut acked = 0u64;
             for life in 0..6u64 {
                 let per_mille = if life == 5 { 0 } else { 60 };
-                let io = FaultIo::new(seed * 100 + life, per_mille, cfg().write_bytes_max as usize);
+                let mut io =
+                    FaultIo::new(seed * 100 + life, per_mille, cfg().write_bytes_max as usize);
+                // Odd seeds commit with RWF_DSYNC writes, even ones with write + fdatasync.
+                io.dsync = seed % 2 == 1;
                 let (mut log, report) = Log::open_with(dir.path(), cfg(), io)
                     .unwrap_or_else(|e| panic!("seed {seed} life {life}: open failed: {e}"));
                 assert!(

@@ -7,8 +7,9 @@
 //!  +-----------------------+--------------------------------------------+----------------------------
 //!  | segment header (52 B) | zero padding to one O_DIRECT block (4 KiB) | batch | batch | ... | zeros
 //!  +-----------------------+--------------------------------------------+----------------------------
-//!  The file is preallocated (fallocate) to `segment_bytes`; unwritten space reads as zeros, so the
-//!  first all-zero batch header marks the end of the log.
+//!  The file is preallocated (fallocate) to `segment_bytes`; unwritten space reads as zeros, and
+//!  the space the log zeroes ahead of its append position (`LogConfig::zero_ahead_bytes`) holds
+//!  zeros too, so the first all-zero batch header marks the end of the log.
 //!
 //!  segment header
 //!   0        8        10       12            16             24               32              40

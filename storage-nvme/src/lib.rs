@@ -27,7 +27,12 @@
 //!   **durable** offset: every offset below it has been written and fdatasync'ed. Only those
 //!   may be acknowledged. [`Log::sync`] blocks until everything appended is durable.
 //!   The fdatasync is submitted only after the writes it covers completed (io_uring does not
-//!   order them otherwise); writes keep flowing while it runs.
+//!   order them otherwise); writes keep flowing while it runs. When a commit's last write has
+//!   no other write in flight it is submitted with RWF_DSYNC instead, durable by itself
+//!   (`LogConfig::dsync_commits`).
+//! * While every appended byte is submitted, the log zeroes the active segment up to
+//!   `LogConfig::zero_ahead_bytes` past the append position: commits then overwrite written
+//!   blocks, and an fdatasync is a device cache flush without a file-system journal commit.
 //! * [`Log::wait`] / [`Log::wait_timeout`] block in the kernel until an operation completes
 //!   (use them when back-pressured or idle, instead of spinning on `poll`); [`Log::stats`]
 //!   counts writes, syncs (with their durations), back-pressure and segment rolls.

@@ -45,6 +45,20 @@ pub struct LogConfig {
     pub io_mode: IoMode,
     /// Offset of the first record of a new, empty log.
     pub initial_offset: u64,
+    /// Keep up to this many bytes past the append position of the active segment written with
+    /// zeros, in the background (0 disables; multiple of [`BLOCK_BYTES`]). fallocate leaves
+    /// *unwritten* extents: the first write into one makes the file system convert the extent
+    /// on completion, and the next fdatasync must then commit a journal transaction (ext4, xfs)
+    /// on top of flushing the device cache. Overwriting zeroed blocks needs no metadata, so a
+    /// group commit costs one cache flush. Zeroing runs only while every appended byte is
+    /// already submitted and uses one extra I/O slot, so it never delays a data write at full
+    /// throughput (then it simply falls behind and data lands on unwritten extents as before).
+    pub zero_ahead_bytes: u64,
+    /// Make a commit's last write durable by itself (`RWF_DSYNC`) when no other write is in
+    /// flight, instead of a write and then an fdatasync: one device round trip and no wait
+    /// for the application to see the write complete before it asks for the sync. Only when
+    /// the backend supports it; group commit with fdatasync covers every other case.
+    pub dsync_commits: bool,
 }
 
 impl Default for LogConfig {
@@ -64,6 +78,8 @@ impl Default for LogConfig {
             retention: RetentionPolicy::default(),
             io_mode: IoMode::Auto,
             initial_offset: 0,
+            zero_ahead_bytes: 16 << 20,
+            dsync_commits: true,
         }
     }
 }
@@ -118,6 +134,12 @@ impl LogConfig {
             return Err(format!(
                 "syncs_inflight_max {} must be in 1..={SYNCS_INFLIGHT_MAX}",
                 self.syncs_inflight_max
+            ));
+        }
+        if !self.zero_ahead_bytes.is_multiple_of(b) {
+            return Err(format!(
+                "zero_ahead_bytes {} must be a multiple of {b} (0 disables zeroing ahead)",
+                self.zero_ahead_bytes
             ));
         }
         if self.batches_pending_max == 0
@@ -301,6 +323,14 @@ pub struct LogStats {
     /// Segment rolls and the time they blocked `append_batch` in total.
     pub rolls: u64,
     pub roll_ns_total: u64,
+    /// Writes submitted with RWF_DSYNC that made a commit durable on their own.
+    pub dsync_writes: u64,
+    /// Zero-ahead writes completed and their bytes (see [`LogConfig::zero_ahead_bytes`]).
+    pub zero_writes: u64,
+    pub zero_bytes: u64,
+    /// Zero-ahead writes that failed; the first failure stops zeroing ahead (no data is at
+    /// stake: the blocks stay unwritten extents, which read as zeros too).
+    pub zero_errors: u64,
 }
 
 /// Positions shared with readers (possibly on other threads).
@@ -335,6 +365,9 @@ struct WriteSlot {
     retries: u32,
     iov: [libc::iovec; 2],
     iovcnt: u32,
+    /// Submitted with RWF_DSYNC while no other write was in flight: on success everything
+    /// below `logical_end` is durable.
+    dsync: bool,
 }
 
 // SAFETY: the raw pointers in `iov` point only into buffers owned by the same `Log` (its ring
@@ -344,6 +377,25 @@ unsafe impl Send for WriteSlot {}
 
 /// Tokens of syncs: `FSYNC_TOKEN_BASE + slot`.
 const FSYNC_TOKEN_BASE: u64 = u64::MAX - SYNCS_INFLIGHT_MAX as u64;
+/// Token of the zero-ahead write (below every sync token, above every write slot).
+const ZERO_TOKEN: u64 = FSYNC_TOKEN_BASE - 1;
+/// Size of the shared zero block that zero-ahead writes gather from.
+const ZERO_BUF_BYTES: u64 = 256 << 10;
+/// Largest zero-ahead write: few, large ones keep extent conversions (and with them the journal
+/// commits a following fdatasync has to wait for) rare.
+const ZERO_WRITE_BYTES_MAX: u64 = 1 << 20;
+const ZERO_IOVS: usize = (ZERO_WRITE_BYTES_MAX / ZERO_BUF_BYTES) as usize;
+const _: () = assert!(ZERO_WRITE_BYTES_MAX.is_multiple_of(ZERO_BUF_BYTES));
+const _: () = assert!((WRITES_INFLIGHT_MAX as u64) < ZERO_TOKEN);
+
+/// The zero-ahead write in flight: its iovecs (all pointing into `Log::zeros`) and range.
+struct ZeroWrite {
+    iov: [libc::iovec; ZERO_IOVS],
+    inflight: Option<(u64, u64)>,
+}
+
+// SAFETY: as for WriteSlot: the iovecs point only into the owning Log's `zeros` buffer.
+unsafe impl Send for ZeroWrite {}
 
 /// One partition's log: appends batches, group-commits them, recovers on open.
 ///
@@ -378,6 +430,19 @@ pub struct Log<B: IoBackend = SysIo> {
     failed: Option<LogIoError>,
     shared: Arc<Shared>,
     scratch: Vec<u8>,
+    /// Zero-ahead state: every block of the active segment below `zeroed_to` has been written
+    /// (data or zeros); `zeros` is the read-only source block of zero writes.
+    zeros: AlignedBuf,
+    zero: Box<ZeroWrite>,
+    zeroed_to: u64,
+    /// Zeroing never goes past the active file's length (that would change its size).
+    zero_limit: u64,
+    zero_stopped: bool,
+}
+
+/// The file's length rounded down to a block, or 0 (no zeroing ahead) if it cannot be read.
+fn file_len(f: &File) -> u64 {
+    f.metadata().map_or(0, |m| align_down(m.len(), BLOCK_BYTES))
 }
 
 fn now_unix_ns() -> u64 {
@@ -395,7 +460,7 @@ impl Log<SysIo> {
     ) -> Result<(Self, RecoveryReport), LogOpenError> {
         let io = SysIo::new(
             cfg.io_mode,
-            cfg.writes_inflight_max + cfg.syncs_inflight_max,
+            cfg.writes_inflight_max + cfg.syncs_inflight_max + 1,
         )
         .map_err(LogOpenError::Io)?;
         Self::open_with(dir, cfg, io)
@@ -668,6 +733,13 @@ impl<B: IoBackend> Log<B> {
         }
         let n = cfg.writes_inflight_max as usize;
         let tails = AlignedBuf::new(n * BLOCK_BYTES as usize).map_err(LogOpenError::Io)?;
+        let zero_limit = file_len(&active.file);
+        let zeros = AlignedBuf::new(if cfg.zero_ahead_bytes > 0 {
+            ZERO_BUF_BYTES as usize
+        } else {
+            BLOCK_BYTES as usize
+        })
+        .map_err(LogOpenError::Io)?;
         let slots = (0..n)
             .map(|_| WriteSlot {
                 busy: false,
@@ -681,6 +753,7 @@ impl<B: IoBackend> Log<B> {
                     iov_len: 0,
                 }; 2],
                 iovcnt: 0,
+                dsync: false,
             })
             .collect();
         let log = Self {
@@ -712,6 +785,17 @@ impl<B: IoBackend> Log<B> {
                 durable_offset: AtomicU64::new(next_offset),
             }),
             scratch,
+            zeros,
+            zero: Box::new(ZeroWrite {
+                iov: [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; ZERO_IOVS],
+                inflight: None,
+            }),
+            zeroed_to: 0,
+            zero_limit,
+            zero_stopped: false,
             cfg,
         };
         Ok((log, report))
@@ -907,7 +991,7 @@ impl<B: IoBackend> Log<B> {
     /// completes (returns at once when none is). Use it on [`AppendError::BackPressured`] when
     /// the thread has nothing else to do: it leaves the CPU to the kernel's I/O completion work.
     pub fn wait(&mut self) -> Result<u64, LogIoError> {
-        if self.busy_slots > 0 || self.syncs_inflight() {
+        if self.io_inflight() {
             self.reap(Wait::Forever);
         }
         self.poll()
@@ -916,7 +1000,7 @@ impl<B: IoBackend> Log<B> {
     /// Like [`wait`](Self::wait) but blocks at most `timeout` (e.g. until the caller's next
     /// deadline), leaving the CPU to the kernel's completion work meanwhile.
     pub fn wait_timeout(&mut self, timeout: std::time::Duration) -> Result<u64, LogIoError> {
-        if self.busy_slots > 0 || self.syncs_inflight() {
+        if self.io_inflight() {
             self.reap(Wait::Timeout(timeout));
         }
         self.poll()
@@ -926,7 +1010,7 @@ impl<B: IoBackend> Log<B> {
     pub fn sync(&mut self) -> Result<u64, LogIoError> {
         self.flush()?;
         while self.durable_pos < self.append_pos && self.failed.is_none() {
-            let waiting = self.busy_slots > 0 || self.syncs_inflight();
+            let waiting = self.io_inflight();
             self.reap(if waiting { Wait::Forever } else { Wait::No });
             self.pump();
             self.maybe_sync();
@@ -951,8 +1035,14 @@ impl<B: IoBackend> Log<B> {
         }
     }
 
-    /// Submits writes: whole chunks always, the partial tail when a commit is requested.
+    /// Submits writes (data first, then zeroing ahead).
     fn pump(&mut self) {
+        self.pump_data();
+        self.pump_zero();
+    }
+
+    /// Submits writes: whole chunks always, the partial tail when a commit is requested.
+    fn pump_data(&mut self) {
         if self.failed.is_some() {
             return;
         }
@@ -972,6 +1062,12 @@ impl<B: IoBackend> Log<B> {
             if !full_chunk && self.commit_target <= self.submitted_pos {
                 return;
             }
+            // Nor data over a zero-ahead write still in flight: wait for it.
+            if let Some((zfrom, zlen)) = self.zero.inflight {
+                if align_up(logical_end, BLOCK_BYTES) > zfrom && start < zfrom + zlen {
+                    return;
+                }
+            }
             let body_end = align_down(logical_end, BLOCK_BYTES);
             let tail = logical_end - body_end;
             let body_len = body_end - start;
@@ -979,6 +1075,7 @@ impl<B: IoBackend> Log<B> {
             let tail_at = self.idx(body_end);
             let ring_ptr = self.ring.as_ptr();
             let tails_ptr = self.tails.as_ptr();
+            let dsync_ok = self.cfg.dsync_commits && self.io.dsync_writes();
             let slot_tail = slot_i * BLOCK_BYTES as usize;
             if tail > 0 {
                 let (ring, tails) = (self.ring.as_slice(), self.tails.raw_mut());
@@ -1013,6 +1110,9 @@ impl<B: IoBackend> Log<B> {
             s.logical_start = self.submitted_pos;
             s.logical_end = logical_end;
             s.retries = 0;
+            // Durable by itself if it reaches the commit target and every earlier write has
+            // completed (so the flush that ends it covers them too).
+            s.dsync = dsync_ok && self.busy_slots == 0 && logical_end >= self.commit_target;
             self.busy_slots += 1;
             self.submitted_pos = logical_end;
             if let Err(e) = self.submit_slot(slot_i) {
@@ -1035,8 +1135,13 @@ impl<B: IoBackend> Log<B> {
         // (`has_room` keeps appends out of them; the partial block goes through the slot's own
         // tail copy), and the file stays open until the slot completes (roll and drop drain).
         unsafe {
-            self.io
-                .submit_writev(fd, s.iov.as_ptr(), s.iovcnt, s.start, i as u64)
+            if s.dsync {
+                self.io
+                    .submit_writev_dsync(fd, s.iov.as_ptr(), s.iovcnt, s.start, i as u64)
+            } else {
+                self.io
+                    .submit_writev(fd, s.iov.as_ptr(), s.iovcnt, s.start, i as u64)
+            }
         }
     }
 
@@ -1053,6 +1158,74 @@ impl<B: IoBackend> Log<B> {
         self.syncs.iter().any(Option::is_some)
     }
 
+    fn io_inflight(&self) -> bool {
+        self.busy_slots > 0 || self.syncs_inflight() || self.zero.inflight.is_some()
+    }
+
+    /// Submits one zero-ahead write when all appended data is already submitted and the zeroed
+    /// region ends less than `zero_ahead_bytes` past the append position.
+    fn pump_zero(&mut self) {
+        if self.failed.is_some()
+            || self.zero_stopped
+            || self.cfg.zero_ahead_bytes == 0
+            || self.zero.inflight.is_some()
+            || self.submitted_pos < self.append_pos
+        {
+            return;
+        }
+        let frontier = align_up(self.append_pos, BLOCK_BYTES);
+        let from = self.zeroed_to.max(frontier);
+        let end = self.zero_limit;
+        if from >= end || from >= frontier + self.cfg.zero_ahead_bytes {
+            return;
+        }
+        let len = (end - from).min(ZERO_WRITE_BYTES_MAX);
+        let zeros = self.zeros.as_ptr();
+        let mut iovcnt = 0;
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(ZERO_BUF_BYTES);
+            self.zero.iov[iovcnt] = libc::iovec {
+                iov_base: zeros as *mut _,
+                iov_len: n as usize,
+            };
+            iovcnt += 1;
+            left -= n;
+        }
+        self.zero.inflight = Some((from, len));
+        let fd: RawFd = self.active.file.as_raw_fd();
+        // SAFETY: the iovecs live in the boxed `self.zero` (never moved while in flight) and all
+        // point into `self.zeros`, which is never written after open and outlives every
+        // operation (Drop and roll drain first); the file stays open until the write completes.
+        // The range lies past every byte submitted so far, and pump() holds back any data write
+        // overlapping it until it completes, so zeros never race data on a block.
+        let r = unsafe {
+            self.io
+                .submit_writev(fd, self.zero.iov.as_ptr(), iovcnt as u32, from, ZERO_TOKEN)
+        };
+        if r.is_err() {
+            self.zero.inflight = None;
+            self.zero_stopped = true;
+            self.stats.zero_errors += 1;
+        }
+    }
+
+    fn on_zero_done(&mut self, res: i32) {
+        let Some((from, len)) = self.zero.inflight.take() else {
+            return;
+        };
+        if res >= 0 && res as u64 == len {
+            self.zeroed_to = self.zeroed_to.max(from + len);
+            self.stats.zero_writes += 1;
+            self.stats.zero_bytes += len;
+        } else {
+            // Blocks not zeroed stay unwritten extents; data written there later is still
+            // made durable by fdatasync (which then also commits the extent conversion).
+            self.zero_stopped = true;
+            self.stats.zero_errors += 1;
+        }
+    }
+
     /// Submits an fdatasync covering every completed write when a commit is wanted. Up to
     /// `syncs_inflight_max` run at once: a record need not wait for the sync in flight to end
     /// before its own starts. Each covers only writes that completed before it was submitted.
@@ -1064,7 +1237,13 @@ impl<B: IoBackend> Log<B> {
             .syncs
             .iter()
             .flatten()
-            .map(|s| s.0)
+            .map(|s| s.1)
+            .chain(
+                self.slots
+                    .iter()
+                    .filter(|s| s.busy && s.dsync)
+                    .map(|s| s.logical_end),
+            )
             .fold(self.durable_pos, u64::max);
         let c = self.completed_pos();
         if c <= covered {
@@ -1100,7 +1279,9 @@ impl<B: IoBackend> Log<B> {
             });
         }
         for &(token, res) in &done {
-            if token >= FSYNC_TOKEN_BASE {
+            if token == ZERO_TOKEN {
+                self.on_zero_done(res);
+            } else if token >= FSYNC_TOKEN_BASE {
                 self.on_sync_done((token - FSYNC_TOKEN_BASE) as usize, res);
             } else {
                 self.on_write_done(token as usize, res);
@@ -1117,6 +1298,13 @@ impl<B: IoBackend> Log<B> {
             self.busy_slots -= 1;
             self.stats.writes += 1;
             self.stats.write_bytes += res as u64;
+            if s.dsync {
+                let end = s.logical_end;
+                self.stats.dsync_writes += 1;
+                if self.failed.is_none() {
+                    self.advance_durable(end);
+                }
+            }
             return;
         }
         let path = self.active.path.clone();
@@ -1182,6 +1370,11 @@ impl<B: IoBackend> Log<B> {
             // A write failed meanwhile; acknowledge nothing more.
             return;
         }
+        self.advance_durable(target);
+    }
+
+    /// Everything below `target` (a position in the active segment) is durable.
+    fn advance_durable(&mut self, target: u64) {
         // Syncs may complete out of order; each makes its own target durable.
         self.durable_pos = self.durable_pos.max(target);
         while let Some(&(end, next)) = self.pending.front() {
@@ -1272,6 +1465,8 @@ impl<B: IoBackend> Log<B> {
         self.submitted_pos = SEGMENT_HEADER_BYTES;
         self.durable_pos = SEGMENT_HEADER_BYTES;
         self.commit_target = SEGMENT_HEADER_BYTES;
+        self.zeroed_to = 0;
+        self.zero_limit = file_len(&self.active.file);
         Ok(())
     }
 
@@ -1358,7 +1553,7 @@ impl<B: IoBackend> Log<B> {
     fn drain(&mut self) {
         // Bounded: every backend completes what it accepted; the bound only stops a broken one.
         for _ in 0..1_000_000 {
-            if self.busy_slots == 0 && !self.syncs_inflight() {
+            if !self.io_inflight() {
                 return;
             }
             self.reap(Wait::Forever);

@@ -281,3 +281,42 @@ fn sync_returns_only_when_everything_is_durable_across_rolls() {
         assert_eq!(snap.end_offset(), end);
     }
 }
+
+/// Commits after every batch, so commits race zero-ahead writes and (with `dsync_commits`) most
+/// commits are single RWF_DSYNC writes; every record must come back, before and after reopen.
+#[test]
+fn zero_ahead_and_dsync_commits_keep_every_record() {
+    for mode in [IoMode::Uring, IoMode::Pwrite] {
+        for (dsync_commits, zero_ahead_bytes) in
+            [(true, 64 << 10), (false, 64 << 10), (true, 0), (false, 0)]
+        {
+            let what = format!("{mode:?} dsync {dsync_commits} zero-ahead {zero_ahead_bytes}");
+            let dir = tempdir();
+            let cfg = LogConfig {
+                io_mode: mode,
+                dsync_commits,
+                zero_ahead_bytes,
+                ..small_config()
+            };
+            let (mut log, _) = Log::open(dir.path(), cfg.clone()).unwrap();
+            let mut end = 0;
+            for _ in 0..600 {
+                end = append_pattern(&mut log, 1, 4);
+                log.flush().unwrap();
+                log.poll().unwrap();
+            }
+            assert_eq!(log.sync().unwrap(), end, "{what}");
+            let st = log.stats();
+            assert_eq!(st.dsync_writes > 0, dsync_commits, "{what}: {st:?}");
+            assert_eq!(st.zero_writes > 0, zero_ahead_bytes > 0, "{what}: {st:?}");
+            assert_eq!(st.zero_errors, 0, "{what}");
+            assert!(st.rolls > 0, "{what}: the run must cross segments");
+            assert_eq!(verify_pattern(&mut log.reader(), 0), end, "{what}");
+            log.close().unwrap();
+            let (log, report) = Log::open(dir.path(), cfg).unwrap();
+            assert_eq!(report.next_offset, end, "{what}");
+            assert!(report.actions.is_empty(), "{what}: {:?}", report.actions);
+            assert_eq!(verify_pattern(&mut log.reader(), 0), end, "{what}");
+        }
+    }
+}
