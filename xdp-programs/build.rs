@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PROGRAMS: &[&str] = &["memstreamer_xdp"];
+const PROGRAMS: &[&str] = &["memstreamer_xdp", "link_loss"];
 const ABI_CONSTS: &str = "src/abi_consts.rs";
 
 fn main() {

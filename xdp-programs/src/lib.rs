@@ -10,6 +10,9 @@
 //! - [`frame`]: the wire frame header of docs/protocol.md.
 //! - `loader` (feature `loader`, on by default): aya loader (`XdpProgram::load_and_attach`), pins under
 //!   `/sys/fs/bpf/memstreamer/<iface>/`, and `PolicyMaps` for other processes.
+//! - `src/link_loss.c` + [`link_loss`] (feature `loader`): a tc program that
+//!   drops a seeded share of a link's IPv4/UDP packets (netem-style loss for
+//!   kernels without `sch_netem`), used by the lossy-link tests.
 //! - `ms-xdp` (src/bin): operator tool: attach, counters, allow, deny,
 //!   ratelimit, config, and a bounded frame sender / receiver for tests.
 #![forbid(unsafe_code)]
@@ -20,6 +23,8 @@ pub mod abi_consts {
 }
 pub mod abi;
 pub mod frame;
+#[cfg(feature = "loader")]
+pub mod link_loss;
 #[cfg(feature = "loader")]
 pub mod loader;
 

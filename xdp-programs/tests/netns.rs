@@ -628,3 +628,70 @@ fn loader_mounts_bpffs_when_absent_and_skb_mode_works() {
     drop(guard);
     assert!(!pin_dir(&iface).exists());
 }
+
+/// The lossy-link tool (`ms-xdp loss`, the tc program of src/link_loss.c): on the
+/// sender's egress it drops a seeded share of the UDP frames in the kernel, counts
+/// exactly what it dropped and passed, and the link is whole again once it detaches.
+#[test]
+fn link_loss_drops_a_seeded_share_and_counts_it() {
+    require_root!();
+    let net = TestNet::new(5, true);
+    let sender_if = format!("mx{}s5", std::process::id() % 1_000_000);
+    const SENT: u64 = 2_000;
+
+    // Bad arguments are refused with a clear message.
+    for (args, want) in [
+        (vec!["--ppm", "0"], "out of range"),
+        (vec!["--ppm", "600000"], "out of range"),
+    ] {
+        let out = Command::new(MS_XDP)
+            .args(["--netns", &net.sender_ns, "loss", "--iface", &sender_if])
+            .args(&args)
+            .output()
+            .expect("spawn");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let out = Command::new(MS_XDP)
+        .args(["--netns", &net.sender_ns, "loss", "--iface", "nosuchif0"])
+        .args(["--ppm", "1000"])
+        .output()
+        .expect("spawn");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+
+    let mut loss = Command::new(MS_XDP)
+        .args(["--netns", &net.sender_ns, "loss", "--iface", &sender_if])
+        .args(["--ppm", "200000", "--seed", "42", "--direction", "egress"])
+        .arg("--exit-on-stdin-eof")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn ms-xdp loss");
+    let loss_stdin = loss.stdin.take().expect("piped");
+    let loss_lines = line_reader(loss.stdout.take().expect("piped"));
+    let first = loss_lines.recv_timeout(WAIT_MAX).expect("loss attached");
+    assert!(first.starts_with("loss attached "), "{first}");
+
+    let c0 = net.counters();
+    net.send("valid", SENT, 7, &[]);
+    drop(loss_stdin);
+    let last = loss_lines.recv_timeout(WAIT_MAX).expect("loss totals");
+    assert!(loss.wait().expect("loss exits").success());
+    let field = |name: &str| -> u64 {
+        last.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {last:?}"))
+    };
+    let (dropped, passed) = (field("dropped="), field("passed="));
+    assert_eq!(dropped + passed, SENT, "{last}");
+    // 20 % of 2000 is 400 on average (sd ~18): far from both 0 and everything.
+    assert!((250..=550).contains(&dropped), "{last}");
+    // What passed the lossy egress is exactly what reached the receiver's XDP program.
+    let c1 = net.expect_delta(&c0, &[(Verdict::RedirectNoSocket, passed)]);
+
+    // Detached: the link is whole again.
+    net.send("valid", 50, 7, &[]);
+    net.expect_delta(&c1, &[(Verdict::RedirectNoSocket, 50)]);
+}

@@ -9,7 +9,12 @@
 //! ms-xdp [--netns NS] send      --dst IP --port P --kind K --count N [--stream S]
 //! ms-xdp [--netns NS] recv      --bind IP --port P --count N --timeout-ms T
 //! ms-xdp              cost      [--repeat N]   (program cost per packet, BPF_PROG_TEST_RUN)
+//! ms-xdp [--netns NS] loss      --iface IF --ppm N [--seed S] [--direction egress|ingress|both]
+//!                               [--exit-on-stdin-eof]
 //! ```
+//! `loss` makes a lossy link (netem-style, for kernels without `sch_netem`): a tc
+//! program drops N parts per million of the interface's IPv4/UDP packets until
+//! SIGINT/SIGTERM (or stdin EOF with the flag), then prints `loss dropped=D passed=P` and detaches.
 //! `--netns` switches only the network namespace (setns), so the pins stay in
 //! the host's bpffs where other processes find them. `attach` runs until
 //! SIGINT/SIGTERM (or stdin EOF with `--exit-on-stdin-eof`), then detaches
@@ -58,6 +63,13 @@ enum Mode {
     Skb,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Direction {
+    Egress,
+    Ingress,
+    Both,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Kind {
     /// A well-formed DATA frame.
@@ -96,6 +108,22 @@ enum Cmd {
         /// Allow sources that have no policy entry (default: deny).
         #[arg(long)]
         default_allow: bool,
+        /// Also stop when stdin reaches EOF (for supervisors and tests).
+        #[arg(long)]
+        exit_on_stdin_eof: bool,
+    },
+    /// Drop a seeded share of an interface's IPv4/UDP packets (a lossy link) until
+    /// SIGINT/SIGTERM or stdin EOF; then print the drop counts and detach.
+    Loss {
+        #[arg(long)]
+        iface: String,
+        /// Parts per million dropped (1..=500000; 50000 = 5 %).
+        #[arg(long)]
+        ppm: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "both")]
+        direction: Direction,
         /// Also stop when stdin reaches EOF (for supervisors and tests).
         #[arg(long)]
         exit_on_stdin_eof: bool,
@@ -224,6 +252,13 @@ fn run(cmd: Cmd) -> CmdResult {
             default_allow,
             exit_on_stdin_eof,
         } => attach(&iface, port, mode, default_allow, exit_on_stdin_eof),
+        Cmd::Loss {
+            iface,
+            ppm,
+            seed,
+            direction,
+            exit_on_stdin_eof,
+        } => loss(&iface, ppm, seed, direction, exit_on_stdin_eof),
         Cmd::Counters { iface } => {
             let counts = PolicyMaps::open(&iface)?.counters()?;
             for v in Verdict::ALL {
@@ -318,10 +353,7 @@ fn attach(iface: &str, port: u16, mode: Mode, default_allow: bool, stdin_eof: bo
         reserved: 0,
         flags,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))?;
-    }
+    let stop = stop_flag()?;
     let handle = XdpProgram::load_and_attach(iface, mode, config)?;
     println!(
         "attached iface={} mode={:?} port={port} default_allow={default_allow} pins={}",
@@ -331,21 +363,58 @@ fn attach(iface: &str, port: u16, mode: Mode, default_allow: bool, stdin_eof: bo
     );
     std::io::stdout().flush()?;
     if stdin_eof {
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let mut stdin = std::io::stdin().lock();
-            while matches!(stdin.read_line(&mut line), Ok(n) if n > 0) {
-                line.clear();
-            }
-            stop.store(true, Ordering::Relaxed);
-        });
+        stop_on_stdin_eof(&stop);
     }
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(ATTACH_POLL_MS));
     }
     drop(handle);
     println!("detached iface={iface}");
+    Ok(())
+}
+
+/// A flag raised by SIGINT/SIGTERM.
+fn stop_flag() -> Result<Arc<AtomicBool>, std::io::Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    Ok(stop)
+}
+
+/// Raises `stop` when stdin reaches EOF (the parent closed it or exited).
+fn stop_on_stdin_eof(stop: &Arc<AtomicBool>) {
+    let stop = Arc::clone(stop);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let mut stdin = std::io::stdin().lock();
+        while matches!(stdin.read_line(&mut line), Ok(n) if n > 0) {
+            line.clear();
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
+fn loss(iface: &str, ppm: u32, seed: u64, direction: Direction, stdin_eof: bool) -> CmdResult {
+    use xdp_programs::link_loss::{LinkLoss, LossDirection};
+    let stop = stop_flag()?;
+    let direction = match direction {
+        Direction::Egress => LossDirection::Egress,
+        Direction::Ingress => LossDirection::Ingress,
+        Direction::Both => LossDirection::Both,
+    };
+    let link = LinkLoss::attach(iface, direction, ppm, seed)?;
+    println!("loss attached iface={iface} ppm={ppm} seed={seed} direction={direction:?}");
+    std::io::stdout().flush()?;
+    if stdin_eof {
+        stop_on_stdin_eof(&stop);
+    }
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(ATTACH_POLL_MS));
+    }
+    let (dropped, passed) = link.counts()?;
+    drop(link);
+    println!("loss dropped={dropped} passed={passed}");
     Ok(())
 }
 
