@@ -304,18 +304,8 @@ impl<T> CommandQueue<T> {
     }
 
     /// Hands at most `limit` commands to `f`; returns how many.
-    pub fn drain(&self, limit: usize, mut f: impl FnMut(T)) -> usize {
-        let mut n = 0;
-        while n < limit {
-            match self.queue.pop() {
-                Some(c) => {
-                    f(c);
-                    n += 1;
-                }
-                None => break,
-            }
-        }
-        n
+    pub fn drain(&self, limit: usize, f: impl FnMut(T)) -> usize {
+        drain_queue(&self.queue, limit, f)
     }
 
     pub fn len(&self) -> usize {
@@ -324,6 +314,113 @@ impl<T> CommandQueue<T> {
 
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+}
+
+/// Pops at most `limit` commands into `f`; returns how many.
+fn drain_queue<T>(queue: &ArrayQueue<T>, limit: usize, mut f: impl FnMut(T)) -> usize {
+    let mut n = 0;
+    while n < limit {
+        match queue.pop() {
+            Some(c) => {
+                f(c);
+                n += 1;
+            }
+            None => break,
+        }
+    }
+    n
+}
+
+/// The producing half of a bounded single-producer single-consumer command queue: not `Clone`,
+/// so exactly one thread (the conductor) produces. Pair of [`SpscConsumer`]; see [`spsc`].
+pub struct SpscProducer<T> {
+    queue: Arc<ArrayQueue<T>>,
+}
+
+/// The consuming half of a [`spsc`] queue: not `Clone`, drained by one agent in its duty cycle
+/// with a fixed per-cycle limit.
+pub struct SpscConsumer<T> {
+    queue: Arc<ArrayQueue<T>>,
+}
+
+/// A bounded SPSC queue of `depth` entries (clamped to 1..=COMMAND_QUEUE_DEPTH_MAX). Neither
+/// half allocates after creation; a full queue gives the command back.
+pub fn spsc<T>(depth: usize) -> (SpscProducer<T>, SpscConsumer<T>) {
+    let queue = Arc::new(ArrayQueue::new(depth.clamp(1, COMMAND_QUEUE_DEPTH_MAX)));
+    (
+        SpscProducer {
+            queue: queue.clone(),
+        },
+        SpscConsumer { queue },
+    )
+}
+
+impl<T> SpscProducer<T> {
+    /// Enqueues; gives the command back when the queue is full.
+    pub fn offer(&mut self, command: T) -> Result<(), T> {
+        self.queue.push(command)
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.queue.is_full()
+    }
+}
+
+impl<T> SpscConsumer<T> {
+    /// Hands at most `limit` commands to `f`; returns how many.
+    pub fn drain(&mut self, limit: usize, f: impl FnMut(T)) -> usize {
+        drain_queue(&self.queue, limit, f)
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// Commands for one agent, buffered on the conductor's side while the agent's SPSC queue is
+/// full (the conductor may allocate; the agent never does). Flushed every conductor cycle.
+pub struct Outbox<T> {
+    pending: std::collections::VecDeque<T>,
+    tx: SpscProducer<T>,
+}
+
+impl<T> Outbox<T> {
+    pub fn new(tx: SpscProducer<T>) -> Self {
+        Outbox {
+            pending: std::collections::VecDeque::new(),
+            tx,
+        }
+    }
+
+    /// Queues `command` behind everything not yet delivered (order is kept).
+    pub fn push(&mut self, command: T) {
+        self.pending.push_back(command);
+        self.flush();
+    }
+
+    /// Moves what fits into the agent's queue; returns how many moved.
+    pub fn flush(&mut self) -> usize {
+        let mut moved = 0;
+        while let Some(c) = self.pending.pop_front() {
+            match self.tx.offer(c) {
+                Ok(()) => moved += 1,
+                Err(c) => {
+                    self.pending.push_front(c);
+                    break;
+                }
+            }
+        }
+        moved
+    }
+
+    /// Commands waiting for room in the agent's queue.
+    pub fn backlog(&self) -> usize {
+        self.pending.len()
     }
 }
 
@@ -448,5 +545,22 @@ mod tests {
         assert_eq!(got, vec![0, 1, 2]);
         assert_eq!(q.drain(3, |c| got.push(c)), 1);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn spsc_outbox_keeps_order_across_a_full_queue() {
+        let (tx, mut rx) = spsc(2);
+        let mut out = Outbox::new(tx);
+        for i in 0..5 {
+            out.push(i);
+        }
+        assert_eq!(out.backlog(), 3);
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            rx.drain(1, |c| got.push(c));
+            out.flush();
+        }
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+        assert!(rx.is_empty() && out.backlog() == 0);
     }
 }

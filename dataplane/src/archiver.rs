@@ -17,8 +17,11 @@ use std::sync::atomic::Ordering;
 
 use storage_nvme::{AppendError, Log, LogConfig, Record};
 
-use crate::agent::Agent;
-use crate::counters::{Counter, Counters};
+use std::sync::Arc;
+
+use crate::agent::{Agent, CommandQueue, SpscConsumer};
+use crate::conductor::ConductorCommand;
+use crate::counters::{Counter, Counters, PartitionCells};
 
 /// Records per storage batch at most.
 pub const STAGE_RECORDS_MAX: usize = 64;
@@ -115,7 +118,12 @@ pub fn replay(
     Ok(replayed)
 }
 
-struct PartitionArchive {
+/// One partition's archiving state: its ring subscriber, log, staging buffer and durable cells.
+/// Built off the archiver's thread ([`PartitionArchive::open`]) and handed to it.
+pub struct PartitionArchive {
+    stream: u32,
+    partition: u16,
+    cells: Arc<PartitionCells>,
     sub: Option<shm_ring::Subscriber>,
     log: Option<Log>,
     stage: Box<[u8]>,
@@ -133,22 +141,68 @@ struct PartitionArchive {
 }
 
 impl PartitionArchive {
+    /// Opens (recovering) the log of (stream, partition) under `storage_dir` and subscribes to
+    /// `ring` from its tail: every record published from now on is archived. Cold path.
+    pub fn open(
+        storage_dir: &Path,
+        stream: u32,
+        partition: u16,
+        ring: &shm_ring::Ring,
+        cells: Arc<PartitionCells>,
+    ) -> Result<Box<PartitionArchive>, ArchiveOpenError> {
+        let dir = log_dir(storage_dir, stream, partition);
+        let (log, _report) = Log::open(&dir, log_config(stream, partition)).map_err(|source| {
+            ArchiveOpenError::Open {
+                stream,
+                partition,
+                dir: dir.clone(),
+                source,
+            }
+        })?;
+        cells
+            .durable_records
+            .store(log.durable_offset(), Ordering::Relaxed);
+        let sub = ring.subscriber(shm_ring::StartAt::Tail).ok();
+        let tail = ring.tail().0;
+        // Ring offset + delta = log offset, for every record archived from here on.
+        cells
+            .log_delta
+            .store(log.next_offset().wrapping_sub(tail), Ordering::Relaxed);
+        // Nothing of this ring is on storage yet: the mark starts at the ring's tail.
+        // Release pairs with the receiver's and sender's Acquire loads.
+        cells.durable_ring_mark.store(tail, Ordering::Release);
+        Ok(Box::new(PartitionArchive {
+            stream,
+            partition,
+            cells,
+            sub,
+            log: Some(log),
+            stage: vec![0u8; STAGE_BYTES].into_boxed_slice(),
+            staged: [(0, 0, 0); STAGE_RECORDS_MAX],
+            staged_count: 0,
+            staged_bytes: 0,
+            staged_ring_last: 0,
+            pending: VecDeque::with_capacity(PENDING_MARKS_MAX),
+            unflushed: false,
+            last_flush_ns: 0,
+            archived: 0,
+            oversize_failed: 0,
+        }))
+    }
+
+    /// A reader of this partition's log that follows its durable tail (for remote subscribers
+    /// that start behind the ring; see sender.rs). None once archiving stopped.
+    pub fn reader(&self) -> Option<storage_nvme::Reader> {
+        self.log.as_ref().map(Log::reader)
+    }
+
     /// Appends the staged records as one batch; false when storage is back-pressured.
     fn append_staged(&mut self) -> Result<bool, AppendError> {
         if self.staged_count == 0 {
             return Ok(true);
         }
         let log = self.log.as_mut().expect("archiving partition has a log");
-        let mut records = [Record {
-            timestamp_ns: 0,
-            payload: &[],
-        }; STAGE_RECORDS_MAX];
-        for (r, &(start, len, ts)) in records.iter_mut().zip(&self.staged[..self.staged_count]) {
-            *r = Record {
-                timestamp_ns: ts,
-                payload: &self.stage[start as usize..(start + len) as usize],
-            };
-        }
+        let records = staged_records(&self.stage, &self.staged[..self.staged_count]);
         match log.append_batch(log.next_offset(), &records[..self.staged_count]) {
             Ok(_) => {}
             Err(AppendError::BackPressured) => return Ok(false),
@@ -164,6 +218,24 @@ impl PartitionArchive {
     }
 }
 
+/// The staged records as storage records borrowing `stage` (the first `staged.len()` are set).
+fn staged_records<'a>(
+    stage: &'a [u8],
+    staged: &[(u32, u32, u64)],
+) -> [Record<'a>; STAGE_RECORDS_MAX] {
+    let mut records = [Record {
+        timestamp_ns: 0,
+        payload: &[],
+    }; STAGE_RECORDS_MAX];
+    for (r, &(start, len, ts)) in records.iter_mut().zip(staged) {
+        *r = Record {
+            timestamp_ns: ts,
+            payload: &stage[start as usize..(start + len) as usize],
+        };
+    }
+    records
+}
+
 fn push_mark(pending: &mut VecDeque<(u64, u64)>, mark: (u64, u64)) {
     if pending.len() == PENDING_MARKS_MAX {
         // Coalesce into the newest: it implies every older one.
@@ -173,81 +245,174 @@ fn push_mark(pending: &mut VecDeque<(u64, u64)>, mark: (u64, u64)) {
     }
 }
 
+/// What the conductor asks of the archiver.
+pub enum ArchiverCommand {
+    /// Archive a partition made live at run time as slot `slot`.
+    Add {
+        slot: usize,
+        part: Box<PartitionArchive>,
+    },
+    /// Stop archiving slot `slot`: drain its ring, make everything durable, close the log.
+    Remove { slot: usize },
+    /// A remote subscriber starts behind the ring: hand the conductor a reader of slot's log.
+    OpenReader {
+        slot: usize,
+        request: Box<crate::conductor::PendingSubscribe>,
+    },
+}
+
+/// Partition commands handled per duty cycle at most.
+pub const ARCHIVER_COMMANDS_PER_CYCLE_MAX: usize = 4;
+
 /// The archiver agent.
 pub struct Archiver {
-    parts: Vec<PartitionArchive>,
+    /// Per partition slot (None: unused).
+    parts: Vec<Option<Box<PartitionArchive>>>,
+    /// Slots in use, in the order they were added.
+    live: Vec<usize>,
     counters: Counters,
     commit_interval_ns: u64,
     back_pressured: u64,
     errors: u64,
+    commands: Option<SpscConsumer<ArchiverCommand>>,
+    conductor: Option<CommandQueue<ConductorCommand>>,
+    /// Totals of partitions removed at run time (the counters stay monotonic).
+    retired_archived: u64,
+    retired_durable: u64,
 }
 
 impl Archiver {
     /// Opens (recovering) every partition's log under `storage_dir` and subscribes to the rings
-    /// from their tails. `rings[i]` is partition index `i` of `counters`.
+    /// from their tails. `rings[i]` is partition index `i` of `counters`; `slots_max` is the room
+    /// for partitions added at run time (at least `rings.len()`).
     pub fn open(
         storage_dir: &Path,
         rings: Vec<shm_ring::Ring>,
         counters: Counters,
         commit_interval_ns: u64,
     ) -> Result<Archiver, ArchiveOpenError> {
-        let mut parts = Vec::with_capacity(rings.len());
+        let n = rings.len();
+        Self::open_with_slots(storage_dir, rings, counters, commit_interval_ns, n)
+    }
+
+    /// [`Archiver::open`] with room for `slots_max` partition slots.
+    pub fn open_with_slots(
+        storage_dir: &Path,
+        rings: Vec<shm_ring::Ring>,
+        counters: Counters,
+        commit_interval_ns: u64,
+        slots_max: usize,
+    ) -> Result<Archiver, ArchiveOpenError> {
+        let slots_max = slots_max.max(rings.len());
+        let mut parts = Vec::with_capacity(slots_max);
         for (i, ring) in rings.into_iter().enumerate() {
-            let (stream, partition, cells) = &counters.partitions()[i];
-            let dir = log_dir(storage_dir, *stream, *partition);
-            let (log, _report) =
-                Log::open(&dir, log_config(*stream, *partition)).map_err(|source| {
-                    ArchiveOpenError::Open {
-                        stream: *stream,
-                        partition: *partition,
-                        dir: dir.clone(),
-                        source,
-                    }
-                })?;
-            cells
-                .durable_records
-                .store(log.durable_offset(), Ordering::Relaxed);
-            let sub = ring.subscriber(shm_ring::StartAt::Tail).ok();
-            // Nothing of this ring is on storage yet: the mark starts at the ring's tail.
-            cells
-                .durable_ring_mark
-                .store(ring.tail().0, Ordering::Release);
-            parts.push(PartitionArchive {
-                sub,
-                log: Some(log),
-                stage: vec![0u8; STAGE_BYTES].into_boxed_slice(),
-                staged: [(0, 0, 0); STAGE_RECORDS_MAX],
-                staged_count: 0,
-                staged_bytes: 0,
-                staged_ring_last: 0,
-                pending: VecDeque::with_capacity(PENDING_MARKS_MAX),
-                unflushed: false,
-                last_flush_ns: 0,
-                archived: 0,
-                oversize_failed: 0,
-            });
+            let (stream, partition, _) = counters.partitions()[i];
+            parts.push(Some(PartitionArchive::open(
+                storage_dir,
+                stream,
+                partition,
+                &ring,
+                counters.partition_cells(i),
+            )?));
         }
+        let mut live = Vec::with_capacity(slots_max);
+        live.extend(0..parts.len());
+        parts.resize_with(slots_max, || None);
         Ok(Archiver {
             parts,
+            live,
             counters,
             commit_interval_ns,
             back_pressured: 0,
             errors: 0,
+            commands: None,
+            conductor: None,
+            retired_archived: 0,
+            retired_durable: 0,
         })
     }
 
+    /// Takes partitions added/removed at run time and reader requests from the conductor
+    /// (answered through `conductor`).
+    pub fn with_commands(
+        mut self,
+        commands: SpscConsumer<ArchiverCommand>,
+        conductor: CommandQueue<ConductorCommand>,
+    ) -> Archiver {
+        self.commands = Some(commands);
+        self.conductor = Some(conductor);
+        self
+    }
+
+    fn apply(&mut self, c: ArchiverCommand) {
+        match c {
+            ArchiverCommand::Add { slot, part } => {
+                assert!(
+                    slot < self.parts.len(),
+                    "conductor allocates slots in range"
+                );
+                if self.parts[slot].is_none() {
+                    self.parts[slot] = Some(part);
+                    self.live.push(slot);
+                }
+            }
+            ArchiverCommand::Remove { slot } => {
+                if slot >= self.parts.len() || self.parts[slot].is_none() {
+                    return;
+                }
+                self.drain_partition(slot);
+                if let Some(mut part) = self.parts[slot].take() {
+                    close_part(&mut part);
+                    self.retired_archived += part.archived;
+                    self.retired_durable += part.cells.durable_records.load(Ordering::Relaxed);
+                }
+                self.live.retain(|&s| s != slot);
+            }
+            ArchiverCommand::OpenReader { slot, mut request } => {
+                let reader = self
+                    .parts
+                    .get(slot)
+                    .and_then(|p| p.as_ref())
+                    .and_then(|p| p.reader());
+                request.reader = reader.map(Box::new);
+                if let Some(q) = &self.conductor {
+                    if q.offer(ConductorCommand::Reader(request)).is_err() {
+                        self.counters.add(Counter::ConductorCommandsDropped, 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs slot's duty cycle until its ring is drained (bounded), as at close.
+    fn drain_partition(&mut self, slot: usize) {
+        for _ in 0..CLOSE_DRAIN_CYCLES_MAX {
+            match self.work_partition(slot, u64::MAX) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    self.fail(slot, &e);
+                    break;
+                }
+            }
+        }
+    }
+
     fn fail(&mut self, i: usize, what: &str) {
-        let (stream, partition, _) = &self.counters.partitions()[i];
-        eprintln!("memstreamer: archiving of stream {stream} partition {partition} stopped: {what}; restart the node to recover the log");
         self.errors += 1;
-        let p = &mut self.parts[i];
+        let Some(p) = self.parts[i].as_mut() else {
+            return;
+        };
+        eprintln!("memstreamer: archiving of stream {} partition {} stopped: {what}; restart the node to recover the log", p.stream, p.partition);
         p.log = None;
         // Stop holding the ring back.
         p.sub = None;
     }
 
     fn work_partition(&mut self, i: usize, now_ns: u64) -> Result<usize, String> {
-        let p = &mut self.parts[i];
+        let Some(p) = self.parts[i].as_deref_mut() else {
+            return Ok(0);
+        };
         if p.log.is_none() {
             return Ok(0);
         }
@@ -292,16 +457,7 @@ impl Archiver {
                     let log = log.as_mut().expect("archiving partition has a log");
                     if *staged_count > 0 {
                         // Order must hold: flush the stage through the same path below.
-                        let mut records = [Record {
-                            timestamp_ns: 0,
-                            payload: &[],
-                        }; STAGE_RECORDS_MAX];
-                        for (r, &(s, l, ts)) in records.iter_mut().zip(&staged[..*staged_count]) {
-                            *r = Record {
-                                timestamp_ns: ts,
-                                payload: &stage[s as usize..(s + l) as usize],
-                            };
-                        }
+                        let records = staged_records(stage, &staged[..*staged_count]);
                         if let Err(e) = append_waiting(log, &records[..*staged_count]) {
                             failure = Some(e.to_string());
                             return;
@@ -359,7 +515,7 @@ impl Archiver {
             mark = Some(ring_last + 1);
             p.pending.pop_front();
         }
-        let cells = self.counters.partition(i);
+        let cells = &p.cells;
         if let Some(mark) = mark {
             cells.durable_ring_mark.store(mark, Ordering::Release);
             work += 1;
@@ -388,25 +544,29 @@ fn append_waiting(log: &mut Log, records: &[Record<'_>]) -> Result<(), AppendErr
 impl Agent for Archiver {
     fn do_work(&mut self, now_ns: u64) -> usize {
         let mut work = 0;
-        for i in 0..self.parts.len() {
+        if let Some(mut commands) = self.commands.take() {
+            work += commands.drain(ARCHIVER_COMMANDS_PER_CYCLE_MAX, |c| self.apply(c));
+            self.commands = Some(commands);
+        }
+        for k in 0..self.live.len() {
+            let i = self.live[k];
             match self.work_partition(i, now_ns) {
                 Ok(w) => work += w,
                 Err(e) => self.fail(i, &e),
             }
         }
         let c = &self.counters;
-        let (mut archived, mut durable) = (0, 0);
-        for (i, _) in self.parts.iter().enumerate() {
-            archived += c.partition(i).archived_records.load(Ordering::Relaxed);
-            durable += c.partition(i).durable_records.load(Ordering::Relaxed);
+        let (mut archived, mut durable) = (self.retired_archived, self.retired_durable);
+        let mut oversize = 0;
+        for p in self.live.iter().filter_map(|&i| self.parts[i].as_ref()) {
+            archived += p.cells.archived_records.load(Ordering::Relaxed);
+            durable += p.cells.durable_records.load(Ordering::Relaxed);
+            oversize += p.oversize_failed;
         }
         c.set(Counter::ArchivedRecords, archived);
         c.set(Counter::ArchivedDurableRecords, durable);
         c.set(Counter::ArchiverBackPressured, self.back_pressured);
-        c.set(
-            Counter::ArchiverErrors,
-            self.errors + self.parts.iter().map(|p| p.oversize_failed).sum::<u64>(),
-        );
+        c.set(Counter::ArchiverErrors, self.errors + oversize);
         work
     }
 
@@ -417,43 +577,36 @@ impl Agent for Archiver {
     fn on_close(&mut self) {
         // Drain what the rings still hold (bounded), so a clean stop loses nothing that was
         // acknowledged as consumed; then everything staged reaches storage before the logs close.
-        for i in 0..self.parts.len() {
-            for _ in 0..CLOSE_DRAIN_CYCLES_MAX {
-                match self.work_partition(i, u64::MAX) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        self.fail(i, &e);
-                        break;
-                    }
-                }
-            }
+        for k in 0..self.live.len() {
+            let i = self.live[k];
+            self.drain_partition(i);
         }
-        for p in &mut self.parts {
-            let Some(mut log) = p.log.take() else {
-                continue;
-            };
-            let mut records = [Record {
-                timestamp_ns: 0,
-                payload: &[],
-            }; STAGE_RECORDS_MAX];
-            for (r, &(s, l, ts)) in records.iter_mut().zip(&p.staged[..p.staged_count]) {
-                *r = Record {
-                    timestamp_ns: ts,
-                    payload: &p.stage[s as usize..(s + l) as usize],
-                };
-            }
-            if p.staged_count > 0 {
-                if let Err(e) = append_waiting(&mut log, &records[..p.staged_count]) {
-                    eprintln!(
-                        "memstreamer: {} staged records not archived at close: {e}",
-                        p.staged_count
-                    );
-                }
-            }
-            if let Err(e) = log.close() {
-                eprintln!("memstreamer: closing a partition log failed: {e}");
-            }
+        for p in self.parts.iter_mut().flatten() {
+            close_part(p);
         }
+    }
+}
+
+/// Appends what is staged and closes the log durable (cold path: removal and node stop).
+fn close_part(p: &mut PartitionArchive) {
+    let Some(mut log) = p.log.take() else {
+        return;
+    };
+    p.sub = None;
+    let records = staged_records(&p.stage, &p.staged[..p.staged_count]);
+    if p.staged_count > 0 {
+        match append_waiting(&mut log, &records[..p.staged_count]) {
+            Ok(()) => p.archived += p.staged_count as u64,
+            Err(e) => eprintln!(
+                "memstreamer: {} staged records not archived at close: {e}",
+                p.staged_count
+            ),
+        }
+    }
+    let end = log.next_offset();
+    match log.close() {
+        // Closing syncs: everything appended is durable.
+        Ok(()) => p.cells.durable_records.store(end, Ordering::Relaxed),
+        Err(e) => eprintln!("memstreamer: closing a partition log failed: {e}"),
     }
 }

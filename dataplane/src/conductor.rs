@@ -22,13 +22,18 @@
 //!  +--------+----------+-------+------------+-----------+-----------+
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
 
+use sdk::net::wire::SubscribeStart;
 use shm_ring::{Ring, RingConfig, RingCreateError, StartAt};
 
-use crate::agent::{Agent, CommandQueue};
-use crate::counters::{Counter, Counters, CountersFile};
-use crate::sender::{SenderCommand, Subscription};
+use crate::agent::{Agent, CommandQueue, Outbox, SpscProducer};
+use crate::archiver::{ArchiverCommand, PartitionArchive};
+use crate::counters::{Counter, Counters, CountersFile, PartitionCells};
+use crate::receiver::ReceiverCommand;
+use crate::sender::{Phase, SenderCommand, Subscription};
 use crate::session::SubscribeRequest;
 
 /// Commands handled per duty cycle at most.
@@ -162,6 +167,24 @@ pub struct StreamRings {
     bad_commands: u64,
     failed_creates: u64,
     applied: u64,
+    /// Partitions made or removed by the commands applied since the last `take_events`.
+    events: Vec<StreamEvent>,
+}
+
+/// A partition a stream command made live or took away (the conductor tells the agents).
+pub enum StreamEvent {
+    /// A partition not in the node's configuration now has a ring; `fresh` when this node
+    /// created the ring (storage is replayed into it).
+    Added {
+        stream_id: u32,
+        partition: u16,
+        ring: Ring,
+        fresh: bool,
+    },
+    Removed {
+        stream_id: u32,
+        partition: u16,
+    },
 }
 
 impl StreamRings {
@@ -179,6 +202,7 @@ impl StreamRings {
             bad_commands: 0,
             failed_creates: 0,
             applied: 0,
+            events: Vec::new(),
         })
     }
 
@@ -190,6 +214,11 @@ impl StreamRings {
     /// Commands applied (including no-op repeats).
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// Partitions added or removed since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<StreamEvent> {
+        std::mem::take(&mut self.events)
     }
 
     /// (stream, partitions) of the rings made at run time.
@@ -247,6 +276,7 @@ impl StreamRings {
             } => self.create(stream_id, partitions),
             StreamCommand::Drop { stream_id } => {
                 if let Some(rings) = self.dynamic.remove(&stream_id) {
+                    self.removed(stream_id, 0, rings.len());
                     unlink_made(rings);
                 }
             }
@@ -257,8 +287,13 @@ impl StreamRings {
         let total: usize = self.dynamic.values().map(Vec::len).sum();
         let rings = self.dynamic.entry(stream_id).or_default();
         if rings.len() > partitions as usize {
-            unlink_made(rings.split_off(partitions as usize));
+            let gone = rings.split_off(partitions as usize);
+            let (from, to) = (partitions as usize, partitions as usize + gone.len());
+            unlink_made(gone);
+            self.removed(stream_id, from, to);
+            return;
         }
+        let rings = self.dynamic.entry(stream_id).or_default();
         for p in rings.len() as u16..partitions {
             if total + rings.len() >= DYNAMIC_RINGS_MAX {
                 self.bad_commands += 1;
@@ -283,7 +318,17 @@ impl StreamRings {
                 }
             };
             match made {
-                Ok(r) => rings.push(r),
+                Ok((ring, fresh)) => {
+                    if !self.fixed.contains(&(stream_id, p)) {
+                        self.events.push(StreamEvent::Added {
+                            stream_id,
+                            partition: p,
+                            ring: ring.clone(),
+                            fresh,
+                        });
+                    }
+                    rings.push((ring, fresh));
+                }
                 Err(e) => {
                     self.failed_creates += 1;
                     if self.failed_creates.is_power_of_two() {
@@ -295,6 +340,17 @@ impl StreamRings {
         }
         if rings.is_empty() {
             self.dynamic.remove(&stream_id);
+        }
+    }
+
+    fn removed(&mut self, stream_id: u32, from: usize, to: usize) {
+        for p in from..to {
+            if !self.fixed.contains(&(stream_id, p as u16)) {
+                self.events.push(StreamEvent::Removed {
+                    stream_id,
+                    partition: p as u16,
+                });
+            }
         }
     }
 
@@ -321,10 +377,18 @@ fn unlink_made(rings: Vec<(Ring, bool)>) {
 }
 
 /// What the conductor is asked to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConductorCommand {
     /// A remote subscriber asked for a partition (SETUP with FLAG_SUBSCRIBE on the data port).
     Subscribe(SubscribeRequest),
+    /// The archiver's answer to [`ArchiverCommand::OpenReader`]: the subscriber's log reader.
+    Reader(Box<PendingSubscribe>),
+}
+
+/// A subscribe request waiting for a reader of the partition's log (it starts behind the ring).
+pub struct PendingSubscribe {
+    pub request: SubscribeRequest,
+    pub slot: usize,
+    pub reader: Option<Box<storage_nvme::Reader>>,
 }
 
 /// Settings of the outbound sessions the conductor builds for remote subscribers.
@@ -337,9 +401,184 @@ pub struct SubscriptionSettings {
     pub principal: String,
 }
 
+/// Bytes of the storage read buffer of one remote subscriber while it catches up from storage.
+pub const CATCH_UP_BUF_BYTES: usize = 2 * crate::archiver::BATCH_BYTES_MAX as usize;
+
+/// One partition slot the agents know (configured, or made live at run time).
+struct LivePartition {
+    slot: usize,
+    ring: Ring,
+    /// The slot has a log (the archiver serves it).
+    archived: bool,
+}
+
+/// The data plane's partitions as the agents see them, and the queues that tell the agents
+/// about partitions made live or removed at run time (Aeron-conductor style: the conductor does
+/// the cold work — rings, logs, ring handles — and hands finished state over SPSC queues).
+pub struct PartitionRegistry {
+    live: HashMap<(u32, u16), LivePartition>,
+    free_slots: Vec<usize>,
+    storage_dir: Option<PathBuf>,
+    replay_records_max: u64,
+    receiver: Outbox<ReceiverCommand>,
+    sender: Outbox<SenderCommand>,
+    archiver: Option<Outbox<ArchiverCommand>>,
+}
+
+impl PartitionRegistry {
+    /// `fixed[i]` = (stream, partition, ring) of configured slot i; slots `fixed.len()..slots_max`
+    /// are for partitions made at run time.
+    pub fn new(
+        fixed: Vec<(u32, u16, Ring)>,
+        slots_max: usize,
+        storage_dir: Option<PathBuf>,
+        replay_records_max: u64,
+        receiver: SpscProducer<ReceiverCommand>,
+        sender: SpscProducer<SenderCommand>,
+        archiver: Option<SpscProducer<ArchiverCommand>>,
+    ) -> PartitionRegistry {
+        let n = fixed.len();
+        let archived = storage_dir.is_some();
+        let live = fixed
+            .into_iter()
+            .enumerate()
+            .map(|(slot, (s, p, ring))| {
+                (
+                    (s, p),
+                    LivePartition {
+                        slot,
+                        ring,
+                        archived,
+                    },
+                )
+            })
+            .collect();
+        PartitionRegistry {
+            live,
+            free_slots: (n..slots_max.max(n)).rev().collect(),
+            storage_dir,
+            replay_records_max,
+            receiver: Outbox::new(receiver),
+            sender: Outbox::new(sender),
+            archiver: archiver.map(Outbox::new),
+        }
+    }
+
+    fn flush(&mut self) -> usize {
+        let mut n = self.receiver.flush() + self.sender.flush();
+        if let Some(a) = self.archiver.as_mut() {
+            n += a.flush();
+        }
+        n
+    }
+
+    /// Makes a partition created at run time live in every agent. Everything that may block or
+    /// allocate (storage replay, opening the log, attaching ring handles) happens here.
+    fn add(
+        &mut self,
+        stream_id: u32,
+        partition: u16,
+        ring: Ring,
+        fresh: bool,
+    ) -> Result<(), String> {
+        if self.live.contains_key(&(stream_id, partition)) {
+            return Ok(());
+        }
+        let slot = self.free_slots.pop().ok_or_else(|| {
+            "no free partition slot (DYNAMIC_RINGS_MAX partitions are live)".to_string()
+        })?;
+        let result = self.attach(slot, stream_id, partition, &ring, fresh);
+        match result {
+            Ok(()) => {
+                let archived = self.storage_dir.is_some();
+                self.live.insert(
+                    (stream_id, partition),
+                    LivePartition {
+                        slot,
+                        ring,
+                        archived,
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.free_slots.push(slot);
+                Err(e)
+            }
+        }
+    }
+
+    fn attach(
+        &mut self,
+        slot: usize,
+        stream_id: u32,
+        partition: u16,
+        ring: &Ring,
+        fresh: bool,
+    ) -> Result<(), String> {
+        let cells = Arc::new(PartitionCells::default());
+        let archive = match &self.storage_dir {
+            Some(dir) => {
+                if fresh {
+                    crate::archiver::replay(
+                        &crate::archiver::log_dir(dir, stream_id, partition),
+                        ring,
+                        self.replay_records_max,
+                    )
+                    .map_err(|e| e.to_string())?;
+                }
+                Some(
+                    PartitionArchive::open(dir, stream_id, partition, ring, cells.clone())
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            None => None,
+        };
+        let publisher = ring.publisher().map_err(|e| e.to_string())?;
+        let reader = ring.subscriber(StartAt::Tail).map_err(|e| e.to_string())?;
+        if let (Some(part), Some(archiver)) = (archive, self.archiver.as_mut()) {
+            archiver.push(ArchiverCommand::Add { slot, part });
+        }
+        self.sender.push(SenderCommand::AddPartition {
+            slot,
+            ring: ring.clone(),
+            reader: Box::new(reader),
+            cells: cells.clone(),
+        });
+        self.receiver.push(ReceiverCommand::Add {
+            slot,
+            stream_id,
+            partition,
+            ring: ring.clone(),
+            publisher,
+            cells,
+        });
+        Ok(())
+    }
+
+    /// Takes a partition made at run time away from every agent; false when it was not live.
+    fn remove(&mut self, stream_id: u32, partition: u16) -> bool {
+        let Some(p) = self.live.remove(&(stream_id, partition)) else {
+            return false;
+        };
+        let slot = p.slot;
+        self.receiver.push(ReceiverCommand::Remove {
+            slot,
+            stream_id,
+            partition,
+        });
+        self.sender.push(SenderCommand::RemovePartition { slot });
+        if let Some(a) = self.archiver.as_mut() {
+            a.push(ArchiverCommand::Remove { slot });
+        }
+        // Each agent applies its commands in order, so a later Add of this slot comes after.
+        self.free_slots.push(slot);
+        true
+    }
+}
+
 pub struct Conductor {
     commands: CommandQueue<ConductorCommand>,
-    sender: CommandQueue<SenderCommand>,
     counters: Counters,
     file: CountersFile,
     settings: SubscriptionSettings,
@@ -350,19 +589,19 @@ pub struct Conductor {
     watched: Vec<(&'static str, Counter, u64, u64, bool)>,
     next_liveness_ns: u64,
     streams: Option<StreamRings>,
+    registry: PartitionRegistry,
 }
 
 impl Conductor {
     pub fn new(
         commands: CommandQueue<ConductorCommand>,
-        sender: CommandQueue<SenderCommand>,
+        registry: PartitionRegistry,
         counters: Counters,
         file: CountersFile,
         settings: SubscriptionSettings,
     ) -> Conductor {
         Conductor {
             commands,
-            sender,
             counters,
             file,
             settings,
@@ -372,6 +611,7 @@ impl Conductor {
             watched: Vec::new(),
             next_liveness_ns: 0,
             streams: None,
+            registry,
         }
     }
 
@@ -407,16 +647,38 @@ impl Conductor {
         }
     }
 
-    fn subscribe(&mut self, r: SubscribeRequest) {
-        let Some(partition_idx) = self
-            .settings
-            .partitions
-            .iter()
-            .position(|&p| p == (r.stream_id, r.partition))
-        else {
-            self.counters.add(Counter::ConductorSubscribeRefused, 1);
+    /// Applies the partitions the control plane's commands made or removed.
+    fn apply_stream_events(&mut self) {
+        let Some(streams) = self.streams.as_mut() else {
             return;
         };
+        for event in streams.take_events() {
+            match event {
+                StreamEvent::Added {
+                    stream_id,
+                    partition,
+                    ring,
+                    fresh,
+                } => match self.registry.add(stream_id, partition, ring, fresh) {
+                    Ok(()) => self.counters.add(Counter::ConductorPartitionsAdded, 1),
+                    Err(e) => {
+                        self.counters.add(Counter::ConductorPartitionErrors, 1);
+                        eprintln!("memstreamer: stream {stream_id} partition {partition} exists only as a local ring: {e}");
+                    }
+                },
+                StreamEvent::Removed {
+                    stream_id,
+                    partition,
+                } => {
+                    if self.registry.remove(stream_id, partition) {
+                        self.counters.add(Counter::ConductorPartitionsRemoved, 1);
+                    }
+                }
+            }
+        }
+    }
+
+    fn session_config(&self, r: &SubscribeRequest) -> sdk::net::PublisherConfig {
         let frame_max = xdp_programs::abi_consts::FRAME_BYTES_MAX;
         let mut cfg = sdk::net::PublisherConfig::new(
             r.stream_id,
@@ -429,15 +691,102 @@ impl Conductor {
         cfg.buffer_bytes = self.settings.retransmit_window_bytes;
         cfg.heartbeat_interval_ns = self.settings.heartbeat_interval_ns;
         cfg.status_timeout_ns = self.settings.session_timeout_ns;
-        match sdk::net::PublisherSession::new(cfg) {
-            Ok(session) => {
-                let sub = Box::new(Subscription::new(r.src, partition_idx, session));
-                if self.sender.offer(SenderCommand::Add(sub)).is_err() {
-                    self.counters.add(Counter::ConductorCommandsDropped, 1);
-                }
-            }
-            Err(_) => self.counters.add(Counter::ConductorSubscribeRefused, 1),
+        cfg
+    }
+
+    fn subscribe(&mut self, r: SubscribeRequest) {
+        let Some(p) = self.registry.live.get(&(r.stream_id, r.partition)) else {
+            self.counters.add(Counter::ConductorSubscribeRefused, 1);
+            return;
+        };
+        let (slot, archived) = (p.slot, p.archived);
+        if sdk::net::PublisherSession::new(self.session_config(&r)).is_err() {
+            self.counters.add(Counter::ConductorSubscribeRefused, 1);
+            return;
         }
+        let behind = r.start != SubscribeStart::Latest;
+        match self.registry.archiver.as_mut() {
+            // Records older than the ring come from the log: ask the archiver for a reader.
+            Some(archiver) if behind && archived => archiver.push(ArchiverCommand::OpenReader {
+                slot,
+                request: Box::new(PendingSubscribe {
+                    request: r,
+                    slot,
+                    reader: None,
+                }),
+            }),
+            _ => self.finish_subscribe(r, slot, None),
+        }
+    }
+
+    /// Builds the subscriber's outbound session and where it starts reading; hands it to the
+    /// sender. `reader` (a log reader) is there when the request starts behind the ring.
+    fn finish_subscribe(
+        &mut self,
+        r: SubscribeRequest,
+        slot: usize,
+        reader: Option<Box<storage_nvme::Reader>>,
+    ) {
+        let Some(p) = self.registry.live.get(&(r.stream_id, r.partition)) else {
+            self.counters.add(Counter::ConductorSubscribeRefused, 1);
+            return;
+        };
+        if p.slot != slot {
+            // The partition was removed and made again meanwhile: the request is stale.
+            self.counters.add(Counter::ConductorSubscribeRefused, 1);
+            return;
+        }
+        let ring = p.ring.clone();
+        let Ok(session) = sdk::net::PublisherSession::new(self.session_config(&r)) else {
+            self.counters.add(Counter::ConductorSubscribeRefused, 1);
+            return;
+        };
+        let start = match r.start {
+            SubscribeStart::Latest => None,
+            SubscribeStart::Earliest => Some(0),
+            SubscribeStart::Offset(x) => Some(x),
+        };
+        let sub = match (start, reader) {
+            (None, _) => Subscription::new(r.src, slot, session),
+            (Some(from), Some(mut reader)) => {
+                if from > reader.next_offset() && from <= reader.end_offset() {
+                    if let Err(e) = reader.seek_offset(from) {
+                        eprintln!("memstreamer: subscriber {} from offset {from}: {e}; reading the log from its start", r.src);
+                    }
+                }
+                let buf = match storage_nvme::AlignedBuf::new(CATCH_UP_BUF_BYTES) {
+                    Ok(b) => Box::new(b),
+                    Err(e) => {
+                        eprintln!("memstreamer: no read buffer for a catching-up subscriber: {e}");
+                        self.counters.add(Counter::ConductorSubscribeRefused, 1);
+                        return;
+                    }
+                };
+                let phase = Phase::Storage {
+                    reader,
+                    buf,
+                    reseek: false,
+                    ring_retry_ns: 0,
+                };
+                Subscription::starting(r.src, slot, session, from, phase)
+            }
+            (Some(from), None) => match ring.subscriber(StartAt::Earliest) {
+                Ok(private) => Subscription::starting(
+                    r.src,
+                    slot,
+                    session,
+                    from,
+                    Phase::Ring {
+                        sub: Box::new(private),
+                    },
+                ),
+                Err(_) => {
+                    self.counters.add(Counter::ConductorSubscribeRefused, 1);
+                    return;
+                }
+            },
+        };
+        self.registry.sender.push(SenderCommand::Add(Box::new(sub)));
     }
 }
 
@@ -446,10 +795,20 @@ impl Agent for Conductor {
         let commands = self.commands.clone();
         let mut work = commands.drain(COMMANDS_PER_CYCLE_MAX, |c| match c {
             ConductorCommand::Subscribe(r) => self.subscribe(r),
+            ConductorCommand::Reader(p) => {
+                let PendingSubscribe {
+                    request,
+                    slot,
+                    reader,
+                } = *p;
+                self.finish_subscribe(request, slot, reader)
+            }
         });
         if let Some(streams) = self.streams.as_mut() {
             work += streams.drain(STREAM_COMMANDS_PER_CYCLE_MAX);
         }
+        self.apply_stream_events();
+        work += self.registry.flush();
         self.commands_done += work as u64;
         self.counters
             .set(Counter::ConductorCommands, self.commands_done);
@@ -487,6 +846,29 @@ impl Agent for Conductor {
 mod tests {
     use super::*;
 
+    use crate::agent::{spsc, SpscConsumer};
+
+    /// A registry over one configured partition (7, 0) with a real ring in `dir`.
+    fn registry(
+        dir: &std::path::Path,
+    ) -> (
+        PartitionRegistry,
+        SpscConsumer<ReceiverCommand>,
+        SpscConsumer<SenderCommand>,
+    ) {
+        let cfg = RingConfig {
+            capacity_bytes: 1 << 16,
+            backing: shm_ring::Backing::DevShm,
+            dir: Some(dir.to_path_buf()),
+            ..RingConfig::default()
+        };
+        let ring = Ring::create(&sdk::ring_name(7, 0), &cfg).unwrap();
+        let (rtx, rrx) = spsc(16);
+        let (stx, srx) = spsc(16);
+        let reg = PartitionRegistry::new(vec![(7, 0, ring)], 8, None, 0, rtx, stx, None);
+        (reg, rrx, srx)
+    }
+
     #[test]
     fn stalled_agents_are_counted_once_per_stall() {
         let dir = tempfile::tempdir().unwrap();
@@ -499,13 +881,8 @@ mod tests {
             session_timeout_ns: 2,
             principal: "n".into(),
         };
-        let mut c = Conductor::new(
-            CommandQueue::new(4),
-            CommandQueue::new(4),
-            counters.clone(),
-            file,
-            settings,
-        );
+        let (reg, _r, _s) = registry(dir.path());
+        let mut c = Conductor::new(CommandQueue::new(4), reg, counters.clone(), file, settings);
         c.watch(&["receiver"]);
         let step = LIVENESS_CHECK_INTERVAL_NS;
         let mut now = 1;
@@ -538,14 +915,9 @@ mod tests {
             session_timeout_ns: 5_000_000,
             principal: "n".into(),
         };
-        let (commands, sender) = (CommandQueue::new(4), CommandQueue::new(4));
-        let mut c = Conductor::new(
-            commands.clone(),
-            sender.clone(),
-            counters.clone(),
-            file,
-            settings,
-        );
+        let commands = CommandQueue::new(4);
+        let (reg, _r, sender) = registry(dir.path());
+        let mut c = Conductor::new(commands.clone(), reg, counters.clone(), file, settings);
         let request = |stream_id, frame_bytes_max| SubscribeRequest {
             src: "198.18.0.2:9".parse().unwrap(),
             stream_id,
@@ -553,6 +925,7 @@ mod tests {
             session_id: 1,
             epoch: 0,
             frame_bytes_max,
+            start: SubscribeStart::Latest,
         };
         for r in [request(7, 1472), request(8, 1472), request(7, 16)] {
             assert!(commands.offer(ConductorCommand::Subscribe(r)).is_ok());

@@ -160,6 +160,10 @@ counters! {
     AgentCyclesArchiver = 56, Total, "duty cycles: archiver";
     AgentCyclesConductor = 57, Total, "duty cycles: conductor";
     AgentStalls = 58, Total, "conductor: agents seen without a duty cycle for 1 s";
+    ConductorPartitionsAdded = 59, Total, "conductor: partitions made live at run time";
+    ConductorPartitionsRemoved = 60, Total, "conductor: run-time partitions removed";
+    ConductorPartitionErrors = 61, Total, "conductor: run-time partitions not served (storage/ring/slots)";
+    TxReplayRecords = 62, Total, "sender: records served to remote subscribers from storage";
 }
 
 /// The duty-cycle count counter of an agent role.
@@ -195,11 +199,14 @@ pub struct PartitionCells {
     pub durable_records: AtomicU64,
     /// Every ring record with an offset below this mark is durable (u64::MAX: no archiver yet).
     pub durable_ring_mark: AtomicU64,
+    /// Ring offset + `log_delta` (wrapping) = the record's offset in the partition's log, for
+    /// records archived since the archiver opened the log (0 without storage).
+    pub log_delta: AtomicU64,
 }
 
 struct Inner {
     cells: Box<[Cell]>,
-    partitions: Box<[(u32, u16, PartitionCells)]>,
+    partitions: Box<[(u32, u16, Arc<PartitionCells>)]>,
 }
 
 /// The node's live counters; cheap to clone.
@@ -213,7 +220,7 @@ impl Counters {
         let cells = (0..Counter::ALL.len()).map(|_| Cell::default()).collect();
         let partitions = partitions
             .iter()
-            .map(|&(s, p)| (s, p, PartitionCells::default()))
+            .map(|&(s, p)| (s, p, Arc::new(PartitionCells::default())))
             .collect();
         Counters {
             inner: Arc::new(Inner { cells, partitions }),
@@ -257,13 +264,19 @@ impl Counters {
         self.cell(c).load(Ordering::Relaxed)
     }
 
-    pub fn partitions(&self) -> &[(u32, u16, PartitionCells)] {
+    pub fn partitions(&self) -> &[(u32, u16, Arc<PartitionCells>)] {
         &self.inner.partitions
     }
 
     /// The cells of partition index `i` (the node's partition order).
     pub fn partition(&self, i: usize) -> &PartitionCells {
         &self.inner.partitions[i].2
+    }
+
+    /// A shared handle on the cells of configured partition `i`; agents keep one per partition
+    /// slot (partitions created at run time get their own cells, not listed in the file).
+    pub fn partition_cells(&self, i: usize) -> Arc<PartitionCells> {
+        self.inner.partitions[i].2.clone()
     }
 }
 

@@ -14,12 +14,13 @@ use std::path::PathBuf;
 use shm_ring::{Mode, PublisherKind, Ring, RingCreateError};
 
 use crate::agent::{
-    AgentInvoker, AgentRunner, AgentRunnerStartError, AgentSlot, Clock, CommandQueue,
+    spsc, AgentInvoker, AgentRunner, AgentRunnerStartError, AgentSlot, Clock, CommandQueue,
     DutyCycleSlot, ThreadingMode,
 };
 use crate::archiver::{self, ArchiveOpenError, Archiver};
 use crate::conductor::{
-    Conductor, StreamRings, SubscriptionSettings, COMMAND_RING_CAPACITY_BYTES, COMMAND_RING_NAME,
+    Conductor, PartitionRegistry, StreamRings, SubscriptionSettings, COMMAND_RING_CAPACITY_BYTES,
+    COMMAND_RING_NAME,
 };
 use crate::config::{Config, Threading};
 use crate::counters::{
@@ -232,10 +233,17 @@ impl NodeParts {
             sender_port.describe()
         );
 
-        // Agents.
+        // Agents. Configured partitions are slots 0..n; slots n.. are for partitions the control
+        // plane creates at run time (the conductor hands them to the agents over SPSC queues).
         let depth = config.command_queue_depth as usize;
+        let slots_max = partitions.len() + crate::conductor::DYNAMIC_RINGS_MAX;
         let conductor_q = CommandQueue::new(depth);
-        let sender_q = CommandQueue::new(depth);
+        let (receiver_tx, receiver_rx) = spsc(depth);
+        let (sender_tx, sender_rx) = spsc(depth);
+        let (archiver_tx, archiver_rx) = spsc(depth);
+        let cells: Vec<_> = (0..partitions.len())
+            .map(|i| counters.partition_cells(i))
+            .collect();
         let session_cfg = SessionConfig {
             sessions_max: config.sessions_max as usize,
             window_bytes: config.window_bytes,
@@ -245,37 +253,53 @@ impl NodeParts {
             session_timeout_ns: config.session_timeout_ns,
             receiver_id: u64::from(data_addr.port()) | (u64::from(std::process::id()) << 16),
         };
-        let sink = RingSink::new(ring_list()).map_err(|e| NodeStartError::Ring {
+        let ring_err = |e: String| NodeStartError::Ring {
             stream: 0,
             partition: 0,
-            detail: e.to_string(),
-        })?;
+            detail: e,
+        };
+        let sink =
+            RingSink::with_slots(ring_list(), slots_max).map_err(|e| ring_err(e.to_string()))?;
         let receiver = Receiver::new(
             data_port,
-            SessionTable::new(session_cfg, &partitions),
+            SessionTable::with_slots(session_cfg, &partitions, slots_max),
             sink,
+            cells.clone(),
             counters.clone(),
             conductor_q.clone(),
             config.storage_dir.is_some(),
             config.rx_batch_max as usize,
-        );
+        )
+        .with_partition_commands(receiver_rx);
         let sender = Sender::new(
             sender_port,
             ring_list(),
+            cells,
+            slots_max,
             config.subscribers_max as usize,
             config.session_timeout_ns,
-            sender_q.clone(),
+            sender_rx,
             counters.clone(),
         )
-        .map_err(|e| NodeStartError::Ring {
-            stream: 0,
-            partition: 0,
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| ring_err(e.to_string()))?;
         let file = CountersFile::create(&config.counters_file, &counters)?;
+        let fixed = partitions
+            .iter()
+            .zip(ring_list())
+            .map(|(&(s, p), r)| (s, p, r))
+            .collect();
+        let registry = PartitionRegistry::new(
+            fixed,
+            slots_max,
+            config.storage_dir.clone(),
+            config.replay_records_max,
+            receiver_tx,
+            sender_tx,
+            config.storage_dir.is_some().then_some(archiver_tx),
+        );
         let mut conductor = Conductor::new(
-            conductor_q,
-            sender_q,
+            conductor_q.clone(),
+            registry,
             counters.clone(),
             file,
             SubscriptionSettings {
@@ -290,12 +314,16 @@ impl NodeParts {
         let mut agents: Vec<Box<dyn crate::agent::Agent>> =
             vec![Box::new(receiver), Box::new(sender)];
         if let Some(dir) = &config.storage_dir {
-            agents.push(Box::new(Archiver::open(
-                dir,
-                ring_list(),
-                counters.clone(),
-                config.archive_commit_interval_ns,
-            )?));
+            agents.push(Box::new(
+                Archiver::open_with_slots(
+                    dir,
+                    ring_list(),
+                    counters.clone(),
+                    config.archive_commit_interval_ns,
+                    slots_max,
+                )?
+                .with_commands(archiver_rx, conductor_q),
+            ));
         }
         let roles: Vec<&'static str> = agents.iter().map(|a| a.role()).collect();
         conductor.watch(&roles);

@@ -7,9 +7,11 @@ use std::sync::atomic::Ordering;
 
 use xdp_programs::abi_consts::FRAME_BYTES_MAX;
 
-use crate::agent::{Agent, CommandQueue};
+use std::sync::Arc;
+
+use crate::agent::{Agent, CommandQueue, SpscConsumer};
 use crate::conductor::ConductorCommand;
-use crate::counters::{Counter, Counters};
+use crate::counters::{Counter, Counters, PartitionCells};
 use crate::net::NetPort;
 use crate::session::{ReceiverStats, RecordSink, SessionTable};
 
@@ -18,35 +20,59 @@ pub const TX_FRAMES_PER_CYCLE_MAX: usize = 64;
 /// Interval between copies of the receiver's statistics into the shared counters (ns).
 pub const STATS_PUBLISH_INTERVAL_NS: u64 = 1_000_000;
 
-/// Appends records to the partitions' rings (index = the node's partition order).
+/// Appends records to the partitions' rings (index = the node's partition slot).
 pub struct RingSink {
-    rings: Vec<shm_ring::Ring>,
+    rings: Vec<Option<shm_ring::Ring>>,
     publishers: Vec<Option<shm_ring::Publisher>>,
     evictions: u64,
 }
 
 impl RingSink {
-    /// One publisher per ring; `rings[i]` belongs to partition index `i`.
+    /// One publisher per ring; `rings[i]` belongs to partition slot `i`.
     pub fn new(rings: Vec<shm_ring::Ring>) -> Result<RingSink, shm_ring::PublisherAttachError> {
-        let publishers = rings
-            .iter()
-            .map(|r| r.publisher().map(Some))
-            .collect::<Result<_, _>>()?;
+        let n = rings.len();
+        Self::with_slots(rings, n)
+    }
+
+    /// Like [`RingSink::new`] with room for `slots_max` slots (partitions added at run time).
+    pub fn with_slots(
+        rings: Vec<shm_ring::Ring>,
+        slots_max: usize,
+    ) -> Result<RingSink, shm_ring::PublisherAttachError> {
+        let slots_max = slots_max.max(rings.len());
+        let mut publishers = Vec::with_capacity(slots_max);
+        for r in &rings {
+            publishers.push(Some(r.publisher()?));
+        }
+        publishers.resize_with(slots_max, || None);
+        let mut rings: Vec<_> = rings.into_iter().map(Some).collect();
+        rings.resize_with(slots_max, || None);
         Ok(RingSink {
             rings,
             publishers,
             evictions: 0,
         })
     }
+
+    /// Serves slot `slot` with `ring` from now on (cold path: the conductor attached `publisher`).
+    fn set(&mut self, slot: usize, ring: shm_ring::Ring, publisher: shm_ring::Publisher) {
+        self.rings[slot] = Some(ring);
+        self.publishers[slot] = Some(publisher);
+    }
+
+    fn clear(&mut self, slot: usize) {
+        self.rings[slot] = None;
+        self.publishers[slot] = None;
+    }
 }
 
 impl RecordSink for RingSink {
     #[inline]
     fn append(&mut self, partition: usize, record_type: u16, payload: &[u8]) -> Option<u64> {
-        let slot = &mut self.publishers[partition];
+        let slot = self.publishers.get_mut(partition)?;
         if slot.is_none() {
             // Re-attach after an eviction (cold path).
-            *slot = self.rings[partition].publisher().ok();
+            *slot = self.rings[partition].as_ref()?.publisher().ok();
         }
         let publisher = slot.as_mut()?;
         match publisher.offer_typed(record_type, payload) {
@@ -63,6 +89,28 @@ impl RecordSink for RingSink {
     }
 }
 
+/// A partition the conductor made live at run time, or one it takes away.
+pub enum ReceiverCommand {
+    /// Accept remote publishers' frames for (stream, partition) into `ring` as slot `slot`.
+    Add {
+        slot: usize,
+        stream_id: u32,
+        partition: u16,
+        ring: shm_ring::Ring,
+        publisher: shm_ring::Publisher,
+        cells: Arc<PartitionCells>,
+    },
+    /// Stop serving (stream, partition): its sessions close, later frames count as unknown.
+    Remove {
+        slot: usize,
+        stream_id: u32,
+        partition: u16,
+    },
+}
+
+/// Partition commands handled per duty cycle at most.
+pub const PARTITION_COMMANDS_PER_CYCLE_MAX: usize = 8;
+
 /// The receiver agent.
 pub struct Receiver {
     port: NetPort,
@@ -70,6 +118,11 @@ pub struct Receiver {
     sink: RingSink,
     counters: Counters,
     conductor: CommandQueue<ConductorCommand>,
+    partitions: Option<SpscConsumer<ReceiverCommand>>,
+    /// Per partition slot: the archiver's durable positions (None: slot unused).
+    cells: Vec<Option<Arc<PartitionCells>>>,
+    /// Slots in use, so a duty cycle touches only live partitions.
+    live_slots: Vec<usize>,
     ring_marks: Vec<u64>,
     archiving: bool,
     rx_batch_max: usize,
@@ -79,34 +132,90 @@ pub struct Receiver {
 }
 
 impl Receiver {
+    #[allow(clippy::too_many_arguments)]
+    /// `sink` and `table` hold the configured partitions as slots `0..cells.len()` and room for
+    /// `sink`'s slot count in total; `cells[i]` are slot i's durable positions.
     pub fn new(
         port: NetPort,
         table: SessionTable,
         sink: RingSink,
+        cells: Vec<Arc<PartitionCells>>,
         counters: Counters,
         conductor: CommandQueue<ConductorCommand>,
         archiving: bool,
         rx_batch_max: usize,
     ) -> Receiver {
-        for ring in &sink.rings {
+        for ring in sink.rings.iter().flatten() {
             assert!(
                 ring.max_payload_len() >= FRAME_BYTES_MAX as usize,
                 "ring too small for a frame"
             );
         }
-        let partitions = counters.partitions().len();
+        let slots_max = sink.rings.len();
+        let mut live_slots = Vec::with_capacity(slots_max);
+        live_slots.extend(0..cells.len());
+        let mut cells: Vec<_> = cells.into_iter().map(Some).collect();
+        cells.resize_with(slots_max, || None);
         Receiver {
             port,
             table,
             sink,
             counters,
             conductor,
-            ring_marks: vec![0; partitions],
+            partitions: None,
+            cells,
+            live_slots,
+            ring_marks: vec![0; slots_max],
             archiving,
             rx_batch_max,
             out: Vec::with_capacity(FRAME_BYTES_MAX as usize),
             pending_tx: None,
             next_publish_ns: 0,
+        }
+    }
+
+    /// Takes partitions made live (or removed) at run time from the conductor.
+    pub fn with_partition_commands(mut self, commands: SpscConsumer<ReceiverCommand>) -> Self {
+        self.partitions = Some(commands);
+        self
+    }
+
+    fn apply(&mut self, c: ReceiverCommand) {
+        match c {
+            ReceiverCommand::Add {
+                slot,
+                stream_id,
+                partition,
+                ring,
+                publisher,
+                cells,
+            } => {
+                assert!(
+                    slot < self.cells.len(),
+                    "conductor allocates slots in range"
+                );
+                if !self.table.add_partition(stream_id, partition, slot) {
+                    return;
+                }
+                self.ring_marks[slot] = cells.durable_ring_mark.load(Ordering::Acquire);
+                self.sink.set(slot, ring, publisher);
+                self.cells[slot] = Some(cells);
+                if !self.live_slots.contains(&slot) {
+                    self.live_slots.push(slot);
+                }
+            }
+            ReceiverCommand::Remove {
+                slot,
+                stream_id,
+                partition,
+            } => {
+                self.table.remove_partition(stream_id, partition);
+                if slot < self.cells.len() {
+                    self.sink.clear(slot);
+                    self.cells[slot] = None;
+                    self.live_slots.retain(|&s| s != slot);
+                }
+            }
         }
     }
 
@@ -180,13 +289,17 @@ impl Agent for Receiver {
             }
         });
 
+        if let Some(mut commands) = self.partitions.take() {
+            work += commands.drain(PARTITION_COMMANDS_PER_CYCLE_MAX, |c| self.apply(c));
+            self.partitions = Some(commands);
+        }
+
         if self.archiving {
-            for (i, mark) in self.ring_marks.iter_mut().enumerate() {
-                *mark = self
-                    .counters
-                    .partition(i)
-                    .durable_ring_mark
-                    .load(Ordering::Acquire);
+            for &slot in &self.live_slots {
+                if let Some(cells) = &self.cells[slot] {
+                    // Acquire pairs with the archiver's Release store of the mark.
+                    self.ring_marks[slot] = cells.durable_ring_mark.load(Ordering::Acquire);
+                }
             }
         }
         let marks = self.archiving.then_some(self.ring_marks.as_slice());

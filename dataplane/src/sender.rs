@@ -19,8 +19,11 @@ use sdk::net::{NetOfferError, PublisherSession, PublisherStats};
 use xdp_programs::abi_consts::FRAME_BYTES_MAX;
 use xdp_programs::frame::FrameHeader;
 
-use crate::agent::{Agent, CommandQueue};
-use crate::counters::{Counter, Counters};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::agent::{Agent, SpscConsumer};
+use crate::counters::{Counter, Counters, PartitionCells};
 use crate::net::NetPort;
 
 /// Commands handled per duty cycle at most.
@@ -31,8 +34,27 @@ pub const RING_RECORDS_PER_CYCLE_MAX: usize = 256;
 pub const FRAMES_PER_SUBSCRIBER_CYCLE_MAX: usize = 32;
 /// Datagrams received per duty cycle at most.
 pub const RX_BATCH_MAX: usize = 64;
+/// How often a subscriber reading storage at its durable tail looks for its records in the ring.
+pub const RING_RETRY_NS: u64 = 1_000_000;
 /// Interval between copies of the sender's statistics into the shared counters (ns).
 pub const STATS_PUBLISH_INTERVAL_NS: u64 = 1_000_000;
+
+/// How far a remote subscriber is from the live tail of its partition.
+pub enum Phase {
+    /// Fed by the partition's shared ring reader with every other live subscriber.
+    Live,
+    /// Reading the partition's log from storage (it asked for records older than the ring).
+    Storage {
+        reader: Box<storage_nvme::Reader>,
+        buf: Box<storage_nvme::AlignedBuf>,
+        /// Reposition the reader at `next_log` before the next read (a batch did not fit).
+        reseek: bool,
+        /// Earliest time to look at the ring again after the reader reached the durable tail.
+        ring_retry_ns: u64,
+    },
+    /// Reading a private ring subscriber until it meets the partition's shared reader.
+    Ring { sub: Box<shm_ring::Subscriber> },
+}
 
 /// One remote subscriber: where it is and the outbound session to it.
 pub struct Subscription {
@@ -40,21 +62,47 @@ pub struct Subscription {
     partition_idx: usize,
     session: PublisherSession,
     last_heard_ns: u64,
+    /// Partition (log) offset of the next record to send; records below it are never re-sent.
+    next_log: u64,
+    phase: Phase,
+    /// Its partition went away: finish the session (END_OF_SESSION), read nothing more.
+    ending: bool,
 }
 
 impl Subscription {
+    /// A subscriber fed from the live tail.
     pub fn new(dst: SocketAddr, partition_idx: usize, session: PublisherSession) -> Subscription {
+        Self::starting(dst, partition_idx, session, 0, Phase::Live)
+    }
+
+    /// A subscriber whose first record is partition offset `next_log`, read first from `phase`.
+    pub fn starting(
+        dst: SocketAddr,
+        partition_idx: usize,
+        session: PublisherSession,
+        next_log: u64,
+        phase: Phase,
+    ) -> Subscription {
         Subscription {
             dst,
             partition_idx,
             session,
             last_heard_ns: 0,
+            next_log,
+            phase,
+            ending: false,
         }
     }
 
     fn free_bytes(&self) -> u64 {
         let used = self.session.end_offset() - self.session.acked_offset();
         (self.session.config().buffer_bytes as u64).saturating_sub(used)
+    }
+
+    /// Records of the largest size that fit in the retransmit window now.
+    fn room_records(&self) -> usize {
+        let per_record = record_bytes(self.session.payload_bytes_max()) as u64;
+        (self.free_bytes() / per_record) as usize
     }
 
     fn same_peer(&self, other: &Subscription) -> bool {
@@ -64,65 +112,99 @@ impl Subscription {
             && a.stream_id == b.stream_id
             && a.partition == b.partition
     }
+
+    fn is_live(&self) -> bool {
+        matches!(self.phase, Phase::Live) && !self.ending
+    }
 }
 
-/// Commands for the sender.
+/// Commands for the sender (from the conductor, through an SPSC queue).
 pub enum SenderCommand {
     /// Start sending a partition to a remote subscriber (replaces an older incarnation).
     Add(Box<Subscription>),
+    /// Serve remote subscribers of a partition made live at run time, as slot `slot`.
+    AddPartition {
+        slot: usize,
+        ring: shm_ring::Ring,
+        reader: Box<shm_ring::Subscriber>,
+        cells: Arc<PartitionCells>,
+    },
+    /// The partition of slot `slot` is gone: its subscribers' sessions end.
+    RemovePartition { slot: usize },
 }
 
 /// The sender agent.
 pub struct Sender {
     port: NetPort,
-    rings: Vec<shm_ring::Ring>,
+    rings: Vec<Option<shm_ring::Ring>>,
     ring_subs: Vec<Option<shm_ring::Subscriber>>,
+    cells: Vec<Option<Arc<PartitionCells>>>,
+    live_slots: Vec<usize>,
     subscriptions: Vec<Subscription>,
     subscribers_max: usize,
     session_timeout_ns: u64,
-    commands: CommandQueue<SenderCommand>,
+    commands: Option<SpscConsumer<SenderCommand>>,
     counters: Counters,
     out: Vec<u8>,
     records: u64,
+    replayed: u64,
     oversize: u64,
     back_pressured: u64,
     evicted: u64,
     dropped_frames: u64,
     lost: u64,
+    catch_up_errors: u64,
     retired: PublisherStats,
     next_publish_ns: u64,
 }
 
 impl Sender {
-    /// `rings[i]` is partition index `i`; the sender reads each from its tail.
+    /// `rings[i]` is partition slot `i` with durable positions `cells[i]`; the sender reads each
+    /// from its tail. `slots_max` (>= rings.len()) is the room for partitions added at run time.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         port: NetPort,
         rings: Vec<shm_ring::Ring>,
+        cells: Vec<Arc<PartitionCells>>,
+        slots_max: usize,
         subscribers_max: usize,
         session_timeout_ns: u64,
-        commands: CommandQueue<SenderCommand>,
+        commands: SpscConsumer<SenderCommand>,
         counters: Counters,
     ) -> Result<Sender, shm_ring::SubscriberAttachError> {
-        let ring_subs = rings
-            .iter()
-            .map(|r| r.subscriber(shm_ring::StartAt::Tail).map(Some))
-            .collect::<Result<Vec<_>, _>>()?;
+        assert_eq!(rings.len(), cells.len(), "one cell set per ring");
+        let slots_max = slots_max.max(rings.len());
+        let mut ring_subs = Vec::with_capacity(slots_max);
+        for r in &rings {
+            ring_subs.push(Some(r.subscriber(shm_ring::StartAt::Tail)?));
+        }
+        ring_subs.resize_with(slots_max, || None);
+        let mut live_slots = Vec::with_capacity(slots_max);
+        live_slots.extend(0..rings.len());
+        let mut rings: Vec<_> = rings.into_iter().map(Some).collect();
+        rings.resize_with(slots_max, || None);
+        let mut cells: Vec<_> = cells.into_iter().map(Some).collect();
+        cells.resize_with(slots_max, || None);
         Ok(Sender {
             port,
             rings,
             ring_subs,
+            cells,
+            live_slots,
             subscriptions: Vec::with_capacity(subscribers_max),
             subscribers_max,
             session_timeout_ns,
-            commands,
+            commands: Some(commands),
             counters,
             out: Vec::with_capacity(FRAME_BYTES_MAX as usize),
             records: 0,
+            replayed: 0,
             oversize: 0,
             back_pressured: 0,
             evicted: 0,
             dropped_frames: 0,
             lost: 0,
+            catch_up_errors: 0,
             retired: PublisherStats::default(),
             next_publish_ns: 0,
         })
@@ -132,9 +214,58 @@ impl Sender {
         self.port.local_addr()
     }
 
+    fn apply(&mut self, c: SenderCommand, now_ns: u64) {
+        match c {
+            SenderCommand::Add(sub) => self.add(sub, now_ns),
+            SenderCommand::AddPartition {
+                slot,
+                ring,
+                reader,
+                cells,
+            } => {
+                assert!(
+                    slot < self.rings.len(),
+                    "conductor allocates slots in range"
+                );
+                self.rings[slot] = Some(ring);
+                self.ring_subs[slot] = Some(*reader);
+                self.cells[slot] = Some(cells);
+                if !self.live_slots.contains(&slot) {
+                    self.live_slots.push(slot);
+                }
+            }
+            SenderCommand::RemovePartition { slot } => {
+                if slot >= self.rings.len() {
+                    return;
+                }
+                self.rings[slot] = None;
+                self.ring_subs[slot] = None;
+                self.cells[slot] = None;
+                self.live_slots.retain(|&s| s != slot);
+                for s in self
+                    .subscriptions
+                    .iter_mut()
+                    .filter(|s| s.partition_idx == slot)
+                {
+                    // The slot may be reused: this session reads nothing more and ends once
+                    // what it was sent is acknowledged.
+                    s.partition_idx = usize::MAX;
+                    s.ending = true;
+                    s.phase = Phase::Live;
+                    s.session.close();
+                }
+            }
+        }
+    }
+
     fn add(&mut self, sub: Box<Subscription>, now_ns: u64) {
         let mut sub = *sub;
         sub.last_heard_ns = now_ns;
+        if sub.partition_idx >= self.rings.len() || self.rings[sub.partition_idx].is_none() {
+            // Its partition was removed while the request travelled.
+            self.evicted += 1;
+            return;
+        }
         if let Some(old) = self.subscriptions.iter_mut().find(|s| s.same_peer(&sub)) {
             if old.session.config().epoch == sub.session.config().epoch {
                 // A repeated SUBSCRIBE (the subscriber has not seen our SETUP yet): keep the session.
@@ -150,18 +281,62 @@ impl Sender {
         }
     }
 
-    /// Reads what every subscriber of partition `p` has room for and offers it to them.
+    /// Log offset of ring offset `ring_offset` of slot `p` (ring offsets without storage).
+    fn delta(&self, p: usize) -> u64 {
+        self.cells[p]
+            .as_ref()
+            .map_or(0, |c| c.log_delta.load(Ordering::Relaxed))
+    }
+
+    /// Moves subscribers that are behind the live tail forward: from storage, then from a
+    /// private ring reader, until they meet the partition's shared reader (then they are live).
+    fn catch_up(&mut self, now_ns: u64) -> usize {
+        let mut work = 0;
+        for k in 0..self.subscriptions.len() {
+            let s = &self.subscriptions[k];
+            if s.ending || matches!(s.phase, Phase::Live) {
+                continue;
+            }
+            let p = s.partition_idx;
+            let delta = self.delta(p);
+            let shared_next = self.ring_subs[p].as_ref().map(|r| r.next_offset());
+            let ring = self.rings[p].as_ref();
+            let s = &mut self.subscriptions[k];
+            match catch_up_one(s, now_ns, delta, shared_next, ring, &mut self.replayed) {
+                Ok(w) => work += w,
+                Err(e) => {
+                    self.catch_up_errors += 1;
+                    if self.catch_up_errors.is_power_of_two() {
+                        eprintln!("memstreamer: remote subscriber {} of stream {} partition {}: catching up failed: {e}; the session ends", s.dst, s.session.config().stream_id, s.session.config().partition);
+                    }
+                    s.ending = true;
+                    s.partition_idx = usize::MAX;
+                    s.phase = Phase::Live;
+                    s.session.close();
+                }
+            }
+        }
+        work
+    }
+
+    /// Reads what every live subscriber of partition `p` has room for and offers it to them.
     fn pump_partition(&mut self, p: usize) -> usize {
         let mut limit = RING_RECORDS_PER_CYCLE_MAX;
         let mut any = false;
-        for s in self.subscriptions.iter().filter(|s| s.partition_idx == p) {
+        for s in self
+            .subscriptions
+            .iter()
+            .filter(|s| s.partition_idx == p && s.is_live())
+        {
             any = true;
-            let per_record = record_bytes(s.session.payload_bytes_max()) as u64;
-            limit = limit.min((s.free_bytes() / per_record) as usize);
+            limit = limit.min(s.room_records());
         }
+        let delta = self.delta(p);
         if self.ring_subs[p].is_none() {
             // Re-attach after an eviction or corruption (cold path).
-            self.ring_subs[p] = self.rings[p].subscriber(shm_ring::StartAt::Tail).ok();
+            self.ring_subs[p] = self.rings[p]
+                .as_ref()
+                .and_then(|r| r.subscriber(shm_ring::StartAt::Tail).ok());
         }
         let Some(ring_sub) = self.ring_subs[p].as_mut() else {
             return 0;
@@ -179,13 +354,12 @@ impl Sender {
                 if !any {
                     return;
                 }
-                for s in subs.iter_mut().filter(|s| s.partition_idx == p) {
-                    match s.session.offer(rec.type_id, rec.payload) {
-                        Ok(_) => {}
-                        Err(NetOfferError::TooLarge { .. }) => oversize += 1,
-                        // Room was checked above; a closed session is being replaced.
-                        Err(NetOfferError::BackPressured | NetOfferError::Closed) => {}
-                    }
+                let log = rec.offset.wrapping_add(delta);
+                for s in subs
+                    .iter_mut()
+                    .filter(|s| s.partition_idx == p && s.is_live())
+                {
+                    oversize += offer_at(s, log, rec.type_id, rec.payload);
                 }
             },
             limit,
@@ -212,6 +386,7 @@ impl Sender {
         }
         let c = &self.counters;
         c.set(Counter::TxRecords, self.records);
+        c.set(Counter::TxReplayRecords, self.replayed);
         c.set(Counter::TxDataFrames, s.data_frames);
         c.set(Counter::TxRetransmitFrames, s.retransmit_frames);
         c.set(Counter::TxNaksReceived, s.naks_received);
@@ -234,6 +409,140 @@ impl Sender {
     }
 }
 
+/// Offers the record at partition offset `log` to `s` unless it was sent already; returns 1 when
+/// the record is too large for the subscriber's frames (counted, skipped).
+fn offer_at(s: &mut Subscription, log: u64, type_id: u16, payload: &[u8]) -> u64 {
+    if log < s.next_log {
+        return 0; // already sent from storage or a private reader
+    }
+    match s.session.offer(type_id, payload) {
+        Ok(_) => {
+            s.next_log = log + 1;
+            0
+        }
+        Err(NetOfferError::TooLarge { .. }) => {
+            s.next_log = log + 1;
+            1
+        }
+        // Room was checked by the caller; a closed session is being replaced.
+        Err(NetOfferError::BackPressured | NetOfferError::Closed) => 0,
+    }
+}
+
+/// One catch-up step of a subscriber that is not live yet; returns work done.
+fn catch_up_one(
+    s: &mut Subscription,
+    now_ns: u64,
+    delta: u64,
+    shared_next: Option<u64>,
+    ring: Option<&shm_ring::Ring>,
+    replayed: &mut u64,
+) -> Result<usize, String> {
+    let room = s.room_records().min(RING_RECORDS_PER_CYCLE_MAX);
+    if room == 0 {
+        return Ok(0);
+    }
+    let next_log = s.next_log;
+    match &mut s.phase {
+        Phase::Live => Ok(0),
+        Phase::Storage {
+            reader,
+            buf,
+            reseek,
+            ring_retry_ns,
+        } => {
+            if *reseek {
+                reader.seek_offset(next_log).map_err(|e| e.to_string())?;
+                *reseek = false;
+            }
+            let batch = reader.read_batch(buf).map_err(|e| e.to_string())?;
+            let Some(batch) = batch else {
+                // At the durable tail: the rest may still be in the ring.
+                if now_ns < *ring_retry_ns {
+                    return Ok(0);
+                }
+                *ring_retry_ns = now_ns.saturating_add(RING_RETRY_NS);
+                let Some(ring) = ring else {
+                    return Ok(0);
+                };
+                let Ok(sub) = ring.subscriber(shm_ring::StartAt::Earliest) else {
+                    return Ok(0);
+                };
+                if sub.next_offset().wrapping_add(delta) <= next_log {
+                    s.phase = Phase::Ring { sub: Box::new(sub) };
+                    return Ok(1);
+                }
+                // Not durable yet and no longer in the ring: wait for storage.
+                return Ok(0);
+            };
+            let (mut sent, mut full) = (0usize, false);
+            for rec in batch.records() {
+                if rec.offset < s.next_log {
+                    continue;
+                }
+                if sent == room {
+                    full = true;
+                    break;
+                }
+                match s.session.offer(0, rec.payload) {
+                    Ok(_) | Err(NetOfferError::TooLarge { .. }) => {
+                        s.next_log = rec.offset + 1;
+                        sent += 1;
+                    }
+                    Err(NetOfferError::BackPressured | NetOfferError::Closed) => {
+                        full = true;
+                        break;
+                    }
+                }
+            }
+            if full {
+                if let Phase::Storage { reseek, .. } = &mut s.phase {
+                    *reseek = true;
+                }
+            }
+            *replayed += sent as u64;
+            Ok(sent.max(1))
+        }
+        Phase::Ring { sub } => {
+            let Some(shared_next) = shared_next else {
+                return Ok(0);
+            };
+            let behind = shared_next.saturating_sub(sub.next_offset());
+            if behind == 0 {
+                // Met the shared reader: from here on it feeds this subscriber (records below
+                // next_log are skipped there, so nothing is sent twice, nothing is skipped).
+                s.phase = Phase::Live;
+                return Ok(1);
+            }
+            let limit = room.min(behind as usize);
+            let mut offered = 0usize;
+            let session = &mut s.session;
+            let next = &mut s.next_log;
+            let poll = sub.poll(
+                |rec| {
+                    let log = rec.offset.wrapping_add(delta);
+                    if log < *next {
+                        return;
+                    }
+                    match session.offer(rec.type_id, rec.payload) {
+                        Ok(_) | Err(NetOfferError::TooLarge { .. }) => {
+                            *next = log + 1;
+                            offered += 1;
+                        }
+                        Err(NetOfferError::BackPressured | NetOfferError::Closed) => {}
+                    }
+                },
+                limit,
+            );
+            match poll {
+                Ok(p) if p.lost == 0 => Ok(p.records.max(offered)),
+                Ok(_) => Err("records lost while reading the ring".into()),
+                Err(e) => Err(format!("ring: {e}")),
+            }
+        }
+    }
+}
+
 fn retire(total: &mut PublisherStats, s: &PublisherStats) {
     total.data_frames += s.data_frames;
     total.retransmit_frames += s.retransmit_frames;
@@ -244,10 +553,11 @@ fn retire(total: &mut PublisherStats, s: &PublisherStats) {
 
 impl Agent for Sender {
     fn do_work(&mut self, now_ns: u64) -> usize {
-        let commands = self.commands.clone();
-        let mut work = commands.drain(COMMANDS_PER_CYCLE_MAX, |c| match c {
-            SenderCommand::Add(sub) => self.add(sub, now_ns),
-        });
+        let mut work = 0;
+        if let Some(mut commands) = self.commands.take() {
+            work += commands.drain(COMMANDS_PER_CYCLE_MAX, |c| self.apply(c, now_ns));
+            self.commands = Some(commands);
+        }
 
         let Sender {
             port,
@@ -276,8 +586,9 @@ impl Agent for Sender {
             }
         });
 
-        for p in 0..self.rings.len() {
-            work += self.pump_partition(p);
+        work += self.catch_up(now_ns);
+        for k in 0..self.live_slots.len() {
+            work += self.pump_partition(self.live_slots[k]);
         }
 
         for s in self.subscriptions.iter_mut() {
@@ -296,7 +607,9 @@ impl Agent for Sender {
         let timeout = self.session_timeout_ns;
         let mut i = 0;
         while i < self.subscriptions.len() {
-            if now_ns.saturating_sub(self.subscriptions[i].last_heard_ns) > timeout {
+            let s = &self.subscriptions[i];
+            let ended = s.ending && s.session.is_closed();
+            if ended || now_ns.saturating_sub(s.last_heard_ns) > timeout {
                 let gone = self.subscriptions.swap_remove(i);
                 retire(&mut self.retired, &gone.session.stats());
                 self.evicted += 1;

@@ -19,9 +19,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use sdk::net::wire::{
-    self, decode_setup, encode_nak, record_bytes, RecordDecodeError, StatusBody, WireRecord,
-    FLAG_END_OF_SESSION, FLAG_REPLY_REQUESTED, FLAG_SETUP_ACK, HEADER_BYTES, RECORD_FLAGS_OFFSET,
-    RECORD_PAYLOAD_LEN_OFFSET, RECORD_PAYLOAD_OFFSET, RECORD_TYPE_OFFSET,
+    self, decode_setup, decode_subscribe, encode_nak, record_bytes, RecordDecodeError, StatusBody,
+    SubscribeStart, WireRecord, FLAG_END_OF_SESSION, FLAG_REPLY_REQUESTED, FLAG_SETUP_ACK,
+    HEADER_BYTES, RECORD_FLAGS_OFFSET, RECORD_PAYLOAD_LEN_OFFSET, RECORD_PAYLOAD_OFFSET,
+    RECORD_TYPE_OFFSET,
 };
 use xdp_programs::frame::{FrameHeader, FrameType};
 
@@ -205,6 +206,8 @@ pub struct SubscribeRequest {
     pub session_id: u32,
     pub epoch: u32,
     pub frame_bytes_max: u32,
+    /// Where the subscriber starts (latest for version-1 subscribers).
+    pub start: SubscribeStart,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -302,13 +305,21 @@ pub struct SessionTable {
 impl SessionTable {
     /// `partitions[i]` is the (stream, partition) that [`RecordSink::append`] calls index `i`.
     pub fn new(cfg: SessionConfig, partitions: &[(u32, u16)]) -> SessionTable {
+        Self::with_slots(cfg, partitions, partitions.len())
+    }
+
+    /// Like [`SessionTable::new`], with room for `slots_max` partitions in total, so partitions
+    /// added at run time ([`SessionTable::add_partition`]) never allocate.
+    pub fn with_slots(
+        cfg: SessionConfig,
+        partitions: &[(u32, u16)],
+        slots_max: usize,
+    ) -> SessionTable {
         let n = cfg.sessions_max.max(1);
+        let mut map = HashMap::with_capacity(slots_max.max(partitions.len()));
+        map.extend(partitions.iter().enumerate().map(|(i, &k)| (k, i)));
         SessionTable {
-            partitions: partitions
-                .iter()
-                .enumerate()
-                .map(|(i, &k)| (k, i))
-                .collect(),
+            partitions: map,
             index: HashMap::with_capacity(n),
             slots: (0..n).map(|_| None).collect(),
             free: (0..n).rev().collect(),
@@ -338,6 +349,44 @@ impl SessionTable {
             session_id,
         })?;
         self.slots[i].as_ref().map(|s| s.expected)
+    }
+
+    /// Starts accepting frames for (stream, partition) as partition index `slot`; false when the
+    /// pair is already served or the table is at its partition capacity (nothing changes).
+    pub fn add_partition(&mut self, stream_id: u32, partition: u16, slot: usize) -> bool {
+        if self.partitions.contains_key(&(stream_id, partition))
+            || self.partitions.len() >= self.partitions.capacity()
+        {
+            return false;
+        }
+        self.partitions.insert((stream_id, partition), slot);
+        true
+    }
+
+    /// Stops accepting frames for (stream, partition): its sessions are closed (counted) and
+    /// later frames count as unknown stream. Returns how many sessions were closed.
+    pub fn remove_partition(&mut self, stream_id: u32, partition: u16) -> usize {
+        let Some(slot) = self.partitions.remove(&(stream_id, partition)) else {
+            return 0;
+        };
+        let mut closed = 0;
+        let mut k = 0;
+        while k < self.active.len() {
+            let i = self.active[k];
+            if self.slots[i]
+                .as_ref()
+                .is_some_and(|s| s.partition_idx == slot)
+            {
+                self.remove(i); // swap_removes active[k]
+                closed += 1;
+            } else {
+                k += 1;
+            }
+        }
+        self.stats.sessions_closed += closed as u64;
+        self.subscribes
+            .retain(|r| (r.stream_id, r.partition) != (stream_id, partition));
+        closed
     }
 
     /// Hands queued subscribe requests to `f`.
@@ -380,7 +429,7 @@ impl SessionTable {
     }
 
     fn on_subscribe(&mut self, src: SocketAddr, h: &FrameHeader, body: &[u8]) {
-        let Some(setup) = decode_setup(body) else {
+        let Some((setup, start)) = decode_subscribe(body, h.offset) else {
             self.stats.drop_bad_body += 1;
             return;
         };
@@ -397,6 +446,7 @@ impl SessionTable {
             session_id: h.session_id,
             epoch: h.epoch,
             frame_bytes_max: setup.frame_bytes_max,
+            start,
         });
     }
 

@@ -21,10 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use dataplane::conductor::{StreamCommand, COMMAND_RING_NAME};
 use dataplane::config::Config;
 use dataplane::counters::{Counter, CountersSnapshot};
 use dataplane::testnet::TestNet;
 use dataplane::{Backend, NodeParts};
+use sdk::net::wire::SubscribeStart;
 use sdk::net::{NetOfferError, PublisherConfig, PublisherStats, UdpPublisher};
 use sdk::StartAt;
 use xdp_programs::frame::{FrameHeader, FrameType};
@@ -191,9 +193,18 @@ struct RemotePublisher {
 
 impl RemotePublisher {
     fn start(net: &TestNet, local: SocketAddr, node: SocketAddr) -> RemotePublisher {
+        Self::start_on(net, local, node, STREAM)
+    }
+
+    fn start_on(
+        net: &TestNet,
+        local: SocketAddr,
+        node: SocketAddr,
+        stream: u32,
+    ) -> RemotePublisher {
         let (cmds, rx) = mpsc::channel();
         let thread = TestNet::spawn_in(&net.peer_ns, move || {
-            let mut cfg = PublisherConfig::new(STREAM, 0, 11, "tester");
+            let mut cfg = PublisherConfig::new(stream, 0, 11, "tester");
             cfg.buffer_bytes = 1 << 20;
             cfg.heartbeat_interval_ns = 5_000_000;
             cfg.setup_retry_ns = 20_000_000;
@@ -438,11 +449,15 @@ fn policy_deny_drops_in_xdp_and_reallow_restores() {
 /// A valid frame header (and CRC) with no session behind it: passes every
 /// XDP check, so what happens to it is up to policy and the rate limit.
 fn heartbeat_frame(session_id: u32) -> Vec<u8> {
+    heartbeat_frame_on(STREAM, session_id)
+}
+
+fn heartbeat_frame_on(stream_id: u32, session_id: u32) -> Vec<u8> {
     let mut out = Vec::new();
     FrameHeader {
         frame_type: FrameType::Heartbeat,
         flags: 0,
-        stream_id: STREAM,
+        stream_id,
         partition: 0,
         session_id,
         offset: 0,
@@ -679,5 +694,240 @@ fn remote_publisher_through_the_node_to_a_remote_subscriber() {
     assert_in_order_exactly_once(&got, N);
     assert_eq!(stats.drop_bad_header + stats.drop_bad_body, 0, "{stats:?}");
     assert!(node.wait_counter(Counter::TxDataFrames, 1) > 0);
+    assert_eq!(node.stop(), 0);
+}
+
+/// Sends the control plane's stream command into the node's command ring (what
+/// `controlplane::dataplane_link` does).
+fn stream_command(dir: &Path, command: StreamCommand) {
+    let ring =
+        shm_ring::Ring::open(COMMAND_RING_NAME, Some(&dir.join("shm"))).expect("command ring");
+    let mut p = ring.publisher().expect("command publisher");
+    p.offer(&command.encode()).expect("command fits");
+}
+
+/// What a remote subscriber got: records, its statistics, whether the node ended its session.
+type Remote = (Vec<Vec<u8>>, sdk::net::ReceiverStats, bool);
+
+/// A remote subscriber in the peer namespace: subscribes to `stream` from `start`, signals
+/// when the node's SETUP arrived, collects `count` records (or gives up after WAIT_MAX), then
+/// keeps polling until `linger` so the end of its session can be seen.
+fn remote_subscriber(
+    net: &TestNet,
+    node: SocketAddr,
+    stream: u32,
+    session_id: u32,
+    start: SubscribeStart,
+    count: usize,
+    linger: Duration,
+) -> (mpsc::Receiver<()>, InNetns<Remote>) {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let peer_ip = net.peer_ip;
+    let thread = TestNet::spawn_in(&net.peer_ns, move || {
+        let mut sub = sdk::net::UdpSubscriber::bind(
+            SocketAddr::V4(SocketAddrV4::new(peer_ip, 0)),
+            sdk::net::ReceiverConfig::default(),
+        )
+        .expect("bind");
+        sub.subscribe_from(node, stream, 0, session_id, "remote-reader", start)
+            .expect("subscribe");
+        let mut got = Vec::new();
+        let mut told = false;
+        let deadline = Instant::now() + WAIT_MAX;
+        while got.len() < count && Instant::now() < deadline {
+            if sub.poll(|r| got.push(r.payload.to_vec()), 64) == 0 {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            if !told && sub.is_subscribed(session_id) {
+                told = true;
+                let _ = ready_tx.send(());
+            }
+        }
+        let until = Instant::now() + linger;
+        while Instant::now() < until && !sub.core().is_ended(session_id) {
+            sub.poll(|r| got.push(r.payload.to_vec()), 64);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let ended = sub.core().is_ended(session_id);
+        (got, sub.stats(), ended)
+    });
+    (ready_rx, thread)
+}
+
+fn assert_records(got: &[Vec<u8>], first: u64, count: u64) {
+    assert_eq!(got.len() as u64, count, "records delivered");
+    for (i, p) in got.iter().enumerate() {
+        assert_eq!(p, &payload(first + i as u64), "record {}", first + i as u64);
+    }
+}
+
+/// A stream the control plane creates at run time is fully live: a remote publisher's records
+/// reach its ring and storage, a remote subscriber gets them; deleting the stream closes the
+/// subscriber's session, closes the log durable, removes the ring, and later frames count as
+/// unknown stream.
+#[test]
+fn stream_created_at_run_time_is_live_and_its_deletion_stops_it() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = TestNet::create("msd-dyn", 209).expect("test network");
+    let node = Node::start(&net, node_config(&net, dir.path(), true, true));
+    let node_addr = SocketAddr::V4(SocketAddrV4::new(net.node_ip, PORT));
+    const DYN: u32 = 9;
+    const N: u64 = 2_000;
+    stream_command(
+        dir.path(),
+        StreamCommand::Create {
+            stream_id: DYN,
+            partitions: 1,
+        },
+    );
+    assert_eq!(node.wait_counter(Counter::ConductorPartitionsAdded, 1), 1);
+
+    // A remote subscriber of the new stream, from its live tail.
+    let (ready, subscriber) = remote_subscriber(
+        &net,
+        node_addr,
+        DYN,
+        78,
+        SubscribeStart::Latest,
+        N as usize,
+        Duration::from_secs(10),
+    );
+    ready
+        .recv_timeout(WAIT_MAX)
+        .expect("the node set up the subscription of the new stream");
+
+    // A remote publisher into it; a local subscriber on its ring.
+    let mut local = sdk::Context::builder()
+        .dir(dir.path().join("shm"))
+        .start_at(StartAt::Earliest)
+        .build()
+        .subscriber(DYN, 0);
+    let publisher = RemotePublisher::start_on(&net, any_addr(), node_addr, DYN);
+    publisher.offer(N);
+    let mut got = Vec::new();
+    collect(&mut local, &mut got, N as usize);
+    let (offered, closed, stats) = publisher.finish();
+    assert_eq!(offered, N);
+    assert!(closed, "every record acknowledged: {stats:?}");
+    assert_in_order_exactly_once(&got, N);
+    assert_eq!(node.wait_counter(Counter::ArchivedDurableRecords, N), N);
+
+    // Delete it.
+    drop(local);
+    stream_command(dir.path(), StreamCommand::Drop { stream_id: DYN });
+    assert_eq!(node.wait_counter(Counter::ConductorPartitionsRemoved, 1), 1);
+    let (remote_got, rstats, ended) = subscriber
+        .join()
+        .expect("subscriber thread")
+        .expect("entered peer netns");
+    assert_records(&remote_got, 0, N);
+    assert!(ended, "the node ended the subscriber's session: {rstats:?}");
+    let ring_file = dir.path().join("shm").join(sdk::ring_name(DYN, 0));
+    let deadline = Instant::now() + WAIT_MAX;
+    while ring_file.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !ring_file.exists(),
+        "the ring of the deleted stream is removed"
+    );
+    let unknown = node.counter(Counter::RxDropUnknownStream);
+    let node_v4 = SocketAddrV4::new(net.node_ip, PORT);
+    send_raw(
+        &net,
+        node_v4,
+        (0..5).map(|_| heartbeat_frame_on(DYN, 11)).collect(),
+    );
+    assert_eq!(
+        node.wait_counter(Counter::RxDropUnknownStream, unknown + 5),
+        unknown + 5,
+        "frames for the deleted stream are dropped as unknown"
+    );
+    assert_eq!(node.stop(), 0, "no agent panicked");
+    // Its log was closed durable with every record.
+    let log = storage_nvme::Reader::open(dataplane::archiver::log_dir(
+        &dir.path().join("storage"),
+        DYN,
+        0,
+    ))
+    .expect("the stream's log");
+    assert_eq!(log.end_offset(), N);
+}
+
+/// A remote subscriber that names a start position gets records older than the ring from
+/// storage, then continues live: every record once, in order, while the publisher goes on.
+#[test]
+fn remote_subscriber_from_an_offset_catches_up_from_storage_then_goes_live() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = TestNet::create("msd-rpl", 210).expect("test network");
+    let mut cfg = node_config(&net, dir.path(), true, true);
+    // A small ring: most of the first batch is only on storage when the subscribers come.
+    cfg.ring_capacity_bytes = 64 << 10;
+    let node = Node::start(&net, cfg);
+    let node_addr = SocketAddr::V4(SocketAddrV4::new(net.node_ip, PORT));
+    const FIRST: u64 = 6_000;
+    const SECOND: u64 = 4_000;
+    const FROM: u64 = 1_234;
+    let publisher = RemotePublisher::start(&net, any_addr(), node_addr);
+    publisher.offer(FIRST);
+    assert_eq!(
+        node.wait_counter(Counter::ArchivedDurableRecords, FIRST),
+        FIRST
+    );
+
+    let total = (FIRST + SECOND) as usize;
+    let (ready_a, earliest) = remote_subscriber(
+        &net,
+        node_addr,
+        STREAM,
+        81,
+        SubscribeStart::Earliest,
+        total,
+        Duration::ZERO,
+    );
+    let (ready_b, from) = remote_subscriber(
+        &net,
+        node_addr,
+        STREAM,
+        82,
+        SubscribeStart::Offset(FROM),
+        total - FROM as usize,
+        Duration::ZERO,
+    );
+    ready_a.recv_timeout(WAIT_MAX).expect("subscriber A set up");
+    ready_b.recv_timeout(WAIT_MAX).expect("subscriber B set up");
+    // Live records arrive while they read storage.
+    publisher.offer(SECOND);
+    let (offered, closed, stats) = publisher.finish();
+    assert_eq!(offered, FIRST + SECOND);
+    assert!(closed, "{stats:?}");
+    let (got_a, stats_a, _) = earliest.join().expect("thread").expect("netns");
+    let (got_b, stats_b, _) = from.join().expect("thread").expect("netns");
+    assert_records(&got_a, 0, FIRST + SECOND);
+    assert_records(&got_b, FROM, FIRST + SECOND - FROM);
+    assert_eq!(
+        stats_a.drop_bad_header + stats_a.drop_bad_body,
+        0,
+        "{stats_a:?}"
+    );
+    assert_eq!(
+        stats_b.drop_bad_header + stats_b.drop_bad_body,
+        0,
+        "{stats_b:?}"
+    );
+    assert!(
+        node.wait_counter(Counter::TxReplayRecords, 1) >= FIRST - FROM,
+        "the old records came from storage"
+    );
     assert_eq!(node.stop(), 0);
 }

@@ -25,9 +25,9 @@ use std::time::Instant;
 use xdp_programs::frame::{FrameHeader, FrameType};
 
 use super::wire::{
-    decode_setup, encode_nak, encode_setup, for_each_record, validate_records, StatusBody,
-    FLAGS_KNOWN, FLAG_END_OF_SESSION, FLAG_REPLY_REQUESTED, FLAG_SETUP_ACK, FLAG_SUBSCRIBE,
-    HEADER_BYTES, PRINCIPAL_BYTES_MAX,
+    decode_setup, encode_nak, encode_subscribe, for_each_record, validate_records, StatusBody,
+    SubscribeStart, FLAGS_KNOWN, FLAG_END_OF_SESSION, FLAG_REPLY_REQUESTED, FLAG_SETUP_ACK,
+    FLAG_SUBSCRIBE, HEADER_BYTES, PRINCIPAL_BYTES_MAX,
 };
 use super::{NetConfigError, FRAME_RECV_BYTES};
 
@@ -508,6 +508,28 @@ impl UdpSubscriber {
         session_id: u32,
         principal: &str,
     ) -> Result<(), NetSubscribeError> {
+        self.subscribe_from(
+            node,
+            stream_id,
+            partition,
+            session_id,
+            principal,
+            SubscribeStart::Latest,
+        )
+    }
+
+    /// Like [`UdpSubscriber::subscribe`], starting at `start`: the node serves records older
+    /// than its ring from its storage, then continues live without a gap or a duplicate
+    /// (docs/protocol.md, "Remote subscribers").
+    pub fn subscribe_from(
+        &mut self,
+        node: SocketAddr,
+        stream_id: u32,
+        partition: u16,
+        session_id: u32,
+        principal: &str,
+        start: SubscribeStart,
+    ) -> Result<(), NetSubscribeError> {
         if !(1..=PRINCIPAL_BYTES_MAX).contains(&principal.len()) {
             return Err(NetSubscribeError::Principal {
                 len: principal.len(),
@@ -517,9 +539,10 @@ impl UdpSubscriber {
             return Err(NetSubscribeError::Full);
         }
         let mut body = Vec::new();
-        encode_setup(
+        let offset = encode_subscribe(
             xdp_programs::abi_consts::FRAME_BYTES_MTU1500_IPV4,
             principal,
+            start,
             &mut body,
         );
         self.subscriptions.push(Subscription {
@@ -530,7 +553,7 @@ impl UdpSubscriber {
                 stream_id,
                 partition,
                 session_id,
-                offset: 0,
+                offset,
                 epoch: 0,
             },
             body,

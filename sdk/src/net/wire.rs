@@ -227,6 +227,82 @@ pub fn encode_setup(frame_bytes_max: u32, principal: &str, out: &mut Vec<u8>) {
     out.resize(SETUP_PRINCIPAL_OFFSET + align8(principal.len()), 0);
 }
 
+/// Where a remote subscriber starts (SETUP with `FLAG_SUBSCRIBE`, docs/protocol.md): the
+/// SETUP body's `reserved` u16 carries the kind, the header's `offset` the partition offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscribeStart {
+    /// The next record the partition gets (kind 0: what version-1 subscribers always sent).
+    Latest,
+    /// The oldest record the node still has (its log when it archives, else its ring).
+    Earliest,
+    /// The record with this partition offset (or the oldest kept, if it is older).
+    Offset(u64),
+}
+
+pub const SUBSCRIBE_START_LATEST: u16 = 0;
+pub const SUBSCRIBE_START_EARLIEST: u16 = 1;
+pub const SUBSCRIBE_START_OFFSET: u16 = 2;
+
+impl SubscribeStart {
+    /// (start kind for the SETUP body, header offset).
+    pub fn encode(self) -> (u16, u64) {
+        match self {
+            SubscribeStart::Latest => (SUBSCRIBE_START_LATEST, 0),
+            SubscribeStart::Earliest => (SUBSCRIBE_START_EARLIEST, 0),
+            SubscribeStart::Offset(x) => (SUBSCRIBE_START_OFFSET, x),
+        }
+    }
+
+    /// None for an unknown kind, or an offset with a kind that takes none.
+    pub fn decode(kind: u16, offset: u64) -> Option<SubscribeStart> {
+        match (kind, offset) {
+            (SUBSCRIBE_START_LATEST, 0) => Some(SubscribeStart::Latest),
+            (SUBSCRIBE_START_EARLIEST, 0) => Some(SubscribeStart::Earliest),
+            (SUBSCRIBE_START_OFFSET, x) => Some(SubscribeStart::Offset(x)),
+            _ => None,
+        }
+    }
+}
+
+/// Writes the body of a SUBSCRIBE (SETUP with `FLAG_SUBSCRIBE`): a SETUP body whose reserved
+/// u16 is the start kind. Returns the header offset to send with it.
+pub fn encode_subscribe(
+    frame_bytes_max: u32,
+    principal: &str,
+    start: SubscribeStart,
+    out: &mut Vec<u8>,
+) -> u64 {
+    encode_setup(frame_bytes_max, principal, out);
+    let (kind, offset) = start.encode();
+    out[SETUP_RESERVED_OFFSET..SETUP_RESERVED_OFFSET + 2].copy_from_slice(&kind.to_le_bytes());
+    offset
+}
+
+/// Decodes a SUBSCRIBE body and its header offset; None when malformed (as [`decode_setup`],
+/// plus an unknown start kind).
+pub fn decode_subscribe(body: &[u8], offset: u64) -> Option<(SetupBody<'_>, SubscribeStart)> {
+    if body.len() < SETUP_PRINCIPAL_OFFSET {
+        return None;
+    }
+    let start = SubscribeStart::decode(u16_at(body, SETUP_RESERVED_OFFSET), offset)?;
+    // The rest is checked like a SETUP body.
+    let len = u16_at(body, SETUP_PRINCIPAL_LEN_OFFSET) as usize;
+    if !(1..=PRINCIPAL_BYTES_MAX).contains(&len)
+        || body.len() != SETUP_PRINCIPAL_OFFSET + align8(len)
+        || body[SETUP_PRINCIPAL_OFFSET + len..].iter().any(|&b| b != 0)
+    {
+        return None;
+    }
+    let principal = std::str::from_utf8(&body[SETUP_PRINCIPAL_OFFSET..][..len]).ok()?;
+    Some((
+        SetupBody {
+            frame_bytes_max: u32_at(body, SETUP_FRAME_BYTES_MAX_OFFSET),
+            principal,
+        },
+        start,
+    ))
+}
+
 /// SETUP body fields, borrowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SetupBody<'a> {
@@ -318,6 +394,39 @@ mod tests {
                 .collect();
             let _ = validate_records(&junk);
         }
+    }
+
+    #[test]
+    fn subscribe_bodies_carry_the_start_position() {
+        let mut body = Vec::new();
+        for start in [
+            SubscribeStart::Latest,
+            SubscribeStart::Earliest,
+            SubscribeStart::Offset(0),
+            SubscribeStart::Offset(u64::MAX),
+        ] {
+            let offset = encode_subscribe(1472, "bob", start, &mut body);
+            let (setup, got) = decode_subscribe(&body, offset).expect("valid");
+            assert_eq!(
+                (setup.frame_bytes_max, setup.principal, got),
+                (1472, "bob", start)
+            );
+        }
+        // A version-1 subscriber's SETUP body means "latest".
+        encode_setup(1472, "bob", &mut body);
+        assert_eq!(
+            decode_subscribe(&body, 0).unwrap().1,
+            SubscribeStart::Latest
+        );
+        // Unknown kinds, offsets without an offset kind and bad bodies are refused.
+        let mut b = body.clone();
+        b[SETUP_RESERVED_OFFSET] = 3;
+        assert_eq!(decode_subscribe(&b, 0), None);
+        assert_eq!(decode_subscribe(&body, 5), None);
+        assert_eq!(decode_subscribe(&body[..7], 0), None);
+        let mut b = body.clone();
+        b[SETUP_PRINCIPAL_OFFSET + 4] = 1; // padding
+        assert_eq!(decode_subscribe(&b, 0), None);
     }
 
     #[test]
