@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::auth::{client_tls_config, server_tls_config, TlsConfigError};
+use crate::auth::{client_tls_config, NodeTls, TlsConfigError};
 use crate::certs::{self, CertsGenerateError, DevCerts};
 use crate::cluster::{Cluster, ClusterError, LivenessConfig, JOIN_TIMEOUT_MS};
 use crate::grpc::{start_admin, AdminConfig, AdminStartError};
@@ -233,7 +233,7 @@ pub async fn start_with(
         reason: format!("listen = {:?} is not an ip:port address", config.listen),
     })?;
     let certs = ensure_certs(&config, listen.ip())?;
-    let server_tls = server_tls_config(&certs.node, &certs.ca.cert)?;
+    let server_tls = NodeTls::new(&certs.node, &certs.ca.cert)?;
     let client_tls = client_tls_config(&certs.node, &certs.ca.cert)?;
 
     let (log, sm) = store::open(&config.data_dir)?;
@@ -282,15 +282,13 @@ pub async fn start_with(
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(RaftServer::service(cluster.clone()));
     extra(&cluster, &config, &mut routes);
+    // TLS is terminated by NodeTls (auth/acceptor.rs): refused client
+    // certificates reach the services as a verdict, answered UNAUTHENTICATED.
     let router = tonic::transport::Server::builder()
-        .tls_config(server_tls)
-        .map_err(|e| NodeStartError::Config {
-            reason: format!("TLS: {e}"),
-        })?
         .tcp_nodelay(true)
         .add_routes(routes.routes());
     let mut rx = shutdown_rx.clone();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = server_tls.incoming(listener, shutdown_rx.clone());
     let server = tokio::spawn(async move {
         let stop = async move {
             let _ = rx.wait_for(|s| *s).await;

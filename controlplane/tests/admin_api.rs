@@ -316,7 +316,7 @@ async fn unauthorized_calls_are_permission_denied_and_audited() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificates_are_checked_in_the_handshake() {
+async fn refused_certificates_are_answered_unauthenticated_and_audited() {
     let node = TestNode::start(vec![]).await;
     let dir = node.cert_dir().to_path_buf();
 
@@ -335,22 +335,42 @@ async fn certificates_are_checked_in_the_handshake() {
     let other = tempfile::tempdir().expect("dir");
     let foreign = certs::generate_dev(other.path()).expect("other CA");
 
-    for (what, pair) in [("expired", &expired), ("wrong CA", &foreign.admin)] {
-        let refused = match node.client_as(pair, &node.certs.ca.cert).await {
-            Err(_) => true,
-            Ok(mut c) => c.list_streams(pb::ListStreamsRequest {}).await.is_err(),
-        };
-        assert!(refused, "{what} certificate was accepted");
+    // The handshake succeeds (the client proves it holds the key); every call
+    // on the connection is then refused with what to do, and audited.
+    for (what, pair, want) in [
+        ("expired", &expired, "it has expired"),
+        (
+            "wrong CA",
+            &foreign.admin,
+            "not signed by this cluster's CA",
+        ),
+    ] {
+        let mut c = node
+            .client_as(pair, &node.certs.ca.cert)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: connect: {e}"));
+        let err = c
+            .list_streams(pb::ListStreamsRequest {})
+            .await
+            .expect_err("a refused certificate is never served");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{what}: {err:?}");
+        assert!(err.message().contains(want), "{what}: {}", err.message());
+        let err = c
+            .create_stream(pb::CreateStreamRequest {
+                name: "sneaky".into(),
+                partitions: 1,
+                ..Default::default()
+            })
+            .await
+            .expect_err("a refused certificate is never served");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{what}");
         let out = node.msctl_as(pair, &["stream", "list"]).await;
         assert_eq!(out.status.code(), Some(1), "{what}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("certificate") || err.contains("TLS"),
-            "{what}: {err}"
-        );
+        assert!(err.contains(want), "{what}: {err}");
     }
 
-    // No client certificate at all: the handshake is refused.
+    // No client certificate at all.
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(
             std::fs::read(&node.certs.ca.cert).unwrap(),
@@ -362,15 +382,52 @@ async fn certificates_are_checked_in_the_handshake() {
         .unwrap()
         .connect_timeout(Duration::from_secs(3))
         .connect()
-        .await;
-    let refused = match anon {
-        Err(_) => true,
-        Ok(ch) => pb::admin_client::AdminClient::new(ch)
-            .list_streams(pb::ListStreamsRequest {})
-            .await
-            .is_err(),
-    };
-    assert!(refused, "a client without certificate was served");
+        .await
+        .expect("connect without a client certificate");
+    let err = pb::admin_client::AdminClient::new(anon.clone())
+        .list_streams(pb::ListStreamsRequest {})
+        .await
+        .expect_err("a client without certificate is never served");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(
+        err.message().contains("no client certificate"),
+        "{}",
+        err.message()
+    );
+    // Nor may it speak Raft.
+    let err = controlplane::pb::raft::raft_service_client::RaftServiceClient::new(anon)
+        .vote(controlplane::pb::raft::RaftRequest {
+            data: b"{}".to_vec(),
+        })
+        .await
+        .expect_err("no Raft without a node certificate");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let streams = node
+        .admin()
+        .await
+        .list_streams(pb::ListStreamsRequest {})
+        .await
+        .expect("served")
+        .into_inner()
+        .streams;
+    assert!(streams.iter().all(|s| s.name != "sneaky"), "{streams:?}");
+
+    let audit = AuditLog::read_all(&node.audit).expect("audit");
+    for want in [
+        "it has expired",
+        "not signed by this cluster's CA",
+        "no client certificate",
+    ] {
+        assert!(
+            audit.iter().any(|r| r.principal == "-"
+                && r.result.starts_with("denied")
+                && r.result.contains(want)),
+            "no audit entry for {want:?}: {audit:?}"
+        );
+    }
+    assert!(audit
+        .iter()
+        .any(|r| r.action == "CreateStream" && r.result.contains("it has expired")));
 
     // Malformed certificate files: msctl says what to pass.
     let junk = dir.join("junk.pem");

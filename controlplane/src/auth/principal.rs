@@ -22,6 +22,9 @@ pub enum PrincipalExtractError {
          bytes): reissue it with a CN"
     )]
     NoName,
+    /// The node's TLS listener refused the certificate (see `acceptor`).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Principal of a DER certificate.
@@ -49,8 +52,18 @@ pub fn principal_from_der(der: &[u8]) -> Result<String, PrincipalExtractError> {
     Err(PrincipalExtractError::NoName)
 }
 
-/// Principal of the peer of a tonic request (its leaf certificate).
+/// Principal of the peer of a tonic request (its leaf certificate): from the
+/// verdict of the node's TLS listener ([`super::PeerIdentity`]), or from
+/// tonic's own TLS (which refuses bad certificates in the handshake).
 pub fn principal_of<T>(request: &Request<T>) -> Result<String, PrincipalExtractError> {
+    if let Some(id) = request.extensions().get::<super::PeerIdentity>() {
+        let chain = id
+            .verdict
+            .as_ref()
+            .map_err(|why| PrincipalExtractError::Refused(why.clone()))?;
+        let leaf = chain.first().ok_or(PrincipalExtractError::NoCertificate)?;
+        return principal_from_der(leaf.as_ref());
+    }
     let certs = request
         .peer_certs()
         .ok_or(PrincipalExtractError::NoCertificate)?;

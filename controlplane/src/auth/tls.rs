@@ -1,8 +1,10 @@
-//! mTLS configuration (rustls through tonic's `tls-ring`): servers present the
-//! node certificate and require a client certificate chaining to the cluster
-//! CA (the handshake is refused for a missing, expired, malformed or
-//! foreign-CA certificate); clients present theirs and verify the server
-//! against the CA with the server name [`NODE_TLS_NAME`].
+//! mTLS configuration (rustls through tonic's `tls-ring`): clients present
+//! their certificate and verify the server against the CA with the server
+//! name [`NODE_TLS_NAME`]. The node's own listener is `super::acceptor`
+//! (it judges client certificates after the handshake, so refusals are
+//! answered and audited); [`server_tls_config`] is tonic's stricter variant,
+//! which refuses a missing, expired, malformed or foreign-CA certificate in
+//! the handshake itself.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -32,6 +34,16 @@ pub enum TlsConfigError {
         path.display()
     )]
     NotPem { path: PathBuf, what: &'static str },
+    #[error(
+        "{} is not a usable {what} ({detail}); create dev certificates with `memstreamer certs` \
+         or pass --cert/--key/--ca",
+        path.display()
+    )]
+    Invalid {
+        path: PathBuf,
+        what: &'static str,
+        detail: String,
+    },
 }
 
 /// Reads a PEM file, checking size and the PEM armour (tonic would accept

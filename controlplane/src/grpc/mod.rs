@@ -10,9 +10,10 @@
 //! follower with FAILED_PRECONDITION naming the leader's address in the
 //! message and in the `x-ms-leader` metadata key (msctl retries there).
 //! Reads are served from this node's applied state (a follower may lag by
-//! the replication delay). Calls refused in the TLS handshake (no, expired,
-//! malformed or foreign-CA certificate) never reach the service and so are
-//! not audited; the handshake failure is the answer.
+//! the replication delay). A missing, expired or foreign-CA client
+//! certificate does not fail the TLS handshake: the node's listener
+//! (`auth::acceptor`) judges it after the handshake, and every call on that
+//! connection is answered UNAUTHENTICATED with what to do, and audited.
 //!
 //! Requests larger than [`ADMIN_REQUEST_BYTES_MAX`] are refused by tonic
 //! before decoding (OUT_OF_RANGE).
