@@ -70,6 +70,10 @@ pub struct NodeArgs {
     /// Ring directory of the local data plane (its `shm_dir`; default: shm-ring's directories).
     #[arg(long)]
     pub dataplane_shm_dir: Option<PathBuf>,
+    /// The local data plane's counters file, shown on /metrics as `ms_dp_*`
+    /// (`[admin] dataplane_counters`).
+    #[arg(long)]
+    pub dataplane_counters: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -108,6 +112,9 @@ impl NodeArgs {
         }
         if let Some(v) = self.dataplane_shm_dir {
             config.admin.dataplane_shm_dir = Some(v);
+        }
+        if let Some(v) = self.dataplane_counters {
+            config.admin.dataplane_counters = Some(v);
         }
         Ok(config)
     }

@@ -16,9 +16,26 @@
 //! ms_cp_admin_requests_total     counter    admin calls answered
 //! ms_cp_admin_denied_total       counter    admin calls refused (unauthenticated / permission)
 //! ```
+//!
+//! With `[admin] dataplane_counters` (which `memstreamer node` sets) the same
+//! page carries the local data plane's counters, read from its shared-memory
+//! counters file (`dataplane::counters`, seqlocked, no call into the data
+//! plane):
+//!
+//! ```text
+//! ms_dp_up                        gauge    1 when the counters file is readable and its writer alive
+//! ms_dp_counters_age_seconds      gauge    since the data plane last refreshed the file
+//! ms_dp_<counter>_total           counter  every `Total` counter, e.g. ms_dp_rx_drop_malformed_total
+//! ms_dp_<counter>                 gauge    every `Gauge`/`Max` counter, e.g. ms_dp_rx_sessions_active
+//! ms_dp_partition_archived_records_total{stream,partition}  records the archiver appended
+//! ms_dp_partition_durable_records_total{stream,partition}   records durable on storage
+//! ```
+//! Counter names are the snake_case of `dataplane::counters::Counter`
+//! (stable: ids and names are only ever appended).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -198,14 +215,115 @@ impl Metrics {
 struct HttpState {
     raft: Raft<TypeConfig>,
     metrics: Arc<Metrics>,
+    dataplane_counters: Option<PathBuf>,
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     let figures = raft_figures(&s.raft).await;
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(&figures),
-    )
+    let mut text = s.metrics.render(&figures);
+    if let Some(path) = s.dataplane_counters {
+        let snap =
+            tokio::task::spawn_blocking(move || dataplane::counters::CountersSnapshot::read(&path))
+                .await;
+        match snap {
+            Ok(snap) => render_dataplane(snap.as_ref().ok(), now_unix_ns(), &mut text),
+            Err(_) => render_dataplane(None, now_unix_ns(), &mut text),
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+fn now_unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// `RxDropMalformed` -> `rx_drop_malformed`.
+fn snake_case(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 8);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                s.push('_');
+            }
+            s.push(c.to_ascii_lowercase());
+        } else {
+            s.push(c);
+        }
+    }
+    s
+}
+
+/// Appends the data plane's counters (`ms_dp_*`) to `out`; `ms_dp_up 0` alone
+/// when there is no snapshot (file missing, unreadable, or another format).
+pub fn render_dataplane(
+    snap: Option<&dataplane::counters::CountersSnapshot>,
+    now_unix_ns: u64,
+    out: &mut String,
+) {
+    use dataplane::counters::CounterKind;
+    let gauge = |out: &mut String, name: &str, help: &str, v: &dyn std::fmt::Display| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    };
+    let up = snap.is_some_and(|s| s.writer_alive());
+    gauge(
+        out,
+        "ms_dp_up",
+        "1 when the data plane's counters file is readable and its writer alive.",
+        &u8::from(up),
+    );
+    let Some(snap) = snap else {
+        return;
+    };
+    let age = now_unix_ns.saturating_sub(snap.updated_unix_ns) as f64 / 1e9;
+    gauge(
+        out,
+        "ms_dp_counters_age_seconds",
+        "Since the data plane last refreshed its counters file.",
+        &format_args!("{age:.3}"),
+    );
+    for &(counter, value) in &snap.values {
+        let base = format!("ms_dp_{}", snake_case(&format!("{counter:?}")));
+        let (name, kind) = match counter.kind() {
+            CounterKind::Total => (format!("{base}_total"), "counter"),
+            CounterKind::Gauge | CounterKind::Max => (base, "gauge"),
+        };
+        let _ = writeln!(
+            out,
+            "# HELP {name} {}.
+# TYPE {name} {kind}
+{name} {value}",
+            counter.label()
+        );
+    }
+    for (name, help, get) in [
+        (
+            "ms_dp_partition_archived_records_total",
+            "Records the archiver appended to storage",
+            (|p| p.archived_records) as fn(&dataplane::counters::PartitionSnapshot) -> u64,
+        ),
+        (
+            "ms_dp_partition_durable_records_total",
+            "Records durable on storage",
+            |p| p.durable_records,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}.
+# TYPE {name} counter"
+        );
+        for p in &snap.partitions {
+            let _ = writeln!(
+                out,
+                "{name}{{stream=\"{}\",partition=\"{}\"}} {}",
+                p.stream,
+                p.partition,
+                get(p)
+            );
+        }
+    }
 }
 
 async fn health() -> impl IntoResponse {
@@ -229,13 +347,22 @@ async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-/// The router of `/metrics`, `/health`, `/ready`.
-pub fn router(raft: Raft<TypeConfig>, metrics: Arc<Metrics>) -> Router {
+/// The router of `/metrics`, `/health`, `/ready`; `/metrics` also shows the
+/// data plane's counters file at `dataplane_counters` when given.
+pub fn router(
+    raft: Raft<TypeConfig>,
+    metrics: Arc<Metrics>,
+    dataplane_counters: Option<PathBuf>,
+) -> Router {
     Router::new()
         .route("/metrics", get(self::metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .with_state(HttpState { raft, metrics })
+        .with_state(HttpState {
+            raft,
+            metrics,
+            dataplane_counters,
+        })
 }
 
 /// Binds `addr` and serves the router until `shutdown` resolves.
@@ -243,9 +370,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     raft: Raft<TypeConfig>,
     metrics: Arc<Metrics>,
+    dataplane_counters: Option<PathBuf>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(raft, metrics))
+    axum::serve(listener, router(raft, metrics, dataplane_counters))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -269,6 +397,53 @@ pub struct HttpBindError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dataplane_counters_render_with_stable_names() {
+        use dataplane::counters::{Counter, CountersSnapshot, PartitionSnapshot};
+        let mut out = String::new();
+        render_dataplane(None, 0, &mut out);
+        assert_eq!(out.lines().last(), Some("ms_dp_up 0"));
+        let snap = CountersSnapshot {
+            pid: std::process::id(),
+            updated_unix_ns: 1_000_000_000,
+            started_unix_ns: 0,
+            values: vec![
+                (Counter::RxDropMalformed, 7),
+                (Counter::RxSessionsActive, 2),
+            ],
+            partitions: vec![PartitionSnapshot {
+                stream: 3,
+                partition: 1,
+                archived_records: 10,
+                durable_records: 9,
+                durable_ring_mark: 0,
+            }],
+        };
+        let mut out = String::new();
+        render_dataplane(Some(&snap), 3_500_000_000, &mut out);
+        for line in [
+            "ms_dp_up 1",
+            "ms_dp_counters_age_seconds 2.500",
+            "# TYPE ms_dp_rx_drop_malformed_total counter",
+            "ms_dp_rx_drop_malformed_total 7",
+            "# TYPE ms_dp_rx_sessions_active gauge",
+            "ms_dp_rx_sessions_active 2",
+            "ms_dp_partition_archived_records_total{stream=\"3\",partition=\"1\"} 10",
+            "ms_dp_partition_durable_records_total{stream=\"3\",partition=\"1\"} 9",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+        }
+        // Every metric name is valid Prometheus ([a-zA-Z_:][a-zA-Z0-9_:]*).
+        for c in Counter::ALL {
+            let name = snake_case(&format!("{c:?}"));
+            assert!(
+                name.chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_'),
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn exposition_has_every_series_and_cumulative_buckets() {

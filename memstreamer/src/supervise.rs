@@ -155,6 +155,10 @@ fn controlplane_args(a: &NodeArgs, dp: &dataplane::Config) -> Vec<String> {
     let reachable = !dp.listen.ip().is_unspecified() && dp.listen.port() != 0;
     opt("--data-addr", reachable.then(|| dp.listen.to_string()));
     opt("--dataplane-shm-dir", path(&dp.shm_dir));
+    opt(
+        "--dataplane-counters",
+        Some(dp.counters_file.display().to_string()),
+    );
     v
 }
 
@@ -252,8 +256,9 @@ mod tests {
         assert_eq!(
             cp,
             format!(
-                "controlplane --dataplane-commands --id 2 --listen 127.0.0.1:9 --join 10.0.0.1:7450 --data-addr {} --dataplane-shm-dir /r",
-                dp.listen
+                "controlplane --dataplane-commands --id 2 --listen 127.0.0.1:9 --join 10.0.0.1:7450 --data-addr {} --dataplane-shm-dir /r --dataplane-counters {}",
+                dp.listen,
+                dp.counters_file.display()
             )
         );
         // The control plane accepts what the supervisor passes.
@@ -270,5 +275,6 @@ mod tests {
         assert_eq!(c.join.as_deref(), Some("10.0.0.1:7450"));
         assert!(c.admin.dataplane_commands);
         assert_eq!(c.admin.dataplane_shm_dir, Some("/r".into()));
+        assert_eq!(c.admin.dataplane_counters, Some(dp.counters_file.clone()));
     }
 }

@@ -42,6 +42,9 @@ pub struct AdminConfig {
     /// The local data plane's ring directory (its `shm_dir`; default:
     /// shm-ring's default directories).
     pub dataplane_shm_dir: Option<PathBuf>,
+    /// The local data plane's counters file: `/metrics` then shows its
+    /// counters as `ms_dp_*` (`memstreamer node` sets it).
+    pub dataplane_counters: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -53,6 +56,7 @@ impl Default for AdminConfig {
             audit_log: None,
             dataplane_commands: false,
             dataplane_shm_dir: None,
+            dataplane_counters: None,
         }
     }
 }
@@ -112,12 +116,13 @@ pub fn start_admin(
         let listener = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
         let raft = cluster.raft().clone();
         let m = metrics.clone();
+        let dp_counters = config.dataplane_counters.clone();
         let mut stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::http::serve(listener, raft, m, stopped).await {
+            if let Err(e) = crate::http::serve(listener, raft, m, dp_counters, stopped).await {
                 tracing::error!("HTTP endpoints stopped: {e}");
             }
         }));
