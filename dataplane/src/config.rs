@@ -33,6 +33,10 @@ pub const SESSIONS_MAX: u32 = 4096;
 pub const SUBSCRIBERS_MAX: u32 = 1024;
 /// Largest receive window advertised in STATUS (bytes).
 pub const WINDOW_BYTES_MAX: u32 = 1 << 30;
+/// Smallest sender retransmit window per remote subscriber (bytes).
+pub const RETRANSMIT_WINDOW_BYTES_MIN: u64 = sdk::net::BUFFER_BYTES_MIN as u64;
+const _: () =
+    assert!(RETRANSMIT_WINDOW_BYTES_MIN >= xdp_programs::abi_consts::FRAME_BYTES_MAX as u64);
 /// Largest sender retransmit window per partition (bytes).
 pub const RETRANSMIT_WINDOW_BYTES_MAX: u64 = sdk::net::BUFFER_BYTES_MAX as u64;
 /// Most AF_XDP queues (mirrors the XSKMAP size of xdp-programs).
@@ -307,13 +311,16 @@ impl Config {
                 format!("{} not in {frame}..={WINDOW_BYTES_MAX}", self.window_bytes),
             );
         }
-        if self.retransmit_window_bytes < u64::from(frame)
+        if self.retransmit_window_bytes < RETRANSMIT_WINDOW_BYTES_MIN
             || self.retransmit_window_bytes > RETRANSMIT_WINDOW_BYTES_MAX
+            || !self.retransmit_window_bytes.is_power_of_two()
         {
+            // The window is each remote subscriber's sdk::net retransmit buffer: anything else
+            // would refuse every subscriber at run time.
             return bad(
                 "retransmit_window_bytes",
                 format!(
-                    "{} not in {frame}..={RETRANSMIT_WINDOW_BYTES_MAX}",
+                    "{} must be a power of two in {RETRANSMIT_WINDOW_BYTES_MIN}..={RETRANSMIT_WINDOW_BYTES_MAX}",
                     self.retransmit_window_bytes
                 ),
             );
@@ -473,6 +480,10 @@ mod tests {
         assert!(e.contains("sessions_max"), "{e}");
         let e = load("", &[("MS_QUEUES", "")]).unwrap_err().to_string();
         assert!(e.contains("MS_QUEUES"), "{e}");
+        let e = load("retransmit_window_bytes = 10000", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retransmit_window_bytes"), "{e}");
         let e = load("[[streams]]\nid = 1\n[[streams]]\nid = 1\n", &[])
             .unwrap_err()
             .to_string();

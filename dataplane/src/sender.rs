@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::agent::{Agent, SpscConsumer};
+use crate::archiver::STAGE_RECORDS_MAX;
 use crate::counters::{Counter, Counters, PartitionCells};
 use crate::net::NetPort;
 
@@ -341,6 +342,15 @@ impl Sender {
         let Some(ring_sub) = self.ring_subs[p].as_mut() else {
             return 0;
         };
+        // A subscriber reading the ring privately to catch up holds the shared reader back, as
+        // a live one would: the shared reader never passes it, so it meets it and goes live.
+        let shared_next = ring_sub.next_offset();
+        for s in self.subscriptions.iter().filter(|s| s.partition_idx == p) {
+            if let Phase::Ring { sub } = &s.phase {
+                let ahead = sub.next_offset().saturating_sub(shared_next);
+                limit = limit.min(usize::try_from(ahead).unwrap_or(usize::MAX));
+            }
+        }
         if limit == 0 {
             self.back_pressured += 1;
             ring_sub.keepalive();
@@ -439,7 +449,17 @@ fn catch_up_one(
     replayed: &mut u64,
 ) -> Result<usize, String> {
     let room = s.room_records().min(RING_RECORDS_PER_CYCLE_MAX);
-    if room == 0 {
+    // A storage batch (up to STAGE_RECORDS_MAX records) is read only when it fits the window
+    // whole, so the reader rarely has to seek back; a window smaller than that takes what fits.
+    let window =
+        (s.session.config().buffer_bytes / record_bytes(s.session.payload_bytes_max())).max(1);
+    let need = match s.phase {
+        Phase::Storage { .. } => STAGE_RECORDS_MAX
+            .min(window)
+            .min(RING_RECORDS_PER_CYCLE_MAX),
+        _ => 1,
+    };
+    if room < need {
         return Ok(0);
     }
     let next_log = s.next_log;

@@ -872,11 +872,14 @@ fn remote_subscriber_from_an_offset_catches_up_from_storage_then_goes_live() {
     let net = TestNet::create("msd-rpl", 210).expect("test network");
     let mut cfg = node_config(&net, dir.path(), true, true);
     // A small ring: most of the first batch is only on storage when the subscribers come.
-    cfg.ring_capacity_bytes = 64 << 10;
+    cfg.ring_capacity_bytes = 256 << 10;
+    // Slow group commits: the durable tail lags, so a subscriber that reached it finds the
+    // newest records in the ring only and reads them there before it joins the live reader.
+    cfg.archive_commit_interval_ns = 50_000_000;
     let node = Node::start(&net, cfg);
     let node_addr = SocketAddr::V4(SocketAddrV4::new(net.node_ip, PORT));
     const FIRST: u64 = 6_000;
-    const SECOND: u64 = 4_000;
+    const SECOND: u64 = 10_000;
     const FROM: u64 = 1_234;
     let publisher = RemotePublisher::start(&net, any_addr(), node_addr);
     publisher.offer(FIRST);
@@ -906,8 +909,11 @@ fn remote_subscriber_from_an_offset_catches_up_from_storage_then_goes_live() {
     );
     ready_a.recv_timeout(WAIT_MAX).expect("subscriber A set up");
     ready_b.recv_timeout(WAIT_MAX).expect("subscriber B set up");
-    // Live records arrive while they read storage.
-    publisher.offer(SECOND);
+    // Live records keep arriving, paced, while they read storage and then the ring.
+    for _ in 0..SECOND / 100 {
+        publisher.offer(100);
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (offered, closed, stats) = publisher.finish();
     assert_eq!(offered, FIRST + SECOND);
     assert!(closed, "{stats:?}");
