@@ -8,7 +8,11 @@
 //! control plane publishes fixed-width [`StreamCommand`] records into it (see
 //! `controlplane::dataplane_link`) and the conductor drains at most
 //! [`STREAM_COMMANDS_PER_CYCLE_MAX`] per duty cycle ([`StreamRings`]). A `Create` makes the
-//! partition rings of a stream at run time, a `Drop` removes the ones it made. Both are
+//! partition rings of a stream at run time, a `Drop` removes the ones it made. The
+//! [`PartitionRegistry`] then makes such a partition live in every agent: it replays storage
+//! into a fresh ring, opens the log, attaches the ring handles, and hands them to the receiver,
+//! sender and archiver through their SPSC command queues (buffered here in an [`Outbox`] while a
+//! queue is full); removal travels the same way. Both are
 //! idempotent (the control plane re-sends its full state whenever it (re)attaches). A record
 //! that does not decode is counted ([`StreamRings::bad_commands`]) and skipped, never a panic.
 //!

@@ -6,7 +6,16 @@
 //! builds an outbound [`sdk::net::PublisherSession`] (its retransmit buffer is the bounded
 //! retransmit window) and hands it here. The node then acts as a publisher towards the subscriber:
 //! SETUP, DATA, HEARTBEAT from the sender's own port; the subscriber's STATUS and NAK come back to
-//! that port. A subscriber starts at the live tail of the partition.
+//! that port.
+//!
+//! Where a subscriber starts is its SUBSCRIBE's start position (latest, earliest, an offset):
+//! a subscriber that starts behind the live tail moves through [`Phase`]s — `Storage` (a
+//! storage-nvme reader of the partition's log, following its durable tail), then `Ring` (a
+//! private ring reader from the first record not yet sent, once the durable tail is reached),
+//! then `Live` (fed by the partition's shared reader, which never passes a `Ring` reader, so the
+//! two meet). Every subscription remembers the partition offset of the next record it needs
+//! (`next_log`), so records are never sent twice at a switch and never skipped. Partition
+//! offsets are the log's: ring offset + the archiver's `log_delta` (0 without storage).
 //!
 //! The ring is read only as far as every subscriber of the partition has room in its retransmit
 //! window (a slow subscriber back-pressures the ring, like any reliable ring subscriber); a
