@@ -27,6 +27,7 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -403,6 +404,9 @@ pub struct SubscriptionSettings {
     pub heartbeat_interval_ns: u64,
     pub session_timeout_ns: u64,
     pub principal: String,
+    /// The sender builds Ethernet frames on this interface (AF_XDP): a subscriber's MAC must
+    /// be in its neighbour table. None: the kernel resolves (UDP backend).
+    pub neighbour_interface: Option<String>,
 }
 
 /// Bytes of the storage read buffer of one remote subscriber while it catches up from storage.
@@ -594,6 +598,8 @@ pub struct Conductor {
     next_liveness_ns: u64,
     streams: Option<StreamRings>,
     registry: PartitionRegistry,
+    /// Subscribers refused for want of a neighbour entry (logged at powers of two).
+    no_neighbour: u64,
 }
 
 impl Conductor {
@@ -616,6 +622,7 @@ impl Conductor {
             next_liveness_ns: 0,
             streams: None,
             registry,
+            no_neighbour: 0,
         }
     }
 
@@ -790,6 +797,28 @@ impl Conductor {
                 }
             },
         };
+        let sub = match &self.settings.neighbour_interface {
+            None => sub,
+            Some(iface) => {
+                let mac = match r.src {
+                    SocketAddr::V4(v4) => crate::net::afxdp::kernel_neighbour(iface, *v4.ip()),
+                    SocketAddr::V6(_) => None,
+                };
+                let Some(mac) = mac else {
+                    // Fail clearly: the AF_XDP sender cannot address a frame without it. The
+                    // subscriber repeats its SUBSCRIBE, so a later ARP/ND entry lets it in.
+                    self.counters.add(Counter::ConductorSubscribeRefused, 1);
+                    self.counters.add(Counter::TxNoNeighbour, 1);
+                    self.no_neighbour += 1;
+                    if !self.no_neighbour.is_power_of_two() {
+                        return;
+                    }
+                    eprintln!("memstreamer: remote subscriber {} refused: no resolved neighbour entry for it on `{iface}` (the AF_XDP sender needs its MAC address; check `ip neigh show dev {iface}`; IPv6 subscribers need --backend udp)", r.src);
+                    return;
+                };
+                sub.with_mac(mac)
+            }
+        };
         self.registry.sender.push(SenderCommand::Add(Box::new(sub)));
     }
 }
@@ -884,6 +913,7 @@ mod tests {
             heartbeat_interval_ns: 1,
             session_timeout_ns: 2,
             principal: "n".into(),
+            neighbour_interface: None,
         };
         let (reg, _r, _s) = registry(dir.path());
         let mut c = Conductor::new(CommandQueue::new(4), reg, counters.clone(), file, settings);
@@ -918,6 +948,7 @@ mod tests {
             heartbeat_interval_ns: 1_000_000,
             session_timeout_ns: 5_000_000,
             principal: "n".into(),
+            neighbour_interface: None,
         };
         let commands = CommandQueue::new(4);
         let (reg, _r, sender) = registry(dir.path());

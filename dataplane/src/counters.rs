@@ -164,6 +164,7 @@ counters! {
     ConductorPartitionsRemoved = 60, Total, "conductor: run-time partitions removed";
     ConductorPartitionErrors = 61, Total, "conductor: run-time partitions not served (storage/ring/slots)";
     TxReplayRecords = 62, Total, "sender: records served to remote subscribers from storage";
+    TxNoNeighbour = 63, Total, "conductor: subscribers refused, no neighbour entry (AF_XDP sender)";
 }
 
 /// The duty-cycle count counter of an agent role.

@@ -26,7 +26,7 @@ use crate::config::{Config, Threading};
 use crate::counters::{
     cycles_counter, duty_cycle_counter, Counter, Counters, CountersFile, CountersFileError,
 };
-use crate::net::{afxdp, udp, Backend, NetPort, NetPortOpenError};
+use crate::net::{afxdp, udp, Backend, NetPort, NetPortOpenError, SenderPort};
 use crate::receiver::{Receiver, RingSink};
 use crate::sender::Sender;
 use crate::session::{SessionConfig, SessionTable};
@@ -216,15 +216,29 @@ impl NodeParts {
                 NetPort::AfXdp(afxdp::XskPort::open(&xsk).map_err(NetPortOpenError::from)?)
             }
         };
-        // The sender answers from its own kernel UDP port on the same address (see sender.rs).
-        let sender_port = NetPort::Udp(
-            udp::UdpPort::bind(
-                SocketAddr::new(config.listen.ip(), 0),
-                config.rx_batch_max as usize,
-                config.tx_queue_max as usize,
-            )
-            .map_err(NetPortOpenError::from)?,
-        );
+        // The sender answers from its own port on the same address (see sender.rs): a kernel
+        // UDP socket; with AF_XDP it receives STATUS/NAK there and transmits through a TX-only
+        // AF_XDP socket on the queue after the receiver's, with that socket's port as source.
+        let sender_udp = udp::UdpPort::bind(
+            SocketAddr::new(config.listen.ip(), 0),
+            config.rx_batch_max as usize,
+            config.tx_queue_max as usize,
+        )
+        .map_err(NetPortOpenError::from)?;
+        let sender_port = match (config.backend, sender_udp.local_addr()) {
+            (Backend::Afxdp, SocketAddr::V4(feedback_addr)) => {
+                let iface = config.interface.as_deref().expect("validated");
+                let xsk = afxdp::XskConfig::new(iface, feedback_addr);
+                let tx =
+                    afxdp::XskPort::open_tx(&xsk, config.queues).map_err(NetPortOpenError::from)?;
+                SenderPort::AfXdp {
+                    tx: Box::new(tx),
+                    feedback: sender_udp,
+                }
+            }
+            _ => SenderPort::Udp(sender_udp),
+        };
+        let neighbour_interface = sender_port.neighbour_interface();
         let data_addr = data_port.local_addr();
         let sender_addr = sender_port.local_addr();
         let describe = format!(
@@ -308,6 +322,7 @@ impl NodeParts {
                 heartbeat_interval_ns: config.heartbeat_interval_ns,
                 session_timeout_ns: config.session_timeout_ns,
                 principal: format!("node-{}", data_addr.port()),
+                neighbour_interface,
             },
         )
         .with_stream_commands(stream_rings);

@@ -6,7 +6,9 @@
 //! builds an outbound [`sdk::net::PublisherSession`] (its retransmit buffer is the bounded
 //! retransmit window) and hands it here. The node then acts as a publisher towards the subscriber:
 //! SETUP, DATA, HEARTBEAT from the sender's own port; the subscriber's STATUS and NAK come back to
-//! that port.
+//! that port. With `--backend afxdp` the frames leave through a TX-only AF_XDP socket
+//! ([`SenderPort::AfXdp`]) and the replies arrive on its kernel UDP socket; with `--backend udp`
+//! both go through a kernel UDP socket.
 //!
 //! Where a subscriber starts is its SUBSCRIBE's start position (latest, earliest, an offset):
 //! a subscriber that starts behind the live tail moves through [`Phase`]s — `Storage` (a
@@ -34,7 +36,7 @@ use std::sync::Arc;
 use crate::agent::{Agent, SpscConsumer};
 use crate::archiver::STAGE_RECORDS_MAX;
 use crate::counters::{Counter, Counters, PartitionCells};
-use crate::net::NetPort;
+use crate::net::SenderPort;
 
 /// Commands handled per duty cycle at most.
 pub const COMMANDS_PER_CYCLE_MAX: usize = 4;
@@ -77,6 +79,8 @@ pub struct Subscription {
     phase: Phase,
     /// Its partition went away: finish the session (END_OF_SESSION), read nothing more.
     ending: bool,
+    /// Its link-layer address, resolved by the conductor (AF_XDP sender port only).
+    dst_mac: Option<[u8; 6]>,
 }
 
 impl Subscription {
@@ -101,7 +105,14 @@ impl Subscription {
             next_log,
             phase,
             ending: false,
+            dst_mac: None,
         }
+    }
+
+    /// The subscriber's MAC address, for a sender that builds Ethernet headers itself.
+    pub fn with_mac(mut self, mac: [u8; 6]) -> Subscription {
+        self.dst_mac = Some(mac);
+        self
     }
 
     fn free_bytes(&self) -> u64 {
@@ -145,7 +156,7 @@ pub enum SenderCommand {
 
 /// The sender agent.
 pub struct Sender {
-    port: NetPort,
+    port: SenderPort,
     rings: Vec<Option<shm_ring::Ring>>,
     ring_subs: Vec<Option<shm_ring::Subscriber>>,
     cells: Vec<Option<Arc<PartitionCells>>>,
@@ -173,7 +184,7 @@ impl Sender {
     /// from its tail. `slots_max` (>= rings.len()) is the room for partitions added at run time.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        port: NetPort,
+        port: SenderPort,
         rings: Vec<shm_ring::Ring>,
         cells: Vec<Arc<PartitionCells>>,
         slots_max: usize,
@@ -271,6 +282,9 @@ impl Sender {
     fn add(&mut self, sub: Box<Subscription>, now_ns: u64) {
         let mut sub = *sub;
         sub.last_heard_ns = now_ns;
+        if let (SocketAddr::V4(v4), Some(mac)) = (sub.dst, sub.dst_mac) {
+            self.port.learn_neighbour(*v4.ip(), mac);
+        }
         if sub.partition_idx >= self.rings.len() || self.rings[sub.partition_idx].is_none() {
             // Its partition was removed while the request travelled.
             self.evicted += 1;

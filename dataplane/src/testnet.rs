@@ -106,8 +106,9 @@ impl TestNet {
         Self::create_with_queues(tag, subnet, 1)
     }
 
-    /// Like [`TestNet::create`] with `queues` RX and TX queues on each veth end
-    /// (flows are spread over them by their hash).
+    /// Like [`TestNet::create`] with `queues` RX queues on the node's end and
+    /// `queues` TX queues on the peer's (the peer's flows are spread over them by
+    /// their hash); the node's end has one TX queue more, for the AF_XDP sender.
     pub fn create_with_queues(
         tag: &str,
         subnet: u32,
@@ -150,11 +151,14 @@ impl TestNet {
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
         let (nmac, pmac) = (mac_string(&net.node_mac), mac_string(&net.peer_mac));
+        // One TX queue more than RX queues on the node's end: the AF_XDP sender transmits on
+        // queue `queues` (after the receiver's), and the peer's end receives on it.
+        let q1 = (queues + 1).to_string();
         #[rustfmt::skip]
         ip(&["link", "add", &net.node_if, "address", &nmac, "netns", &net.node_ns,
-             "numtxqueues", &q, "numrxqueues", &q, "type", "veth",
+             "numtxqueues", &q1, "numrxqueues", &q, "type", "veth",
              "peer", "name", &net.peer_if, "address", &pmac, "netns", &net.peer_ns,
-             "numtxqueues", &q, "numrxqueues", &q])?;
+             "numtxqueues", &q, "numrxqueues", &q1])?;
         let (nip, pip) = (net.node_ip.to_string(), net.peer_ip.to_string());
         for (ns, dev, addr, other, other_mac) in [
             (&net.node_ns, &net.node_if, &nip, &pip, &pmac),

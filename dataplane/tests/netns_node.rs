@@ -694,6 +694,75 @@ fn remote_publisher_through_the_node_to_a_remote_subscriber() {
     assert_in_order_exactly_once(&got, N);
     assert_eq!(stats.drop_bad_header + stats.drop_bad_body, 0, "{stats:?}");
     assert!(node.wait_counter(Counter::TxDataFrames, 1) > 0);
+    // The sender transmitted through its AF_XDP socket's TX ring, not a kernel socket.
+    assert!(
+        node.describe.contains("sender port afxdp"),
+        "{}",
+        node.describe
+    );
+    assert!(node.wait_counter(Counter::TxPortDatagrams, N / 64) >= N / 64);
+    assert_eq!(node.counter(Counter::TxPortErrors), 0);
+    assert_eq!(node.stop(), 0);
+}
+
+/// The AF_XDP sender builds Ethernet frames itself: a subscriber without a resolved neighbour
+/// entry on the node is refused clearly (counted), and served once the entry exists.
+#[test]
+fn afxdp_sender_needs_the_subscribers_neighbour_entry() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = TestNet::create("msd-arp", 211).expect("test network");
+    let node = Node::start(&net, node_config(&net, dir.path(), false, true));
+    let node_addr = SocketAddr::V4(SocketAddrV4::new(net.node_ip, PORT));
+    let peer = net.peer_ip.to_string();
+    dataplane::testnet::ip(&[
+        "-n",
+        &net.node_ns,
+        "neigh",
+        "del",
+        &peer,
+        "dev",
+        &net.node_if,
+    ])
+    .expect("forget the peer's MAC on the node");
+    const N: u64 = 500;
+    let (ready, subscriber) = remote_subscriber(
+        &net,
+        node_addr,
+        STREAM,
+        79,
+        SubscribeStart::Latest,
+        N as usize,
+        Duration::ZERO,
+    );
+    assert!(
+        node.wait_counter(Counter::TxNoNeighbour, 2) >= 2,
+        "repeated SUBSCRIBEs refused while the MAC is unknown"
+    );
+    assert!(ready.try_recv().is_err(), "no session without a MAC");
+    let mac = net
+        .peer_mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    #[rustfmt::skip]
+    dataplane::testnet::ip(&["-n", &net.node_ns, "neigh", "replace", &peer, "lladdr", &mac,
+                             "dev", &net.node_if, "nud", "permanent"])
+    .expect("neighbour entry");
+    ready
+        .recv_timeout(WAIT_MAX)
+        .expect("served once the neighbour is known");
+    let publisher = RemotePublisher::start(&net, any_addr(), node_addr);
+    publisher.offer(N);
+    let (got, _, _) = subscriber.join().expect("thread").expect("netns");
+    let (_, closed, pstats) = publisher.finish();
+    assert!(closed, "{pstats:?}");
+    assert_in_order_exactly_once(&got, N);
     assert_eq!(node.stop(), 0);
 }
 

@@ -125,3 +125,104 @@ impl NetPort {
         }
     }
 }
+
+/// The sender agent's port. With the UDP backend it is a kernel UDP socket of its own. With the
+/// AF_XDP backend, DATA/HEARTBEAT/SETUP frames to remote subscribers leave through a TX-only
+/// AF_XDP socket (Ethernet/IPv4/UDP headers built here, peers' MACs from the neighbour table,
+/// UMEM frames reclaimed from the completion ring) whose source port is a kernel UDP socket's:
+/// the subscribers' STATUS and NAK come back to that port, which the XDP program passes to
+/// the kernel (it is not the data port), so they arrive on the UDP socket.
+pub enum SenderPort {
+    Udp(udp::UdpPort),
+    AfXdp {
+        tx: Box<afxdp::XskPort>,
+        feedback: udp::UdpPort,
+    },
+}
+
+impl SenderPort {
+    /// Calls `f(src, udp_payload)` for up to `max` received datagrams (STATUS, NAK).
+    #[inline]
+    pub fn poll_rx(&mut self, max: usize, f: &mut impl FnMut(SocketAddr, &[u8])) -> usize {
+        match self {
+            SenderPort::Udp(p) => p.poll_rx(max, f),
+            SenderPort::AfXdp { feedback, .. } => feedback.poll_rx(max, f),
+        }
+    }
+
+    /// Queues one UDP payload to `dst`; false when it cannot be sent now (counted).
+    #[inline]
+    pub fn send(&mut self, dst: SocketAddr, payload: &[u8]) -> bool {
+        match self {
+            SenderPort::Udp(p) => p.send(dst, payload),
+            SenderPort::AfXdp { tx, .. } => tx.send(dst, payload),
+        }
+    }
+
+    /// Pushes queued frames out (sendmmsg / AF_XDP TX ring + kick, completion reclaim).
+    #[inline]
+    pub fn flush_tx(&mut self) -> usize {
+        match self {
+            SenderPort::Udp(p) => p.flush_tx(),
+            SenderPort::AfXdp { tx, .. } => tx.flush_tx(),
+        }
+    }
+
+    /// Remembers a peer's link-layer address (AF_XDP; the UDP backend lets the kernel resolve).
+    pub fn learn_neighbour(&mut self, ip: std::net::Ipv4Addr, mac: [u8; 6]) {
+        if let SenderPort::AfXdp { tx, .. } = self {
+            tx.learn_neighbour(ip, mac);
+        }
+    }
+
+    /// The interface whose neighbour table must know a subscriber before frames can reach it
+    /// (AF_XDP only).
+    pub fn neighbour_interface(&self) -> Option<String> {
+        match self {
+            SenderPort::Udp(_) => None,
+            SenderPort::AfXdp { tx, .. } => Some(tx.interface().to_string()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            SenderPort::Udp(p) => p.describe(),
+            SenderPort::AfXdp { tx, feedback } => format!(
+                "{} (TX only; STATUS/NAK on {})",
+                tx.describe(),
+                feedback.describe()
+            ),
+        }
+    }
+
+    /// Counted events: TX from the sending socket, RX from the feedback socket.
+    pub fn stats(&self) -> NetPortStats {
+        match self {
+            SenderPort::Udp(p) => p.stats(),
+            SenderPort::AfXdp { tx, feedback } => {
+                let (t, f, x) = (tx.stats(), feedback.stats(), tx.xsk_stats());
+                NetPortStats {
+                    rx_datagrams: f.rx_datagrams,
+                    rx_truncated: f.rx_truncated,
+                    rx_errors: f.rx_errors,
+                    tx_datagrams: t.tx_datagrams,
+                    // A frame to a peer without a neighbour entry is a send error, counted.
+                    tx_errors: t.tx_errors
+                        + f.tx_errors
+                        + x.tx_no_neighbour
+                        + x.tx_unsupported
+                        + x.tx_kick_errors,
+                    tx_queue_full: t.tx_queue_full,
+                }
+            }
+        }
+    }
+
+    /// Where subscribers send STATUS and NAK (the source address of our frames).
+    pub fn local_addr(&self) -> SocketAddr {
+        match self {
+            SenderPort::Udp(p) => p.local_addr(),
+            SenderPort::AfXdp { feedback, .. } => feedback.local_addr(),
+        }
+    }
+}

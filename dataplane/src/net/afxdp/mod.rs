@@ -20,6 +20,12 @@
 //!   (fill ring = 2 x RX frames); frames that do not fit wait in a stash.
 //! - Peer MACs are learned from frames they sent; for a peer that never spoke
 //!   the kernel neighbour table (`/proc/thread-self/net/arp`, cold path) is read once.
+//! - [`XskPort::open_tx`] binds a TX-only socket (every UMEM frame for TX, nothing
+//!   on the fill ring, no XSKMAP slot) for the sender agent, on the queue after the
+//!   receiver's; its peers' MACs are handed in with [`XskPort::learn_neighbour`]
+//!   (the conductor resolves them from the neighbour table and refuses a subscriber
+//!   it cannot resolve). In copy mode `flush_tx` kicks until the kernel took every
+//!   descriptor (a kick sends at most 32), bounded by `TX_KICKS_MAX`.
 //! - Every buffer is sized at `open`; the duty cycle does not allocate.
 
 pub mod packet;
@@ -47,6 +53,8 @@ pub const FRAMES_PER_QUEUE_MAX: u32 = 65_536;
 pub const FRAMES_PER_HUGEPAGE: u32 = (2 << 20) / FRAME_BYTES;
 /// Frames handled per ring operation (RX consume, TX produce, completions).
 pub const BATCH_MAX: usize = 256;
+/// sendto() kicks per flush at most (copy mode sends up to 32 frames per kick).
+pub const TX_KICKS_MAX: usize = BATCH_MAX / 32 + 1;
 /// Peers whose MAC address is remembered.
 pub const NEIGHBOURS_MAX: usize = 64;
 /// Largest UDP payload this backend carries: the frame minus the kernel's
@@ -111,6 +119,12 @@ pub enum XskPortOpenError {
         zero_copy: String,
         copy: String,
     },
+    #[error("cannot bind the sender's TX-only AF_XDP socket to `{iface}` queue {queue} ({detail}): the AF_XDP sender transmits on the queue after the receiver's, so the interface needs at least {} TX queues (`ethtool -L {iface} combined|tx N`; veth: `numtxqueues`), or use --backend udp", queue + 1)]
+    TxQueue {
+        iface: String,
+        queue: u32,
+        detail: String,
+    },
     #[error("cannot register queue {queue}'s socket in the XSKMAP of `{iface}`: {source}")]
     Register {
         iface: String,
@@ -163,6 +177,8 @@ struct XskQueue {
     batch: Vec<FrameDesc>,
     /// Frames this queue's RX ring delivered.
     rx_frames: u64,
+    /// Descriptors the TX ring holds.
+    tx_ring_size: u32,
 }
 
 /// An AF_XDP port: the [`NetPort::AfXdp`](super::NetPort::AfXdp) backend.
@@ -172,7 +188,8 @@ pub struct XskPort {
     local_mac: [u8; 6],
     queues: Vec<XskQueue>,
     next_queue: usize,
-    maps: Box<PolicyMaps>,
+    /// The XSKMAP owner (None: a TX-only port, registered nowhere).
+    maps: Option<Box<PolicyMaps>>,
     zero_copy: bool,
     zero_copy_refusal: Option<String>,
     hugepages: bool,
@@ -209,14 +226,23 @@ fn read_mac(iface: &str) -> io::Result<[u8; 6]> {
     ))
 }
 
-/// The complete entry for `ip` on `iface` in the kernel neighbour table.
-fn kernel_neighbour(iface: &str, ip: Ipv4Addr) -> Option<[u8; 6]> {
+/// ATF_COM in the flags column of /proc/net/arp: the entry has a link-layer address (a
+/// reachable, stale or permanent neighbour; permanent ones also carry ATF_PERM).
+const ATF_COM: u32 = 0x2;
+
+/// The resolved entry for `ip` on `iface` in the kernel neighbour table (ARP cache) of the
+/// calling thread's network namespace; None when there is none or it is incomplete.
+/// Cold path: it reads a /proc file.
+pub fn kernel_neighbour(iface: &str, ip: Ipv4Addr) -> Option<[u8; 6]> {
     // thread-self: the namespace of this thread (setns is per thread).
     let table = std::fs::read_to_string("/proc/thread-self/net/arp").ok()?;
     for line in table.lines().skip(1) {
         let cols: Vec<&str> = line.split_whitespace().collect();
         // IP address, HW type, Flags, HW address, Mask, Device
-        if cols.len() == 6 && cols[5] == iface && cols[0].parse() == Ok(ip) && cols[2] == "0x2" {
+        let complete = cols.len() == 6
+            && u32::from_str_radix(cols[2].trim_start_matches("0x"), 16)
+                .is_ok_and(|f| f & ATF_COM != 0);
+        if complete && cols[5] == iface && cols[0].parse() == Ok(ip) {
             let mut mac = [0u8; 6];
             for (b, part) in mac.iter_mut().zip(cols[3].split(':')) {
                 *b = u8::from_str_radix(part, 16).ok()?;
@@ -243,7 +269,9 @@ struct BoundQueue {
     hugepage_refusal: Option<String>,
 }
 
-fn open_queue(cfg: &XskConfig, id: u32) -> Result<BoundQueue, XskPortOpenError> {
+/// Binds the socket of queue `id`. `tx_only`: every UMEM frame is for TX and none is posted to
+/// the fill ring (the sender's port: it receives nothing on this socket).
+fn open_queue(cfg: &XskConfig, id: u32, tx_only: bool) -> Result<BoundQueue, XskPortOpenError> {
     let frames = cfg.frames_per_queue;
     let umem_err = |detail: String| XskPortOpenError::Umem { queue: id, detail };
     let size = |n: u32| QueueSize::new(n).map_err(|e| umem_err(e.to_string()));
@@ -298,7 +326,7 @@ fn open_queue(cfg: &XskConfig, id: u32) -> Result<BoundQueue, XskPortOpenError> 
         let bound = unsafe { xsk_rs::Socket::new(sock_cfg(flags), &umem, &iface, id) };
         match bound {
             Ok((tx, rx, Some((mut fill, comp)))) => {
-                let half = frames as usize / 2;
+                let half = if tx_only { 0 } else { frames as usize / 2 };
                 let (rx_frames, tx_frames) = descs.split_at(half);
                 // SAFETY: these frames belong to `umem` and are handed to the
                 // kernel once; we touch them again only after the RX ring
@@ -321,6 +349,7 @@ fn open_queue(cfg: &XskConfig, id: u32) -> Result<BoundQueue, XskPortOpenError> 
                         tx_pending: Vec::with_capacity(tx_frames.len()),
                         batch: vec![FrameDesc::default(); BATCH_MAX],
                         rx_frames: 0,
+                        tx_ring_size: frames / 2,
                     },
                     zero_copy,
                     zero_copy_refusal,
@@ -347,24 +376,37 @@ fn open_queue(cfg: &XskConfig, id: u32) -> Result<BoundQueue, XskPortOpenError> 
     unreachable!("the copy-mode attempt returns")
 }
 
+/// How the sockets of a port bound (for `describe`).
+struct BoundModes {
+    zero_copy: bool,
+    zero_copy_refusal: Option<String>,
+    hugepages: bool,
+    hugepage_refusal: Option<String>,
+}
+
+/// Checks the UMEM size and `queues` against the limits; the interface's MAC address.
+fn check_and_read_mac(cfg: &XskConfig, queues: u32) -> Result<[u8; 6], XskPortOpenError> {
+    let max_queues = xdp_programs::abi_consts::XSK_QUEUES_MAX;
+    if !cfg.frames_per_queue.is_power_of_two()
+        || !(FRAMES_PER_QUEUE_MIN..=FRAMES_PER_QUEUE_MAX).contains(&cfg.frames_per_queue)
+        || !(1..=max_queues).contains(&queues)
+    {
+        return Err(XskPortOpenError::Limits {
+            value: cfg.frames_per_queue,
+            queues,
+        });
+    }
+    read_mac(&cfg.interface).map_err(|source| XskPortOpenError::Interface {
+        iface: cfg.interface.clone(),
+        source,
+    })
+}
+
 impl XskPort {
     /// Binds one AF_XDP socket per queue and registers it in the XSKMAP of the
     /// XDP program attached to `cfg.interface` (attach it first).
     pub fn open(cfg: &XskConfig) -> Result<XskPort, XskPortOpenError> {
-        let max_queues = xdp_programs::abi_consts::XSK_QUEUES_MAX;
-        if !cfg.frames_per_queue.is_power_of_two()
-            || !(FRAMES_PER_QUEUE_MIN..=FRAMES_PER_QUEUE_MAX).contains(&cfg.frames_per_queue)
-            || !(1..=max_queues).contains(&cfg.queues)
-        {
-            return Err(XskPortOpenError::Limits {
-                value: cfg.frames_per_queue,
-                queues: cfg.queues,
-            });
-        }
-        let local_mac = read_mac(&cfg.interface).map_err(|source| XskPortOpenError::Interface {
-            iface: cfg.interface.clone(),
-            source,
-        })?;
+        let local_mac = check_and_read_mac(cfg, cfg.queues)?;
         let mut maps =
             PolicyMaps::open(&cfg.interface).map_err(|source| XskPortOpenError::Maps {
                 iface: cfg.interface.clone(),
@@ -374,7 +416,7 @@ impl XskPort {
         let (mut zero_copy, mut zc_refusal, mut hugepages, mut hp_refusal) =
             (true, None, true, None);
         for id in 0..cfg.queues {
-            let b = open_queue(cfg, id)?;
+            let b = open_queue(cfg, id, false)?;
             zero_copy &= b.zero_copy;
             hugepages &= b.hugepages;
             zc_refusal = zc_refusal.or(b.zero_copy_refusal);
@@ -391,17 +433,39 @@ impl XskPort {
                 })?;
             queues.push(b.queue);
         }
-        Ok(XskPort {
+        let modes = BoundModes {
+            zero_copy,
+            zero_copy_refusal: zc_refusal,
+            hugepages,
+            hugepage_refusal: hp_refusal,
+        };
+        Ok(Self::assemble(
+            cfg,
+            local_mac,
+            queues,
+            Some(Box::new(maps)),
+            modes,
+        ))
+    }
+
+    fn assemble(
+        cfg: &XskConfig,
+        local_mac: [u8; 6],
+        queues: Vec<XskQueue>,
+        maps: Option<Box<PolicyMaps>>,
+        modes: BoundModes,
+    ) -> XskPort {
+        XskPort {
             iface: cfg.interface.clone(),
             local: cfg.local,
             local_mac,
             queues,
             next_queue: 0,
-            maps: Box::new(maps),
-            zero_copy,
-            zero_copy_refusal: zc_refusal,
-            hugepages,
-            hugepage_refusal: hp_refusal,
+            maps,
+            zero_copy: modes.zero_copy,
+            zero_copy_refusal: modes.zero_copy_refusal,
+            hugepages: modes.hugepages,
+            hugepage_refusal: modes.hugepage_refusal,
             neighbours: Box::new([(Ipv4Addr::UNSPECIFIED, [0; 6]); NEIGHBOURS_MAX]),
             neighbours_len: 0,
             neighbours_next: 0,
@@ -409,11 +473,56 @@ impl XskPort {
             frames_per_queue: cfg.frames_per_queue,
             stats: NetPortStats::default(),
             xsk_stats: XskStats::default(),
-        })
+        }
+    }
+
+    /// Binds one TX-only AF_XDP socket on queue `queue` of `cfg.interface` (the sender's port:
+    /// frames go out through its TX ring with `cfg.local` as their source; it is registered in
+    /// no XSKMAP slot, so it receives nothing). The queue must exist as a TX queue and must not
+    /// be one of the receiver's: the node uses the queue after the receiver's last one.
+    pub fn open_tx(cfg: &XskConfig, queue: u32) -> Result<XskPort, XskPortOpenError> {
+        let local_mac = check_and_read_mac(cfg, 1)?;
+        let b = open_queue(cfg, queue, true).map_err(|e| match e {
+            XskPortOpenError::Bind {
+                iface,
+                queue,
+                zero_copy,
+                copy,
+            } => XskPortOpenError::TxQueue {
+                iface,
+                queue,
+                detail: format!("zero-copy: {zero_copy}; copy mode: {copy}"),
+            },
+            other => other,
+        })?;
+        let modes = BoundModes {
+            zero_copy: b.zero_copy,
+            zero_copy_refusal: b.zero_copy_refusal,
+            hugepages: b.hugepages,
+            hugepage_refusal: b.hugepage_refusal,
+        };
+        Ok(Self::assemble(cfg, local_mac, vec![b.queue], None, modes))
+    }
+
+    /// Remembers `mac` as the link-layer address of `ip` (resolved off the hot path, e.g. by the
+    /// conductor from the kernel neighbour table when a remote subscriber arrives).
+    pub fn learn_neighbour(&mut self, ip: Ipv4Addr, mac: [u8; 6]) {
+        learn_into(
+            &mut self.neighbours,
+            &mut self.neighbours_len,
+            &mut self.neighbours_next,
+            ip,
+            mac,
+        );
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         SocketAddr::V4(self.local)
+    }
+
+    /// The interface the sockets are bound to.
+    pub fn interface(&self) -> &str {
+        &self.iface
     }
     pub fn stats(&self) -> NetPortStats {
         self.stats
@@ -486,13 +595,7 @@ impl XskPort {
         }
         // Cold path: a peer that never sent us a frame.
         let mac = kernel_neighbour(&self.iface, ip)?;
-        learn_into(
-            &mut self.neighbours,
-            &mut self.neighbours_len,
-            &mut self.neighbours_next,
-            ip,
-            mac,
-        );
+        self.learn_neighbour(ip, mac);
         Some(mac)
     }
 
@@ -624,11 +727,20 @@ impl XskPort {
                 break;
             }
         }
-        if sent > 0 && (!zero_copy || q.tx.needs_wakeup()) {
-            // Copy mode transmits only inside sendto().
-            if q.tx.wakeup().is_err() {
-                self.xsk_stats.tx_kick_errors += 1;
+        if !zero_copy {
+            // Copy mode transmits only inside sendto(), at most a kernel batch (32) per call:
+            // kick until the kernel took every descriptor (bounded), not only once per flush.
+            for _ in 0..TX_KICKS_MAX {
+                if q.tx.nb_free_exact() == q.tx_ring_size {
+                    break;
+                }
+                if q.tx.wakeup().is_err() {
+                    self.xsk_stats.tx_kick_errors += 1;
+                    break;
+                }
             }
+        } else if sent > 0 && q.tx.needs_wakeup() && q.tx.wakeup().is_err() {
+            self.xsk_stats.tx_kick_errors += 1;
         }
         reclaim(q);
         self.stats.tx_datagrams += sent as u64;
@@ -687,8 +799,10 @@ fn reclaim(q: &mut XskQueue) {
 
 impl Drop for XskPort {
     fn drop(&mut self) {
-        for q in &self.queues {
-            let _ = self.maps.clear_xsk(q.id);
+        if let Some(maps) = &mut self.maps {
+            for q in &self.queues {
+                let _ = maps.clear_xsk(q.id);
+            }
         }
     }
 }
