@@ -3,11 +3,12 @@
 //!
 //! Record kinds: an entry, a truncation (drop entries from an index on), a
 //! purge (drop entries up to a log id), the vote and the committed log id.
-//! Appends are written at once and `fdatasync`ed by a flusher thread that
-//! groups concurrent appends into one sync; openraft is told an append is
-//! flushed only after its sync. Votes are synced before `save_vote` returns.
+//! An append is written and `fdatasync`ed before openraft's callback is
+//! told it is flushed (the sync runs outside the lock, so readers never wait
+//! for the disk). Votes are synced before `save_vote` returns.
 //! The file is zero-filled ahead of the write position (see `preallocate`);
-//! zeros never decode as a record, so they end the log like a torn tail. When most records are dead (purged or truncated), the file is
+//! zeros never decode as a record, so they end the log like a torn tail.
+//! When most records are dead (purged or truncated), the file is
 //! rewritten (temp file, fsync, rename, fsync of the directory).
 
 use std::collections::BTreeMap;
@@ -17,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -48,7 +49,7 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
 struct LogInner {
     path: PathBuf,
-    /// Shared with the flusher thread, which `fdatasync`s it.
+    /// Shared with an append that `fdatasync`s it outside the lock.
     file: Arc<File>,
     entries: BTreeMap<u64, Entry<TypeConfig>>,
     last_purged: Option<LogId<NodeId>>,
@@ -66,52 +67,6 @@ struct LogInner {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<LogInner>>,
-    flusher: mpsc::Sender<FlushRequest>,
-}
-
-/// An append waiting for `fdatasync`: the file it was written to and
-/// openraft's completion callback.
-struct FlushRequest {
-    file: Arc<File>,
-    done: LogFlushed<TypeConfig>,
-}
-
-/// Most flush requests completed by one `fdatasync` (group commit).
-pub const FLUSH_BATCH_MAX: usize = 1_024;
-
-/// The flusher thread: takes every append queued while the previous
-/// `fdatasync` ran, syncs once, then completes them in order. Appends thus
-/// never block Raft's core task on the disk, and concurrent appends share
-/// one sync. Ends when every `LogStore` clone is dropped.
-fn run_flusher(rx: mpsc::Receiver<FlushRequest>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < FLUSH_BATCH_MAX {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        // Usually one file; two when a compaction swapped it in between.
-        let mut synced: Vec<*const File> = Vec::new();
-        let mut result: Result<(), io::Error> = Ok(());
-        for r in batch.iter().rev() {
-            let ptr = Arc::as_ptr(&r.file);
-            if !synced.contains(&ptr) {
-                synced.push(ptr);
-                if let Err(e) = r.file.sync_data() {
-                    result = Err(e);
-                }
-            }
-        }
-        for r in batch {
-            let res = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            };
-            r.done.log_io_completed(res);
-        }
-    }
 }
 
 fn io_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -168,18 +123,13 @@ impl LogStore {
             inner.write_pos = valid_len;
         }
         inner.allocated = inner.write_pos;
-        let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("cp-log-flush".into())
-            .spawn(move || run_flusher(rx))?;
         Ok(LogStore {
             inner: Arc::new(Mutex::new(inner)),
-            flusher: tx,
         })
     }
 
-    /// Writes `entries` and `fdatasync`s them before returning (the Raft
-    /// path instead syncs on the flusher thread).
+    /// Writes `entries` and `fdatasync`s them before returning (outside
+    /// openraft, e.g. for tests that build a log).
     pub fn append_entries(&self, entries: Vec<Entry<TypeConfig>>) -> io::Result<()> {
         let mut buf = Vec::new();
         for e in &entries {
@@ -393,25 +343,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in &entries {
             record::encode(&mut buf, KIND_ENTRY, &json(e).map_err(io_err)?).map_err(io_err)?;
         }
-        let mut g = self.lock();
-        g.write(&buf, false).map_err(io_err)?;
-        for e in entries {
-            if g.entries.insert(e.log_id.index, e).is_some() {
-                g.dead_records += 1;
+        let file = {
+            let mut g = self.lock();
+            g.write(&buf, false).map_err(io_err)?;
+            for e in entries {
+                if g.entries.insert(e.log_id.index, e).is_some() {
+                    g.dead_records += 1;
+                }
+            }
+            g.file.clone()
+        };
+        // openraft 0.9 awaits this callback inside its core task before it
+        // replicates or answers anything, so the sync runs right here: a
+        // flusher thread would only add two thread wake-ups to every write.
+        // The lock is released first so log readers never wait for the disk.
+        match file.sync_data() {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let err = io_err(io::Error::new(e.kind(), e.to_string()));
+                callback.log_io_completed(Err(e));
+                Err(err)
             }
         }
-        // Sent under the lock so flushes complete in append order.
-        let req = FlushRequest {
-            file: g.file.clone(),
-            done: callback,
-        };
-        if let Err(mpsc::SendError(req)) = self.flusher.send(req) {
-            let e = io::Error::other("the log flusher thread is gone");
-            let err = io_err(io::Error::other(e.to_string()));
-            req.done.log_io_completed(Err(e));
-            return Err(err);
-        }
-        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {

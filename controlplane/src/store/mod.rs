@@ -8,9 +8,11 @@
 //! thousand entries between snapshots), so a single append-only file of
 //! CRC-checked records, replayed into memory at open, is the simplest store
 //! that is durable and obviously correct. Every append is `fdatasync`ed
-//! before openraft hears it is flushed; a flusher thread groups concurrent
-//! appends into one sync, and the file is zero-filled ahead so a sync
-//! flushes data blocks only (as etcd's preallocated WAL does). Log
+//! before openraft hears it is flushed, in the append call itself: openraft
+//! 0.9's core awaits that callback before it replicates or answers, so a
+//! separate flusher thread would only add wake-ups (and it never had two
+//! appends to group). The file is zero-filled ahead so a sync flushes data
+//! blocks only (as etcd's preallocated WAL does). Log
 //! truncation and purge are records too, and the file is rewritten when most
 //! of it is dead. The state machine lives in memory and is made durable by an
 //! atomically replaced snapshot file; openraft re-applies committed entries
