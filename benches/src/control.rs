@@ -6,6 +6,8 @@
 //! client of the Raft service's `ClientWrite` on the leader.
 //! - write latency: one write at a time (a `PutPrincipal` metadata command),
 //!   client send -> committed on a majority and applied on the leader -> reply;
+//!   measured in alternating rounds against etcd (ours, etcd, ours, ...) with
+//!   both clusters up, reporting each round's p99 ratio and their median;
 //! - writes/s: `PIPELINE_DEPTH` writes in flight;
 //! - failover: `kill -9` of the leader -> first write that commits through a
 //!   survivor (writes retried round-robin over the survivors), >= 10 kills,
@@ -17,7 +19,8 @@
 //!
 //! Peer: a 3-member etcd cluster (Debian `etcd-server`) on 127.0.0.1 with
 //! data dirs in /var/tmp, written through its HTTP/JSON gateway
-//! (`POST /v3/kv/put`) on one keep-alive connection to the leader.
+//! (`POST /v3/kv/put`) on one keep-alive connection to the leader; it runs
+//! during the latency rounds only.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -35,7 +38,9 @@ use controlplane::node::NodeConfig;
 use controlplane::types::{Acl, Command, CommandResponse, Operation, Permission, Principal};
 use serde_json::json;
 
-use crate::report::{latency_histogram, Latency};
+use hdrhistogram::Histogram;
+
+use crate::report::{latency_histogram, Latency, Spread};
 use crate::SuiteArgs;
 
 const NODES: usize = 3;
@@ -45,6 +50,8 @@ const PIPELINE_DEPTH: usize = 32;
 const WAIT_MAX: Duration = Duration::from_secs(30);
 /// Deadline of one failover measurement.
 const FAILOVER_MAX: Duration = Duration::from_secs(10);
+/// Unrecorded writes before the first latency round, on each side.
+const WARMUP_WRITES: u64 = 50;
 
 struct BenchDir(PathBuf);
 
@@ -175,23 +182,19 @@ fn principal(k: u64) -> Command {
     })
 }
 
-/// Sequential writes to the leader for `seconds`. A write that fails (the
-/// leader changed under load) is not recorded; the new leader is found and
-/// the run goes on. Returns the latencies, the leader at the end and the
-/// number of failed writes.
-fn write_latency(
+/// One round of sequential writes to the leader for `duration`. A write that
+/// fails (the leader changed under load) is not recorded; the new leader is
+/// found and the round goes on. Returns the latencies, the leader at the end
+/// and the number of failed writes.
+fn ours_round(
     ours: &Ours,
     mut leader: usize,
-    seconds: u64,
+    duration: Duration,
     next: &mut u64,
-) -> anyhow::Result<(Latency, usize, u64)> {
+) -> anyhow::Result<(Histogram<u64>, usize, u64)> {
     let mut h = latency_histogram();
-    for _ in 0..50 {
-        *next += 1;
-        ours.write(leader, &principal(*next), Duration::from_secs(2));
-    }
     let mut failed = 0u64;
-    let end = Instant::now() + Duration::from_secs(seconds);
+    let end = Instant::now() + duration;
     while Instant::now() < end {
         *next += 1;
         let t = Instant::now();
@@ -202,7 +205,7 @@ fn write_latency(
             leader = ours.wait_stable(&[0, 1, 2])?;
         }
     }
-    Ok((Latency::from_histogram(&h), leader, failed))
+    Ok((h, leader, failed))
 }
 
 fn throughput(ours: &Ours, leader: usize, seconds: u64, next: &mut u64) -> f64 {
@@ -508,54 +511,151 @@ fn etcd_leader_port(ports: &[u16]) -> anyhow::Result<u16> {
     bail!("etcd elected no leader within {WAIT_MAX:?}")
 }
 
-fn etcd_write_latency(port: u16, seconds: u64) -> anyhow::Result<Latency> {
-    let mut h = Http::connect(port)?;
-    let mut hist = latency_histogram();
-    let put = |h: &mut Http, k: u64| -> anyhow::Result<()> {
-        let body = json!({
-            "key": b64(format!("bench-principal-{k}").as_bytes()),
-            "value": b64(format!("{{\"name\":\"bench-principal-{k}\"}}").as_bytes()),
-        })
-        .to_string();
-        let (code, resp) = h.post("/v3/kv/put", &body)?;
-        if code != 200 {
-            bail!("etcd put answered {code}: {resp}");
-        }
-        Ok(())
-    };
-    for k in 0..50 {
-        put(&mut h, k)?;
+fn etcd_put(h: &mut Http, k: u64) -> anyhow::Result<()> {
+    let body = json!({
+        "key": b64(format!("bench-principal-{k}").as_bytes()),
+        "value": b64(format!("{{\"name\":\"bench-principal-{k}\"}}").as_bytes()),
+    })
+    .to_string();
+    let (code, resp) = h.post("/v3/kv/put", &body)?;
+    if code != 200 {
+        bail!("etcd put answered {code}: {resp}");
     }
-    let end = Instant::now() + Duration::from_secs(seconds);
-    let mut k = 1_000;
+    Ok(())
+}
+
+/// One round of sequential puts to the etcd leader for `duration`.
+fn etcd_round(h: &mut Http, duration: Duration, next: &mut u64) -> anyhow::Result<Histogram<u64>> {
+    let mut hist = latency_histogram();
+    let end = Instant::now() + duration;
     while Instant::now() < end {
-        k += 1;
+        *next += 1;
         let t = Instant::now();
-        put(&mut h, k)?;
+        etcd_put(h, *next)?;
         hist.record(t.elapsed().as_nanos() as u64)?;
     }
-    Ok(Latency::from_histogram(&hist))
+    Ok(hist)
+}
+
+/// The etcd peer: three members and a keep-alive connection to the leader.
+struct Etcd {
+    version: String,
+    _procs: Procs,
+    http: Http,
+    next: u64,
+}
+
+impl Etcd {
+    /// Starts the peer cluster, or `None` (said on stdout) if etcd is absent.
+    fn start(root: &Path) -> anyhow::Result<Option<Etcd>> {
+        let Some(version) = etcd_binary() else {
+            println!("etcd not found: install it with `apt-get install etcd-server`; etcd figures are null");
+            return Ok(None);
+        };
+        let mut procs = Procs(Vec::new());
+        let ports = start_etcd(root, &mut procs)?;
+        let port = etcd_leader_port(&ports)?;
+        let mut http = Http::connect(port)?;
+        for k in 0..WARMUP_WRITES {
+            etcd_put(&mut http, k)?;
+        }
+        Ok(Some(Etcd {
+            version,
+            _procs: procs,
+            http,
+            next: WARMUP_WRITES,
+        }))
+    }
 }
 
 fn us(ns: u64) -> f64 {
     ns as f64 / 1e3
 }
 
+/// Write latency of both clusters, measured in alternating rounds (ours,
+/// etcd, ours, etcd, ...) while both run, so a drift of this VM's speed hits
+/// both sides alike.
+struct Rounds {
+    ours: Histogram<u64>,
+    etcd: Option<Histogram<u64>>,
+    /// Per round: ours p99 / etcd p99.
+    p99_ratios: Vec<f64>,
+    ours_p99_us: Vec<f64>,
+    etcd_p99_us: Vec<f64>,
+    failed: u64,
+    leader: usize,
+}
+
+fn latency_rounds(
+    ours: &Ours,
+    mut leader: usize,
+    etcd: &mut Option<Etcd>,
+    rounds: usize,
+    round: Duration,
+    next: &mut u64,
+) -> anyhow::Result<Rounds> {
+    for _ in 0..WARMUP_WRITES {
+        *next += 1;
+        ours.write(leader, &principal(*next), Duration::from_secs(2));
+    }
+    let mut out = Rounds {
+        ours: latency_histogram(),
+        etcd: etcd.as_ref().map(|_| latency_histogram()),
+        p99_ratios: Vec::new(),
+        ours_p99_us: Vec::new(),
+        etcd_p99_us: Vec::new(),
+        failed: 0,
+        leader,
+    };
+    for r in 0..rounds {
+        let (h, l, failed) = ours_round(ours, leader, round, next)?;
+        leader = l;
+        out.failed += failed;
+        out.ours.add(&h)?;
+        let o = Latency::from_histogram(&h);
+        out.ours_p99_us.push(us(o.p99_ns));
+        let mut line = format!(
+            "round {r}: ours p50 {:>6.0} us p99 {:>6.0} us (n = {})",
+            us(o.p50_ns),
+            us(o.p99_ns),
+            o.count
+        );
+        if let (Some(e), Some(all)) = (etcd.as_mut(), out.etcd.as_mut()) {
+            let h = etcd_round(&mut e.http, round, &mut e.next)?;
+            all.add(&h)?;
+            let l = Latency::from_histogram(&h);
+            out.etcd_p99_us.push(us(l.p99_ns));
+            let ratio = o.p99_ns as f64 / l.p99_ns.max(1) as f64;
+            out.p99_ratios.push(ratio);
+            line += &format!(
+                " | etcd p50 {:>6.0} us p99 {:>6.0} us (n = {}) | p99 ratio {ratio:.2}",
+                us(l.p50_ns),
+                us(l.p99_ns),
+                l.count
+            );
+        }
+        println!("{line}");
+    }
+    out.leader = leader;
+    Ok(out)
+}
+
 pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
     let root = PathBuf::from(format!("/var/tmp/ms-bench-control-{}", std::process::id()));
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
     let _guard = BenchDir(root.clone());
-    let (lat_s, tput_s, kills, policy_rounds) = if args.quick {
-        (8, 5, 10, 200)
+    let (rounds, round_s, tput_s, kills, policy_rounds) = if args.quick {
+        (8, 2, 5, 10, 200)
     } else {
-        (30, 15, 20, 1_000)
+        (12, 5, 15, 20, 1_000)
     };
     println!("control suite: 3 nodes on 127.0.0.1 (mTLS, fdatasync per append) in {}; removed at the end", root.display());
 
     let certs = certs::generate_dev(&root.join("certs")).context("dev certificates")?;
     let tls = controlplane::auth::client_tls_config(&certs.node, &certs.ca.cert)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // The client's calls run on the calling thread (like the blocking
+    // socket of the etcd client): no hand-off to a runtime worker.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let pool = {
@@ -582,9 +682,39 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
     ours.start(1, true)?;
     ours.start(2, true)?;
     let leader = ours.wait_stable(&[0, 1, 2])?;
+    let mut etcd = Etcd::start(&root)?;
+    if let Some(e) = &etcd {
+        println!("peer: {} (3 members on 127.0.0.1, HTTP/JSON gateway, one keep-alive connection to the leader)", e.version);
+    }
+    println!(
+        "write latency: {rounds} rounds of {round_s} s per side, ours then etcd, both clusters running"
+    );
     let mut next = 0u64;
-    let (lat, leader, failed) = write_latency(&ours, leader, lat_s, &mut next)?;
+    let lat_rounds = latency_rounds(
+        &ours,
+        leader,
+        &mut etcd,
+        rounds,
+        Duration::from_secs(round_s),
+        &mut next,
+    )?;
+    // The peer is not needed any more: stop it before the other figures.
+    drop(etcd);
+    let lat = Latency::from_histogram(&lat_rounds.ours);
+    let etcd_lat = lat_rounds.etcd.as_ref().map(Latency::from_histogram);
+    let ratio = Spread::of(&lat_rounds.p99_ratios);
     println!("{}", lat.line("ours: write (3 nodes)"));
+    if let Some(l) = &etcd_lat {
+        println!("{}", l.line("etcd: put (3 members)"));
+        println!(
+            "write p99 ours/etcd per round: min {:.2} median {:.2} max {:.2}; over all rounds {:.2}",
+            ratio.min,
+            ratio.median,
+            ratio.max,
+            lat.p99_ns as f64 / l.p99_ns.max(1) as f64
+        );
+    }
+    let (leader, failed) = (lat_rounds.leader, lat_rounds.failed);
     if failed > 0 {
         println!(
             "note: {failed} write(s) failed because leadership moved during the run (not recorded)"
@@ -605,35 +735,25 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
     );
     drop(ours);
 
-    let etcd = match etcd_binary() {
-        Some(v) => {
-            println!("peer: {v} (3 members on 127.0.0.1, HTTP/JSON gateway, one keep-alive connection to the leader)");
-            let mut procs = Procs(Vec::new());
-            let ports = start_etcd(&root, &mut procs)?;
-            let port = etcd_leader_port(&ports)?;
-            let l = etcd_write_latency(port, lat_s)?;
-            println!("{}", l.line("etcd: put (3 members)"));
-            drop(procs);
-            Some(l)
-        }
-        None => {
-            println!("etcd not found: install it with `apt-get install etcd-server`; etcd figures are null");
-            None
-        }
-    };
-
+    let has_etcd = etcd_lat.is_some();
     Ok(json!({
         "suite": "control",
         "quick": args.quick,
+        "latency_rounds": rounds,
+        "latency_round_s": round_s,
         "write_p50_us": us(lat.p50_ns),
         "write_p99_us": us(lat.p99_ns),
         "write_p999_us": us(lat.p999_ns),
+        "write_p99_us_per_round": lat_rounds.ours_p99_us,
         "writes_failed_leader_moved": failed,
         "writes_per_s": wps,
         "pipeline_depth": PIPELINE_DEPTH,
-        "etcd_write_p50_us": etcd.map(|l| us(l.p50_ns)),
-        "etcd_write_p99_us": etcd.map(|l| us(l.p99_ns)),
-        "ratio_write_p99_to_etcd": etcd.map(|l| lat.p99_ns as f64 / l.p99_ns as f64),
+        "etcd_write_p50_us": etcd_lat.map(|l| us(l.p50_ns)),
+        "etcd_write_p99_us": etcd_lat.map(|l| us(l.p99_ns)),
+        "etcd_write_p99_us_per_round": has_etcd.then_some(lat_rounds.etcd_p99_us),
+        "ratio_write_p99_to_etcd": etcd_lat.map(|l| lat.p99_ns as f64 / l.p99_ns.max(1) as f64),
+        "ratio_write_p99_to_etcd_per_round": has_etcd.then_some(lat_rounds.p99_ratios),
+        "ratio_write_p99_to_etcd_median": has_etcd.then_some(ratio.median),
         "failover_kills": fo.len(),
         "failover_median_ms": fo_median,
         "failover_max_ms": fo_max,
