@@ -32,6 +32,9 @@ pub const FLAG_SUBSCRIBE: u16 = 0x0010;
 pub const NODE_FLAGS_KNOWN: u16 = wire::FLAGS_KNOWN | FLAG_SUBSCRIBE;
 /// Durability checkpoints remembered per session (older ones are coalesced into the newest).
 pub const CHECKPOINTS_MAX: usize = 32;
+/// Smallest receive window a STATUS advertises, however full the ring (one largest frame, so a
+/// publisher can always make progress).
+pub const WINDOW_BYTES_MIN: u32 = xdp_programs::abi_consts::FRAME_BYTES_MAX;
 /// Pending subscribe requests kept between two drains by the agent.
 pub const SUBSCRIBE_REQUESTS_MAX: usize = 64;
 
@@ -243,6 +246,11 @@ struct Session {
     ck_head: usize,
     ck_len: usize,
     durable: u64,
+    /// Receive window the next STATUS advertises: halved when the partition's ring refused a
+    /// record since the last STATUS, doubled back (up to the configured one) when it did not.
+    window: u32,
+    /// The partition's back-pressure count when this session last sent STATUS.
+    pressure_seen: u64,
 }
 
 impl Session {
@@ -300,6 +308,8 @@ pub struct SessionTable {
     subscribes: Vec<SubscribeRequest>,
     body: Vec<u8>,
     stats: ReceiverStats,
+    /// Per partition index: how often its ring refused a record (back-pressure events).
+    pressure: Vec<u64>,
 }
 
 impl SessionTable {
@@ -329,6 +339,7 @@ impl SessionTable {
             subscribes: Vec::with_capacity(SUBSCRIBE_REQUESTS_MAX),
             body: Vec::with_capacity(HEADER_BYTES + wire::SETUP_BODY_BYTES_MAX),
             stats: ReceiverStats::default(),
+            pressure: vec![0; slots_max.max(partitions.len())],
             cfg,
         }
     }
@@ -511,6 +522,8 @@ impl SessionTable {
             ck_head: 0,
             ck_len: 0,
             durable: h.offset,
+            window: self.cfg.window_bytes,
+            pressure_seen: self.pressure.get(partition_idx).copied().unwrap_or(0),
         });
         self.index.insert(key, i);
         self.active.push(i);
@@ -615,8 +628,13 @@ impl SessionTable {
                     self.stats.bytes_appended += rec.payload.len() as u64;
                 }
                 None => {
-                    // The rest is dropped; frames behind it open a gap and are NAKed.
+                    // The rest is dropped; frames behind it open a gap and are NAKed. The next
+                    // STATUS (sent now) advertises a smaller window.
                     self.stats.ring_back_pressured += 1;
+                    if let Some(p) = self.pressure.get_mut(s.partition_idx) {
+                        *p += 1;
+                    }
+                    s.status_due = true;
                     s.note_gap(end, now_ns, nak_delay);
                     break;
                 }
@@ -741,9 +759,16 @@ impl SessionTable {
             return None;
         }
         let flags = if s.setup_ack_due { FLAG_SETUP_ACK } else { 0 };
+        let pressure = self.pressure.get(s.partition_idx).copied().unwrap_or(0);
+        s.window = if pressure != s.pressure_seen {
+            s.pressure_seen = pressure;
+            (s.window / 2).max(WINDOW_BYTES_MIN.min(cfg.window_bytes))
+        } else {
+            s.window.saturating_mul(2).min(cfg.window_bytes)
+        };
         let status = StatusBody {
             durable_offset: s.durable,
-            window_bytes: cfg.window_bytes,
+            window_bytes: s.window,
             receiver_id: cfg.receiver_id,
         };
         self.body.clear();
@@ -1083,6 +1108,62 @@ mod tests {
         sink.refuse_after = None;
         t.handle(2, src(), &data(1, 0, 0, &[1, 2, 3]), &mut sink);
         assert_eq!(values(&sink), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn status_window_shrinks_while_the_ring_is_full_and_grows_back() {
+        let mut t = table();
+        let mut sink = VecSink {
+            refuse_after: Some(0),
+            ..Default::default()
+        };
+        let full = cfg().window_bytes;
+        let mut out = Vec::new();
+        let window = |t: &mut SessionTable, now: u64, out: &mut Vec<u8>| loop {
+            // NAKs for the refused records may come first.
+            t.poll_transmit(now, None, out).expect("a STATUS is due");
+            if FrameHeader::decode(out).unwrap().frame_type == FrameType::Status {
+                return StatusBody::decode(&out[HEADER_BYTES..])
+                    .unwrap()
+                    .window_bytes;
+            }
+        };
+        t.handle(0, src(), &setup(1, 0, 0), &mut sink);
+        assert_eq!(window(&mut t, 0, &mut out), full, "SETUP ack: full window");
+        let mut seen = Vec::new();
+        for now in 1..=12 {
+            // Every DATA frame meets a full ring: each STATUS halves the window, to a floor.
+            t.handle(now, src(), &data(1, 0, 0, &[now]), &mut sink);
+            seen.push(window(&mut t, now, &mut out));
+        }
+        assert_eq!(seen[0], full / 2);
+        assert_eq!(seen[1], full / 4);
+        assert_eq!(*seen.last().unwrap(), WINDOW_BYTES_MIN, "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[1] <= w[0]), "{seen:?}");
+        // The ring has room again: records are appended and the window doubles back.
+        sink.refuse_after = None;
+        let mut offset = 0;
+        let mut grown = Vec::new();
+        for now in 20..40 {
+            t.handle(now, src(), &data(1, 0, offset, &[now]), &mut sink);
+            offset += 16;
+            t.handle(
+                now,
+                src(),
+                &frame(
+                    FrameType::Heartbeat,
+                    FLAG_REPLY_REQUESTED,
+                    1,
+                    0,
+                    offset,
+                    &[],
+                ),
+                &mut VecSink::default(),
+            );
+            grown.push(window(&mut t, now, &mut out));
+        }
+        assert_eq!(*grown.last().unwrap(), full, "{grown:?}");
+        assert!(grown.windows(2).all(|w| w[1] >= w[0]), "{grown:?}");
     }
 
     #[test]

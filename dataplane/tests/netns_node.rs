@@ -1006,3 +1006,156 @@ fn remote_subscriber_from_an_offset_catches_up_from_storage_then_goes_live() {
     );
     assert_eq!(node.stop(), 0);
 }
+
+/// What the raw publisher of the flow-control test saw.
+#[derive(Debug, Default)]
+struct Windows {
+    /// Smallest window a STATUS advertised while the ring was full.
+    min_while_full: u32,
+    /// Window of the last STATUS after the ring had room again.
+    after_drain: u32,
+    /// Session offset that STATUS acknowledged.
+    acked: u64,
+}
+
+/// Sends DATA (go-back-N from each STATUS offset) until `done(window)` holds for a STATUS;
+/// returns that window and the acknowledged offset.
+fn send_until(
+    s: &UdpSocket,
+    node: SocketAddr,
+    next: &mut u64,
+    mut done: impl FnMut(u32) -> bool,
+) -> Option<(u32, u64)> {
+    let mut buf = vec![0u8; 9000];
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut sent_since_status = 0;
+    while Instant::now() < deadline {
+        if sent_since_status < 64 {
+            let mut body = Vec::new();
+            for _ in 0..8 {
+                sdk::net::wire::push_record(&mut body, 0, &[0xAB; 64]);
+            }
+            let h = FrameHeader {
+                frame_type: FrameType::Data,
+                flags: sdk::net::wire::FLAG_REPLY_REQUESTED,
+                stream_id: STREAM,
+                partition: 0,
+                session_id: 21,
+                offset: *next,
+                epoch: 0,
+            };
+            let mut f = Vec::new();
+            h.encode(&body, &mut f).expect("fits");
+            let _ = s.send_to(&f, node);
+            *next += body.len() as u64;
+            sent_since_status += 1;
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        while let Ok((n, _)) = s.recv_from(&mut buf) {
+            let Ok(h) = FrameHeader::decode(&buf[..n]) else {
+                continue;
+            };
+            if h.frame_type != FrameType::Status {
+                continue;
+            }
+            let st = sdk::net::wire::StatusBody::decode(&buf[40..n]).expect("status body");
+            sent_since_status = 0;
+            // Go-back-N: what the node refused is sent again from its consumed offset.
+            *next = h.offset;
+            if done(st.window_bytes) {
+                return Some((st.window_bytes, h.offset));
+            }
+        }
+    }
+    None
+}
+
+/// Flow control follows the ring: while the partition's ring is full (a local reliable
+/// subscriber does not read) the node's STATUS advertises a shrinking window; once the ring
+/// has room the window grows back to the configured one.
+#[test]
+fn status_window_shrinks_while_the_ring_is_full_and_recovers() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = TestNet::create("msd-win", 212).expect("test network");
+    let mut cfg = node_config(&net, dir.path(), false, true);
+    cfg.ring_capacity_bytes = 64 << 10;
+    let full = cfg.window_bytes;
+    let node = Node::start(&net, cfg);
+    let node_addr = SocketAddr::V4(SocketAddrV4::new(net.node_ip, PORT));
+    // A reliable local subscriber that stops reading: the ring fills.
+    let mut local = local_subscriber(dir.path());
+    local.poll(|_| {}, 1).expect("attach");
+    let (pressured_tx, pressured_rx) = mpsc::channel();
+    let (drained_tx, drained_rx) = mpsc::channel::<()>();
+    let peer_ip = net.peer_ip;
+    let publisher = TestNet::spawn_in(&net.peer_ns, move || {
+        let s = UdpSocket::bind(SocketAddrV4::new(peer_ip, 0)).expect("bind");
+        s.set_nonblocking(true).expect("nonblocking");
+        let mut setup = Vec::new();
+        sdk::net::wire::encode_setup(1472, "raw", &mut setup);
+        let mut f = Vec::new();
+        FrameHeader {
+            frame_type: FrameType::Setup,
+            flags: 0,
+            stream_id: STREAM,
+            partition: 0,
+            session_id: 21,
+            offset: 0,
+            epoch: 0,
+        }
+        .encode(&setup, &mut f)
+        .expect("fits");
+        s.send_to(&f, node_addr).expect("setup");
+        let mut w = Windows::default();
+        let mut next = 0u64;
+        let (min, _) =
+            send_until(&s, node_addr, &mut next, |win| win < full).expect("the window shrank");
+        w.min_while_full = min;
+        // Keep pushing a little: it keeps shrinking (down to the floor) while the ring is full.
+        if let Some((win, _)) = send_until(&s, node_addr, &mut next, |win| win < min) {
+            w.min_while_full = win;
+        }
+        let _ = pressured_tx.send(());
+        let _ = drained_rx.recv_timeout(WAIT_MAX);
+        let (win, acked) =
+            send_until(&s, node_addr, &mut next, |win| win == full).expect("the window grew back");
+        w.after_drain = win;
+        w.acked = acked;
+        w
+    });
+    pressured_rx
+        .recv_timeout(WAIT_MAX)
+        .expect("the publisher saw a smaller window");
+    // Read the ring: it has room again.
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut read = 0u64;
+    while Instant::now() < deadline && read < 500 {
+        read += local.poll(|_| {}, 256).expect("poll") as u64;
+    }
+    drained_tx.send(()).expect("publisher alive");
+    let mut reader_alive = true;
+    let w = loop {
+        if publisher.is_finished() {
+            break publisher.join().expect("thread").expect("netns");
+        }
+        if reader_alive && local.poll(|_| {}, 256).is_err() {
+            reader_alive = false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    assert!(w.min_while_full < full, "{w:?}");
+    assert!(
+        w.min_while_full >= dataplane::session::WINDOW_BYTES_MIN,
+        "{w:?}"
+    );
+    assert_eq!(w.after_drain, full, "{w:?}");
+    assert!(w.acked > 0, "{w:?}");
+    assert!(node.wait_counter(Counter::RxRingBackPressured, 1) > 0);
+    assert_eq!(node.stop(), 0);
+}
