@@ -711,7 +711,7 @@ impl Conductor {
             return;
         };
         let (slot, archived) = (p.slot, p.archived);
-        if sdk::net::PublisherSession::new(self.session_config(&r)).is_err() {
+        if self.session_config(&r).validate().is_err() {
             self.counters.add(Counter::ConductorSubscribeRefused, 1);
             return;
         }
@@ -760,8 +760,11 @@ impl Conductor {
         let sub = match (start, reader) {
             (None, _) => Subscription::new(r.src, slot, session),
             (Some(from), Some(mut reader)) => {
-                if from > reader.next_offset() && from <= reader.end_offset() {
-                    if let Err(e) = reader.seek_offset(from) {
+                // An offset beyond what is durable starts at the durable tail (the records
+                // below `from` are skipped as they arrive); one below the log's start, at it.
+                let target = from.min(reader.end_offset());
+                if target > reader.next_offset() {
+                    if let Err(e) = reader.seek_offset(target) {
                         eprintln!("memstreamer: subscriber {} from offset {from}: {e}; reading the log from its start", r.src);
                     }
                 }

@@ -743,6 +743,57 @@ mod tests {
         node.close();
     }
 
+    /// Without storage, EARLIEST starts at the oldest record in the ring: records published
+    /// before the SUBSCRIBE arrive first (private ring reader), then live ones, once each.
+    #[test]
+    fn remote_subscriber_from_earliest_without_storage_reads_the_ring_then_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), false);
+        let (mut node, handle) = NodeParts::build(&cfg).unwrap().into_invoker();
+        let mut local = sdk::Context::builder()
+            .dir(dir.path().join("shm"))
+            .build()
+            .publisher(7, 0)
+            .unwrap();
+        let (before, after) = (300u64, 700u64);
+        for i in 0..before {
+            local.offer(&i.to_le_bytes()).unwrap();
+        }
+        let mut sub = sdk::net::UdpSubscriber::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ReceiverConfig::default(),
+        )
+        .unwrap();
+        sub.subscribe_from(
+            handle.data_addr,
+            7,
+            0,
+            6,
+            "sub",
+            sdk::net::wire::SubscribeStart::Earliest,
+        )
+        .unwrap();
+        let (mut next, mut got) = (before, Vec::new());
+        for _ in 0..CYCLES_MAX {
+            if sub.is_subscribed(6)
+                && next < before + after
+                && local.offer(&next.to_le_bytes()).is_ok()
+            {
+                next += 1;
+            }
+            node.invoke();
+            sub.poll(
+                |r| got.push(u64::from_le_bytes(r.payload[..8].try_into().unwrap())),
+                64,
+            );
+            if got.len() as u64 == before + after {
+                break;
+            }
+        }
+        assert_eq!(got, (0..before + after).collect::<Vec<_>>());
+        node.close();
+    }
+
     #[test]
     fn remote_subscriber_receives_ring_records_in_order() {
         let dir = tempfile::tempdir().unwrap();

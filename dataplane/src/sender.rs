@@ -655,7 +655,8 @@ impl Agent for Sender {
             if ended || now_ns.saturating_sub(s.last_heard_ns) > timeout {
                 let gone = self.subscriptions.swap_remove(i);
                 retire(&mut self.retired, &gone.session.stats());
-                self.evicted += 1;
+                // A session ended because its partition went away is not an eviction.
+                self.evicted += u64::from(!ended);
             } else {
                 i += 1;
             }
