@@ -30,6 +30,9 @@
 //!   order them otherwise); writes keep flowing while it runs. When a commit's last write has
 //!   no other write in flight it is submitted with RWF_DSYNC instead, durable by itself
 //!   (`LogConfig::dsync_commits`).
+//! * A helper thread preallocates the next segment and writes the indexes of sealed segments
+//!   (`prepare.rs`), so a segment roll does not stall appends on file creation and index
+//!   fsyncs; a sealed segment whose index was not written yet is scanned at the next open.
 //! * While every appended byte is submitted, the log zeroes the active segment up to
 //!   `LogConfig::zero_ahead_bytes` past the append position: commits then overwrite written
 //!   blocks, and an fdatasync is a device cache flush without a file-system journal commit.
@@ -65,6 +68,7 @@ pub mod index;
 pub mod io;
 pub mod layout;
 mod log;
+mod prepare;
 mod reader;
 pub mod retention;
 pub mod scan;

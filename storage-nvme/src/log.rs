@@ -13,6 +13,7 @@ use crate::codec::{batch_bytes_for, encode_batch, BatchEncodeError, Record};
 use crate::index::{IndexCheckpoint, IndexCursor, SparseIndex};
 use crate::io::{AlignedBuf, BufBacking, IoBackend, IoMode, SysIo, Wait};
 use crate::layout::*;
+use crate::prepare::{finalize_segment, Preparer};
 use crate::reader::Reader;
 use crate::retention::{segments_to_delete, RetentionPolicy, SegmentInfo};
 use crate::scan::ScanStop;
@@ -331,6 +332,14 @@ pub struct LogStats {
     /// Zero-ahead writes that failed; the first failure stops zeroing ahead (no data is at
     /// stake: the blocks stay unwritten extents, which read as zeros too).
     pub zero_errors: u64,
+    /// Rolls that found the next segment preallocated by the helper thread, and rolls that
+    /// created it themselves (helper busy, failed or absent). See `prepare.rs`.
+    pub prepared_rolls: u64,
+    pub unprepared_rolls: u64,
+    /// Sealed-segment index saves by the helper thread, and failures (rebuilt at the next
+    /// open). As of the last roll, retention or close.
+    pub index_saves: u64,
+    pub index_save_errors: u64,
 }
 
 /// Positions shared with readers (possibly on other threads).
@@ -438,6 +447,9 @@ pub struct Log<B: IoBackend = SysIo> {
     /// Zeroing never goes past the active file's length (that would change its size).
     zero_limit: u64,
     zero_stopped: bool,
+    /// The helper thread (next segment preallocation, sealed index saves); None if it could
+    /// not be started, and then the roll does that work itself.
+    prep: Option<Preparer>,
 }
 
 /// The file's length rounded down to a block, or 0 (no zeroing ahead) if it cannot be read.
@@ -796,8 +808,14 @@ impl<B: IoBackend> Log<B> {
             zeroed_to: 0,
             zero_limit,
             zero_stopped: false,
+            prep: None,
             cfg,
         };
+        let mut log = log;
+        log.prep = Preparer::start(&log.dir);
+        if let Some(p) = &mut log.prep {
+            p.prepare(&log.dir, log.cfg.segment_bytes);
+        }
         Ok((log, report))
     }
 
@@ -807,7 +825,12 @@ impl<B: IoBackend> Log<B> {
     }
     /// Counters since open.
     pub fn stats(&self) -> LogStats {
-        self.stats
+        let mut s = self.stats;
+        if let Some(p) = &self.prep {
+            s.index_saves = p.stats.index_saves;
+            s.index_save_errors = p.stats.index_save_errors;
+        }
+        s
     }
     /// The I/O backend.
     pub fn backend(&self) -> &B {
@@ -1419,14 +1442,37 @@ impl<B: IoBackend> Log<B> {
             path: path.to_path_buf(),
             detail: e.to_string(),
         };
-        save_indexes(
-            &self.dir,
-            &cp,
-            a.offs.entries(),
-            a.times.entries(),
-            &mut self.scratch,
-        )
-        .map_err(|e| roll_err(&a.path, &e))?;
+        // The sealed segment's indexes: by the helper thread, off the append path (a missing
+        // index is rebuilt at open), else here. Recovery trusts a sealed segment's index, so
+        // its mid-segment checkpoint (whose end is not the segment's end) must go first: the
+        // unlink is made durable by the directory fsync that publishes the next segment.
+        let queued = self.prep.is_some() && {
+            let mut removed = true;
+            for ip in [
+                offset_index_path(&self.dir, a.base),
+                time_index_path(&self.dir, a.base),
+            ] {
+                match fs::remove_file(&ip) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(_) => removed = false,
+                }
+            }
+            removed
+                && self.prep.as_mut().is_some_and(|p| {
+                    p.save_indexes(&self.dir, cp, a.offs.entries(), a.times.entries())
+                })
+        };
+        if !queued {
+            save_indexes(
+                &self.dir,
+                &cp,
+                a.offs.entries(),
+                a.times.entries(),
+                &mut self.scratch,
+            )
+            .map_err(|e| roll_err(&a.path, &e))?;
+        }
         let file_bytes = a
             .file
             .metadata()
@@ -1444,8 +1490,18 @@ impl<B: IoBackend> Log<B> {
             stream: self.cfg.stream,
             partition: self.cfg.partition,
         };
-        let path = create_segment(&self.dir, &h)
-            .map_err(|e| roll_err(&segment_path(&self.dir, h.base_offset), &e))?;
+        let prepared = self.prep.as_mut().and_then(Preparer::take_prepared);
+        let path = match prepared.map(|p| finalize_segment(&self.dir, &p, &h)) {
+            Some(Ok(path)) => {
+                self.stats.prepared_rolls += 1;
+                path
+            }
+            _ => {
+                self.stats.unprepared_rolls += 1;
+                create_segment(&self.dir, &h)
+                    .map_err(|e| roll_err(&segment_path(&self.dir, h.base_offset), &e))?
+            }
+        };
         let file = self
             .io
             .open_segment(&path)
@@ -1467,11 +1523,18 @@ impl<B: IoBackend> Log<B> {
         self.commit_target = SEGMENT_HEADER_BYTES;
         self.zeroed_to = 0;
         self.zero_limit = file_len(&self.active.file);
+        if let Some(p) = &mut self.prep {
+            p.prepare(&self.dir, self.cfg.segment_bytes);
+        }
         Ok(())
     }
 
     /// Deletes the oldest sealed segments beyond the retention limits (never the active one).
     pub fn enforce_retention(&mut self, now_ns: u64) -> Result<RetentionReport, LogRetentionError> {
+        // An index save of a sealed segment may still be queued: let it land before deleting.
+        if let Some(p) = &mut self.prep {
+            p.barrier();
+        }
         let mut infos: Vec<SegmentInfo> = self.sealed.iter().map(|s| s.info).collect();
         let active_bytes = self
             .active
@@ -1525,6 +1588,9 @@ impl<B: IoBackend> Log<B> {
     fn close_inner(&mut self) -> Result<(), LogCloseError> {
         self.sync()?;
         self.checkpoint()?;
+        if let Some(p) = &mut self.prep {
+            p.shutdown();
+        }
         Ok(())
     }
 

@@ -104,23 +104,7 @@ pub fn create_segment(dir: &Path, header: &SegmentHeader) -> Result<PathBuf, Fil
     let path = segment_path(dir, header.base_offset);
     let tmp = path.with_extension(&TEMP_SEGMENT_SUFFIX[1..]);
     let res = (|| {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(ferr("cannot create segment", &tmp))?;
-        // SAFETY: fallocate on an open fd with a non-negative range has no memory-safety preconditions.
-        let r =
-            unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, header.segment_bytes as libc::off_t) };
-        if r != 0 {
-            return Err(FileError {
-                what: "cannot preallocate segment",
-                path: tmp.clone(),
-                source: io::Error::last_os_error(),
-            });
-        }
+        let f = create_preallocated(&tmp, header.segment_bytes)?;
         let mut block = vec![0u8; SEGMENT_HEADER_BYTES as usize];
         header.encode(&mut block);
         f.write_all_at(&block, 0)
@@ -318,8 +302,27 @@ pub fn last_nonzero(f: &File, from: u64, to: u64) -> io::Result<Option<u64>> {
 pub fn truncate_tail(f: &File, path: &Path, end: u64, segment_bytes: u64) -> Result<(), FileError> {
     f.set_len(end)
         .map_err(ferr("cannot truncate torn tail of", path))?;
+    fallocate(f, path, segment_bytes)?;
+    f.sync_all().map_err(ferr("cannot fsync segment", path))
+}
+
+/// Creates (or truncates) `path` and preallocates `bytes` of it. Not yet durable.
+pub fn create_preallocated(path: &Path, bytes: u64) -> Result<File, FileError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(ferr("cannot create segment", path))?;
+    fallocate(&f, path, bytes)?;
+    Ok(f)
+}
+
+/// Preallocates `bytes` of `f` (unwritten extents: they read as zeros). Not yet durable.
+pub fn fallocate(f: &File, path: &Path, bytes: u64) -> Result<(), FileError> {
     // SAFETY: fallocate on an open fd with a non-negative range has no memory-safety preconditions.
-    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, segment_bytes as libc::off_t) };
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, bytes as libc::off_t) };
     if r != 0 {
         return Err(FileError {
             what: "cannot preallocate segment",
@@ -327,5 +330,5 @@ pub fn truncate_tail(f: &File, path: &Path, end: u64, segment_bytes: u64) -> Res
             source: io::Error::last_os_error(),
         });
     }
-    f.sync_all().map_err(ferr("cannot fsync segment", path))
+    Ok(())
 }

@@ -320,3 +320,41 @@ fn zero_ahead_and_dsync_commits_keep_every_record() {
         }
     }
 }
+
+/// Rolls take the segment file the helper thread preallocated and leave the sealed segments'
+/// indexes to it; closing finishes that work and removes the unused prepared file, so a
+/// reopen finds the indexes and nothing to clean up.
+#[test]
+fn rolls_use_prepared_segments_and_close_leaves_a_clean_directory() {
+    let dir = tempdir();
+    let cfg = small_config();
+    let (mut log, _) = Log::open(dir.path(), cfg.clone()).unwrap();
+    let mut end = 0;
+    for _ in 0..80 {
+        end = append_pattern(&mut log, 10, 8);
+        log.sync().unwrap();
+    }
+    let st = log.stats();
+    assert!(st.rolls >= 3, "{st:?}");
+    assert!(st.prepared_rolls > 0, "{st:?}");
+    assert_eq!(st.prepared_rolls + st.unprepared_rolls, st.rolls, "{st:?}");
+    log.close().unwrap();
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains("tmp")),
+        "temporary files left: {names:?}"
+    );
+    let segments = names.iter().filter(|n| n.ends_with(".log")).count();
+    let indexes = names.iter().filter(|n| n.ends_with(".index")).count();
+    assert_eq!(
+        segments, indexes,
+        "every segment has its offset index: {names:?}"
+    );
+    let (log, report) = Log::open(dir.path(), cfg).unwrap();
+    assert!(report.actions.is_empty(), "{:?}", report.actions);
+    assert_eq!(report.next_offset, end);
+    assert_eq!(verify_pattern(&mut log.reader(), 0), end);
+}
