@@ -434,6 +434,7 @@ impl Archiver {
                 archived,
                 oversize_failed,
                 unflushed,
+                cells,
                 ..
             } = p;
             let mut failure: Option<String> = None;
@@ -477,7 +478,14 @@ impl Archiver {
                             *archived += 1;
                             *unflushed = true;
                         }
-                        Err(AppendError::TooLarge { .. }) => *oversize_failed += 1,
+                        Err(AppendError::TooLarge { .. }) => {
+                            // Not in the log: later ring records map to one log offset less.
+                            *oversize_failed += 1;
+                            let delta = cells.log_delta.load(Ordering::Relaxed);
+                            cells
+                                .log_delta
+                                .store(delta.wrapping_sub(1), Ordering::Relaxed);
+                        }
                         Err(e) => failure = Some(e.to_string()),
                     }
                 },

@@ -15,9 +15,10 @@
 //! storage-nvme reader of the partition's log, following its durable tail), then `Ring` (a
 //! private ring reader from the first record not yet sent, once the durable tail is reached),
 //! then `Live` (fed by the partition's shared reader, which never passes a `Ring` reader, so the
-//! two meet). Every subscription remembers the partition offset of the next record it needs
-//! (`next_log`), so records are never sent twice at a switch and never skipped. Partition
-//! offsets are the log's: ring offset + the archiver's `log_delta` (0 without storage).
+//! two meet). Every subscription remembers the next record it needs — its partition (log)
+//! offset `next_log` while it reads storage, its ring offset `next_ring` from the moment it reads
+//! the ring — so records are never sent twice at a switch and never skipped. Partition offsets
+//! are the log's: ring offset + the archiver's `log_delta` (0 without storage).
 //!
 //! The ring is read only as far as every subscriber of the partition has room in its retransmit
 //! window (a slow subscriber back-pressures the ring, like any reliable ring subscriber); a
@@ -76,6 +77,10 @@ pub struct Subscription {
     last_heard_ns: u64,
     /// Partition (log) offset of the next record to send; records below it are never re-sent.
     next_log: u64,
+    /// Ring offset of the next record to send once it reads the ring (set when it leaves
+    /// storage; None: every record from the shared reader). Ring offsets from then on, so a
+    /// later change of the ring-to-log mapping cannot make it skip or repeat a record.
+    next_ring: Option<u64>,
     phase: Phase,
     /// Its partition went away: finish the session (END_OF_SESSION), read nothing more.
     ending: bool,
@@ -103,6 +108,7 @@ impl Subscription {
             session,
             last_heard_ns: 0,
             next_log,
+            next_ring: None,
             phase,
             ending: false,
             dst_mac: None,
@@ -355,7 +361,6 @@ impl Sender {
             any = true;
             limit = limit.min(s.room_records());
         }
-        let delta = self.delta(p);
         if self.ring_subs[p].is_none() {
             // Re-attach after an eviction or corruption (cold path).
             self.ring_subs[p] = self.rings[p]
@@ -387,12 +392,11 @@ impl Sender {
                 if !any {
                     return;
                 }
-                let log = rec.offset.wrapping_add(delta);
                 for s in subs
                     .iter_mut()
                     .filter(|s| s.partition_idx == p && s.is_live())
                 {
-                    oversize += offer_at(s, log, rec.type_id, rec.payload);
+                    oversize += offer_at(s, rec.offset, rec.type_id, rec.payload);
                 }
             },
             limit,
@@ -442,19 +446,19 @@ impl Sender {
     }
 }
 
-/// Offers the record at partition offset `log` to `s` unless it was sent already; returns 1 when
+/// Offers the record at ring offset `at` to `s` unless it was sent already; returns 1 when
 /// the record is too large for the subscriber's frames (counted, skipped).
-fn offer_at(s: &mut Subscription, log: u64, type_id: u16, payload: &[u8]) -> u64 {
-    if log < s.next_log {
+fn offer_at(s: &mut Subscription, at: u64, type_id: u16, payload: &[u8]) -> u64 {
+    if s.next_ring.is_some_and(|n| at < n) {
         return 0; // already sent from storage or a private reader
     }
     match s.session.offer(type_id, payload) {
         Ok(_) => {
-            s.next_log = log + 1;
+            s.next_ring = Some(at + 1);
             0
         }
         Err(NetOfferError::TooLarge { .. }) => {
-            s.next_log = log + 1;
+            s.next_ring = Some(at + 1);
             1
         }
         // Room was checked by the caller; a closed session is being replaced.
@@ -511,7 +515,9 @@ fn catch_up_one(
                 let Ok(sub) = ring.subscriber(shm_ring::StartAt::Earliest) else {
                     return Ok(0);
                 };
-                if sub.next_offset().wrapping_add(delta) <= next_log {
+                let next_ring = next_log.wrapping_sub(delta);
+                if sub.next_offset() <= next_ring {
+                    s.next_ring = Some(next_ring);
                     s.phase = Phase::Ring { sub: Box::new(sub) };
                     return Ok(1);
                 }
@@ -553,23 +559,24 @@ fn catch_up_one(
             let behind = shared_next.saturating_sub(sub.next_offset());
             if behind == 0 {
                 // Met the shared reader: from here on it feeds this subscriber (records below
-                // next_log are skipped there, so nothing is sent twice, nothing is skipped).
+                // next_ring are skipped there, so nothing is sent twice, nothing is skipped).
                 s.phase = Phase::Live;
                 return Ok(1);
             }
             let limit = room.min(behind as usize);
             let mut offered = 0usize;
             let session = &mut s.session;
-            let next = &mut s.next_log;
+            // Entered from storage with next_ring set; straight from a SUBSCRIBE, from next_log
+            // (an offset from before the ring's first record starts at the ring's oldest).
+            let next = s.next_ring.get_or_insert(next_log.saturating_sub(delta));
             let poll = sub.poll(
                 |rec| {
-                    let log = rec.offset.wrapping_add(delta);
-                    if log < *next {
+                    if rec.offset < *next {
                         return;
                     }
                     match session.offer(rec.type_id, rec.payload) {
                         Ok(_) | Err(NetOfferError::TooLarge { .. }) => {
-                            *next = log + 1;
+                            *next = rec.offset + 1;
                             offered += 1;
                         }
                         Err(NetOfferError::BackPressured | NetOfferError::Closed) => {}
