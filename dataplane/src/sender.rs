@@ -288,9 +288,6 @@ impl Sender {
     fn add(&mut self, sub: Box<Subscription>, now_ns: u64) {
         let mut sub = *sub;
         sub.last_heard_ns = now_ns;
-        if let (SocketAddr::V4(v4), Some(mac)) = (sub.dst, sub.dst_mac) {
-            self.port.learn_neighbour(*v4.ip(), mac);
-        }
         if sub.partition_idx >= self.rings.len() || self.rings[sub.partition_idx].is_none() {
             // Its partition was removed while the request travelled.
             self.evicted += 1;
@@ -648,7 +645,7 @@ impl Agent for Sender {
                 }
                 debug_assert!(self.out.len() >= HEADER_BYTES);
                 // A frame the port refuses is lost like on the wire; NAK or heartbeat recovers it.
-                self.port.send(s.dst, &self.out);
+                self.port.send(s.dst, s.dst_mac, &self.out);
                 work += 1;
             }
         }

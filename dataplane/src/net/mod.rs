@@ -150,12 +150,17 @@ impl SenderPort {
         }
     }
 
-    /// Queues one UDP payload to `dst`; false when it cannot be sent now (counted).
+    /// Queues one UDP payload to `dst` (AF_XDP: to link-layer address `mac`, resolved by the
+    /// conductor; without one the neighbour table is asked); false when it cannot be sent now
+    /// (counted).
     #[inline]
-    pub fn send(&mut self, dst: SocketAddr, payload: &[u8]) -> bool {
-        match self {
-            SenderPort::Udp(p) => p.send(dst, payload),
-            SenderPort::AfXdp { tx, .. } => tx.send(dst, payload),
+    pub fn send(&mut self, dst: SocketAddr, mac: Option<[u8; 6]>, payload: &[u8]) -> bool {
+        match (self, dst, mac) {
+            (SenderPort::Udp(p), _, _) => p.send(dst, payload),
+            (SenderPort::AfXdp { tx, .. }, SocketAddr::V4(v4), Some(mac)) => {
+                tx.send_to_mac(v4, mac, payload)
+            }
+            (SenderPort::AfXdp { tx, .. }, _, _) => tx.send(dst, payload),
         }
     }
 
@@ -165,13 +170,6 @@ impl SenderPort {
         match self {
             SenderPort::Udp(p) => p.flush_tx(),
             SenderPort::AfXdp { tx, .. } => tx.flush_tx(),
-        }
-    }
-
-    /// Remembers a peer's link-layer address (AF_XDP; the UDP backend lets the kernel resolve).
-    pub fn learn_neighbour(&mut self, ip: std::net::Ipv4Addr, mac: [u8; 6]) {
-        if let SenderPort::AfXdp { tx, .. } = self {
-            tx.learn_neighbour(ip, mac);
         }
     }
 

@@ -22,9 +22,9 @@
 //!   the kernel neighbour table (`/proc/thread-self/net/arp`, cold path) is read once.
 //! - [`XskPort::open_tx`] binds a TX-only socket (every UMEM frame for TX, nothing
 //!   on the fill ring, no XSKMAP slot) for the sender agent, on the queue after the
-//!   receiver's; its peers' MACs are handed in with [`XskPort::learn_neighbour`]
-//!   (the conductor resolves them from the neighbour table and refuses a subscriber
-//!   it cannot resolve). In copy mode `flush_tx` kicks until the kernel took every
+//!   receiver's; it sends with [`XskPort::send_to_mac`] to MACs the conductor
+//!   resolved from the neighbour table when the subscriber arrived (it refuses a
+//!   subscriber it cannot resolve), so the TX path does no lookup. In copy mode `flush_tx` kicks until the kernel took every
 //!   descriptor (a kick sends at most 32), bounded by `TX_KICKS_MAX`.
 //! - Every buffer is sized at `open`; the duty cycle does not allocate.
 
@@ -504,9 +504,8 @@ impl XskPort {
         Ok(Self::assemble(cfg, local_mac, vec![b.queue], None, modes))
     }
 
-    /// Remembers `mac` as the link-layer address of `ip` (resolved off the hot path, e.g. by the
-    /// conductor from the kernel neighbour table when a remote subscriber arrives).
-    pub fn learn_neighbour(&mut self, ip: Ipv4Addr, mac: [u8; 6]) {
+    /// Remembers `mac` as the link-layer address of `ip`.
+    fn learn_neighbour(&mut self, ip: Ipv4Addr, mac: [u8; 6]) {
         learn_into(
             &mut self.neighbours,
             &mut self.neighbours_len,
@@ -663,14 +662,19 @@ impl XskPort {
             self.xsk_stats.tx_unsupported += 1;
             return false;
         };
-        if payload.len() > PAYLOAD_BYTES_MAX {
-            self.xsk_stats.tx_unsupported += 1;
-            return false;
-        }
         let Some(dst_mac) = self.neighbour(*dst.ip()) else {
             self.xsk_stats.tx_no_neighbour += 1;
             return false;
         };
+        self.send_to_mac(dst, dst_mac, payload)
+    }
+
+    /// Like [`XskPort::send`] to a peer whose MAC address the caller resolved (no lookup).
+    pub fn send_to_mac(&mut self, dst: SocketAddrV4, dst_mac: [u8; 6], payload: &[u8]) -> bool {
+        if payload.len() > PAYLOAD_BYTES_MAX {
+            self.xsk_stats.tx_unsupported += 1;
+            return false;
+        }
         let q = &mut self.queues[0];
         if q.tx_free.is_empty() {
             reclaim(q);
