@@ -310,6 +310,8 @@ pub struct SessionTable {
     stats: ReceiverStats,
     /// Per partition index: how often its ring refused a record (back-pressure events).
     pressure: Vec<u64>,
+    /// Partitions served at most (the map was sized for them: it never grows).
+    partitions_max: usize,
 }
 
 impl SessionTable {
@@ -326,7 +328,9 @@ impl SessionTable {
         slots_max: usize,
     ) -> SessionTable {
         let n = cfg.sessions_max.max(1);
-        let mut map = HashMap::with_capacity(slots_max.max(partitions.len()));
+        // Twice the room: with at most half its capacity live, the map rehashes in place when
+        // removals leave tombstones, never reallocates.
+        let mut map = HashMap::with_capacity(2 * slots_max.max(partitions.len()));
         map.extend(partitions.iter().enumerate().map(|(i, &k)| (k, i)));
         SessionTable {
             partitions: map,
@@ -340,6 +344,7 @@ impl SessionTable {
             body: Vec::with_capacity(HEADER_BYTES + wire::SETUP_BODY_BYTES_MAX),
             stats: ReceiverStats::default(),
             pressure: vec![0; slots_max.max(partitions.len())],
+            partitions_max: slots_max.max(partitions.len()),
             cfg,
         }
     }
@@ -366,7 +371,8 @@ impl SessionTable {
     /// pair is already served or the table is at its partition capacity (nothing changes).
     pub fn add_partition(&mut self, stream_id: u32, partition: u16, slot: usize) -> bool {
         if self.partitions.contains_key(&(stream_id, partition))
-            || self.partitions.len() >= self.partitions.capacity()
+            || self.partitions.len() >= self.partitions_max
+            || slot >= self.pressure.len()
         {
             return false;
         }
@@ -1108,6 +1114,38 @@ mod tests {
         sink.refuse_after = None;
         t.handle(2, src(), &data(1, 0, 0, &[1, 2, 3]), &mut sink);
         assert_eq!(values(&sink), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn partitions_added_and_removed_at_run_time() {
+        let mut t = SessionTable::with_slots(cfg(), &[], 2);
+        let mut sink = VecSink::default();
+        t.handle(0, src(), &setup(1, 0, 0), &mut sink);
+        assert_eq!(t.stats().drop_unknown_stream, 1, "not served yet");
+        assert!(t.add_partition(STREAM, 0, 1));
+        assert!(!t.add_partition(STREAM, 0, 0), "already served");
+        t.handle(1, src(), &setup(1, 0, 0), &mut sink);
+        t.handle(2, src(), &data(1, 0, 0, &[5]), &mut sink);
+        assert_eq!(sink.records[0].0, 1, "appended to the slot it was added as");
+        assert_eq!(t.sessions_active(), 1);
+        assert_eq!(t.remove_partition(STREAM, 0), 1, "its session is closed");
+        assert_eq!(t.sessions_active(), 0);
+        t.handle(3, src(), &data(1, 0, 16, &[6]), &mut sink);
+        assert_eq!(t.stats().drop_unknown_stream, 2);
+        assert_eq!(
+            t.remove_partition(STREAM, 0),
+            0,
+            "removing twice is a no-op"
+        );
+        // Made again (another slot): a new session starts over.
+        assert!(t.add_partition(STREAM, 0, 0));
+        t.handle(4, src(), &setup(1, 0, 0), &mut sink);
+        t.handle(5, src(), &data(1, 0, 0, &[7]), &mut sink);
+        assert_eq!(values(&sink), vec![5, 7]);
+        assert_eq!(sink.records[1].0, 0);
+        // Capacity is fixed at construction: no growth on the receiver's thread.
+        assert!(t.add_partition(STREAM + 1, 0, 1));
+        assert!(!t.add_partition(STREAM + 2, 0, 1), "beyond slots_max");
     }
 
     #[test]
