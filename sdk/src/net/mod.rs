@@ -7,7 +7,10 @@
 //!   retransmission on NAK, heartbeats (tail-loss detection), END_OF_SESSION.
 //! - [`UdpSubscriber`] / [`ReceiverCore`]: per-session in-order, exactly-once
 //!   delivery, loss detection (gaps and heartbeat offsets) and NAK, STATUS;
-//!   `subscribe` asks a node for a partition (SETUP with `FLAG_SUBSCRIBE`).
+//!   `subscribe` asks a node for a partition (SETUP with `FLAG_SUBSCRIBE`),
+//!   `subscribe_from` from a start position ([`wire::SubscribeStart`]: latest,
+//!   earliest, or a partition offset; the node serves older records from
+//!   storage, then live).
 //! - [`wire`]: the frame bodies; the header codec is `xdp_programs::frame`.
 //!
 //! The sessions are sans-IO (`handle(now, datagram)` / `poll_transmit(now,

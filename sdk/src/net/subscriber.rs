@@ -10,6 +10,8 @@
 //! SETUP with `FLAG_SUBSCRIBE` to the node's data port (repeated every
 //! [`SUBSCRIBE_RETRY_NS`] until the node's SETUP for that session id arrives);
 //! the node then acts as the publisher of that session, from its sender port.
+//! [`UdpSubscriber::subscribe_from`] names where to start (the SETUP body's
+//! start kind and the header offset, see [`super::wire::SubscribeStart`]).
 //!
 //! Loss handling is go-back-N: a DATA frame that starts after the next
 //! expected offset is dropped (counted) and the receiver NAKs
