@@ -33,10 +33,6 @@ pub const SESSIONS_MAX: u32 = 4096;
 pub const SUBSCRIBERS_MAX: u32 = 1024;
 /// Largest receive window advertised in STATUS (bytes).
 pub const WINDOW_BYTES_MAX: u32 = 1 << 30;
-/// Smallest sender retransmit window per remote subscriber (bytes).
-pub const RETRANSMIT_WINDOW_BYTES_MIN: u64 = sdk::net::BUFFER_BYTES_MIN as u64;
-const _: () =
-    assert!(RETRANSMIT_WINDOW_BYTES_MIN >= xdp_programs::abi_consts::FRAME_BYTES_MAX as u64);
 /// Largest sender retransmit window per partition (bytes).
 pub const RETRANSMIT_WINDOW_BYTES_MAX: u64 = sdk::net::BUFFER_BYTES_MAX as u64;
 /// Most AF_XDP queues (mirrors the XSKMAP size of xdp-programs).
@@ -107,6 +103,8 @@ pub struct Config {
     pub rx_batch_max: u32,
     pub tx_queue_max: u32,
     pub window_bytes: u32,
+    /// Each remote subscriber's retransmit buffer: used as the largest power of two not above
+    /// it, and at least `sdk::net::BUFFER_BYTES_MIN` (see [`Config::subscriber_buffer_bytes`]).
     pub retransmit_window_bytes: u64,
     pub nak_delay_ns: u64,
     pub nak_retry_ns: u64,
@@ -311,16 +309,13 @@ impl Config {
                 format!("{} not in {frame}..={WINDOW_BYTES_MAX}", self.window_bytes),
             );
         }
-        if self.retransmit_window_bytes < RETRANSMIT_WINDOW_BYTES_MIN
+        if self.retransmit_window_bytes < u64::from(frame)
             || self.retransmit_window_bytes > RETRANSMIT_WINDOW_BYTES_MAX
-            || !self.retransmit_window_bytes.is_power_of_two()
         {
-            // The window is each remote subscriber's sdk::net retransmit buffer: anything else
-            // would refuse every subscriber at run time.
             return bad(
                 "retransmit_window_bytes",
                 format!(
-                    "{} must be a power of two in {RETRANSMIT_WINDOW_BYTES_MIN}..={RETRANSMIT_WINDOW_BYTES_MAX}",
+                    "{} not in {frame}..={RETRANSMIT_WINDOW_BYTES_MAX}",
                     self.retransmit_window_bytes
                 ),
             );
@@ -367,6 +362,20 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The retransmit buffer of a remote subscriber's session: `retransmit_window_bytes`
+    /// rounded down to a power of two, within the SDK's buffer limits (any accepted value
+    /// works; before, values that were not such a power of two refused every subscriber).
+    pub fn subscriber_buffer_bytes(&self) -> usize {
+        let w = usize::try_from(self.retransmit_window_bytes).unwrap_or(usize::MAX);
+        let pow2 = if w.is_power_of_two() {
+            w
+        } else {
+            w.checked_next_power_of_two()
+                .map_or(1 << (usize::BITS - 1), |p| p / 2)
+        };
+        pow2.clamp(sdk::net::BUFFER_BYTES_MIN, sdk::net::BUFFER_BYTES_MAX)
     }
 
     /// Whether `stream`/`partition` is served by this node.
@@ -463,6 +472,20 @@ mod tests {
     }
 
     #[test]
+    fn subscriber_buffer_is_a_usable_power_of_two() {
+        for (window, buffer) in [
+            (9000, sdk::net::BUFFER_BYTES_MIN),
+            (100_000, sdk::net::BUFFER_BYTES_MIN),
+            (200_000, 128 << 10),
+            (4 << 20, 4 << 20),
+            (RETRANSMIT_WINDOW_BYTES_MAX, sdk::net::BUFFER_BYTES_MAX),
+        ] {
+            let c = load(&format!("retransmit_window_bytes = {window}"), &[]).unwrap();
+            assert_eq!(c.subscriber_buffer_bytes(), buffer, "{window}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_clear_errors() {
         let e = load("backend = \"afxdp\"", &[]).unwrap_err().to_string();
         assert!(e.contains("interface"), "{e}");
@@ -480,10 +503,6 @@ mod tests {
         assert!(e.contains("sessions_max"), "{e}");
         let e = load("", &[("MS_QUEUES", "")]).unwrap_err().to_string();
         assert!(e.contains("MS_QUEUES"), "{e}");
-        let e = load("retransmit_window_bytes = 10000", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("retransmit_window_bytes"), "{e}");
         let e = load("[[streams]]\nid = 1\n[[streams]]\nid = 1\n", &[])
             .unwrap_err()
             .to_string();

@@ -318,7 +318,7 @@ impl NodeParts {
             file,
             SubscriptionSettings {
                 partitions: partitions.clone(),
-                retransmit_window_bytes: config.retransmit_window_bytes as usize,
+                retransmit_window_bytes: config.subscriber_buffer_bytes(),
                 heartbeat_interval_ns: config.heartbeat_interval_ns,
                 session_timeout_ns: config.session_timeout_ns,
                 principal: format!("node-{}", data_addr.port()),
