@@ -87,6 +87,8 @@ pub struct Config {
     pub backend: Backend,
     pub listen: SocketAddr,
     pub interface: Option<String>,
+    /// AF_XDP: RX queues 0..queues get a receiver socket; the sender transmits on queue
+    /// `queues`, so the interface needs queues + 1 TX queues.
     pub queues: u32,
     pub threading: Threading,
     pub cores: Vec<usize>,

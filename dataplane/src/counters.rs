@@ -27,6 +27,10 @@
 //!  |   +16 durable_records u64 | +24 durable_ring_mark u64             |
 //!  +------------------------------------------------------------------+
 //! ```
+//!
+//! The per-partition table lists the node's configured partitions. Partitions the control plane
+//! creates at run time have their own cells (shared by the agents, not in the file); their
+//! records count in the node-wide counters (`ArchivedRecords`, `ArchivedDurableRecords`, ...).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

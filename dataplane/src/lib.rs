@@ -7,14 +7,19 @@
 //! Code map:
 //! * [`node`]: builds a node from its [`config`] (rings, storage replay, ports, agents, threads).
 //! * [`receiver`] (agent) over [`session`] (sans-IO: sessions, DATA decode, gap -> NAK, epochs,
-//!   STATUS with durable offset and window).
-//! * [`sender`] (agent): rings -> remote subscribers (SUBSCRIBE convention of docs/protocol.md),
-//!   retransmits from a bounded window.
+//!   STATUS with durable offset and a window that shrinks while the ring is full).
+//! * [`sender`] (agent): rings -> remote subscribers (SUBSCRIBE convention of docs/protocol.md,
+//!   start positions: storage -> ring -> live catch-up), retransmits from a bounded window;
+//!   AF_XDP TX with `--backend afxdp`.
 //! * [`archiver`] (agent): rings -> storage-nvme, group commit, durable ring marks, replay at start.
-//! * [`conductor`] (agent): commands (subscribe requests), the counters file.
-//! * [`agent`]: the Agent trait, threading modes (dedicated / shared / invoker), command queues.
+//! * [`conductor`] (agent): commands (subscribe requests, the control plane's stream commands),
+//!   partitions made live or removed at run time (handed to the agents over SPSC queues), the
+//!   counters file.
+//! * [`agent`]: the Agent trait, threading modes (dedicated / shared / invoker), command queues
+//!   (bounded MPMC, and SPSC with a conductor-side outbox).
 //! * [`counters`]: closed counter enum, shared-memory counters file read by `memstreamer stat`.
-//! * [`net`]: the [`NetPort`] enum over the kernel UDP backend and the AF_XDP backend.
+//! * [`net`]: the [`NetPort`] enum over the kernel UDP backend and the AF_XDP backend; the
+//!   sender's [`net::SenderPort`].
 //! * [`testnet`]: network namespaces + veth for tests, the demo and the net bench.
 //!
 //! Architecture invariants: no allocation, lock or syscall other than the port's batched I/O on
