@@ -482,22 +482,23 @@ impl PartitionRegistry {
 
     /// Makes a partition created at run time live in every agent. Everything that may block or
     /// allocate (storage replay, opening the log, attaching ring handles) happens here.
+    /// Returns the records replayed from storage into the ring.
     fn add(
         &mut self,
         stream_id: u32,
         partition: u16,
         ring: Ring,
         fresh: bool,
-    ) -> Result<(), String> {
+    ) -> Result<u64, String> {
         if self.live.contains_key(&(stream_id, partition)) {
-            return Ok(());
+            return Ok(0);
         }
         let slot = self.free_slots.pop().ok_or_else(|| {
             "no free partition slot (DYNAMIC_RINGS_MAX partitions are live)".to_string()
         })?;
         let result = self.attach(slot, stream_id, partition, &ring, fresh);
         match result {
-            Ok(()) => {
+            Ok(replayed) => {
                 let archived = self.storage_dir.is_some();
                 self.live.insert(
                     (stream_id, partition),
@@ -507,7 +508,7 @@ impl PartitionRegistry {
                         archived,
                     },
                 );
-                Ok(())
+                Ok(replayed)
             }
             Err(e) => {
                 self.free_slots.push(slot);
@@ -523,12 +524,13 @@ impl PartitionRegistry {
         partition: u16,
         ring: &Ring,
         fresh: bool,
-    ) -> Result<(), String> {
+    ) -> Result<u64, String> {
         let cells = Arc::new(PartitionCells::default());
+        let mut replayed = 0;
         let archive = match &self.storage_dir {
             Some(dir) => {
                 if fresh {
-                    crate::archiver::replay(
+                    replayed = crate::archiver::replay(
                         &crate::archiver::log_dir(dir, stream_id, partition),
                         ring,
                         self.replay_records_max,
@@ -561,7 +563,7 @@ impl PartitionRegistry {
             publisher,
             cells,
         });
-        Ok(())
+        Ok(replayed)
     }
 
     /// Takes a partition made at run time away from every agent; false when it was not live.
@@ -671,7 +673,11 @@ impl Conductor {
                     ring,
                     fresh,
                 } => match self.registry.add(stream_id, partition, ring, fresh) {
-                    Ok(()) => self.counters.add(Counter::ConductorPartitionsAdded, 1),
+                    Ok(replayed) => {
+                        self.counters.add(Counter::ConductorPartitionsAdded, 1);
+                        self.counters
+                            .add(Counter::ArchiverReplayedRecords, replayed);
+                    }
                     Err(e) => {
                         self.counters.add(Counter::ConductorPartitionErrors, 1);
                         eprintln!("memstreamer: stream {stream_id} partition {partition} exists only as a local ring: {e}");

@@ -1159,3 +1159,66 @@ fn status_window_shrinks_while_the_ring_is_full_and_recovers() {
     assert!(node.wait_counter(Counter::RxRingBackPressured, 1) > 0);
     assert_eq!(node.stop(), 0);
 }
+
+/// A stream created at run time survives a node restart: the control plane sends its Create
+/// again (it re-sends its full state when it attaches), the new node replays the stream's log
+/// into the fresh ring, and publishing continues after the recovered records.
+#[test]
+fn stream_created_at_run_time_is_recovered_from_storage_after_a_restart() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = TestNet::create("msd-dynr", 214).expect("test network");
+    let cfg = node_config(&net, dir.path(), true, true);
+    let node_addr = SocketAddr::V4(SocketAddrV4::new(net.node_ip, PORT));
+    const DYN: u32 = 12;
+    const N: u64 = 1_500;
+    let create = StreamCommand::Create {
+        stream_id: DYN,
+        partitions: 1,
+    };
+    let node = Node::start(&net, cfg.clone());
+    stream_command(dir.path(), create);
+    assert_eq!(node.wait_counter(Counter::ConductorPartitionsAdded, 1), 1);
+    let publisher = RemotePublisher::start_on(&net, any_addr(), node_addr, DYN);
+    publisher.offer(N);
+    let (offered, closed, stats) = publisher.finish();
+    assert_eq!(offered, N);
+    assert!(closed, "{stats:?}");
+    assert_eq!(node.wait_counter(Counter::ArchivedDurableRecords, N), N);
+    assert_eq!(node.stop(), 0);
+
+    let node = Node::start(&net, cfg);
+    stream_command(dir.path(), create);
+    assert_eq!(node.wait_counter(Counter::ConductorPartitionsAdded, 1), 1);
+    assert_eq!(node.wait_counter(Counter::ArchiverReplayedRecords, N), N);
+    let publisher = RemotePublisher::start_on(&net, any_addr(), node_addr, DYN);
+    publisher.offer(N);
+    let (offered, closed, stats) = publisher.finish();
+    assert_eq!(offered, N);
+    assert!(closed, "{stats:?}");
+    let mut local = sdk::Context::builder()
+        .dir(dir.path().join("shm"))
+        .start_at(StartAt::Earliest)
+        .build()
+        .subscriber(DYN, 0);
+    let mut got = Vec::new();
+    collect(&mut local, &mut got, 2 * N as usize);
+    // The first session's records (replayed from storage), then the second session's.
+    assert_eq!(got.len() as u64, 2 * N);
+    for (i, p) in got.iter().enumerate() {
+        assert_eq!(p, &payload(i as u64 % N), "record {i}");
+    }
+    assert_eq!(node.wait_counter(Counter::ArchivedDurableRecords, N), N);
+    assert_eq!(node.stop(), 0);
+    let log = storage_nvme::Reader::open(dataplane::archiver::log_dir(
+        &dir.path().join("storage"),
+        DYN,
+        0,
+    ))
+    .expect("the stream's log");
+    assert_eq!(log.end_offset(), 2 * N, "one log across both runs");
+}
