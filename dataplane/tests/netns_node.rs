@@ -1222,3 +1222,55 @@ fn stream_created_at_run_time_is_recovered_from_storage_after_a_restart() {
     .expect("the stream's log");
     assert_eq!(log.end_offset(), 2 * N, "one log across both runs");
 }
+
+/// The AF_XDP sender needs a TX queue after the receiver's: without one the node refuses to
+/// start with a message that says what to change (never a silent fallback to a kernel socket).
+#[test]
+fn afxdp_sender_without_a_spare_tx_queue_is_a_clear_error() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    if std::process::Command::new("ethtool")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: needs ethtool");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = TestNet::create("msd-txq", 215).expect("test network");
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.node_ns,
+            "ethtool",
+            "-L",
+            &net.node_if,
+            "tx",
+            "1",
+        ])
+        .output()
+        .expect("ethtool");
+    assert!(out.status.success(), "{out:?}");
+    let cfg = node_config(&net, dir.path(), false, true);
+    let err = TestNet::spawn_in(&net.node_ns, move || {
+        NodeParts::build(&cfg).err().map(|e| e.to_string())
+    })
+    .join()
+    .expect("thread")
+    .expect("netns")
+    .expect("the node refuses to start");
+    assert!(err.contains("TX queues"), "{err}");
+    assert!(err.contains("--backend udp"), "{err}");
+    assert!(
+        !dir.path()
+            .join("shm")
+            .join(sdk::ring_name(STREAM, 0))
+            .exists(),
+        "a failed start leaves no ring behind"
+    );
+}
