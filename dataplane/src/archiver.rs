@@ -7,6 +7,12 @@
 //! with an offset below it is on storage — which the receiver turns into the `durable_offset` of
 //! its STATUS frames.
 //!
+//! Partitions made live at run time arrive as a finished [`PartitionArchive`] (the conductor opened
+//! the log and attached the ring subscriber) through [`ArchiverCommand::Add`]; `Remove` drains the
+//! ring, makes everything durable and closes the log. `OpenReader` hands the conductor a reader
+//! that follows a partition's durable tail, for a remote subscriber that starts behind the ring.
+//! The cells also publish `log_delta` (ring offset + delta = log offset).
+//!
 //! Storage keeps payloads and timestamps (not the record type id). At start, [`replay`] copies the
 //! tail of each partition's log into a freshly created ring, so a restarted node serves local
 //! subscribers what it had stored.
@@ -14,10 +20,9 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use storage_nvme::{AppendError, Log, LogConfig, Record};
-
-use std::sync::Arc;
 
 use crate::agent::{Agent, CommandQueue, SpscConsumer};
 use crate::conductor::ConductorCommand;

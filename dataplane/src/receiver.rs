@@ -4,10 +4,9 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use xdp_programs::abi_consts::FRAME_BYTES_MAX;
-
-use std::sync::Arc;
 
 use crate::agent::{Agent, CommandQueue, SpscConsumer};
 use crate::conductor::ConductorCommand;
@@ -132,9 +131,9 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    #[allow(clippy::too_many_arguments)]
     /// `sink` and `table` hold the configured partitions as slots `0..cells.len()` and room for
     /// `sink`'s slot count in total; `cells[i]` are slot i's durable positions.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         port: NetPort,
         table: SessionTable,

@@ -25,14 +25,13 @@
 //! subscriber silent for `session_timeout_ns` is evicted.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use sdk::net::wire::{record_bytes, HEADER_BYTES};
 use sdk::net::{NetOfferError, PublisherSession, PublisherStats};
 use xdp_programs::abi_consts::FRAME_BYTES_MAX;
 use xdp_programs::frame::FrameHeader;
-
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use crate::agent::{Agent, SpscConsumer};
 use crate::archiver::STAGE_RECORDS_MAX;
