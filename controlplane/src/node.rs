@@ -128,7 +128,8 @@ impl NodeConfig {
         Self::from_toml(&text)
     }
 
-    /// Where other nodes reach this one.
+    /// Where other nodes reach this one (with `listen` on port 0 and no
+    /// `advertise`, a started node advertises the port it was given instead).
     pub fn control_addr(&self) -> &str {
         self.advertise.as_deref().unwrap_or(&self.listen)
     }
@@ -236,6 +237,26 @@ pub async fn start_with(
     let server_tls = NodeTls::new(&certs.node, &certs.ca.cert)?;
     let client_tls = client_tls_config(&certs.node, &certs.ca.cert)?;
 
+    // Bound before anything else starts, so a refused address leaves no
+    // Raft behind; with port 0 the node advertises the port it got.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| NodeStartError::Listen {
+            addr: config.listen.clone(),
+            source,
+        })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| NodeStartError::Listen {
+            addr: config.listen.clone(),
+            source,
+        })?;
+    let control_addr = match &config.advertise {
+        Some(a) => a.clone(),
+        None if listen.port() == 0 => local_addr.to_string(),
+        None => config.listen.clone(),
+    };
+
     let (log, sm) = store::open(&config.data_dir)?;
     let view = sm.view();
     let pool = PeerPool::new(client_tls);
@@ -255,7 +276,7 @@ pub async fn start_with(
     })?;
     let me = NodeInfo {
         id: config.id,
-        control_addr: config.control_addr().to_string(),
+        control_addr,
         data_addr: config.data_addr.clone(),
     };
     let cluster = Cluster::new(
@@ -266,18 +287,6 @@ pub async fn start_with(
         config.liveness,
     );
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| NodeStartError::Listen {
-            addr: config.listen.clone(),
-            source,
-        })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| NodeStartError::Listen {
-            addr: config.listen.clone(),
-            source,
-        })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(RaftServer::service(cluster.clone()));

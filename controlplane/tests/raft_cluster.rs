@@ -11,14 +11,6 @@ use controlplane::types::{Command, CommandRejection, CommandResponse, NodeLivene
 
 const WAIT_MAX: Duration = Duration::from_secs(20);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn config(
     id: u64,
     port: u16,
@@ -55,6 +47,36 @@ fn create_rf(name: &str, replication_factor: u8) -> Command {
     }
 }
 
+/// (leader, epoch) of every partition in `node`'s applied state.
+fn leaders_and_epochs(node: &RunningNode) -> Vec<(u64, u64)> {
+    node.cluster.view().read(|d| {
+        d.state
+            .assignments
+            .values()
+            .flatten()
+            .map(|a| (a.leader, a.leader_epoch))
+            .collect()
+    })
+}
+
+/// Starts a node on a fixed port; retries for a while if the port is still
+/// (or briefly by someone else) in use.
+async fn restart_on(config: NodeConfig) -> RunningNode {
+    let start = Instant::now();
+    for _ in 0..200 {
+        match node::start(config.clone()).await {
+            Ok(n) => return n,
+            Err(node::NodeStartError::Listen { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && start.elapsed() < WAIT_MAX =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("node {} does not start: {e}", config.id),
+        }
+    }
+    panic!("port of node {} stayed in use", config.id);
+}
+
 async fn wait_until<F: FnMut() -> bool>(what: &str, mut f: F) {
     let start = Instant::now();
     for _ in 0..2_000 {
@@ -79,18 +101,23 @@ async fn three_nodes_elect_replicate_fail_over_and_restart() {
     let root = tempfile::tempdir().unwrap();
     let certs = root.path().join("certs");
     controlplane::certs::generate_dev(&certs).unwrap();
-    let ports = [free_port(), free_port(), free_port()];
-    let seed = format!("127.0.0.1:{}", ports[0]);
-
-    let n1 = node::start(config(1, ports[0], root.path(), &certs, None))
+    // Port 0: each node binds a port the kernel picks and advertises it, so
+    // parallel tests never race for a port chosen in advance.
+    let n1 = node::start(config(1, 0, root.path(), &certs, None))
         .await
         .unwrap();
-    let n2 = node::start(config(2, ports[1], root.path(), &certs, Some(seed.clone())))
+    let seed = n1.local_addr.to_string();
+    let n2 = node::start(config(2, 0, root.path(), &certs, Some(seed.clone())))
         .await
         .unwrap();
-    let n3 = node::start(config(3, ports[2], root.path(), &certs, Some(seed.clone())))
+    let n3 = node::start(config(3, 0, root.path(), &certs, Some(seed.clone())))
         .await
         .unwrap();
+    let ports = [
+        n1.local_addr.port(),
+        n2.local_addr.port(),
+        n3.local_addr.port(),
+    ];
     wait_until("three voters registered", || {
         [&n1, &n2, &n3]
             .iter()
@@ -195,11 +222,10 @@ async fn three_nodes_elect_replicate_fail_over_and_restart() {
         "node {stopped_id} was in every ISR, so every epoch moved"
     );
 
-    // Restart the stopped node from its data directory: it catches up.
+    // Restart the stopped node from its data directory on its old port (the
+    // members know it there): it catches up.
     let port = ports[(stopped_id - 1) as usize];
-    let back = node::start(config(stopped_id, port, root.path(), &certs, None))
-        .await
-        .unwrap();
+    let back = restart_on(config(stopped_id, port, root.path(), &certs, None)).await;
     wait_until("restarted node catches up", || {
         back.cluster.view().read(|d| {
             d.state.streams.contains_key("after-failover") && d.state.streams.contains_key("orders")
@@ -213,6 +239,21 @@ async fn three_nodes_elect_replicate_fail_over_and_restart() {
             .read(|d| d.state.liveness.get(&stopped_id) == Some(&NodeLiveness::Live))
     })
     .await;
+    // Heart-beating again puts it back into every in-sync set; only the ISR
+    // changes (the partition leaders, and so the epochs, stay).
+    let epochs_before = leaders_and_epochs(&rest[0]);
+    wait_until("restarted node back in every ISR", || {
+        rest[0].cluster.view().read(|d| {
+            d.state
+                .assignments
+                .values()
+                .flatten()
+                .all(|a| a.isr.contains(&stopped_id))
+        })
+    })
+    .await;
+    let epochs_after = leaders_and_epochs(&rest[0]);
+    assert_eq!(epochs_before, epochs_after);
 
     // Remove a member; the remaining two keep committing.
     let victim = rest[1].cluster.me().id;

@@ -37,7 +37,7 @@ impl TestNode {
     /// Starts node 1 and waits until it leads and is registered.
     pub async fn start(data_ifaces: Vec<String>) -> TestNode {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        let node = TestNode::start_member(&dir, 1, free_port(), None, data_ifaces).await;
+        let node = TestNode::start_member(&dir, 1, None, data_ifaces).await;
         node.wait_ready(&[1], Some(1)).await;
         node
     }
@@ -51,7 +51,7 @@ impl TestNode {
         let mut nodes: Vec<TestNode> = Vec::new();
         for (i, ifaces) in data_ifaces.into_iter().enumerate() {
             let join = nodes.first().map(|n| n.addr.to_string());
-            nodes.push(TestNode::start_member(&dir, i as u64 + 1, free_port(), join, ifaces).await);
+            nodes.push(TestNode::start_member(&dir, i as u64 + 1, join, ifaces).await);
         }
         for n in &nodes {
             n.wait_ready(&ids, None).await;
@@ -62,7 +62,6 @@ impl TestNode {
     async fn start_member(
         dir: &Arc<tempfile::TempDir>,
         id: u64,
-        port: u16,
         join: Option<String>,
         data_ifaces: Vec<String>,
     ) -> TestNode {
@@ -70,7 +69,9 @@ impl TestNode {
         let certs = certs::generate_dev(&cert_dir).expect("dev certs");
         let mut config = NodeConfig {
             id,
-            listen: format!("127.0.0.1:{port}"),
+            // Port 0: the node binds a port the kernel picks and advertises
+            // it, so parallel tests never race for a port chosen in advance.
+            listen: "127.0.0.1:0".into(),
             data_addr: format!("127.0.0.1:{}", 21_000 + id),
             data_dir: dir.path().join(format!("n{id}")),
             cert_dir: Some(cert_dir),
@@ -216,14 +217,6 @@ impl TestNode {
 }
 
 /// A free loopback TCP port (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// stdout of a successful msctl run (panics with stderr otherwise).
 pub fn ok_stdout(out: &Output) -> String {
     assert!(
