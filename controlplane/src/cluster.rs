@@ -10,7 +10,9 @@
 //! new assignments with [`plan_partition_changes`] and commits them with
 //! `AssignPartitions`, which the state machine accepts only if each carries
 //! exactly the current epoch + 1 — so a deposed Raft leader's stale plan, and
-//! any command from a deposed partition leader, is rejected.
+//! any command from a deposed partition leader, is rejected. A replica that
+//! is live again rejoins the in-sync set through `UpdateIsr` with the current
+//! epoch ([`plan_isr_expansions`]): only a leader change moves the epoch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -572,6 +574,12 @@ impl Cluster {
             self.write_local(Command::AssignPartitions { assignments: plan })
                 .await?;
         }
+        // Planned on the state after the shrink above (applied before
+        // write_local returned).
+        let expansions = self.view.read(|d| plan_isr_expansions(&d.state));
+        for cmd in expansions {
+            self.write_local(cmd).await?;
+        }
         Ok(())
     }
 }
@@ -610,13 +618,49 @@ pub fn plan_partition_changes(state: &ClusterState) -> Vec<PartitionAssignment> 
     out
 }
 
+/// `UpdateIsr` commands that put live replicas back into the in-sync set of
+/// partitions whose leader is live: a replica that was dropped while dead
+/// rejoins once it heart-beats again. Only the ISR changes: the command
+/// carries the current leader and epoch (the state machine fences it with
+/// them), since the epoch moves only with the leader. The ISR keeps its
+/// order and the returning replicas follow in replica order.
+pub fn plan_isr_expansions(state: &ClusterState) -> Vec<Command> {
+    let live: BTreeSet<NodeId> = state.live_nodes().into_iter().collect();
+    let by_stream: BTreeMap<u32, &Vec<PartitionAssignment>> =
+        state.assignments.iter().map(|(k, v)| (*k, v)).collect();
+    let mut out = Vec::new();
+    for parts in by_stream.values() {
+        for a in parts.iter() {
+            if !live.contains(&a.leader) || !a.isr.contains(&a.leader) {
+                continue;
+            }
+            let back = a
+                .replicas
+                .iter()
+                .filter(|r| live.contains(r) && !a.isr.contains(r));
+            let isr: Vec<NodeId> = a.isr.iter().chain(back).copied().collect();
+            if isr.len() == a.isr.len() {
+                continue;
+            }
+            out.push(Command::UpdateIsr {
+                stream_id: a.stream_id,
+                partition: a.partition,
+                leader: a.leader,
+                leader_epoch: a.leader_epoch,
+                isr,
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::types::StreamMode;
 
-    #[test]
-    fn dead_leader_moves_to_live_isr_with_epoch_bump() {
+    /// Nodes 1..=3 registered, one stream of 3 partitions replicated on all.
+    fn three_nodes_one_stream() -> ClusterState {
         let mut s = ClusterState::default();
         for id in 1..=3 {
             s.apply(&Command::RegisterNode(NodeInfo {
@@ -632,6 +676,12 @@ mod tests {
             retention_ms: 0,
             mode: StreamMode::Lossy,
         });
+        s
+    }
+
+    #[test]
+    fn dead_leader_moves_to_live_isr_with_epoch_bump() {
+        let mut s = three_nodes_one_stream();
         assert!(plan_partition_changes(&s).is_empty());
         s.apply(&Command::SetNodeLiveness {
             id: 1,
@@ -654,6 +704,58 @@ mod tests {
         // A deposed Raft leader replaying the same plan is fenced.
         assert!(matches!(
             s.apply(&Command::AssignPartitions { assignments: plan }),
+            CommandResponse::Rejected(CommandRejection::StaleEpoch { .. })
+        ));
+    }
+
+    #[test]
+    fn a_replica_that_heart_beats_again_rejoins_the_isr_without_an_epoch_bump() {
+        let mut s = three_nodes_one_stream();
+        assert!(plan_isr_expansions(&s).is_empty(), "every ISR is full");
+        s.apply(&Command::SetNodeLiveness {
+            id: 2,
+            liveness: NodeLiveness::Dead,
+        });
+        let shrink = plan_partition_changes(&s);
+        s.apply(&Command::AssignPartitions {
+            assignments: shrink,
+        });
+        assert!(plan_isr_expansions(&s).is_empty(), "node 2 is still dead");
+        let before: Vec<PartitionAssignment> = s.assignments.values().flatten().cloned().collect();
+        assert!(before.iter().all(|a| !a.isr.contains(&2)));
+
+        s.apply(&Command::SetNodeLiveness {
+            id: 2,
+            liveness: NodeLiveness::Live,
+        });
+        let grow = plan_isr_expansions(&s);
+        assert_eq!(grow.len(), 3, "node 2 is a replica of every partition");
+        for cmd in &grow {
+            assert_eq!(s.apply(cmd), CommandResponse::Done);
+        }
+        assert!(plan_isr_expansions(&s).is_empty());
+        assert!(plan_partition_changes(&s).is_empty());
+        let after: Vec<PartitionAssignment> = s.assignments.values().flatten().cloned().collect();
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!(a.leader, b.leader, "the leader stays");
+            assert_eq!(a.leader_epoch, b.leader_epoch, "the epoch stays");
+            assert_eq!(&a.isr[..b.isr.len()], &b.isr[..], "the ISR keeps its order");
+            assert!(a.isr.contains(&2));
+            let mut isr = a.isr.clone();
+            isr.sort_unstable();
+            let mut replicas = a.replicas.clone();
+            replicas.sort_unstable();
+            assert_eq!(isr, replicas);
+        }
+        // A stale copy of an expansion (the leader moved since) is fenced.
+        s.apply(&Command::SetNodeLiveness {
+            id: 1,
+            liveness: NodeLiveness::Dead,
+        });
+        let moved = plan_partition_changes(&s);
+        s.apply(&Command::AssignPartitions { assignments: moved });
+        assert!(matches!(
+            s.apply(&grow[0]),
             CommandResponse::Rejected(CommandRejection::StaleEpoch { .. })
         ));
     }
