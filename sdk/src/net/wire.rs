@@ -384,16 +384,20 @@ mod tests {
         );
         let mut x: u32 = 0x1234_5677;
         for len in (0..256).step_by(8) {
-            let junk: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                    x as u8
-                })
-                .collect();
-            let _ = validate_records(&junk);
+            let _ = validate_records(&junk(&mut x, len));
         }
+    }
+
+    /// `len` pseudo-random bytes (xorshift32 from `x`).
+    fn junk(x: &mut u32, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *x ^= *x << 13;
+                *x ^= *x >> 17;
+                *x ^= *x << 5;
+                *x as u8
+            })
+            .collect()
     }
 
     #[test]
@@ -427,6 +431,12 @@ mod tests {
         let mut b = body.clone();
         b[SETUP_PRINCIPAL_OFFSET + 4] = 1; // padding
         assert_eq!(decode_subscribe(&b, 0), None);
+        // Arbitrary bytes: an answer, never a panic.
+        let mut x: u32 = 0x2545_F491;
+        for len in 0..300usize {
+            let bytes = junk(&mut x, len);
+            let _ = decode_subscribe(&bytes, u64::from(x));
+        }
     }
 
     #[test]
