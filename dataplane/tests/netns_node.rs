@@ -8,16 +8,16 @@
 //! ```
 //! The node runs in-process (`NodeParts::build` + `start`, shared threading)
 //! on a thread that entered the node namespace. The kernel here has no
-//! `sch_netem`, so the loss test puts a seeded lossy relay (5 % each way) in
-//! the peer namespace between the publisher and the veth. Needs root; the
+//! `sch_netem`, so the loss test attaches xdp-programs' link-loss tc filter
+//! (5 % of the UDP packets each way, seeded) to the peer's end of the veth
+//! pair: the kernel drops them on the link. Needs root; the
 //! tests run one at a time (2 vCPUs); addresses only from 198.18.0.0/15;
 //! every namespace, pin, ring and directory is removed on every path.
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use sdk::net::wire::SubscribeStart;
 use sdk::net::{NetOfferError, PublisherConfig, PublisherStats, UdpPublisher};
 use sdk::StartAt;
 use xdp_programs::frame::{FrameHeader, FrameType};
+use xdp_programs::link_loss::{LinkLoss, LossDirection};
 use xdp_programs::{PolicyMaps, Verdict, VerdictCounts};
 
 const PORT: u16 = 7447;
@@ -301,69 +302,6 @@ fn remote_publisher_to_local_subscriber_in_order_exactly_once() {
     assert_eq!(node.stop(), 0, "no agent panicked");
 }
 
-/// A seeded lossy link (in the peer namespace): drops `percent` of the
-/// datagrams in each direction between `front` (the publisher's side) and
-/// the node.
-fn lossy_relay(
-    net: &TestNet,
-    node: SocketAddr,
-    percent: u64,
-    stop: Arc<AtomicBool>,
-) -> (SocketAddr, InNetns<(u64, u64)>) {
-    let (addr_tx, addr_rx) = mpsc::channel();
-    let peer_ip = net.peer_ip;
-    let thread = TestNet::spawn_in(&net.peer_ns, move || {
-        let front = UdpSocket::bind("127.0.0.1:0").expect("front");
-        let back = UdpSocket::bind(SocketAddrV4::new(peer_ip, 0)).expect("back");
-        front.set_nonblocking(true).expect("nonblocking");
-        back.set_nonblocking(true).expect("nonblocking");
-        addr_tx
-            .send(front.local_addr().expect("addr"))
-            .expect("send addr");
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut lose = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % 100 < percent
-        };
-        let (mut dropped, mut passed) = (0u64, 0u64);
-        let mut publisher: Option<SocketAddr> = None;
-        let mut buf = vec![0u8; 9000];
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            let mut idle = true;
-            while let Ok((n, src)) = front.recv_from(&mut buf) {
-                idle = false;
-                publisher = Some(src);
-                if lose() {
-                    dropped += 1;
-                } else {
-                    passed += 1;
-                    let _ = back.send_to(&buf[..n], node);
-                }
-            }
-            while let Ok((n, _)) = back.recv_from(&mut buf) {
-                idle = false;
-                if let (Some(p), false) = (publisher, lose()) {
-                    passed += 1;
-                    let _ = front.send_to(&buf[..n], p);
-                } else {
-                    dropped += 1;
-                }
-            }
-            if idle {
-                std::thread::sleep(Duration::from_micros(50));
-            }
-        }
-        (dropped, passed)
-    });
-    (
-        addr_rx.recv_timeout(WAIT_MAX).expect("relay address"),
-        thread,
-    )
-}
-
 #[test]
 fn lossy_link_nak_and_retransmit_recover_every_record() {
     if let Some(why) = skip_reason() {
@@ -375,24 +313,33 @@ fn lossy_link_nak_and_retransmit_recover_every_record() {
     let net = TestNet::create("msd-loss", 203).expect("test network");
     let node = Node::start(&net, node_config(&net, dir.path(), false, true));
     let node_addr = SocketAddr::V4(SocketAddrV4::new(net.node_ip, PORT));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (relay, relay_thread) = lossy_relay(&net, node_addr, 5, stop.clone());
+    // 5 % of the UDP packets lost each way on the peer's end of the veth pair, in the kernel
+    // (xdp-programs' link-loss tc filter: egress = publisher -> node, ingress = STATUS, NAK
+    // and retransmission answers coming back). Detached when `loss` is dropped.
+    let peer_if = net.peer_if.clone();
+    let loss = TestNet::spawn_in(&net.peer_ns, move || {
+        LinkLoss::attach(&peer_if, LossDirection::Both, 50_000, 0x5EED)
+    })
+    .join()
+    .expect("link-loss thread")
+    .expect("entered peer netns")
+    .expect("attach the link-loss filter");
     const N: u64 = 10_000;
-    let publisher = RemotePublisher::start(&net, "127.0.0.1:0".parse().expect("addr"), relay);
+    let publisher = RemotePublisher::start(&net, any_addr(), node_addr);
     publisher.offer(N);
     let mut sub = local_subscriber(dir.path());
     let mut got = Vec::new();
     collect(&mut sub, &mut got, N as usize);
     let (offered, closed, stats) = publisher.finish();
-    stop.store(true, Ordering::Relaxed);
-    let (dropped, _passed) = relay_thread
-        .join()
-        .expect("relay thread")
-        .expect("entered peer netns");
+    let (dropped, passed) = loss.counts().expect("link-loss counters");
+    drop(loss);
     assert_eq!(offered, N);
     assert_in_order_exactly_once(&got, N);
     assert!(closed, "every record acknowledged despite loss: {stats:?}");
-    assert!(dropped > 0, "the link lost datagrams");
+    assert!(
+        dropped > 0 && passed > dropped,
+        "the link lost some datagrams: dropped {dropped} passed {passed}"
+    );
     assert!(
         node.wait_counter(Counter::RxNaksSent, 1) > 0,
         "the node NAKed the gaps"
