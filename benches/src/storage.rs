@@ -15,8 +15,11 @@
 //! * **fdatasync floor**: fio, 4 KiB O_DIRECT writes each followed by fdatasync (sync engine,
 //!   queue depth 1). `fsync_floor_p99_us` is fio's fdatasync p99 alone, a lower bound of the
 //!   write + fdatasync pair, so the ack/floor ratio is, if anything, pessimistic for us.
-//! * **durable-write peer**: fio, 4 KiB O_DIRECT|O_DSYNC writes at queue depth 1: one write
-//!   made durable with nothing queued before it (what a record costs at best on this device).
+//! * **durable-write peers**: fio, 4 KiB O_DIRECT|O_DSYNC writes at queue depth 1 (each write
+//!   returns after the kernel's fdatasync of it: the write + fdatasync pair in one call), on a
+//!   fresh preallocated file (fio's default, as the floor) and on a file fio wrote first
+//!   (`--overwrite=1`: overwrites of written blocks, like the log's zeroed-ahead blocks): one
+//!   record made durable with nothing queued before it.
 //! * The ack and floor runs are interleaved over rounds (3 in `--quick`); the figures are
 //!   medians over rounds, and each round prints its own ack/floor ratio.
 //! * The log zeroes segments ahead of the append position (`LogConfig::zero_ahead_bytes`) and
@@ -282,9 +285,11 @@ fn fio_floor(dir: &Path, seconds: u64) -> anyhow::Result<Floor> {
 /// fio 4 KiB O_DIRECT|O_DSYNC writes at queue depth 1 (each write durable when it returns,
 /// write and flush in one call); p50/p99/p99.9 in microseconds. A second peer: the latency of
 /// one durable write with nothing queued before it.
-fn fio_dsync(dir: &Path, seconds: u64) -> anyhow::Result<[f64; 3]> {
+/// `overwrite`: fio first lays the file out with data, so the writes overwrite written blocks
+/// (no extent conversion, as the log's zeroed-ahead blocks); else a fresh preallocated file.
+fn fio_dsync(dir: &Path, seconds: u64, overwrite: bool) -> anyhow::Result<[f64; 3]> {
     let file = dir.join("fio-dsync.dat");
-    let v = fio_json(&[
+    let mut args = vec![
         "--name=dsync".into(),
         format!("--filename={}", file.display()),
         "--rw=write".into(),
@@ -294,7 +299,11 @@ fn fio_dsync(dir: &Path, seconds: u64) -> anyhow::Result<[f64; 3]> {
         "--sync=dsync".into(),
         "--size=256M".into(),
         format!("--runtime={seconds}"),
-    ])?;
+    ];
+    if overwrite {
+        args.push("--overwrite=1".into());
+    }
+    let v = fio_json(&args)?;
     let _ = std::fs::remove_file(&file);
     let p = &v["jobs"][0]["write"]["clat_ns"]["percentile"];
     Ok(["50.000000", "99.000000", "99.900000"].map(|k| p[k].as_f64().unwrap_or(f64::NAN) / 1e3))
@@ -359,6 +368,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
     println!("durable ack vs fdatasync floor: {ack_rounds} interleaved round(s) of {ack_seconds} s + {floor_seconds} s");
     let (mut lats, mut floors, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut dsyncs: Vec<[f64; 3]> = Vec::new();
+    let mut overwrites: Vec<[f64; 3]> = Vec::new();
     for round in 0..ack_rounds {
         let lat = ack_latency_run(&log_dir, ack_seconds)?;
         println!("round {round}: {}", lat.line("durable ack @100k rec/s"));
@@ -369,9 +379,12 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
             println!("round {round}: ack p99 / fdatasync p99 = {r:.2}");
             ratios.push(r);
             floors.push(f);
-            let d = fio_dsync(&root, floor_seconds)?;
-            println!("round {round}: fio 4 KiB O_DIRECT|O_DSYNC write (durable write, qd 1): p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us", d[0], d[1], d[2]);
+            let d = fio_dsync(&root, floor_seconds, false)?;
+            println!("round {round}: fio 4 KiB O_DIRECT|O_DSYNC write (durable write, qd 1, fresh file): p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us; ack p99 / this p99 = {:.2}", d[0], d[1], d[2], lat.p99_ns as f64 / 1e3 / d[1]);
             dsyncs.push(d);
+            let o = fio_dsync(&root, floor_seconds, true)?;
+            println!("round {round}: fio 4 KiB O_DIRECT|O_DSYNC write (durable write, qd 1, written file): p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us; ack p99 / this p99 = {:.2}", o[0], o[1], o[2], lat.p99_ns as f64 / 1e3 / o[1]);
+            overwrites.push(o);
         }
         lats.push(lat);
     }
@@ -395,10 +408,11 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
         })
     };
     let ratio_spread = (!ratios.is_empty()).then(|| Spread::of(&ratios));
-    let dmed = |i: usize| {
-        (!dsyncs.is_empty())
-            .then(|| Spread::of(&dsyncs.iter().map(|d| d[i]).collect::<Vec<_>>()).median)
+    let med_of = |v: &Vec<[f64; 3]>, i: usize| {
+        (!v.is_empty()).then(|| Spread::of(&v.iter().map(|d| d[i]).collect::<Vec<_>>()).median)
     };
+    let dmed = |i: usize| med_of(&dsyncs, i);
+    let omed = |i: usize| med_of(&overwrites, i);
 
     let s64 = Spread::of(&a64);
     let s1k = Spread::of(&a1k);
@@ -442,6 +456,9 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
         "fio_dsync_write_p50_us": dmed(0),
         "fio_dsync_write_p99_us": dmed(1),
         "ratio_ack_p99_to_dsync_write_p99": dmed(1).map(|d| ack_p99.median / d),
+        "fio_dsync_overwrite_p50_us": omed(0),
+        "fio_dsync_overwrite_p99_us": omed(1),
+        "ratio_ack_p99_to_dsync_overwrite_p99": omed(1).map(|d| ack_p99.median / d),
     });
     Ok(v)
 }
