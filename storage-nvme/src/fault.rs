@@ -88,6 +88,7 @@ impl IoBackend for FaultIo {
         iov: *const libc::iovec,
         iovcnt: u32,
         pos: u64,
+        dsync: bool,
         token: u64,
     ) -> io::Result<()> {
         // Gather the iovecs into the aligned scratch buffer (zero-ahead writes may be larger
@@ -187,40 +188,21 @@ impl IoBackend for FaultIo {
         if let Some(f) = fault {
             self.injected.push(f);
         }
-        self.done.push_back((token, res));
-        Ok(())
-    }
-    fn dsync_writes(&self) -> bool {
-        self.dsync
-    }
-    unsafe fn submit_writev_dsync(
-        &mut self,
-        fd: RawFd,
-        iov: *const libc::iovec,
-        iovcnt: u32,
-        pos: u64,
-        token: u64,
-    ) -> io::Result<()> {
-        // SAFETY: forwarded; the caller upholds submit_writev's contract.
-        unsafe { self.submit_writev(fd, iov, iovcnt, pos, token)? };
-        let Some(&(t, res)) = self.done.back() else {
-            return Ok(());
-        };
-        let len: usize = (0..iovcnt as usize)
-            // SAFETY: the caller guarantees `iov` points to `iovcnt` valid iovecs.
-            .map(|i| unsafe { (*iov.add(i)).iov_len })
-            .sum();
-        if t == token && res >= 0 && res as usize == len {
-            // The write landed whole: now the implied fdatasync, which may fail too.
-            self.done.pop_back();
+        if dsync && fault.is_none() && res >= 0 && res as usize == total {
+            // RWF_DSYNC: the write landed whole, now the implied fdatasync, which may fail too.
             self.submit_fdatasync(fd, token)?;
             if let Some(last) = self.done.back_mut() {
                 if last.1 == 0 {
                     last.1 = res;
                 }
             }
+            return Ok(());
         }
+        self.done.push_back((token, res));
         Ok(())
+    }
+    fn dsync_writes(&self) -> bool {
+        self.dsync
     }
     fn submit_fdatasync(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
         let res = if self.cut {

@@ -177,6 +177,11 @@ pub trait IoBackend {
     }
     /// Queues a gathering write of the `iovcnt` buffers at `iov` to file position `pos`.
     ///
+    /// With `dsync` (only when [`dsync_writes`](Self::dsync_writes) says so) it is an
+    /// `RWF_DSYNC` write: when it completes successfully, its data and that of every write of
+    /// `fd` completed before it was queued are durable, as if an fdatasync had followed (one
+    /// operation instead of two; the file system flushes the device cache, or uses FUA).
+    ///
     /// # Safety
     /// `iov` must point to `iovcnt` iovecs, and each must describe readable memory aligned for
     /// O_DIRECT; the iovecs and that memory must stay valid and unmodified until the completion
@@ -187,28 +192,12 @@ pub trait IoBackend {
         iov: *const libc::iovec,
         iovcnt: u32,
         pos: u64,
+        dsync: bool,
         token: u64,
     ) -> io::Result<()>;
-    /// Whether [`submit_writev_dsync`](Self::submit_writev_dsync) is available.
+    /// Whether `submit_writev` takes `dsync = true`.
     fn dsync_writes(&self) -> bool {
         false
-    }
-    /// Like [`submit_writev`](Self::submit_writev), but with `RWF_DSYNC`: when it completes
-    /// successfully, its data and that of every write of `fd` completed before it was queued
-    /// are durable, as if an fdatasync had followed (one operation instead of two; the file
-    /// system flushes the device cache, or uses FUA where the device has it).
-    ///
-    /// # Safety
-    /// As for `submit_writev`.
-    unsafe fn submit_writev_dsync(
-        &mut self,
-        _fd: RawFd,
-        _iov: *const libc::iovec,
-        _iovcnt: u32,
-        _pos: u64,
-        _token: u64,
-    ) -> io::Result<()> {
-        Err(io::Error::from(io::ErrorKind::Unsupported))
     }
     /// Queues an fdatasync of `fd`. It covers only writes that completed before it was queued.
     fn submit_fdatasync(&mut self, fd: RawFd, token: u64) -> io::Result<()>;
@@ -257,31 +246,18 @@ impl IoBackend for PwriteIo {
         iov: *const libc::iovec,
         iovcnt: u32,
         pos: u64,
+        dsync: bool,
         token: u64,
     ) -> io::Result<()> {
+        let flags = if dsync { libc::RWF_DSYNC } else { 0 };
         // SAFETY: the caller guarantees iov describes iovcnt readable buffers and fd is open.
-        let n = unsafe { libc::pwritev(fd, iov, iovcnt as i32, pos as libc::off_t) };
+        let n = unsafe { libc::pwritev2(fd, iov, iovcnt as i32, pos as libc::off_t, flags) };
         self.done
             .push_back((token, if n < 0 { -errno() } else { n as i32 }));
         Ok(())
     }
     fn dsync_writes(&self) -> bool {
         true
-    }
-    unsafe fn submit_writev_dsync(
-        &mut self,
-        fd: RawFd,
-        iov: *const libc::iovec,
-        iovcnt: u32,
-        pos: u64,
-        token: u64,
-    ) -> io::Result<()> {
-        // SAFETY: the caller guarantees iov describes iovcnt readable buffers and fd is open.
-        let n =
-            unsafe { libc::pwritev2(fd, iov, iovcnt as i32, pos as libc::off_t, libc::RWF_DSYNC) };
-        self.done
-            .push_back((token, if n < 0 { -errno() } else { n as i32 }));
-        Ok(())
     }
     fn submit_fdatasync(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
         // SAFETY: fdatasync on any fd value is memory-safe; errors are returned.
@@ -341,31 +317,18 @@ impl IoBackend for UringIo {
         iov: *const libc::iovec,
         iovcnt: u32,
         pos: u64,
+        dsync: bool,
         token: u64,
     ) -> io::Result<()> {
         let e = io_uring::opcode::Writev::new(io_uring::types::Fd(fd), iov, iovcnt)
             .offset(pos)
+            .rw_flags(if dsync { libc::RWF_DSYNC } else { 0 })
             .build()
             .user_data(token);
         self.push(&e)
     }
     fn dsync_writes(&self) -> bool {
         true
-    }
-    unsafe fn submit_writev_dsync(
-        &mut self,
-        fd: RawFd,
-        iov: *const libc::iovec,
-        iovcnt: u32,
-        pos: u64,
-        token: u64,
-    ) -> io::Result<()> {
-        let e = io_uring::opcode::Writev::new(io_uring::types::Fd(fd), iov, iovcnt)
-            .offset(pos)
-            .rw_flags(libc::RWF_DSYNC)
-            .build()
-            .user_data(token);
-        self.push(&e)
     }
     fn submit_fdatasync(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
         let e = io_uring::opcode::Fsync::new(io_uring::types::Fd(fd))
@@ -457,34 +420,20 @@ impl IoBackend for SysIo {
         iov: *const libc::iovec,
         iovcnt: u32,
         pos: u64,
+        dsync: bool,
         token: u64,
     ) -> io::Result<()> {
         match self {
             // SAFETY: forwarded; the caller upholds submit_writev's contract.
-            Self::Uring(u) => unsafe { u.submit_writev(fd, iov, iovcnt, pos, token) },
+            Self::Uring(u) => unsafe { u.submit_writev(fd, iov, iovcnt, pos, dsync, token) },
             // SAFETY: forwarded; the caller upholds submit_writev's contract.
-            Self::Pwrite(p) => unsafe { p.submit_writev(fd, iov, iovcnt, pos, token) },
+            Self::Pwrite(p) => unsafe { p.submit_writev(fd, iov, iovcnt, pos, dsync, token) },
         }
     }
     fn dsync_writes(&self) -> bool {
         match self {
             Self::Uring(u) => u.dsync_writes(),
             Self::Pwrite(p) => p.dsync_writes(),
-        }
-    }
-    unsafe fn submit_writev_dsync(
-        &mut self,
-        fd: RawFd,
-        iov: *const libc::iovec,
-        iovcnt: u32,
-        pos: u64,
-        token: u64,
-    ) -> io::Result<()> {
-        match self {
-            // SAFETY: forwarded; the caller upholds submit_writev's contract.
-            Self::Uring(u) => unsafe { u.submit_writev_dsync(fd, iov, iovcnt, pos, token) },
-            // SAFETY: forwarded; the caller upholds submit_writev's contract.
-            Self::Pwrite(p) => unsafe { p.submit_writev_dsync(fd, iov, iovcnt, pos, token) },
         }
     }
     fn submit_fdatasync(&mut self, fd: RawFd, token: u64) -> io::Result<()> {

@@ -1158,13 +1158,8 @@ impl<B: IoBackend> Log<B> {
         // (`has_room` keeps appends out of them; the partial block goes through the slot's own
         // tail copy), and the file stays open until the slot completes (roll and drop drain).
         unsafe {
-            if s.dsync {
-                self.io
-                    .submit_writev_dsync(fd, s.iov.as_ptr(), s.iovcnt, s.start, i as u64)
-            } else {
-                self.io
-                    .submit_writev(fd, s.iov.as_ptr(), s.iovcnt, s.start, i as u64)
-            }
+            self.io
+                .submit_writev(fd, s.iov.as_ptr(), s.iovcnt, s.start, s.dsync, i as u64)
         }
     }
 
@@ -1223,8 +1218,14 @@ impl<B: IoBackend> Log<B> {
         // The range lies past every byte submitted so far, and pump() holds back any data write
         // overlapping it until it completes, so zeros never race data on a block.
         let r = unsafe {
-            self.io
-                .submit_writev(fd, self.zero.iov.as_ptr(), iovcnt as u32, from, ZERO_TOKEN)
+            self.io.submit_writev(
+                fd,
+                self.zero.iov.as_ptr(),
+                iovcnt as u32,
+                from,
+                false,
+                ZERO_TOKEN,
+            )
         };
         if r.is_err() {
             self.zero.inflight = None;
