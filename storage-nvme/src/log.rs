@@ -324,8 +324,11 @@ pub struct LogStats {
     /// Segment rolls and the time they blocked `append_batch` in total.
     pub rolls: u64,
     pub roll_ns_total: u64,
-    /// Writes submitted with RWF_DSYNC that made a commit durable on their own.
+    /// Writes submitted with RWF_DSYNC that made a commit durable on their own, and their
+    /// total and largest duration (first submission to reaping).
     pub dsync_writes: u64,
+    pub dsync_ns_total: u64,
+    pub dsync_ns_max: u64,
     /// Zero-ahead writes completed and their bytes (see [`LogConfig::zero_ahead_bytes`]).
     pub zero_writes: u64,
     pub zero_bytes: u64,
@@ -377,6 +380,8 @@ struct WriteSlot {
     /// Submitted with RWF_DSYNC while no other write was in flight: on success everything
     /// below `logical_end` is durable.
     dsync: bool,
+    /// When the write was first submitted (retries keep it).
+    submitted_at: Option<std::time::Instant>,
 }
 
 // SAFETY: the raw pointers in `iov` point only into buffers owned by the same `Log` (its ring
@@ -766,6 +771,7 @@ impl<B: IoBackend> Log<B> {
                 }; 2],
                 iovcnt: 0,
                 dsync: false,
+                submitted_at: None,
             })
             .collect();
         let log = Self {
@@ -1133,6 +1139,7 @@ impl<B: IoBackend> Log<B> {
             s.logical_start = self.submitted_pos;
             s.logical_end = logical_end;
             s.retries = 0;
+            s.submitted_at = Some(std::time::Instant::now());
             // Durable by itself if it reaches the commit target and every earlier write has
             // completed (so the flush that ends it covers them too).
             s.dsync = dsync_ok && self.busy_slots == 0 && logical_end >= self.commit_target;
@@ -1325,6 +1332,11 @@ impl<B: IoBackend> Log<B> {
             if s.dsync {
                 let end = s.logical_end;
                 self.stats.dsync_writes += 1;
+                if let Some(t) = s.submitted_at {
+                    let ns = t.elapsed().as_nanos() as u64;
+                    self.stats.dsync_ns_total += ns;
+                    self.stats.dsync_ns_max = self.stats.dsync_ns_max.max(ns);
+                }
                 if self.failed.is_none() {
                     self.advance_durable(end);
                 }
