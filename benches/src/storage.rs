@@ -353,6 +353,11 @@ fn fio_open_loop(dir: &Path, seconds: u64) -> anyhow::Result<[f64; 3]> {
     Ok(["50.000000", "99.000000", "99.900000"].map(|k| p[k].as_f64().unwrap_or(f64::NAN) / 1e3))
 }
 
+/// Median of the fio throughput rounds, if fio ran.
+fn fio_med_of(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| Spread::of(v).median)
+}
+
 pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
     let root = PathBuf::from(format!("/var/tmp/ms-bench-storage-{}", std::process::id()));
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
@@ -463,10 +468,35 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
     let omed = |i: usize| med_of(&overwrites, i);
     let olmed = |i: usize| med_of(&opens, i);
 
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let mut summary = Vec::new();
+    if let (Some(f), false) = (fio_med_of(&fio_mb), a1k.is_empty()) {
+        let r = Spread::of(&a1k).median / f;
+        summary.push(format!(
+            "append >= 0.9x fio: {r:.2}x ({})",
+            verdict(r >= 0.9)
+        ));
+    }
+    if let Some(r) = &ratio_spread {
+        summary.push(format!(
+            "ack p99 <= 1.5x fdatasync p99: {:.2}x ({})",
+            r.median,
+            verdict(r.median <= 1.5)
+        ));
+    }
+    if let Some(d) = olmed(1) {
+        summary.push(format!(
+            "context: ack p99 / open-loop fio durable-write p99 = {:.2}x",
+            ack_p99.median / d
+        ));
+    }
+    if !summary.is_empty() {
+        println!("targets: {}", summary.join("; "));
+    }
     let s64 = Spread::of(&a64);
     let s1k = Spread::of(&a1k);
     let sfio = Spread::of(&fio_mb);
-    let fio_med = (!fio_mb.is_empty()).then_some(sfio.median);
+    let fio_med = fio_med_of(&fio_mb);
     let ratio = |x: f64| fio_med.map(|f| x / f);
     let v = json!({
         "suite": "storage",
