@@ -22,13 +22,12 @@
 //!   record made durable with nothing queued before it.
 //! * **open-loop durable-write peer**: fio, the same 4 KiB O_DIRECT|O_DSYNC writes on a written
 //!   file, but issued on a clock (`--rate_iops`, 10k/s, queue depth 32) instead of one after
-//!   another: each write is issued when due (it could fall behind only with 32 in flight, a 3 ms
+//!   another. Each write is issued when due (it could fall behind only with 32 in flight, a 3 ms
 //!   stall) and its latency counts from then, so a device stall counts against every write due
-//!   during it, as it counts against every record in the ack run. This
-//!   is the device's own latency for durable writes offered at a fixed rate, the shape of the
-//!   ack measurement; the queue-depth-1 peers above are closed-loop (a stall delays one write
-//!   and suppresses the writes that would have been due meanwhile), so their p99 omits the
-//!   stalls that an open-loop p99 must include.
+//!   during it, as it counts against every record in the ack run: the device's own latency for
+//!   durable writes offered at a fixed rate, the shape of the ack measurement. The queue-depth-1
+//!   peers above are closed-loop (a stall delays one write and suppresses the writes that would
+//!   have been due meanwhile), so their p99 omits the stalls an open-loop p99 must include.
 //! * The ack and floor runs are interleaved over rounds (3 in `--quick`); the figures are
 //!   medians over rounds, and each round prints its own ack/floor ratio.
 //! * The log zeroes segments ahead of the append position (`LogConfig::zero_ahead_bytes`) and
