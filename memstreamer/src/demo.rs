@@ -285,7 +285,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         us(0.999),
         hist.max() as f64 / 1000.0
     );
-    if let Ok(snap) = CountersSnapshot::read(&counters) {
+    // The conductor refreshes the counters file on its duty cycle: give it up to a second to
+    // show every record the subscriber received (bounded; a short count is printed as it is).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut snap = CountersSnapshot::read(&counters);
+    while Instant::now() < deadline
+        && snap
+            .as_ref()
+            .is_ok_and(|s| s.get(Counter::RxRecordsAppended).unwrap_or(0) < report.received)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+        snap = CountersSnapshot::read(&counters);
+    }
+    if let Ok(snap) = snap {
         let drops: u64 = snap
             .values
             .iter()
