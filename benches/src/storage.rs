@@ -270,28 +270,42 @@ struct Floor {
     write: [f64; 3],
 }
 
-/// fio 4 KiB O_DIRECT write + fdatasync; p50/p99/p99.9 in microseconds.
-fn fio_floor(dir: &Path, seconds: u64) -> anyhow::Result<Floor> {
-    let file = dir.join("fio-floor.dat");
-    let v = fio_json(&[
-        "--name=floor".into(),
+/// Runs fio with 4 KiB O_DIRECT sequential writes of a 256 MiB file in `dir` for `seconds`,
+/// plus `extra` options; removes the file and returns fio's JSON report.
+fn fio_4k(
+    dir: &Path,
+    name: &str,
+    seconds: u64,
+    extra: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    let file = dir.join(format!("fio-{name}.dat"));
+    let mut args = vec![
+        format!("--name={name}"),
         format!("--filename={}", file.display()),
         "--rw=write".into(),
         "--bs=4k".into(),
-        "--ioengine=sync".into(),
         "--direct=1".into(),
-        "--fdatasync=1".into(),
         "--size=256M".into(),
         format!("--runtime={seconds}"),
-    ])?;
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let v = fio_json(&args);
     let _ = std::fs::remove_file(&file);
-    let pct = |section: &str, field: &str| -> [f64; 3] {
-        let p = &v["jobs"][0][section][field]["percentile"];
-        ["50.000000", "99.000000", "99.900000"].map(|k| p[k].as_f64().unwrap_or(f64::NAN) / 1e3)
-    };
+    v
+}
+
+/// p50/p99/p99.9 in microseconds of one latency section of a fio JSON report.
+fn fio_pct(v: &serde_json::Value, section: &str, field: &str) -> [f64; 3] {
+    let p = &v["jobs"][0][section][field]["percentile"];
+    ["50.000000", "99.000000", "99.900000"].map(|k| p[k].as_f64().unwrap_or(f64::NAN) / 1e3)
+}
+
+/// fio 4 KiB O_DIRECT write + fdatasync; p50/p99/p99.9 in microseconds.
+fn fio_floor(dir: &Path, seconds: u64) -> anyhow::Result<Floor> {
+    let v = fio_4k(dir, "floor", seconds, &["--ioengine=sync", "--fdatasync=1"])?;
     Ok(Floor {
-        sync: pct("sync", "lat_ns"),
-        write: pct("write", "clat_ns"),
+        sync: fio_pct(&v, "sync", "lat_ns"),
+        write: fio_pct(&v, "write", "clat_ns"),
     })
 }
 
@@ -301,25 +315,12 @@ fn fio_floor(dir: &Path, seconds: u64) -> anyhow::Result<Floor> {
 /// `overwrite`: fio first lays the file out with data, so the writes overwrite written blocks
 /// (no extent conversion, as the log's zeroed-ahead blocks); else a fresh preallocated file.
 fn fio_dsync(dir: &Path, seconds: u64, overwrite: bool) -> anyhow::Result<[f64; 3]> {
-    let file = dir.join("fio-dsync.dat");
-    let mut args = vec![
-        "--name=dsync".into(),
-        format!("--filename={}", file.display()),
-        "--rw=write".into(),
-        "--bs=4k".into(),
-        "--ioengine=sync".into(),
-        "--direct=1".into(),
-        "--sync=dsync".into(),
-        "--size=256M".into(),
-        format!("--runtime={seconds}"),
-    ];
+    let mut extra = vec!["--ioengine=sync", "--sync=dsync"];
     if overwrite {
-        args.push("--overwrite=1".into());
+        extra.push("--overwrite=1");
     }
-    let v = fio_json(&args)?;
-    let _ = std::fs::remove_file(&file);
-    let p = &v["jobs"][0]["write"]["clat_ns"]["percentile"];
-    Ok(["50.000000", "99.000000", "99.900000"].map(|k| p[k].as_f64().unwrap_or(f64::NAN) / 1e3))
+    let v = fio_4k(dir, "dsync", seconds, &extra)?;
+    Ok(fio_pct(&v, "write", "clat_ns"))
 }
 
 /// Durable writes issued on a clock, not one after another: 4 KiB O_DIRECT|O_DSYNC writes on a
@@ -330,26 +331,22 @@ fn fio_dsync(dir: &Path, seconds: u64, overwrite: bool) -> anyhow::Result<[f64; 
 /// returns: a stall delays one write, and the writes that would have been due meanwhile are
 /// never issued, so their p99 leaves stalls out (coordinated omission). p50/p99/p99.9 in us.
 fn fio_open_loop(dir: &Path, seconds: u64) -> anyhow::Result<[f64; 3]> {
-    let file = dir.join("fio-open.dat");
-    let v = fio_json(&[
-        "--name=open".into(),
-        format!("--filename={}", file.display()),
-        "--rw=write".into(),
-        "--bs=4k".into(),
-        "--ioengine=io_uring".into(),
-        "--iodepth=32".into(),
-        "--lat_percentiles=1".into(),
-        "--direct=1".into(),
-        "--sync=dsync".into(),
-        "--overwrite=1".into(),
-        "--size=256M".into(),
-        format!("--rate_iops={OPEN_LOOP_WRITES_S}"),
-        "--time_based".into(),
-        format!("--runtime={seconds}"),
-    ])?;
-    let _ = std::fs::remove_file(&file);
-    let p = &v["jobs"][0]["write"]["lat_ns"]["percentile"];
-    Ok(["50.000000", "99.000000", "99.900000"].map(|k| p[k].as_f64().unwrap_or(f64::NAN) / 1e3))
+    let rate = format!("--rate_iops={OPEN_LOOP_WRITES_S}");
+    let v = fio_4k(
+        dir,
+        "open",
+        seconds,
+        &[
+            "--ioengine=io_uring",
+            "--iodepth=32",
+            "--lat_percentiles=1",
+            "--sync=dsync",
+            "--overwrite=1",
+            &rate,
+            "--time_based",
+        ],
+    )?;
+    Ok(fio_pct(&v, "write", "lat_ns"))
 }
 
 /// Median of the fio throughput rounds, if fio ran.
