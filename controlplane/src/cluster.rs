@@ -165,23 +165,42 @@ impl Cluster {
         m.membership_config.membership().get_node(&id).cloned()
     }
 
-    /// Commits `cmd` through the leader (forwarding if needed) and returns the
-    /// state machine's response, which may be a rejection.
-    pub async fn write(&self, cmd: Command) -> Result<CommandResponse, ClusterError> {
-        let timeout = Duration::from_millis(WRITE_TIMEOUT_MS);
-        let deadline = Instant::now() + timeout;
+    /// Runs `local` on this node if it leads, otherwise sends `req` as `rpc`
+    /// to the leader; retries through elections and leader changes (pausing
+    /// `pause` between attempts) until `timeout_ms` has passed.
+    async fn through_leader<Q, T, L, F>(
+        &self,
+        rpc: Rpc,
+        req: &Q,
+        timeout_ms: u64,
+        pause: Duration,
+        local: L,
+    ) -> Result<T, ClusterError>
+    where
+        Q: Serialize,
+        T: serde::de::DeserializeOwned,
+        L: Fn() -> F,
+        F: std::future::Future<Output = Result<T, ClusterError>>,
+    {
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         for _ in 0..WRITE_ATTEMPTS_MAX {
-            match self.write_local(cmd.clone()).await {
+            // One attempt may wait on a commit that never comes (its leader
+            // was deposed after appending it): bound it by the deadline.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(attempt) = tokio::time::timeout(left, local()).await else {
+                break;
+            };
+            match attempt {
                 Ok(r) => return Ok(r),
                 Err(ClusterError::NotLeader { leader: Some(l) }) if l != self.me.id => {
                     if let Some(node) = self.leader_node().filter(|n| n.id == l) {
                         let left = deadline.saturating_duration_since(Instant::now());
                         let res = self
                             .pool
-                            .call::<Command, CommandResponse, ClusterError>(
+                            .call::<Q, T, ClusterError>(
                                 &node.control_addr,
-                                Rpc::ClientWrite,
-                                &cmd,
+                                rpc,
+                                req,
                                 left.max(Duration::from_millis(1)),
                             )
                             .await;
@@ -189,21 +208,33 @@ impl Cluster {
                             Ok(Ok(r)) => return Ok(r),
                             Ok(Err(ClusterError::NotLeader { .. } | ClusterError::NoLeader)) => {}
                             Ok(Err(e)) => return Err(e),
+                            // Unreachable or deposed mid-call: ask again.
                             Err(_) => {}
                         }
                     }
                 }
-                Err(ClusterError::NotLeader { .. }) => {}
+                Err(ClusterError::NotLeader { .. } | ClusterError::NoLeader) => {}
                 Err(e) => return Err(e),
             }
             if Instant::now() >= deadline {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(WRITE_RETRY_INTERVAL_MS)).await;
+            tokio::time::sleep(pause).await;
         }
-        Err(ClusterError::Timeout {
-            timeout_ms: WRITE_TIMEOUT_MS,
-        })
+        Err(ClusterError::Timeout { timeout_ms })
+    }
+
+    /// Commits `cmd` through the leader (forwarding if needed) and returns the
+    /// state machine's response, which may be a rejection.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResponse, ClusterError> {
+        self.through_leader(
+            Rpc::ClientWrite,
+            &cmd,
+            WRITE_TIMEOUT_MS,
+            Duration::from_millis(WRITE_RETRY_INTERVAL_MS),
+            || self.write_local(cmd.clone()),
+        )
+        .await
     }
 
     /// Commits `cmd` only if this node is the leader (no forwarding).
@@ -301,43 +332,14 @@ impl Cluster {
                 reason: "a joining node needs a non-zero id and a control address".into(),
             });
         }
-        let deadline = Instant::now() + Duration::from_millis(JOIN_TIMEOUT_MS);
-        for _ in 0..WRITE_ATTEMPTS_MAX {
-            match self.join_local(node.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(ClusterError::NotLeader { leader: Some(l) }) if l != self.me.id => {
-                    if let Some(leader) = self.leader_node().filter(|n| n.id == l) {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        match self
-                            .pool
-                            .call::<NodeInfo, (), ClusterError>(
-                                &leader.control_addr,
-                                Rpc::Join,
-                                &node,
-                                left.max(Duration::from_millis(1)),
-                            )
-                            .await
-                        {
-                            Ok(Ok(())) => return Ok(()),
-                            Ok(Err(ClusterError::NotLeader { .. } | ClusterError::NoLeader)) => {}
-                            Ok(Err(e)) => return Err(e),
-                            Err(_) => {}
-                        }
-                    }
-                }
-                Err(ClusterError::NotLeader { .. }) => {}
-                Err(e) => return Err(e),
-            }
-            if Instant::now() >= deadline {
-                return Err(ClusterError::Timeout {
-                    timeout_ms: JOIN_TIMEOUT_MS,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(WRITE_RETRY_INTERVAL_MS * 10)).await;
-        }
-        Err(ClusterError::Timeout {
-            timeout_ms: JOIN_TIMEOUT_MS,
-        })
+        self.through_leader(
+            Rpc::Join,
+            &node,
+            JOIN_TIMEOUT_MS,
+            Duration::from_millis(WRITE_RETRY_INTERVAL_MS * 10),
+            || self.join_local(node.clone()),
+        )
+        .await
     }
 
     /// Join handled on the leader only.
@@ -382,30 +384,48 @@ impl Cluster {
         Ok(())
     }
 
-    /// Removes member `id` (forwarded to the leader).
+    /// Removes member `id` (forwarded to the leader, retried through leader
+    /// changes). Unknown to this node: `UnknownMember`. An attempt whose
+    /// outcome was lost (leader deposed or unreachable mid-call) is retried;
+    /// the retry then finds the member gone, which is the success it reports.
     pub async fn remove_member(&self, id: NodeId) -> Result<(), ClusterError> {
-        match self.remove_member_local(id).await {
-            Err(ClusterError::NotLeader { leader: Some(l) }) if l != self.me.id => {
-                let leader = self.leader_node().ok_or(ClusterError::NoLeader)?;
-                self.pool
-                    .call::<NodeId, (), ClusterError>(
-                        &leader.control_addr,
-                        Rpc::RemoveMember,
-                        &id,
-                        Duration::from_millis(JOIN_TIMEOUT_MS),
-                    )
-                    .await
-                    .map_err(|_| ClusterError::NoLeader)?
-            }
+        let known = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        if !known {
+            return Err(ClusterError::UnknownMember { id });
+        }
+        let res = self
+            .through_leader(
+                Rpc::RemoveMember,
+                &id,
+                JOIN_TIMEOUT_MS,
+                Duration::from_millis(WRITE_RETRY_INTERVAL_MS * 10),
+                || self.remove_member_local(id),
+            )
+            .await;
+        match res {
+            Err(ClusterError::UnknownMember { .. }) => Ok(()),
             other => other,
         }
     }
 
-    /// Member removal handled on the leader only.
+    /// Member removal handled on the leader only. A leader asked to remove
+    /// itself first hands leadership to the most caught-up other voter and
+    /// answers `NotLeader`, so the caller retries there: a leader that
+    /// commits its own removal steps down with its pending writes unanswered.
     pub async fn remove_member_local(&self, id: NodeId) -> Result<(), ClusterError> {
         let m = self.raft.metrics().borrow().clone();
         if m.membership_config.membership().get_node(&id).is_none() {
             return Err(ClusterError::UnknownMember { id });
+        }
+        if id == self.me.id && m.current_leader == Some(self.me.id) {
+            return Err(self.hand_over_leadership(&m).await);
         }
         let voter = m
             .membership_config
@@ -439,6 +459,50 @@ impl Cluster {
             other => Err(ClusterError::Invalid {
                 reason: format!("{other:?}"),
             }),
+        }
+    }
+
+    /// Makes the most caught-up other voter leader (bounded wait); returns
+    /// the `NotLeader` error that sends the caller there.
+    async fn hand_over_leadership(
+        &self,
+        m: &openraft::RaftMetrics<NodeId, NodeInfo>,
+    ) -> ClusterError {
+        let me = self.me.id;
+        let matched = |id: &NodeId| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(id).copied().flatten())
+                .map(|l| l.index)
+        };
+        let Some(to) = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != me)
+            .max_by_key(|v| matched(v))
+        else {
+            return ClusterError::Membership {
+                reason: "the last voter cannot be removed".into(),
+            };
+        };
+        if let Err(e) = self.transfer_leadership(to).await {
+            return e;
+        }
+        let moved =
+            |m: &openraft::RaftMetrics<NodeId, NodeInfo>| m.current_leader.is_some_and(|l| l != me);
+        let _ = self
+            .raft
+            .wait(Some(Duration::from_millis(PEER_CALL_TIMEOUT_MS)))
+            .metrics(moved, "leadership handed over")
+            .await;
+        ClusterError::NotLeader {
+            leader: self
+                .raft
+                .metrics()
+                .borrow()
+                .current_leader
+                .filter(|l| *l != me),
         }
     }
 

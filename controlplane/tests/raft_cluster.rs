@@ -255,15 +255,35 @@ async fn three_nodes_elect_replicate_fail_over_and_restart() {
     let epochs_after = leaders_and_epochs(&rest[0]);
     assert_eq!(epochs_before, epochs_after);
 
-    // Remove a member; the remaining two keep committing.
-    let victim = rest[1].cluster.me().id;
-    rest[0].cluster.remove_member(victim).await.unwrap();
-    let r = back.cluster.write(create_rf("two-left", 2)).await.unwrap();
-    assert!(matches!(r, CommandResponse::StreamCreated { .. }), "{r:?}");
-    assert!(!rest[0]
+    // Remove the Raft leader, asked through a follower (the hard case: the
+    // leader hands leadership over first); the remaining two keep committing.
+    let all = [&rest[0], &rest[1], &back];
+    let victim = leader_of(&all).expect("a leader");
+    let survivors: Vec<&RunningNode> = all
+        .into_iter()
+        .filter(|n| n.cluster.me().id != victim)
+        .collect();
+    survivors[0].cluster.remove_member(victim).await.unwrap();
+    let r = survivors[1]
         .cluster
-        .view()
-        .read(|d| d.state.nodes.contains_key(&victim)));
+        .write(create_rf("two-left", 2))
+        .await
+        .unwrap();
+    assert!(matches!(r, CommandResponse::StreamCreated { .. }), "{r:?}");
+    wait_until("removal applied on the survivors", || {
+        survivors.iter().all(|n| {
+            n.cluster.view().read(|d| {
+                !d.state.nodes.contains_key(&victim) && d.state.streams.contains_key("two-left")
+            })
+        })
+    })
+    .await;
+    assert_ne!(leader_of(&survivors), Some(victim));
+    // Asking again is an error that names the member.
+    assert_eq!(
+        survivors[1].cluster.remove_member(victim).await,
+        Err(ClusterError::UnknownMember { id: victim })
+    );
 
     back.shutdown().await;
     for n in rest {

@@ -180,6 +180,8 @@ enum NodeCmd {
         #[arg(long)]
         data: String,
     },
+    /// Remove a member (voter or learner). Removing the Raft leader first
+    /// hands leadership to the most caught-up other voter.
     Remove {
         id: u64,
     },
