@@ -26,7 +26,7 @@
 //!  +--------+----------+-------+------------+-----------+-----------+
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -418,13 +418,17 @@ struct LivePartition {
     ring: Ring,
     /// The slot has a log (the archiver serves it).
     archived: bool,
+    /// Cells of a partition made live at run time (configured partitions have theirs in
+    /// [`Counters`]); listed in the counters file after the configured ones.
+    cells: Option<Arc<PartitionCells>>,
 }
 
 /// The data plane's partitions as the agents see them, and the queues that tell the agents
 /// about partitions made live or removed at run time (Aeron-conductor style: the conductor does
 /// the cold work — rings, logs, ring handles — and hands finished state over SPSC queues).
 pub struct PartitionRegistry {
-    live: HashMap<(u32, u16), LivePartition>,
+    /// Ordered, so the counters file lists run-time partitions by (stream, partition).
+    live: BTreeMap<(u32, u16), LivePartition>,
     free_slots: Vec<usize>,
     storage_dir: Option<PathBuf>,
     replay_records_max: u64,
@@ -457,6 +461,7 @@ impl PartitionRegistry {
                         slot,
                         ring,
                         archived,
+                        cells: None,
                     },
                 )
             })
@@ -498,7 +503,7 @@ impl PartitionRegistry {
         })?;
         let result = self.attach(slot, stream_id, partition, &ring, fresh);
         match result {
-            Ok(replayed) => {
+            Ok((replayed, cells)) => {
                 let archived = self.storage_dir.is_some();
                 self.live.insert(
                     (stream_id, partition),
@@ -506,6 +511,7 @@ impl PartitionRegistry {
                         slot,
                         ring,
                         archived,
+                        cells: Some(cells),
                     },
                 );
                 Ok(replayed)
@@ -524,7 +530,7 @@ impl PartitionRegistry {
         partition: u16,
         ring: &Ring,
         fresh: bool,
-    ) -> Result<u64, String> {
+    ) -> Result<(u64, Arc<PartitionCells>), String> {
         let cells = Arc::new(PartitionCells::default());
         let mut replayed = 0;
         let archive = match &self.storage_dir {
@@ -561,9 +567,16 @@ impl PartitionRegistry {
             partition,
             ring: ring.clone(),
             publisher,
-            cells,
+            cells: cells.clone(),
         });
-        Ok(replayed)
+        Ok((replayed, cells))
+    }
+
+    /// (stream, partition, cells) of every partition made live at run time, in order.
+    fn runtime_cells(&self) -> impl Iterator<Item = (u32, u16, &PartitionCells)> {
+        self.live
+            .iter()
+            .filter_map(|(&(s, p), l)| l.cells.as_deref().map(|c| (s, p, c)))
     }
 
     /// Takes a partition made at run time away from every agent; false when it was not live.
@@ -860,7 +873,8 @@ impl Agent for Conductor {
         }
         if now_ns >= self.next_publish_ns {
             self.next_publish_ns = now_ns + COUNTERS_PUBLISH_INTERVAL_NS;
-            if let Err(e) = self.file.publish(&self.counters) {
+            let runtime = self.registry.runtime_cells();
+            if let Err(e) = self.file.publish_with(&self.counters, runtime) {
                 // Reported once per 1000 failures: the data path keeps running without a stat view.
                 if self.file_errors.is_multiple_of(1000) {
                     eprintln!("memstreamer: {e}");
@@ -880,7 +894,8 @@ impl Agent for Conductor {
         if let Some(streams) = self.streams.as_mut() {
             streams.close();
         }
-        let _ = self.file.publish(&self.counters);
+        let runtime = self.registry.runtime_cells();
+        let _ = self.file.publish_with(&self.counters, runtime);
     }
 }
 

@@ -28,9 +28,10 @@
 //!  +------------------------------------------------------------------+
 //! ```
 //!
-//! The per-partition table lists the node's configured partitions. Partitions the control plane
-//! creates at run time have their own cells (shared by the agents, not in the file); their
-//! records count in the node-wide counters (`ArchivedRecords`, `ArchivedDurableRecords`, ...).
+//! The per-partition table lists the node's configured partitions, then the partitions the control
+//! plane made live at run time, by (stream, partition); at most [`PARTITIONS_MAX`] rows (a
+//! partition beyond that counts only in the node-wide counters). `partitions_count` is rewritten
+//! with every snapshot: rows come and go with run-time partitions.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -56,7 +57,7 @@ pub const PARTITION_PARTITION_OFFSET: usize = 4;
 pub const PARTITION_ARCHIVED_OFFSET: usize = 8;
 pub const PARTITION_DURABLE_OFFSET: usize = 16;
 pub const PARTITION_RING_MARK_OFFSET: usize = 24;
-/// Most partitions recorded in the file (the node's config limit).
+/// Most partitions recorded in the file (configured ones first, then run-time ones).
 pub const PARTITIONS_MAX: usize = 4096;
 /// Read attempts before a reader reports a writer that never finishes.
 pub const READ_ATTEMPTS_MAX: u32 = 1000;
@@ -367,20 +368,14 @@ impl CountersFile {
                 source,
             })?;
         let n = Counter::ALL.len();
-        let len = partitions_offset(n) + parts * PARTITION_ENTRY_BYTES;
+        // Room for every row up front: publishing never allocates.
+        let len = partitions_offset(n) + PARTITIONS_MAX * PARTITION_ENTRY_BYTES;
         let mut buf = vec![0u8; len];
         buf[MAGIC_OFFSET..][..4].copy_from_slice(&COUNTERS_MAGIC.to_le_bytes());
         buf[VERSION_OFFSET..][..4].copy_from_slice(&COUNTERS_VERSION.to_le_bytes());
         buf[PID_OFFSET..][..4].copy_from_slice(&std::process::id().to_le_bytes());
         buf[COUNTERS_COUNT_OFFSET..][..4].copy_from_slice(&(n as u32).to_le_bytes());
-        buf[PARTITIONS_COUNT_OFFSET..][..4].copy_from_slice(&(parts as u32).to_le_bytes());
         buf[STARTED_UNIX_NS_OFFSET..][..8].copy_from_slice(&unix_ns().to_le_bytes());
-        let base = partitions_offset(n);
-        for (i, (stream, partition, _)) in counters.partitions().iter().enumerate() {
-            let e = base + i * PARTITION_ENTRY_BYTES;
-            buf[e + PARTITION_STREAM_OFFSET..][..4].copy_from_slice(&stream.to_le_bytes());
-            buf[e + PARTITION_PARTITION_OFFSET..][..2].copy_from_slice(&partition.to_le_bytes());
-        }
         let mut f = CountersFile {
             path: path.to_owned(),
             file,
@@ -395,8 +390,19 @@ impl CountersFile {
         &self.path
     }
 
-    /// Copies every counter into the file (seqlock protocol in the module docs). No allocation.
+    /// Copies every counter and the configured partitions' rows into the file.
     pub fn publish(&mut self, counters: &Counters) -> Result<(), CountersFileError> {
+        self.publish_with(counters, std::iter::empty())
+    }
+
+    /// Copies every counter into the file (seqlock protocol in the module docs), with a row per
+    /// configured partition and then per `runtime` partition, up to [`PARTITIONS_MAX`] rows. No
+    /// allocation.
+    pub fn publish_with<'a>(
+        &mut self,
+        counters: &'a Counters,
+        runtime: impl Iterator<Item = (u32, u16, &'a PartitionCells)>,
+    ) -> Result<(), CountersFileError> {
         let write = |source| CountersFileError::Write {
             path: self.path.clone(),
             source,
@@ -412,8 +418,16 @@ impl CountersFile {
             self.buf[at..at + 8].copy_from_slice(&counters.get(*c).to_le_bytes());
         }
         let base = partitions_offset(Counter::ALL.len());
-        for (i, (_, _, cells)) in counters.partitions().iter().enumerate() {
+        let configured = counters.partitions().iter().map(|(s, p, c)| (*s, *p, &**c));
+        let mut rows = 0;
+        for (i, (stream, partition, cells)) in
+            configured.chain(runtime).take(PARTITIONS_MAX).enumerate()
+        {
             let e = base + i * PARTITION_ENTRY_BYTES;
+            rows = i + 1;
+            self.buf[e + PARTITION_STREAM_OFFSET..][..4].copy_from_slice(&stream.to_le_bytes());
+            self.buf[e + PARTITION_PARTITION_OFFSET..][..2]
+                .copy_from_slice(&partition.to_le_bytes());
             let v = [
                 (
                     PARTITION_ARCHIVED_OFFSET,
@@ -432,11 +446,15 @@ impl CountersFile {
                 self.buf[e + off..][..8].copy_from_slice(&value.to_le_bytes());
             }
         }
+        self.buf[PARTITIONS_COUNT_OFFSET..][..4].copy_from_slice(&(rows as u32).to_le_bytes());
         let write = |source| CountersFileError::Write {
             path: self.path.clone(),
             source,
         };
-        self.file.write_all_at(&self.buf, 0).map_err(write)?;
+        let used = base + rows * PARTITION_ENTRY_BYTES;
+        self.file
+            .write_all_at(&self.buf[..used], 0)
+            .map_err(write)?;
         self.seq += 1; // even: consistent
         self.file
             .write_all_at(&self.seq.to_le_bytes(), SEQ_OFFSET as u64)
@@ -622,6 +640,47 @@ mod tests {
         ));
         drop(file);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn run_time_partitions_are_listed_after_the_configured_ones_and_leave_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counters");
+        let counters = Counters::new(&[(7, 0)]);
+        let mut file = CountersFile::create(&path, &counters).unwrap();
+        let (a, b) = (PartitionCells::default(), PartitionCells::default());
+        a.archived_records.store(11, Ordering::Relaxed);
+        b.durable_records.store(22, Ordering::Relaxed);
+        file.publish_with(&counters, [(9, 0, &a), (9, 1, &b)].into_iter())
+            .unwrap();
+        let rows = |snap: &CountersSnapshot| {
+            snap.partitions
+                .iter()
+                .map(|p| (p.stream, p.partition, p.archived_records, p.durable_records))
+                .collect::<Vec<_>>()
+        };
+        let snap = CountersSnapshot::read(&path).unwrap();
+        assert_eq!(rows(&snap), [(7, 0, 0, 0), (9, 0, 11, 0), (9, 1, 0, 22)]);
+        // Partition (9, 0) removed: its row goes, the next takes its place.
+        file.publish_with(&counters, [(9, 1, &b)].into_iter())
+            .unwrap();
+        let snap = CountersSnapshot::read(&path).unwrap();
+        assert_eq!(rows(&snap), [(7, 0, 0, 0), (9, 1, 0, 22)]);
+        // More partitions than the file holds: the first PARTITIONS_MAX rows, no error.
+        let many: Vec<PartitionCells> = (0..PARTITIONS_MAX)
+            .map(|_| PartitionCells::default())
+            .collect();
+        file.publish_with(
+            &counters,
+            many.iter().enumerate().map(|(i, c)| (10, i as u16, c)),
+        )
+        .unwrap();
+        let snap = CountersSnapshot::read(&path).unwrap();
+        assert_eq!(snap.partitions.len(), PARTITIONS_MAX);
+        assert_eq!(
+            snap.partitions[PARTITIONS_MAX - 1].partition,
+            (PARTITIONS_MAX - 2) as u16
+        );
     }
 
     #[test]

@@ -131,6 +131,29 @@ impl Node {
         self.counter(c)
     }
 
+    /// Waits (bounded) until the counters file's row of (`stream`, `partition`) shows at least
+    /// `at_least` durable records; returns that row's (archived, durable), None without a row.
+    fn wait_partition_durable(
+        &self,
+        stream: u32,
+        partition: u16,
+        at_least: u64,
+    ) -> Option<(u64, u64)> {
+        let row = || {
+            CountersSnapshot::read(&self.counters_file)
+                .ok()?
+                .partitions
+                .into_iter()
+                .find(|p| (p.stream, p.partition) == (stream, partition))
+                .map(|p| (p.archived_records, p.durable_records))
+        };
+        let deadline = Instant::now() + WAIT_MAX;
+        while row().is_none_or(|(_, d)| d < at_least) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        row()
+    }
+
     /// Stops the agents; returns how many agent threads had panicked.
     fn stop(mut self) -> usize {
         self.stop.take();
@@ -1136,6 +1159,8 @@ fn stream_created_at_run_time_is_recovered_from_storage_after_a_restart() {
     assert_eq!(offered, N);
     assert!(closed, "{stats:?}");
     assert_eq!(node.wait_counter(Counter::ArchivedDurableRecords, N), N);
+    // The run-time partition has its own row in the counters file.
+    assert_eq!(node.wait_partition_durable(DYN, 0, N), Some((N, N)));
     assert_eq!(node.stop(), 0);
 
     let node = Node::start(&net, cfg);
@@ -1165,6 +1190,12 @@ fn stream_created_at_run_time_is_recovered_from_storage_after_a_restart() {
         node.wait_counter(Counter::ArchivedDurableRecords, 2 * N),
         2 * N
     );
+    // Its row: this run archived N records; the log's durable end is 2N.
+    assert_eq!(node.wait_partition_durable(DYN, 0, 2 * N), Some((N, 2 * N)));
+    // Deleting the stream takes its row away.
+    stream_command(dir.path(), StreamCommand::Drop { stream_id: DYN });
+    assert_eq!(node.wait_counter(Counter::ConductorPartitionsRemoved, 1), 1);
+    assert_eq!(node.wait_partition_durable(DYN, 0, 0), None);
     assert_eq!(node.stop(), 0);
     let log = storage_nvme::Reader::open(dataplane::archiver::log_dir(
         &dir.path().join("storage"),
