@@ -34,10 +34,11 @@ use std::sync::Arc;
 use sdk::net::wire::SubscribeStart;
 use shm_ring::{Ring, RingConfig, RingCreateError, StartAt};
 
-use crate::agent::{Agent, CommandQueue, Outbox, SpscProducer};
+use crate::agent::{Agent, CommandQueue, Outbox, SpscConsumer, SpscProducer};
 use crate::archiver::{ArchiverCommand, PartitionArchive};
 use crate::counters::{Counter, Counters, CountersFile, PartitionCells};
 use crate::receiver::ReceiverCommand;
+use crate::retire::Retired;
 use crate::sender::{Phase, SenderCommand, Subscription};
 use crate::session::SubscribeRequest;
 
@@ -45,6 +46,8 @@ use crate::session::SubscribeRequest;
 pub const COMMANDS_PER_CYCLE_MAX: usize = 16;
 /// Interval between counters-file updates (ns).
 pub const COUNTERS_PUBLISH_INTERVAL_NS: u64 = 10_000_000;
+/// Retired sender resources freed per duty cycle at most.
+pub const RETIRED_PER_CYCLE_MAX: usize = 16;
 /// Interval between liveness checks of the other agents (ns).
 pub const LIVENESS_CHECK_INTERVAL_NS: u64 = 100_000_000;
 /// An agent without a duty cycle for this long is reported as stalled (ns).
@@ -615,6 +618,9 @@ pub struct Conductor {
     registry: PartitionRegistry,
     /// Subscribers refused for want of a neighbour entry (logged at powers of two).
     no_neighbour: u64,
+    /// What the receiver and sender gave up, freed here ([`crate::retire`]).
+    graveyards: Vec<SpscConsumer<Retired>>,
+    freed: u64,
 }
 
 impl Conductor {
@@ -638,7 +644,15 @@ impl Conductor {
             streams: None,
             registry,
             no_neighbour: 0,
+            graveyards: Vec::new(),
+            freed: 0,
         }
+    }
+
+    /// Frees what an agent retires (the other half of its `with_graveyard`).
+    pub fn with_graveyard(mut self, queue: SpscConsumer<Retired>) -> Conductor {
+        self.graveyards.push(queue);
+        self
     }
 
     /// Drains the control plane's stream commands every duty cycle.
@@ -864,6 +878,14 @@ impl Agent for Conductor {
         }
         self.apply_stream_events();
         work += self.registry.flush();
+        for g in self.graveyards.iter_mut() {
+            let freed = g.drain(RETIRED_PER_CYCLE_MAX, drop);
+            if freed > 0 {
+                self.freed += freed as u64;
+                self.counters.set(Counter::ConductorFreed, self.freed);
+                work += freed;
+            }
+        }
         self.commands_done += work as u64;
         self.counters
             .set(Counter::ConductorCommands, self.commands_done);

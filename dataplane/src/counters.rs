@@ -170,6 +170,9 @@ counters! {
     ConductorPartitionErrors = 61, Total, "conductor: run-time partitions not served (storage/ring/slots)";
     TxReplayRecords = 62, Total, "sender: records served to remote subscribers from storage";
     TxNoNeighbour = 63, Total, "conductor: subscribers refused, no neighbour entry (AF_XDP sender)";
+    TxFreedOnAgent = 64, Total, "sender: retired resources freed on its own thread (conductor queue full)";
+    ConductorFreed = 65, Total, "conductor: resources freed for the receiver and sender";
+    RxFreedOnAgent = 66, Total, "receiver: retired resources freed on its own thread (conductor queue full)";
 }
 
 /// The duty-cycle count counter of an agent role.

@@ -17,6 +17,7 @@
 //!   counters file.
 //! * [`agent`]: the Agent trait, threading modes (dedicated / shared / invoker), command queues
 //!   (bounded MPMC, and SPSC with a conductor-side outbox).
+//! * [`retire`]: what agents give up goes to the conductor to be freed off their cores.
 //! * [`counters`]: closed counter enum, shared-memory counters file read by `memstreamer stat`.
 //! * [`net`]: the [`NetPort`] enum over the kernel UDP backend and the AF_XDP backend; the
 //!   sender's [`net::SenderPort`].
@@ -37,6 +38,7 @@ pub mod counters;
 pub mod net;
 pub mod node;
 pub mod receiver;
+pub mod retire;
 pub mod sender;
 pub mod session;
 pub mod testnet;

@@ -254,6 +254,8 @@ impl NodeParts {
         let conductor_q = CommandQueue::new(depth);
         let (receiver_tx, receiver_rx) = spsc(depth);
         let (sender_tx, sender_rx) = spsc(depth);
+        let (graveyard_tx, graveyard_rx) = spsc(depth);
+        let (rx_graveyard_tx, rx_graveyard_rx) = spsc(depth);
         let (archiver_tx, archiver_rx) = spsc(depth);
         let cells: Vec<_> = (0..partitions.len())
             .map(|i| counters.partition_cells(i))
@@ -284,7 +286,8 @@ impl NodeParts {
             config.storage_dir.is_some(),
             config.rx_batch_max as usize,
         )
-        .with_partition_commands(receiver_rx);
+        .with_partition_commands(receiver_rx)
+        .with_graveyard(rx_graveyard_tx);
         let sender = Sender::new(
             sender_port,
             ring_list(),
@@ -295,7 +298,8 @@ impl NodeParts {
             sender_rx,
             counters.clone(),
         )
-        .map_err(|e| ring_err(e.to_string()))?;
+        .map_err(|e| ring_err(e.to_string()))?
+        .with_graveyard(graveyard_tx);
         let file = CountersFile::create(&config.counters_file, &counters)?;
         let fixed = partitions
             .iter()
@@ -325,7 +329,9 @@ impl NodeParts {
                 neighbour_interface,
             },
         )
-        .with_stream_commands(stream_rings);
+        .with_stream_commands(stream_rings)
+        .with_graveyard(graveyard_rx)
+        .with_graveyard(rx_graveyard_rx);
         let mut agents: Vec<Box<dyn crate::agent::Agent>> =
             vec![Box::new(receiver), Box::new(sender)];
         if let Some(dir) = &config.storage_dir {

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use xdp_programs::abi_consts::FRAME_BYTES_MAX;
 
-use crate::agent::{Agent, CommandQueue, SpscConsumer};
+use crate::agent::{Agent, CommandQueue, SpscConsumer, SpscProducer};
 use crate::conductor::ConductorCommand;
 use crate::counters::{Counter, Counters, PartitionCells};
 use crate::net::NetPort;
+use crate::retire::{Graveyard, Retired};
 use crate::session::{ReceiverStats, RecordSink, SessionTable};
 
 /// Frames sent per duty cycle at most (NAK + STATUS).
@@ -59,9 +60,14 @@ impl RingSink {
         self.publishers[slot] = Some(publisher);
     }
 
-    fn clear(&mut self, slot: usize) {
-        self.rings[slot] = None;
-        self.publishers[slot] = None;
+    /// Empties slot `slot`; its handles go to `graveyard`.
+    fn clear(&mut self, slot: usize, graveyard: &mut Graveyard) {
+        if let Some(p) = self.publishers[slot].take() {
+            graveyard.bury(Retired::RingPublisher(p));
+        }
+        if let Some(r) = self.rings[slot].take() {
+            graveyard.bury(Retired::Ring(r));
+        }
     }
 }
 
@@ -127,6 +133,7 @@ pub struct Receiver {
     rx_batch_max: usize,
     out: Vec<u8>,
     pending_tx: Option<SocketAddr>,
+    graveyard: Graveyard,
     next_publish_ns: u64,
 }
 
@@ -169,8 +176,15 @@ impl Receiver {
             rx_batch_max,
             out: Vec::with_capacity(FRAME_BYTES_MAX as usize),
             pending_tx: None,
+            graveyard: Graveyard::new(None),
             next_publish_ns: 0,
         }
+    }
+
+    /// Frees what the receiver gives up on the conductor's thread ([`crate::retire`]).
+    pub fn with_graveyard(mut self, queue: SpscProducer<Retired>) -> Self {
+        self.graveyard = Graveyard::new(Some(queue));
+        self
     }
 
     /// Takes partitions made live (or removed) at run time from the conductor.
@@ -194,6 +208,8 @@ impl Receiver {
                     "conductor allocates slots in range"
                 );
                 if !self.table.add_partition(stream_id, partition, slot) {
+                    self.graveyard.bury(Retired::RingPublisher(publisher));
+                    self.graveyard.bury(Retired::Ring(ring));
                     return;
                 }
                 self.ring_marks[slot] = cells.durable_ring_mark.load(Ordering::Acquire);
@@ -210,7 +226,7 @@ impl Receiver {
             } => {
                 self.table.remove_partition(stream_id, partition);
                 if slot < self.cells.len() {
-                    self.sink.clear(slot);
+                    self.sink.clear(slot, &mut self.graveyard);
                     self.cells[slot] = None;
                     self.live_slots.retain(|&s| s != slot);
                 }
@@ -255,6 +271,7 @@ impl Receiver {
             (Counter::RxSessionsClosed, s.sessions_closed),
             (Counter::RxSessionsTimedOut, s.sessions_timed_out),
             (Counter::RxSubscribeRequests, s.subscribe_requests),
+            (Counter::RxFreedOnAgent, self.graveyard.freed_here),
         ] {
             c.set(counter, v);
         }

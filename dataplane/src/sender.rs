@@ -23,6 +23,10 @@
 //! The ring is read only as far as every subscriber of the partition has room in its retransmit
 //! window (a slow subscriber back-pressures the ring, like any reliable ring subscriber); a
 //! subscriber silent for `session_timeout_ns` is evicted.
+//!
+//! What the sender gives up — an ended subscription (its retransmit buffer), a finished catch-up
+//! phase (storage reader, read buffer, private ring reader), a removed partition's ring mapping —
+//! goes to the conductor to be freed there ([`crate::retire`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -33,10 +37,11 @@ use sdk::net::{NetOfferError, PublisherSession, PublisherStats};
 use xdp_programs::abi_consts::FRAME_BYTES_MAX;
 use xdp_programs::frame::FrameHeader;
 
-use crate::agent::{Agent, SpscConsumer};
+use crate::agent::{Agent, SpscConsumer, SpscProducer};
 use crate::archiver::STAGE_RECORDS_MAX;
 use crate::counters::{Counter, Counters, PartitionCells};
 use crate::net::SenderPort;
+use crate::retire::{Graveyard, Retired};
 
 /// Commands handled per duty cycle at most.
 pub const COMMANDS_PER_CYCLE_MAX: usize = 4;
@@ -166,7 +171,9 @@ pub struct Sender {
     ring_subs: Vec<Option<shm_ring::Subscriber>>,
     cells: Vec<Option<Arc<PartitionCells>>>,
     live_slots: Vec<usize>,
-    subscriptions: Vec<Subscription>,
+    /// Boxed as the conductor built them: moving one in or out never allocates or frees here.
+    #[allow(clippy::vec_box)] // the boxes travel whole between the conductor and the sender
+    subscriptions: Vec<Box<Subscription>>,
     subscribers_max: usize,
     session_timeout_ns: u64,
     commands: Option<SpscConsumer<SenderCommand>>,
@@ -181,6 +188,7 @@ pub struct Sender {
     lost: u64,
     catch_up_errors: u64,
     retired: PublisherStats,
+    graveyard: Graveyard,
     next_publish_ns: u64,
 }
 
@@ -232,8 +240,15 @@ impl Sender {
             lost: 0,
             catch_up_errors: 0,
             retired: PublisherStats::default(),
+            graveyard: Graveyard::new(None),
             next_publish_ns: 0,
         })
+    }
+
+    /// Frees what the sender gives up on the conductor's thread (module docs).
+    pub fn with_graveyard(mut self, queue: SpscProducer<Retired>) -> Sender {
+        self.graveyard = Graveyard::new(Some(queue));
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -264,8 +279,12 @@ impl Sender {
                 if slot >= self.rings.len() {
                     return;
                 }
-                self.rings[slot] = None;
-                self.ring_subs[slot] = None;
+                if let Some(r) = self.ring_subs[slot].take() {
+                    self.graveyard.bury(Retired::RingReader(r));
+                }
+                if let Some(r) = self.rings[slot].take() {
+                    self.graveyard.bury(Retired::Ring(r));
+                }
                 self.cells[slot] = None;
                 self.live_slots.retain(|&s| s != slot);
                 for s in self
@@ -277,33 +296,36 @@ impl Sender {
                     // what it was sent is acknowledged.
                     s.partition_idx = usize::MAX;
                     s.ending = true;
-                    s.phase = Phase::Live;
+                    self.graveyard.bury_phase(&mut s.phase);
                     s.session.close();
                 }
             }
         }
     }
 
-    fn add(&mut self, sub: Box<Subscription>, now_ns: u64) {
-        let mut sub = *sub;
+    fn add(&mut self, mut sub: Box<Subscription>, now_ns: u64) {
         sub.last_heard_ns = now_ns;
         if sub.partition_idx >= self.rings.len() || self.rings[sub.partition_idx].is_none() {
             // Its partition was removed while the request travelled.
             self.evicted += 1;
+            self.graveyard.bury(Retired::Subscription(sub));
             return;
         }
         if let Some(old) = self.subscriptions.iter_mut().find(|s| s.same_peer(&sub)) {
             if old.session.config().epoch == sub.session.config().epoch {
                 // A repeated SUBSCRIBE (the subscriber has not seen our SETUP yet): keep the session.
                 old.last_heard_ns = now_ns;
+                self.graveyard.bury(Retired::Subscription(sub));
                 return;
             }
             retire(&mut self.retired, &old.session.stats());
-            *old = sub;
+            let old = std::mem::replace(old, sub);
+            self.graveyard.bury(Retired::Subscription(old));
         } else if self.subscriptions.len() < self.subscribers_max {
             self.subscriptions.push(sub);
         } else {
             self.evicted += 1;
+            self.graveyard.bury(Retired::Subscription(sub));
         }
     }
 
@@ -328,7 +350,16 @@ impl Sender {
             let shared_next = self.ring_subs[p].as_ref().map(|r| r.next_offset());
             let ring = self.rings[p].as_ref();
             let s = &mut self.subscriptions[k];
-            match catch_up_one(s, now_ns, delta, shared_next, ring, &mut self.replayed) {
+            let graveyard = &mut self.graveyard;
+            match catch_up_one(
+                s,
+                now_ns,
+                delta,
+                shared_next,
+                ring,
+                &mut self.replayed,
+                graveyard,
+            ) {
                 Ok(w) => work += w,
                 Err(e) => {
                     self.catch_up_errors += 1;
@@ -337,7 +368,7 @@ impl Sender {
                     }
                     s.ending = true;
                     s.partition_idx = usize::MAX;
-                    s.phase = Phase::Live;
+                    self.graveyard.bury_phase(&mut s.phase);
                     s.session.close();
                 }
             }
@@ -439,6 +470,7 @@ impl Sender {
         c.set(Counter::TxPortDatagrams, p.tx_datagrams);
         c.set(Counter::TxPortErrors, p.tx_errors + p.tx_queue_full);
         c.set(Counter::RingRecordsLost, self.lost);
+        c.set(Counter::TxFreedOnAgent, self.graveyard.freed_here);
     }
 }
 
@@ -470,6 +502,7 @@ fn catch_up_one(
     shared_next: Option<u64>,
     ring: Option<&shm_ring::Ring>,
     replayed: &mut u64,
+    graveyard: &mut Graveyard,
 ) -> Result<usize, String> {
     let room = s.room_records().min(RING_RECORDS_PER_CYCLE_MAX);
     // A storage batch (up to STAGE_RECORDS_MAX records) is read only when it fits the window
@@ -514,7 +547,9 @@ fn catch_up_one(
                 let next_ring = next_log.wrapping_sub(delta);
                 if sub.next_offset() <= next_ring {
                     s.next_ring = Some(next_ring);
-                    s.phase = Phase::Ring { sub: Box::new(sub) };
+                    let storage =
+                        std::mem::replace(&mut s.phase, Phase::Ring { sub: Box::new(sub) });
+                    graveyard.bury(Retired::Phase(storage));
                     return Ok(1);
                 }
                 // Not durable yet and no longer in the ring: wait for storage.
@@ -556,7 +591,7 @@ fn catch_up_one(
             if behind == 0 {
                 // Met the shared reader: from here on it feeds this subscriber (records below
                 // next_ring are skipped there, so nothing is sent twice, nothing is skipped).
-                s.phase = Phase::Live;
+                graveyard.bury_phase(&mut s.phase);
                 return Ok(1);
             }
             let limit = room.min(behind as usize);
@@ -658,6 +693,7 @@ impl Agent for Sender {
             if ended || now_ns.saturating_sub(s.last_heard_ns) > timeout {
                 let gone = self.subscriptions.swap_remove(i);
                 retire(&mut self.retired, &gone.session.stats());
+                self.graveyard.bury(Retired::Subscription(gone));
                 // A session ended because its partition went away is not an eviction.
                 self.evicted += u64::from(!ended);
             } else {

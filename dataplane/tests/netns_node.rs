@@ -875,6 +875,11 @@ fn stream_created_at_run_time_is_live_and_its_deletion_stops_it() {
         !ring_file.exists(),
         "the ring of the deleted stream is removed"
     );
+    // The receiver's ring handles, the sender's ring handles and the ended subscription were
+    // freed by the conductor, not on the agents' threads.
+    assert!(node.wait_counter(Counter::ConductorFreed, 5) >= 5);
+    assert_eq!(node.counter(Counter::RxFreedOnAgent), 0);
+    assert_eq!(node.counter(Counter::TxFreedOnAgent), 0);
     let unknown = node.counter(Counter::RxDropUnknownStream);
     let node_v4 = SocketAddrV4::new(net.node_ip, PORT);
     send_raw(
@@ -974,6 +979,10 @@ fn remote_subscriber_from_an_offset_catches_up_from_storage_then_goes_live() {
         node.wait_counter(Counter::TxReplayRecords, 1) >= FIRST - FROM,
         "the old records came from storage"
     );
+    // Each finished catch-up phase (storage reader and buffer, private ring reader) was freed
+    // by the conductor, none on the sender's thread.
+    assert!(node.wait_counter(Counter::ConductorFreed, 2) >= 2);
+    assert_eq!(node.counter(Counter::TxFreedOnAgent), 0);
     assert_eq!(node.stop(), 0);
 }
 
