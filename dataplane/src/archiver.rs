@@ -27,6 +27,7 @@ use storage_nvme::{AppendError, Log, LogConfig, Record};
 use crate::agent::{Agent, CommandQueue, SpscConsumer};
 use crate::conductor::ConductorCommand;
 use crate::counters::{Counter, Counters, PartitionCells};
+use crate::replay::{ReplayServer, REPLAY_READS_PER_CYCLE_MAX};
 
 /// Records per storage batch at most.
 pub const STAGE_RECORDS_MAX: usize = 64;
@@ -284,6 +285,8 @@ pub struct Archiver {
     /// Totals of partitions removed at run time (the counters stay monotonic).
     retired_archived: u64,
     retired_durable: u64,
+    /// Storage reads for the sender's catching-up subscribers ([`crate::replay`]).
+    replay: Option<ReplayServer>,
 }
 
 impl Archiver {
@@ -334,7 +337,14 @@ impl Archiver {
             conductor: None,
             retired_archived: 0,
             retired_durable: 0,
+            replay: None,
         })
+    }
+
+    /// Serves the sender's storage reads for subscribers that catch up ([`crate::replay`]).
+    pub fn with_replay(mut self, server: ReplayServer) -> Archiver {
+        self.replay = Some(server);
+        self
     }
 
     /// Takes partitions added/removed at run time and reader requests from the conductor
@@ -567,6 +577,10 @@ impl Agent for Archiver {
                 Ok(w) => work += w,
                 Err(e) => self.fail(i, &e),
             }
+        }
+        if let Some(r) = self.replay.as_mut() {
+            work += r.serve(REPLAY_READS_PER_CYCLE_MAX);
+            self.counters.set(Counter::ArchiverReplayReads, r.reads);
         }
         let c = &self.counters;
         let (mut archived, mut durable) = (self.retired_archived, self.retired_durable);

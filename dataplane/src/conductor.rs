@@ -39,7 +39,7 @@ use crate::archiver::{ArchiverCommand, PartitionArchive};
 use crate::counters::{Counter, Counters, CountersFile, PartitionCells};
 use crate::receiver::ReceiverCommand;
 use crate::retire::Retired;
-use crate::sender::{Phase, SenderCommand, Subscription};
+use crate::sender::{Phase, SenderCommand, StorageRead, Subscription};
 use crate::session::SubscribeRequest;
 
 /// Commands handled per duty cycle at most.
@@ -809,12 +809,7 @@ impl Conductor {
                         return;
                     }
                 };
-                let phase = Phase::Storage {
-                    reader,
-                    buf,
-                    reseek: false,
-                    ring_retry_ns: 0,
-                };
+                let phase = Phase::Storage(StorageRead::new(reader, buf));
                 Subscription::starting(r.src, slot, session, from, phase)
             }
             (Some(from), None) => match ring.subscriber(StartAt::Earliest) {

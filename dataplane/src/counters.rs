@@ -173,6 +173,7 @@ counters! {
     TxFreedOnAgent = 64, Total, "sender: retired resources freed on its own thread (conductor queue full)";
     ConductorFreed = 65, Total, "conductor: resources freed for the receiver and sender";
     RxFreedOnAgent = 66, Total, "receiver: retired resources freed on its own thread (conductor queue full)";
+    ArchiverReplayReads = 67, Total, "archiver: log reads for catching-up remote subscribers";
 }
 
 /// The duty-cycle count counter of an agent role.

@@ -38,6 +38,7 @@ pub mod counters;
 pub mod net;
 pub mod node;
 pub mod receiver;
+pub mod replay;
 pub mod retire;
 pub mod sender;
 pub mod session;

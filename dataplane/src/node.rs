@@ -256,6 +256,9 @@ impl NodeParts {
         let (sender_tx, sender_rx) = spsc(depth);
         let (graveyard_tx, graveyard_rx) = spsc(depth);
         let (rx_graveyard_tx, rx_graveyard_rx) = spsc(depth);
+        // One storage read per catching-up subscriber in flight at most: room for all of them.
+        let (replay_client, replay_server) =
+            crate::replay::replay_channel(depth.max(config.subscribers_max as usize));
         let (archiver_tx, archiver_rx) = spsc(depth);
         let cells: Vec<_> = (0..partitions.len())
             .map(|i| counters.partition_cells(i))
@@ -300,6 +303,11 @@ impl NodeParts {
         )
         .map_err(|e| ring_err(e.to_string()))?
         .with_graveyard(graveyard_tx);
+        let sender = if config.storage_dir.is_some() {
+            sender.with_replay(replay_client)
+        } else {
+            sender
+        };
         let file = CountersFile::create(&config.counters_file, &counters)?;
         let fixed = partitions
             .iter()
@@ -343,7 +351,8 @@ impl NodeParts {
                     config.archive_commit_interval_ns,
                     slots_max,
                 )?
-                .with_commands(archiver_rx, conductor_q),
+                .with_commands(archiver_rx, conductor_q)
+                .with_replay(replay_server),
             ));
         }
         let roles: Vec<&'static str> = agents.iter().map(|a| a.role()).collect();

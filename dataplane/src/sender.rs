@@ -12,7 +12,8 @@
 //!
 //! Where a subscriber starts is its SUBSCRIBE's start position (latest, earliest, an offset):
 //! a subscriber that starts behind the live tail moves through [`Phase`]s — `Storage` (a
-//! storage-nvme reader of the partition's log, following its durable tail), then `Ring` (a
+//! storage-nvme reader of the partition's log, following its durable tail; the archiver does the
+//! reads, [`crate::replay`], so the sender never waits on the disk), then `Ring` (a
 //! private ring reader from the first record not yet sent, once the durable tail is reached),
 //! then `Live` (fed by the partition's shared reader, which never passes a `Ring` reader, so the
 //! two meet). Every subscription remembers the next record it needs — its partition (log)
@@ -41,6 +42,7 @@ use crate::agent::{Agent, SpscConsumer, SpscProducer};
 use crate::archiver::STAGE_RECORDS_MAX;
 use crate::counters::{Counter, Counters, PartitionCells};
 use crate::net::SenderPort;
+use crate::replay::{ReplayClient, ReplayOutcome, ReplayRequest};
 use crate::retire::{Graveyard, Retired};
 
 /// Commands handled per duty cycle at most.
@@ -53,6 +55,8 @@ pub const FRAMES_PER_SUBSCRIBER_CYCLE_MAX: usize = 32;
 pub const RX_BATCH_MAX: usize = 64;
 /// How often a subscriber reading storage at its durable tail looks for its records in the ring.
 pub const RING_RETRY_NS: u64 = 1_000_000;
+/// Replies of the archiver's storage reads taken per duty cycle at most.
+pub const REPLAY_REPLIES_PER_CYCLE_MAX: usize = 16;
 /// Interval between copies of the sender's statistics into the shared counters (ns).
 pub const STATS_PUBLISH_INTERVAL_NS: u64 = 1_000_000;
 
@@ -61,20 +65,53 @@ pub enum Phase {
     /// Fed by the partition's shared ring reader with every other live subscriber.
     Live,
     /// Reading the partition's log from storage (it asked for records older than the ring).
-    Storage {
-        reader: Box<storage_nvme::Reader>,
-        buf: Box<storage_nvme::AlignedBuf>,
-        /// Reposition the reader at `next_log` before the next read (a batch did not fit).
-        reseek: bool,
-        /// Earliest time to look at the ring again after the reader reached the durable tail.
-        ring_retry_ns: u64,
-    },
+    Storage(StorageRead),
     /// Reading a private ring subscriber until it meets the partition's shared reader.
     Ring { sub: Box<shm_ring::Subscriber> },
 }
 
+/// A subscriber's place in the partition's log while it catches up from storage. The archiver
+/// does the reads ([`crate::replay`]); the sender sends each batch from the buffer.
+pub struct StorageRead {
+    /// The log reader and its buffer; None while the archiver reads the next batch for it.
+    io: Option<(Box<storage_nvme::Reader>, Box<storage_nvme::AlignedBuf>)>,
+    /// Bytes `start..end` of the buffer hold a batch not yet wholly sent.
+    ready: Option<(usize, usize)>,
+    /// The log's durable end when a read last found nothing more: no new read until it grows.
+    tail_end: Option<u64>,
+    /// Earliest time to look at the ring again after the reader reached the durable tail.
+    ring_retry_ns: u64,
+}
+
+impl StorageRead {
+    /// Reads `reader` (positioned at the subscriber's first record) through `buf`.
+    pub fn new(
+        reader: Box<storage_nvme::Reader>,
+        buf: Box<storage_nvme::AlignedBuf>,
+    ) -> StorageRead {
+        StorageRead {
+            io: Some((reader, buf)),
+            ready: None,
+            tail_end: None,
+            ring_retry_ns: 0,
+        }
+    }
+
+    /// Takes what a read found.
+    fn apply(&mut self, outcome: ReplayOutcome) -> Result<(), String> {
+        match outcome {
+            ReplayOutcome::Batch { start, end } => self.ready = Some((start, end)),
+            ReplayOutcome::AtTail { end } => self.tail_end = Some(end),
+            ReplayOutcome::Failed(e) => return Err(e),
+        }
+        Ok(())
+    }
+}
+
 /// One remote subscriber: where it is and the outbound session to it.
 pub struct Subscription {
+    /// The sender's id for it (replies of the archiver's reads name it).
+    id: u64,
     dst: SocketAddr,
     partition_idx: usize,
     session: PublisherSession,
@@ -107,6 +144,7 @@ impl Subscription {
         phase: Phase,
     ) -> Subscription {
         Subscription {
+            id: 0,
             dst,
             partition_idx,
             session,
@@ -189,6 +227,9 @@ pub struct Sender {
     catch_up_errors: u64,
     retired: PublisherStats,
     graveyard: Graveyard,
+    /// Storage reads for catching-up subscribers go to the archiver (None: read here).
+    replay: Option<ReplayClient>,
+    next_id: u64,
     next_publish_ns: u64,
 }
 
@@ -241,8 +282,16 @@ impl Sender {
             catch_up_errors: 0,
             retired: PublisherStats::default(),
             graveyard: Graveyard::new(None),
+            replay: None,
+            next_id: 0,
             next_publish_ns: 0,
         })
+    }
+
+    /// Has the archiver do the storage reads of catching-up subscribers ([`crate::replay`]).
+    pub fn with_replay(mut self, client: ReplayClient) -> Sender {
+        self.replay = Some(client);
+        self
     }
 
     /// Frees what the sender gives up on the conductor's thread (module docs).
@@ -305,6 +354,8 @@ impl Sender {
 
     fn add(&mut self, mut sub: Box<Subscription>, now_ns: u64) {
         sub.last_heard_ns = now_ns;
+        self.next_id += 1;
+        sub.id = self.next_id;
         if sub.partition_idx >= self.rings.len() || self.rings[sub.partition_idx].is_none() {
             // Its partition was removed while the request travelled.
             self.evicted += 1;
@@ -346,34 +397,47 @@ impl Sender {
                 continue;
             }
             let p = s.partition_idx;
-            let delta = self.delta(p);
-            let shared_next = self.ring_subs[p].as_ref().map(|r| r.next_offset());
-            let ring = self.rings[p].as_ref();
+            let part = PartitionView {
+                delta: self.delta(p),
+                shared_next: self.ring_subs[p].as_ref().map(|r| r.next_offset()),
+                ring: self.rings[p].as_ref(),
+            };
             let s = &mut self.subscriptions[k];
             let graveyard = &mut self.graveyard;
-            match catch_up_one(
-                s,
-                now_ns,
-                delta,
-                shared_next,
-                ring,
-                &mut self.replayed,
-                graveyard,
-            ) {
+            let replay = self.replay.as_mut();
+            match catch_up_one(s, now_ns, part, &mut self.replayed, graveyard, replay) {
                 Ok(w) => work += w,
-                Err(e) => {
-                    self.catch_up_errors += 1;
-                    if self.catch_up_errors.is_power_of_two() {
-                        eprintln!("memstreamer: remote subscriber {} of stream {} partition {}: catching up failed: {e}; the session ends", s.dst, s.session.config().stream_id, s.session.config().partition);
-                    }
-                    s.ending = true;
-                    s.partition_idx = usize::MAX;
-                    self.graveyard.bury_phase(&mut s.phase);
-                    s.session.close();
-                }
+                Err(e) => end_catch_up(s, &e, graveyard, &mut self.catch_up_errors),
             }
         }
         work
+    }
+
+    /// Takes the archiver's answers to storage reads back into their subscriptions.
+    fn take_replies(&mut self) -> usize {
+        let Some(client) = self.replay.as_mut() else {
+            return 0;
+        };
+        let (subs, graveyard) = (&mut self.subscriptions, &mut self.graveyard);
+        let errors = &mut self.catch_up_errors;
+        client.replies.drain(REPLAY_REPLIES_PER_CYCLE_MAX, |r| {
+            let waiting = subs.iter_mut().find(|s| {
+                s.id == r.id && matches!(&s.phase, Phase::Storage(st) if st.io.is_none())
+            });
+            let Some(s) = waiting else {
+                // Ended, evicted or moved on while the read was in flight.
+                let phase = Phase::Storage(StorageRead::new(r.reader, r.buf));
+                graveyard.bury(Retired::Phase(phase));
+                return;
+            };
+            let Phase::Storage(st) = &mut s.phase else {
+                unreachable!("matched above");
+            };
+            st.io = Some((r.reader, r.buf));
+            if let Err(e) = st.apply(r.outcome) {
+                end_catch_up(s, &e, graveyard, errors);
+            }
+        })
     }
 
     /// Reads what every live subscriber of partition `p` has room for and offers it to them.
@@ -494,23 +558,37 @@ fn offer_at(s: &mut Subscription, at: u64, type_id: u16, payload: &[u8]) -> u64 
     }
 }
 
+/// What a catching-up subscriber needs of its partition.
+struct PartitionView<'a> {
+    /// Ring offset + delta = log offset.
+    delta: u64,
+    /// Next ring offset of the partition's shared (live) reader.
+    shared_next: Option<u64>,
+    ring: Option<&'a shm_ring::Ring>,
+}
+
 /// One catch-up step of a subscriber that is not live yet; returns work done.
 fn catch_up_one(
     s: &mut Subscription,
     now_ns: u64,
-    delta: u64,
-    shared_next: Option<u64>,
-    ring: Option<&shm_ring::Ring>,
+    part: PartitionView<'_>,
     replayed: &mut u64,
     graveyard: &mut Graveyard,
+    replay: Option<&mut ReplayClient>,
 ) -> Result<usize, String> {
+    let PartitionView {
+        delta,
+        shared_next,
+        ring,
+    } = part;
     let room = s.room_records().min(RING_RECORDS_PER_CYCLE_MAX);
-    // A storage batch (up to STAGE_RECORDS_MAX records) is read only when it fits the window
-    // whole, so the reader rarely has to seek back; a window smaller than that takes what fits.
+    // A storage batch (up to STAGE_RECORDS_MAX records) is asked for and sent only when the
+    // window has room for it whole (a window smaller than that takes what fits); what does not
+    // fit waits in the read buffer.
     let window =
         (s.session.config().buffer_bytes / record_bytes(s.session.payload_bytes_max())).max(1);
     let need = match s.phase {
-        Phase::Storage { .. } => STAGE_RECORDS_MAX
+        Phase::Storage(_) => STAGE_RECORDS_MAX
             .min(window)
             .min(RING_RECORDS_PER_CYCLE_MAX),
         _ => 1,
@@ -521,23 +599,39 @@ fn catch_up_one(
     let next_log = s.next_log;
     match &mut s.phase {
         Phase::Live => Ok(0),
-        Phase::Storage {
-            reader,
-            buf,
-            reseek,
-            ring_retry_ns,
-        } => {
-            if *reseek {
-                reader.seek_offset(next_log).map_err(|e| e.to_string())?;
-                *reseek = false;
-            }
-            let batch = reader.read_batch(buf).map_err(|e| e.to_string())?;
-            let Some(batch) = batch else {
+        Phase::Storage(st) => {
+            let Some((reader, buf)) = st.io.as_mut() else {
+                return Ok(0); // the archiver is reading for it
+            };
+            let Some((start, end)) = st.ready else {
+                let durable_end = reader.end_offset();
+                let more = reader.next_offset() < durable_end
+                    && st.tail_end.is_none_or(|t| durable_end > t);
+                if more {
+                    st.tail_end = None;
+                    match replay {
+                        Some(client) => {
+                            let (reader, buf) = st.io.take().expect("checked above");
+                            let id = s.id;
+                            let request = ReplayRequest { id, reader, buf };
+                            if let Err(back) = client.requests.offer(request) {
+                                st.io = Some((back.reader, back.buf));
+                                return Ok(0);
+                            }
+                        }
+                        // No archiver to read for it (tests, invoker setups): read here.
+                        None => {
+                            let outcome = crate::replay::read_one(reader, buf);
+                            st.apply(outcome)?;
+                        }
+                    }
+                    return Ok(1);
+                }
                 // At the durable tail: the rest may still be in the ring.
-                if now_ns < *ring_retry_ns {
+                if now_ns < st.ring_retry_ns {
                     return Ok(0);
                 }
-                *ring_retry_ns = now_ns.saturating_add(RING_RETRY_NS);
+                st.ring_retry_ns = now_ns.saturating_add(RING_RETRY_NS);
                 let Some(ring) = ring else {
                     return Ok(0);
                 };
@@ -555,6 +649,9 @@ fn catch_up_one(
                 // Not durable yet and no longer in the ring: wait for storage.
                 return Ok(0);
             };
+            // Send what fits of the batch the buffer holds; the rest waits there.
+            let batch = storage_nvme::codec::decode_batch(&buf.as_slice()[start..end])
+                .map_err(|e| format!("a batch read back does not decode: {e}"))?;
             let (mut sent, mut full) = (0usize, false);
             for rec in batch.records() {
                 if rec.offset < s.next_log {
@@ -575,10 +672,8 @@ fn catch_up_one(
                     }
                 }
             }
-            if full {
-                if let Phase::Storage { reseek, .. } = &mut s.phase {
-                    *reseek = true;
-                }
+            if !full {
+                st.ready = None;
             }
             *replayed += sent as u64;
             Ok(sent.max(1))
@@ -624,6 +719,22 @@ fn catch_up_one(
     }
 }
 
+/// Ends a subscription whose catch-up failed: it reads nothing more, its session closes.
+fn end_catch_up(s: &mut Subscription, e: &str, graveyard: &mut Graveyard, errors: &mut u64) {
+    *errors += 1;
+    if errors.is_power_of_two() {
+        let c = s.session.config();
+        eprintln!(
+            "memstreamer: remote subscriber {} of stream {} partition {}: catching up failed: {e}; the session ends",
+            s.dst, c.stream_id, c.partition
+        );
+    }
+    s.ending = true;
+    s.partition_idx = usize::MAX;
+    graveyard.bury_phase(&mut s.phase);
+    s.session.close();
+}
+
 fn retire(total: &mut PublisherStats, s: &PublisherStats) {
     total.data_frames += s.data_frames;
     total.retransmit_frames += s.retransmit_frames;
@@ -667,6 +778,7 @@ impl Agent for Sender {
             }
         });
 
+        work += self.take_replies();
         work += self.catch_up(now_ns);
         for k in 0..self.live_slots.len() {
             work += self.pump_partition(self.live_slots[k]);

@@ -979,6 +979,8 @@ fn remote_subscriber_from_an_offset_catches_up_from_storage_then_goes_live() {
         node.wait_counter(Counter::TxReplayRecords, 1) >= FIRST - FROM,
         "the old records came from storage"
     );
+    // The archiver did the log reads, not the sender.
+    assert!(node.counter(Counter::ArchiverReplayReads) >= 1);
     // Each finished catch-up phase (storage reader and buffer, private ring reader) was freed
     // by the conductor, none on the sender's thread.
     assert!(node.wait_counter(Counter::ConductorFreed, 2) >= 2);
