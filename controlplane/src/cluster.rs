@@ -469,18 +469,23 @@ impl Cluster {
         m: &openraft::RaftMetrics<NodeId, NodeInfo>,
     ) -> ClusterError {
         let me = self.me.id;
-        let matched = |id: &NodeId| {
-            m.replication
+        let liveness = self.view.read(|d| d.state.liveness.clone());
+        // Live before dead (a dead voter may tie on the matched index), then most caught up.
+        let rank = |id: &NodeId| {
+            let live = liveness.get(id) != Some(&NodeLiveness::Dead);
+            let matched = m
+                .replication
                 .as_ref()
                 .and_then(|r| r.get(id).copied().flatten())
-                .map(|l| l.index)
+                .map(|l| l.index);
+            (live, matched)
         };
         let Some(to) = m
             .membership_config
             .membership()
             .voter_ids()
             .filter(|v| *v != me)
-            .max_by_key(|v| matched(v))
+            .max_by_key(|v| rank(v))
         else {
             return ClusterError::Membership {
                 reason: "the last voter cannot be removed".into(),

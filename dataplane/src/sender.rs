@@ -421,20 +421,30 @@ impl Sender {
         let (subs, graveyard) = (&mut self.subscriptions, &mut self.graveyard);
         let errors = &mut self.catch_up_errors;
         client.replies.drain(REPLAY_REPLIES_PER_CYCLE_MAX, |r| {
-            let waiting = subs.iter_mut().find(|s| {
+            let waiting = subs.iter().position(|s| {
                 s.id == r.id && matches!(&s.phase, Phase::Storage(st) if st.io.is_none())
             });
-            let Some(s) = waiting else {
-                // Ended, evicted or moved on while the read was in flight.
-                let phase = Phase::Storage(StorageRead::new(r.reader, r.buf));
+            let retire = |graveyard: &mut Graveyard, reader, buf| {
+                let phase = Phase::Storage(StorageRead::new(reader, buf));
                 graveyard.bury(Retired::Phase(phase));
+            };
+            let Some(k) = waiting else {
+                // Ended, evicted or moved on while the read was in flight.
+                retire(graveyard, r.reader, r.buf);
                 return;
             };
-            let Phase::Storage(st) = &mut s.phase else {
-                unreachable!("matched above");
+            let s = &mut subs[k];
+            let result = match &mut s.phase {
+                Phase::Storage(st) => {
+                    st.io = Some((r.reader, r.buf));
+                    st.apply(r.outcome)
+                }
+                _ => {
+                    retire(graveyard, r.reader, r.buf);
+                    Ok(())
+                }
             };
-            st.io = Some((r.reader, r.buf));
-            if let Err(e) = st.apply(r.outcome) {
+            if let Err(e) = result {
                 end_catch_up(s, &e, graveyard, errors);
             }
         })
@@ -611,7 +621,9 @@ fn catch_up_one(
                     st.tail_end = None;
                     match replay {
                         Some(client) => {
-                            let (reader, buf) = st.io.take().expect("checked above");
+                            let Some((reader, buf)) = st.io.take() else {
+                                return Ok(0);
+                            };
                             let id = s.id;
                             let request = ReplayRequest { id, reader, buf };
                             if let Err(back) = client.requests.offer(request) {
