@@ -46,7 +46,7 @@ use crate::session::SubscribeRequest;
 pub const COMMANDS_PER_CYCLE_MAX: usize = 16;
 /// Interval between counters-file updates (ns).
 pub const COUNTERS_PUBLISH_INTERVAL_NS: u64 = 10_000_000;
-/// Retired sender resources freed per duty cycle at most.
+/// Retired receiver and sender resources freed per duty cycle (per queue) at most.
 pub const RETIRED_PER_CYCLE_MAX: usize = 16;
 /// Interval between liveness checks of the other agents (ns).
 pub const LIVENESS_CHECK_INTERVAL_NS: u64 = 100_000_000;
