@@ -61,7 +61,14 @@ impl FaultIo {
     }
     fn pwrite(&self, fd: RawFd, len: usize, pos: u64) -> i32 {
         // SAFETY: scratch holds at least `len` bytes (len <= the gathered length).
-        let n = unsafe { libc::pwrite(fd, self.scratch.as_ptr().cast(), len, pos as libc::off_t) };
+        let n = unsafe {
+            libc::pwrite(
+                fd,
+                self.scratch.as_slice().as_ptr().cast(),
+                len,
+                pos as libc::off_t,
+            )
+        };
         if n < 0 {
             -io::Error::last_os_error()
                 .raw_os_error()
@@ -160,7 +167,7 @@ impl IoBackend for FaultIo {
                     unsafe {
                         libc::pwrite(
                             fd,
-                            self.scratch.as_ptr().cast(),
+                            self.scratch.as_slice().as_ptr().cast(),
                             len,
                             (pos + at as u64) as libc::off_t,
                         )

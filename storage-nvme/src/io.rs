@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::RawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::Path;
 use std::ptr::NonNull;
 
@@ -100,9 +100,6 @@ impl AlignedBuf {
         // SAFETY: as in as_slice; the exclusive borrow of self makes this the only access.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
-    pub(crate) fn as_ptr(&self) -> *const u8 {
-        self.ptr.as_ptr()
-    }
 }
 
 impl Drop for AlignedBuf {
@@ -156,6 +153,17 @@ pub fn fs_type(path: &Path) -> io::Result<(u64, &'static str)> {
         _ => "other",
     };
     Ok((magic, name))
+}
+
+/// Preallocates the first `bytes` of `f` (unwritten extents: they read as zeros).
+pub fn fallocate(f: &File, bytes: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(bytes).map_err(io::Error::other)?;
+    // SAFETY: fallocate on an open fd with a non-negative range has no memory-safety
+    // preconditions.
+    if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Opens a file for O_DIRECT reading and writing.
@@ -464,7 +472,7 @@ mod tests {
     fn aligned_buf_is_aligned_and_zeroed() {
         for len in [1, 4096, 5000, 3 << 20] {
             let b = AlignedBuf::new(len).unwrap();
-            assert_eq!(b.as_ptr() as usize % BLOCK_BYTES as usize, 0);
+            assert_eq!(b.as_slice().as_ptr() as usize % BLOCK_BYTES as usize, 0);
             assert!(b.len() >= len);
             assert!(b.as_slice().iter().all(|&x| x == 0));
         }

@@ -1,11 +1,10 @@
 //! The writer: one partition's segment log with group commit.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,8 +15,13 @@ use crate::layout::*;
 use crate::prepare::{finalize_segment, Preparer};
 use crate::reader::Reader;
 use crate::retention::{segments_to_delete, RetentionPolicy, SegmentInfo};
-use crate::scan::ScanStop;
 use crate::segment::*;
+
+mod recover;
+#[allow(unsafe_code)]
+mod write;
+
+use write::{WriteBuffers, WriteSlot, ZeroWrite};
 
 /// Limits and tuning of one partition log. Every size is in bytes.
 #[derive(Clone, Debug)]
@@ -367,50 +371,6 @@ struct Active {
     cursor: IndexCursor,
 }
 
-/// One write in flight. The iovecs point into the ring and into `tail`.
-struct WriteSlot {
-    busy: bool,
-    start: u64,
-    len: u64,
-    logical_start: u64,
-    logical_end: u64,
-    retries: u32,
-    iov: [libc::iovec; 2],
-    iovcnt: u32,
-    /// Submitted with RWF_DSYNC while no other write was in flight: on success everything
-    /// below `logical_end` is durable.
-    dsync: bool,
-    /// When the write was first submitted (retries keep it).
-    submitted_at: Option<std::time::Instant>,
-}
-
-// SAFETY: the raw pointers in `iov` point only into buffers owned by the same `Log` (its ring
-// and tail blocks), so they stay valid when the Log, and with it the slots, moves to another
-// thread; nothing else shares them.
-unsafe impl Send for WriteSlot {}
-
-/// Tokens of syncs: `FSYNC_TOKEN_BASE + slot`.
-const FSYNC_TOKEN_BASE: u64 = u64::MAX - SYNCS_INFLIGHT_MAX as u64;
-/// Token of the zero-ahead write (below every sync token, above every write slot).
-const ZERO_TOKEN: u64 = FSYNC_TOKEN_BASE - 1;
-/// Size of the shared zero block that zero-ahead writes gather from.
-const ZERO_BUF_BYTES: u64 = 256 << 10;
-/// Largest zero-ahead write: few, large ones keep extent conversions (and with them the journal
-/// commits a following fdatasync has to wait for) rare.
-const ZERO_WRITE_BYTES_MAX: u64 = 1 << 20;
-const ZERO_IOVS: usize = (ZERO_WRITE_BYTES_MAX / ZERO_BUF_BYTES) as usize;
-const _: () = assert!(ZERO_WRITE_BYTES_MAX.is_multiple_of(ZERO_BUF_BYTES));
-const _: () = assert!((WRITES_INFLIGHT_MAX as u64) < ZERO_TOKEN);
-
-/// The zero-ahead write in flight: its iovecs (all pointing into `Log::zeros`) and range.
-struct ZeroWrite {
-    iov: [libc::iovec; ZERO_IOVS],
-    inflight: Option<(u64, u64)>,
-}
-
-// SAFETY: as for WriteSlot: the iovecs point only into the owning Log's `zeros` buffer.
-unsafe impl Send for ZeroWrite {}
-
 /// One partition's log: appends batches, group-commits them, recovers on open.
 ///
 /// Not `Sync`: one thread (the archiver agent) drives it; readers share only an atomic.
@@ -494,297 +454,58 @@ impl<B: IoBackend> Log<B> {
         cfg.validate().map_err(LogOpenError::Config)?;
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(ferr("cannot create log directory", &dir))?;
-        let lock_path = dir.join(LOCK_FILE_NAME);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(ferr("cannot open lock file", &lock_path))?;
-        // A child forked by another thread holds our descriptors until it execs: retry briefly.
-        let mut locked = false;
-        for _ in 0..LOCK_ATTEMPTS_MAX {
-            // SAFETY: flock on an open fd has no memory-safety preconditions.
-            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                locked = true;
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        if !locked {
-            return Err(LogOpenError::Locked { path: lock_path });
-        }
-        let listing = list_dir(&dir)?;
-        if let Some(p) = listing.foreign.first() {
-            return Err(LogOpenError::NotOurs {
-                path: p.clone(),
-                reason: "unexpected file name".into(),
-            });
-        }
+        let lock = recover::lock_dir(&dir)?;
         let mut report = RecoveryReport::default();
-        for p in &listing.temp {
-            fs::remove_file(p).map_err(ferr("cannot remove temporary index", p))?;
-            report
-                .actions
-                .push(RecoveryAction::OrphanIndexRemoved { path: p.clone() });
-        }
-        for (base, ext) in &listing.index_files {
-            if listing.segments.binary_search(base).is_err() {
-                let p = dir.join(file_name(*base, ext));
-                fs::remove_file(&p).map_err(ferr("cannot remove orphan index", &p))?;
-                report
-                    .actions
-                    .push(RecoveryAction::OrphanIndexRemoved { path: p });
-            }
-        }
-        let mut bases = listing.segments.clone();
-        if bases.is_empty() {
-            let h = SegmentHeader {
-                base_offset: cfg.initial_offset,
-                created_unix_ns: now_unix_ns(),
-                segment_bytes: cfg.segment_bytes,
-                stream: cfg.stream,
-                partition: cfg.partition,
-            };
-            create_segment(&dir, &h)?;
-            bases.push(cfg.initial_offset);
-        }
-        let mut sealed = Vec::with_capacity(bases.len() + 64);
-        let window =
-            (cfg.write_bytes_max as usize).max(cfg.batch_bytes_max as usize + BLOCK_BYTES as usize);
-        let mut scratch = Vec::new();
-        let last = bases.len() - 1;
-        let mut active = None;
-        let mut next_expected = bases[0];
-        for (i, &base) in bases.iter().enumerate() {
-            let path = segment_path(&dir, base);
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(ferr("cannot open segment", &path))?;
-            let h = match read_segment_header(&f).map_err(ferr("cannot read segment", &path))? {
-                Ok(h) => h,
-                Err(e) => {
-                    return Err(LogOpenError::NotOurs {
-                        path,
-                        reason: e.to_string(),
-                    })
-                }
-            };
-            if h.base_offset != base {
-                return Err(LogOpenError::NotOurs {
-                    path,
-                    reason: format!(
-                        "header base offset {} does not match the file name",
-                        h.base_offset
-                    ),
-                });
-            }
-            if h.stream != cfg.stream || h.partition != cfg.partition {
-                return Err(LogOpenError::WrongPartition {
-                    path,
-                    stream: h.stream,
-                    partition: h.partition,
-                });
-            }
-            if base != next_expected {
-                return Err(LogOpenError::Corrupt { path, position: SEGMENT_HEADER_BYTES, detail: format!("segment starts at offset {base} but the previous one ends at {next_expected} (missing records)") });
-            }
-            let file_len = f
-                .metadata()
-                .map_err(ferr("cannot stat segment", &path))?
-                .len();
-            let cap = cfg
-                .index_capacity()
-                .max((file_len / cfg.index_interval_bytes) as usize + 2);
-            // Start from the index checkpoint when it is usable.
-            let loaded = load_indexes(&dir, base).and_then(|(cp, o, t)| {
-                if cp.end_position > file_len {
-                    Err(format!(
-                        "checkpoint position {} is past the end of {}",
-                        cp.end_position,
-                        path.display()
-                    ))
-                } else {
-                    Ok((cp, o, t))
-                }
-            });
-            let (mut offs, mut times, mut cursor, start_pos, start_off, had_index) = match loaded {
-                Ok((cp, o, t)) => {
-                    let mut cur = IndexCursor::new(cfg.index_interval_bytes);
-                    cur.max_timestamp_ns = cp.max_timestamp_ns;
-                    let mut oo = SparseIndex::with_capacity(cap.max(o.entries().len()));
-                    let mut tt = SparseIndex::with_capacity(cap.max(t.entries().len()));
-                    for &(k, v) in o.entries() {
-                        oo.push(k, v);
-                    }
-                    for &(k, v) in t.entries() {
-                        tt.push(k, v);
-                    }
-                    if let Some(&(_, last_pos)) = o.entries().last() {
-                        cur.resume_after(cp.end_position - last_pos);
-                    }
-                    (oo, tt, cur, cp.end_position, cp.next_offset, Ok(()))
-                }
-                Err(reason) => (
-                    SparseIndex::with_capacity(cap),
-                    SparseIndex::with_capacity(cap),
-                    IndexCursor::new(cfg.index_interval_bytes),
-                    SEGMENT_HEADER_BYTES,
-                    base,
-                    Err(reason),
-                ),
-            };
-            if i < last && had_index.is_ok() {
-                // Sealed segment with a good index: trust its checkpoint (fsynced before sealing).
-                next_expected = start_off;
-                sealed.push(SealedSegment {
-                    info: SegmentInfo {
-                        base_offset: base,
-                        file_bytes: file_len,
-                        max_timestamp_ns: cursor.max_timestamp_ns,
-                    },
-                });
-                continue;
-            }
-            let scan = scan_segment(
-                &f,
-                file_len,
-                start_pos,
-                start_off,
-                window,
-                (&mut cursor, &mut offs, &mut times),
-            )
-            .map_err(ferr("cannot read segment", &path))?;
-            report.records_verified += scan.next_offset - start_off;
-            if i < last {
-                // Sealed segment: the next one must start where this one ends.
-                if scan.next_offset != bases[i + 1] {
-                    return Err(LogOpenError::Corrupt { path, position: scan.end_position, detail: format!("sealed segment ends at offset {} ({:?}) but the next segment starts at {}", scan.next_offset, scan.stop, bases[i + 1]) });
-                }
-                let cp = IndexCheckpoint {
-                    base_offset: base,
-                    end_position: scan.end_position,
-                    next_offset: scan.next_offset,
-                    max_timestamp_ns: cursor.max_timestamp_ns,
-                };
-                save_indexes(&dir, &cp, offs.entries(), times.entries(), &mut scratch)?;
-                report.actions.push(RecoveryAction::IndexRebuilt {
-                    path: offset_index_path(&dir, base),
-                    reason: had_index.err().unwrap_or_default(),
-                });
-                next_expected = scan.next_offset;
-                sealed.push(SealedSegment {
-                    info: SegmentInfo {
-                        base_offset: base,
-                        file_bytes: file_len,
-                        max_timestamp_ns: cursor.max_timestamp_ns,
-                    },
-                });
-                continue;
-            }
-            // Active segment: cut anything after the last valid batch.
-            let horizon =
-                (scan.end_position + 2 * cfg.write_buffer_bytes + (8 << 20)).min(file_len);
-            let garbage = last_nonzero(&f, scan.end_position, horizon)
-                .map_err(ferr("cannot read segment", &path))?;
-            let torn = !matches!(scan.stop, ScanStop::End { .. }) || garbage.is_some();
-            if torn {
-                let bytes = garbage
-                    .unwrap_or(scan.end_position)
-                    .saturating_sub(scan.end_position);
-                truncate_tail(&f, &path, scan.end_position, file_len)?;
-                report.actions.push(RecoveryAction::TornTailTruncated {
-                    path: path.clone(),
-                    position: scan.end_position,
-                    bytes,
-                    reason: format!("{:?}", scan.stop),
-                });
-            }
-            drop(f);
-            let file = io
-                .open_segment(&path)
-                .map_err(ferr("cannot open segment for writing", &path))?;
-            active = Some((
-                Active {
-                    base,
-                    path,
-                    file,
-                    offs,
-                    times,
-                    cursor,
-                },
-                scan.end_position,
-                scan.next_offset,
-            ));
-        }
-        let (active, end_pos, next_offset) =
-            active.expect("the last segment is always opened as active");
+        let bases = recover::tidy_dir(&dir, &cfg, &mut report)?;
+        let recovered = recover::recover_segments(&dir, &cfg, &bases, &mut report)?;
         report.segments = bases.len();
         report.start_offset = bases[0];
-        report.next_offset = next_offset;
-
-        let ring_bytes = cfg.write_buffer_bytes;
-        let mut ring = AlignedBuf::new(
-            (ring_bytes + cfg.batch_bytes_max.next_multiple_of(BLOCK_BYTES)) as usize,
-        )
-        .map_err(LogOpenError::Io)?;
-        let ring_origin = align_down(end_pos, BLOCK_BYTES);
-        if end_pos > ring_origin {
-            // Keep the partial last block: the next write rewrites it whole.
-            let n = read_full_at(
-                &active.file,
-                &mut ring.raw_mut()[..BLOCK_BYTES as usize],
-                ring_origin,
-            )
-            .map_err(ferr("cannot read segment", &active.path))?;
-            if (n as u64) < end_pos - ring_origin {
-                return Err(LogOpenError::Corrupt {
-                    path: active.path.clone(),
-                    position: ring_origin,
-                    detail: "short read of the last block".into(),
-                });
-            }
+        report.next_offset = recovered.active.next_offset;
+        let path = &recovered.active.path;
+        let file = io
+            .open_segment(path)
+            .map_err(ferr("cannot open segment for writing", path))?;
+        let mut log = Self::from_recovered(dir, cfg, io, lock, recovered, file)?;
+        log.prep = Preparer::start(&log.dir);
+        if let Some(p) = &mut log.prep {
+            p.prepare(&log.dir, log.cfg.segment_bytes);
         }
-        let n = cfg.writes_inflight_max as usize;
-        let tails = AlignedBuf::new(n * BLOCK_BYTES as usize).map_err(LogOpenError::Io)?;
-        let zero_limit = file_len(&active.file);
-        let zeros = AlignedBuf::new(if cfg.zero_ahead_bytes > 0 {
-            ZERO_BUF_BYTES as usize
-        } else {
-            BLOCK_BYTES as usize
-        })
-        .map_err(LogOpenError::Io)?;
-        let slots = (0..n)
-            .map(|_| WriteSlot {
-                busy: false,
-                start: 0,
-                len: 0,
-                logical_start: 0,
-                logical_end: 0,
-                retries: 0,
-                iov: [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; 2],
-                iovcnt: 0,
-                dsync: false,
-                submitted_at: None,
-            })
-            .collect();
-        let log = Self {
+        Ok((log, report))
+    }
+
+    /// The log positioned after recovery: appends continue at the active segment's end, which
+    /// is durable. `file` is the active segment opened by the I/O backend.
+    fn from_recovered(
+        dir: PathBuf,
+        cfg: LogConfig,
+        io: B,
+        lock: File,
+        recovered: recover::Recovered,
+        file: File,
+    ) -> Result<Self, LogOpenError> {
+        let t = recovered.active;
+        let (end_pos, next_offset) = (t.end_pos, t.next_offset);
+        let active = Active {
+            base: t.base,
+            path: t.path,
+            file,
+            offs: t.offs,
+            times: t.times,
+            cursor: t.cursor,
+        };
+        let ring_origin = align_down(end_pos, BLOCK_BYTES);
+        let bufs = WriteBuffers::new(&cfg, &active, ring_origin, end_pos)?;
+        Ok(Self {
             dir,
             io,
             _lock: lock,
-            sealed,
+            sealed: recovered.sealed,
+            zero_limit: file_len(&active.file),
             active,
-            ring,
-            ring_bytes,
+            ring: bufs.ring,
+            ring_bytes: cfg.write_buffer_bytes,
             ring_origin,
-            tails,
-            slots,
+            tails: bufs.tails,
             busy_slots: 0,
             append_pos: end_pos,
             submitted_pos: end_pos,
@@ -797,32 +518,20 @@ impl<B: IoBackend> Log<B> {
             next_offset,
             durable_offset: next_offset,
             pending: VecDeque::with_capacity(cfg.batches_pending_max as usize),
-            done: Vec::with_capacity(n + 2),
+            done: Vec::with_capacity(bufs.slots.len() + 2),
+            slots: bufs.slots,
             failed: None,
             shared: Arc::new(Shared {
                 durable_offset: AtomicU64::new(next_offset),
             }),
-            scratch,
-            zeros,
-            zero: Box::new(ZeroWrite {
-                iov: [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; ZERO_IOVS],
-                inflight: None,
-            }),
+            scratch: recovered.scratch,
+            zeros: bufs.zeros,
+            zero: bufs.zero,
             zeroed_to: 0,
-            zero_limit,
             zero_stopped: false,
             prep: None,
             cfg,
-        };
-        let mut log = log;
-        log.prep = Preparer::start(&log.dir);
-        if let Some(p) = &mut log.prep {
-            p.prepare(&log.dir, log.cfg.segment_bytes);
-        }
-        Ok((log, report))
+        })
     }
 
     /// The I/O backend in use ("io_uring", "pwrite", ...).
@@ -967,14 +676,6 @@ impl<B: IoBackend> Log<B> {
         self.cfg.segment_bytes
     }
 
-    fn hold_start(&self) -> u64 {
-        let mut h = align_down(self.submitted_pos, BLOCK_BYTES);
-        for s in self.slots.iter().filter(|s| s.busy) {
-            h = h.min(s.start);
-        }
-        h
-    }
-
     fn has_room(&self, len: u64) -> bool {
         self.append_pos + len <= self.hold_start() + self.ring_bytes
     }
@@ -1052,379 +753,6 @@ impl<B: IoBackend> Log<B> {
         if self.failed.is_none() {
             self.failed = Some(e);
         }
-    }
-
-    fn submit_queued(&mut self) {
-        if let Err(e) = self.io.submit() {
-            let path = self.active.path.clone();
-            self.fail(LogIoError::Submit {
-                path,
-                errno: e.raw_os_error().unwrap_or(libc::EIO),
-            });
-        }
-    }
-
-    /// Submits writes (data first, then zeroing ahead).
-    fn pump(&mut self) {
-        self.pump_data();
-        self.pump_zero();
-    }
-
-    /// Submits writes: whole chunks always, the partial tail when a commit is requested.
-    fn pump_data(&mut self) {
-        if self.failed.is_some() {
-            return;
-        }
-        while self.submitted_pos < self.append_pos {
-            let Some(slot_i) = self.slots.iter().position(|s| !s.busy) else {
-                return;
-            };
-            let start = align_down(self.submitted_pos, BLOCK_BYTES);
-            // Never two writes to one block at once: their order on disk is not defined.
-            if self.slots.iter().any(|s| s.busy && s.start + s.len > start) {
-                return;
-            }
-            let wb = self.cfg.write_bytes_max;
-            let chunk_end = self.ring_origin + ((start - self.ring_origin) / wb + 1) * wb;
-            let logical_end = self.append_pos.min(chunk_end);
-            let full_chunk = logical_end == chunk_end;
-            if !full_chunk && self.commit_target <= self.submitted_pos {
-                return;
-            }
-            // Nor data over a zero-ahead write still in flight: wait for it.
-            if let Some((zfrom, zlen)) = self.zero.inflight {
-                if align_up(logical_end, BLOCK_BYTES) > zfrom && start < zfrom + zlen {
-                    return;
-                }
-            }
-            let body_end = align_down(logical_end, BLOCK_BYTES);
-            let tail = logical_end - body_end;
-            let body_len = body_end - start;
-            let body_at = self.idx(start);
-            let tail_at = self.idx(body_end);
-            let ring_ptr = self.ring.as_ptr();
-            let tails_ptr = self.tails.as_ptr();
-            let dsync_ok = self.cfg.dsync_commits && self.io.dsync_writes();
-            let slot_tail = slot_i * BLOCK_BYTES as usize;
-            if tail > 0 {
-                let (ring, tails) = (self.ring.as_slice(), self.tails.raw_mut());
-                let dst = &mut tails[slot_tail..slot_tail + BLOCK_BYTES as usize];
-                dst[..tail as usize].copy_from_slice(&ring[tail_at..tail_at + tail as usize]);
-                dst[tail as usize..].fill(0);
-            }
-            let s = &mut self.slots[slot_i];
-            s.iovcnt = 0;
-            if body_len > 0 {
-                // SAFETY: body_at + body_len stays inside the ring (writes never cross a chunk,
-                // chunks never cross the ring's end).
-                let base = unsafe { ring_ptr.add(body_at) };
-                s.iov[0] = libc::iovec {
-                    iov_base: base as *mut _,
-                    iov_len: body_len as usize,
-                };
-                s.iovcnt = 1;
-            }
-            if tail > 0 {
-                // SAFETY: slot_tail + BLOCK_BYTES <= tails.len() (one block per slot).
-                let base = unsafe { tails_ptr.add(slot_tail) };
-                s.iov[s.iovcnt as usize] = libc::iovec {
-                    iov_base: base as *mut _,
-                    iov_len: BLOCK_BYTES as usize,
-                };
-                s.iovcnt += 1;
-            }
-            s.busy = true;
-            s.start = start;
-            s.len = body_len + if tail > 0 { BLOCK_BYTES } else { 0 };
-            s.logical_start = self.submitted_pos;
-            s.logical_end = logical_end;
-            s.retries = 0;
-            s.submitted_at = Some(std::time::Instant::now());
-            // Durable by itself if it reaches the commit target and every earlier write has
-            // completed (so the flush that ends it covers them too).
-            s.dsync = dsync_ok && self.busy_slots == 0 && logical_end >= self.commit_target;
-            self.busy_slots += 1;
-            self.submitted_pos = logical_end;
-            if let Err(e) = self.submit_slot(slot_i) {
-                let path = self.active.path.clone();
-                self.fail(LogIoError::Submit {
-                    path,
-                    errno: e.raw_os_error().unwrap_or(libc::EIO),
-                });
-                return;
-            }
-        }
-    }
-
-    fn submit_slot(&mut self, i: usize) -> io::Result<()> {
-        let fd: RawFd = self.active.file.as_raw_fd();
-        let s = &self.slots[i];
-        // SAFETY: the iovecs live in `self.slots` (a boxed slice never reallocated) and point
-        // into `ring`/`tails`, which outlive every operation: Drop reaps all completions before
-        // freeing them. The ring bytes [start, start+len) are not modified while the slot is busy
-        // (`has_room` keeps appends out of them; the partial block goes through the slot's own
-        // tail copy), and the file stays open until the slot completes (roll and drop drain).
-        unsafe {
-            self.io
-                .submit_writev(fd, s.iov.as_ptr(), s.iovcnt, s.start, s.dsync, i as u64)
-        }
-    }
-
-    fn completed_pos(&self) -> u64 {
-        self.slots
-            .iter()
-            .filter(|s| s.busy)
-            .map(|s| s.logical_start)
-            .min()
-            .unwrap_or(self.submitted_pos)
-    }
-
-    fn syncs_inflight(&self) -> bool {
-        self.syncs.iter().any(Option::is_some)
-    }
-
-    fn io_inflight(&self) -> bool {
-        self.busy_slots > 0 || self.syncs_inflight() || self.zero.inflight.is_some()
-    }
-
-    /// Submits one zero-ahead write when all appended data is already submitted and the zeroed
-    /// region ends less than `zero_ahead_bytes` past the append position.
-    fn pump_zero(&mut self) {
-        if self.failed.is_some()
-            || self.zero_stopped
-            || self.cfg.zero_ahead_bytes == 0
-            || self.zero.inflight.is_some()
-            || self.submitted_pos < self.append_pos
-        {
-            return;
-        }
-        let frontier = align_up(self.append_pos, BLOCK_BYTES);
-        let from = self.zeroed_to.max(frontier);
-        let end = self.zero_limit;
-        if from >= end || from >= frontier + self.cfg.zero_ahead_bytes {
-            return;
-        }
-        let len = (end - from).min(ZERO_WRITE_BYTES_MAX);
-        let zeros = self.zeros.as_ptr();
-        let mut iovcnt = 0;
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(ZERO_BUF_BYTES);
-            self.zero.iov[iovcnt] = libc::iovec {
-                iov_base: zeros as *mut _,
-                iov_len: n as usize,
-            };
-            iovcnt += 1;
-            left -= n;
-        }
-        self.zero.inflight = Some((from, len));
-        let fd: RawFd = self.active.file.as_raw_fd();
-        // SAFETY: the iovecs live in the boxed `self.zero` (never moved while in flight) and all
-        // point into `self.zeros`, which is never written after open and outlives every
-        // operation (Drop and roll drain first); the file stays open until the write completes.
-        // The range lies past every byte submitted so far, and pump() holds back any data write
-        // overlapping it until it completes, so zeros never race data on a block.
-        let r = unsafe {
-            self.io.submit_writev(
-                fd,
-                self.zero.iov.as_ptr(),
-                iovcnt as u32,
-                from,
-                false,
-                ZERO_TOKEN,
-            )
-        };
-        if r.is_err() {
-            self.zero.inflight = None;
-            self.zero_stopped = true;
-            self.stats.zero_errors += 1;
-        }
-    }
-
-    fn on_zero_done(&mut self, res: i32) {
-        let Some((from, len)) = self.zero.inflight.take() else {
-            return;
-        };
-        if res >= 0 && res as u64 == len {
-            self.zeroed_to = self.zeroed_to.max(from + len);
-            self.stats.zero_writes += 1;
-            self.stats.zero_bytes += len;
-        } else {
-            // Blocks not zeroed stay unwritten extents; data written there later is still
-            // made durable by fdatasync (which then also commits the extent conversion).
-            self.zero_stopped = true;
-            self.stats.zero_errors += 1;
-        }
-    }
-
-    /// Submits an fdatasync covering every completed write when a commit is wanted. Up to
-    /// `syncs_inflight_max` run at once: a record need not wait for the sync in flight to end
-    /// before its own starts. Each covers only writes that completed before it was submitted.
-    fn maybe_sync(&mut self) {
-        if self.failed.is_some() || self.commit_target <= self.durable_pos {
-            return;
-        }
-        let covered = self
-            .syncs
-            .iter()
-            .flatten()
-            .map(|s| s.1)
-            .chain(
-                self.slots
-                    .iter()
-                    .filter(|s| s.busy && s.dsync)
-                    .map(|s| s.logical_end),
-            )
-            .fold(self.durable_pos, u64::max);
-        let c = self.completed_pos();
-        if c <= covered {
-            return;
-        }
-        let limit = self.cfg.syncs_inflight_max as usize;
-        let Some(slot) = self.syncs[..limit].iter().position(Option::is_none) else {
-            return;
-        };
-        match self
-            .io
-            .submit_fdatasync(self.active.file.as_raw_fd(), FSYNC_TOKEN_BASE + slot as u64)
-        {
-            Ok(()) => self.syncs[slot] = Some((self.active.base, c, std::time::Instant::now())),
-            Err(e) => {
-                let path = self.active.path.clone();
-                self.fail(LogIoError::Submit {
-                    path,
-                    errno: e.raw_os_error().unwrap_or(libc::EIO),
-                });
-            }
-        }
-    }
-
-    fn reap(&mut self, wait: Wait) {
-        let mut done = std::mem::take(&mut self.done);
-        done.clear();
-        if let Err(e) = self.io.reap(wait, |t, r| done.push((t, r))) {
-            let path = self.active.path.clone();
-            self.fail(LogIoError::Submit {
-                path,
-                errno: e.raw_os_error().unwrap_or(libc::EIO),
-            });
-        }
-        for &(token, res) in &done {
-            if token == ZERO_TOKEN {
-                self.on_zero_done(res);
-            } else if token >= FSYNC_TOKEN_BASE {
-                self.on_sync_done((token - FSYNC_TOKEN_BASE) as usize, res);
-            } else {
-                self.on_write_done(token as usize, res);
-            }
-        }
-        self.done = done;
-    }
-
-    fn on_write_done(&mut self, i: usize, res: i32) {
-        let s = &mut self.slots[i];
-        debug_assert!(s.busy);
-        if res >= 0 && res as u64 == s.len {
-            s.busy = false;
-            self.busy_slots -= 1;
-            self.stats.writes += 1;
-            self.stats.write_bytes += res as u64;
-            if s.dsync {
-                let end = s.logical_end;
-                self.stats.dsync_writes += 1;
-                if let Some(t) = s.submitted_at {
-                    let ns = t.elapsed().as_nanos() as u64;
-                    self.stats.dsync_ns_total += ns;
-                    self.stats.dsync_ns_max = self.stats.dsync_ns_max.max(ns);
-                }
-                if self.failed.is_none() {
-                    self.advance_durable(end);
-                }
-            }
-            return;
-        }
-        let path = self.active.path.clone();
-        let (position, len) = (s.start, s.len);
-        let retryable = res >= 0 || res == -libc::EINTR || res == -libc::EAGAIN;
-        if retryable && s.retries < SHORT_WRITE_RETRIES_MAX && self.failed.is_none() {
-            // Rewrite the whole range: the same bytes at the same place, so it is idempotent.
-            s.retries += 1;
-            let resubmit = self.submit_slot(i);
-            if let Err(e) = resubmit {
-                self.slots[i].busy = false;
-                self.busy_slots -= 1;
-                self.fail(LogIoError::Submit {
-                    path,
-                    errno: e.raw_os_error().unwrap_or(libc::EIO),
-                });
-            }
-            return;
-        }
-        s.busy = false;
-        self.busy_slots -= 1;
-        if res >= 0 {
-            self.fail(LogIoError::ShortWrite {
-                path,
-                position,
-                written: res as u64,
-                len,
-            });
-        } else {
-            self.fail(LogIoError::Write {
-                path,
-                position,
-                len,
-                errno: -res,
-            });
-        }
-    }
-
-    fn on_sync_done(&mut self, slot: usize, res: i32) {
-        let Some((base, target, started)) = self.syncs.get_mut(slot).and_then(Option::take) else {
-            return;
-        };
-        // Rolls drain every sync first, so this always holds; positions of another segment
-        // must never move this one's durable position.
-        debug_assert_eq!(base, self.active.base);
-        if base != self.active.base {
-            return;
-        }
-        let ns = started.elapsed().as_nanos() as u64;
-        self.stats.syncs += 1;
-        self.stats.sync_ns_total += ns;
-        self.stats.sync_ns_max = self.stats.sync_ns_max.max(ns);
-        if res < 0 {
-            let path = self.active.path.clone();
-            self.fail(LogIoError::Sync {
-                path,
-                durable_position: self.durable_pos,
-                errno: -res,
-            });
-            return;
-        }
-        if self.failed.is_some() {
-            // A write failed meanwhile; acknowledge nothing more.
-            return;
-        }
-        self.advance_durable(target);
-    }
-
-    /// Everything below `target` (a position in the active segment) is durable.
-    fn advance_durable(&mut self, target: u64) {
-        // Syncs may complete out of order; each makes its own target durable.
-        self.durable_pos = self.durable_pos.max(target);
-        while let Some(&(end, next)) = self.pending.front() {
-            if end > self.durable_pos {
-                break;
-            }
-            self.durable_offset = next;
-            self.durable_batch_end = end;
-            self.pending.pop_front();
-        }
-        // Release pairs with the Acquire load in Reader::durable_limit.
-        self.shared
-            .durable_offset
-            .store(self.durable_offset, Ordering::Release);
     }
 
     /// Seals the active segment (durable, indexed) and starts a new one at `next_offset`.
@@ -1627,16 +955,6 @@ impl<B: IoBackend> Log<B> {
         let times = &times[..times.partition_point(|e| e.1 < self.durable_offset)];
         self.checkpoint_pos = self.durable_pos;
         save_indexes(&self.dir, &cp, offs, times, &mut self.scratch)
-    }
-
-    fn drain(&mut self) {
-        // Bounded: every backend completes what it accepted; the bound only stops a broken one.
-        for _ in 0..1_000_000 {
-            if !self.io_inflight() {
-                return;
-            }
-            self.reap(Wait::Forever);
-        }
     }
 }
 

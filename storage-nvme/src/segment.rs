@@ -4,7 +4,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::index::{decode_index, encode_index, IndexCheckpoint, IndexCursor, SparseIndex};
@@ -321,14 +320,5 @@ pub fn create_preallocated(path: &Path, bytes: u64) -> Result<File, FileError> {
 
 /// Preallocates `bytes` of `f` (unwritten extents: they read as zeros). Not yet durable.
 pub fn fallocate(f: &File, path: &Path, bytes: u64) -> Result<(), FileError> {
-    // SAFETY: fallocate on an open fd with a non-negative range has no memory-safety preconditions.
-    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, bytes as libc::off_t) };
-    if r != 0 {
-        return Err(FileError {
-            what: "cannot preallocate segment",
-            path: path.to_path_buf(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    crate::io::fallocate(f, bytes).map_err(ferr("cannot preallocate segment", path))
 }
