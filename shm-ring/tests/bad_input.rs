@@ -248,10 +248,10 @@ fn dir_that_is_a_file_and_unwritable_paths_get_clear_errors() {
 fn permission_denied_for_another_user() {
     // As root, drop privileges in a child: `setpriv` (util-linux) runs the
     // ms-ring tool as uid/gid 65534 against a ring file of mode 0600.
-    if Command::new("setpriv").arg("--version").output().is_err() {
-        eprintln!("setpriv not installed: skipping");
-        return;
-    }
+    testkit::require!(
+        testkit::root("to run a child as another user"),
+        testkit::tool("setpriv", "--version", "util-linux")
+    );
     let dir = TestDir::new("eacces");
     let ring = Ring::create("r", &dir.cfg(4096, Mode::Reliable, PublisherKind::Shared)).unwrap();
     // The directory must be traversable for the other user to reach the file.
@@ -293,20 +293,23 @@ fn permission_denied_for_another_user() {
 /// A temporary mount; unmounted (lazily if busy) and removed on drop.
 struct Mount(std::path::PathBuf);
 
+/// What mounting a `fstype` needs (`testkit::require!`): root, `mount` and the kernel's support.
+fn mount_needs(fstype: &str) -> Option<String> {
+    testkit::root(&format!("to mount {fstype}"))
+        .or_else(|| testkit::tool("mount", "--version", "mount"))
+        .or_else(|| testkit::filesystem(fstype))
+}
+
 impl Mount {
-    fn new(dir: &Path, fstype: &str, opts: &str) -> Option<Mount> {
-        std::fs::create_dir_all(dir).ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", fstype, "-o", opts, "none"])
-            .arg(dir)
-            .status()
-            .ok()?
-            .success();
-        if !ok {
-            let _ = std::fs::remove_dir(dir);
-            return None;
-        }
-        Some(Mount(dir.into()))
+    /// Mounts; call it once the test has required [`mount_needs`]: a failure then is a bug.
+    fn new(dir: &Path, fstype: &str, opts: &str) -> Mount {
+        std::fs::create_dir_all(dir).unwrap();
+        testkit::run_ok(
+            Command::new("mount")
+                .args(["-t", fstype, "-o", opts, "none"])
+                .arg(dir),
+        );
+        Mount(dir.into())
     }
 }
 
@@ -319,11 +322,9 @@ impl Drop for Mount {
 
 #[test]
 fn full_dev_shm_is_a_clear_error_not_sigbus() {
+    testkit::require!(mount_needs("tmpfs"));
     let dir = TestDir::new("full");
-    let Some(m) = Mount::new(&dir.path().join("tmpfs"), "tmpfs", "size=256k") else {
-        eprintln!("cannot mount tmpfs (not root?): skipping");
-        return;
-    };
+    let m = Mount::new(&dir.path().join("tmpfs"), "tmpfs", "size=256k");
     let mut cfg = dir.cfg(1 << 20, Mode::Reliable, PublisherKind::Shared);
     cfg.dir = Some(m.0.clone());
     let e = Ring::create("big", &cfg).unwrap_err();
@@ -341,12 +342,10 @@ fn full_dev_shm_is_a_clear_error_not_sigbus() {
 
 #[test]
 fn hugetlbfs_with_no_pages_fails_clearly() {
+    testkit::require!(mount_needs("hugetlbfs"));
     let dir = TestDir::new("nohuge");
     // A hugetlbfs mount limited to 0 pages behaves like an empty pool.
-    let Some(m) = Mount::new(&dir.path().join("huge"), "hugetlbfs", "pagesize=2M,size=0") else {
-        eprintln!("cannot mount hugetlbfs: skipping");
-        return;
-    };
+    let m = Mount::new(&dir.path().join("huge"), "hugetlbfs", "pagesize=2M,size=0");
     let mut cfg = dir.cfg(1 << 20, Mode::Reliable, PublisherKind::Shared);
     cfg.backing = Backing::Hugetlbfs;
     cfg.dir = Some(m.0.clone());
@@ -368,21 +367,9 @@ fn hugetlbfs_with_no_pages_fails_clearly() {
 
 #[test]
 fn hugetlbfs_ring_works_when_a_pool_exists() {
-    let free: u64 = std::fs::read_to_string("/proc/meminfo")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("HugePages_Free:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0);
-    if free < 4 {
-        eprintln!("no hugepage pool (run scripts/hugepages.sh reserve): skipping");
-        return;
-    }
+    testkit::require!(testkit::hugepages_free(4), mount_needs("hugetlbfs"));
     let dir = TestDir::new("huge");
-    let Some(m) = Mount::new(&dir.path().join("huge"), "hugetlbfs", "pagesize=2M") else {
-        eprintln!("cannot mount hugetlbfs: skipping");
-        return;
-    };
+    let m = Mount::new(&dir.path().join("huge"), "hugetlbfs", "pagesize=2M");
     let mut cfg = dir.cfg(1 << 20, Mode::Reliable, PublisherKind::Exclusive);
     cfg.backing = Backing::Hugetlbfs;
     cfg.dir = Some(m.0.clone());

@@ -223,28 +223,24 @@ fn offsets_beyond_the_end_and_second_writers_are_errors() {
 #[test]
 fn read_only_bind_mount_is_a_clear_open_error() {
     // As root, chmod does not stop writes: use a read-only bind mount of the directory.
+    // (Without root the seam-injected EROFS test still covers the error path.)
+    testkit::require!(
+        testkit::root("a read-only bind mount"),
+        testkit::tool("mount", "--version", "mount")
+    );
     let dir = tempdir();
     make_log(dir.path(), 3);
     let p = dir.path().to_str().unwrap();
-    let run = |args: &[&str]| {
-        std::process::Command::new("mount")
-            .args(args)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    if !(run(&["--bind", p, p]) && run(&["-o", "remount,bind,ro", p])) {
-        let _ = std::process::Command::new("umount").arg(p).status();
-        eprintln!("skipped: cannot create a read-only bind mount here (the seam-injected EROFS test still runs)");
-        return;
-    }
+    let mount = |args: &[&str]| testkit::run_ok(std::process::Command::new("mount").args(args));
     struct Unmount<'a>(&'a str);
     impl Drop for Unmount<'_> {
         fn drop(&mut self) {
             let _ = std::process::Command::new("umount").arg(self.0).status();
         }
     }
+    mount(&["--bind", p, p]);
     let _guard = Unmount(p);
+    mount(&["-o", "remount,bind,ro", p]);
     match Log::open(dir.path(), small_config()) {
         Err(e) => assert!(e.to_string().contains("Read-only"), "{e}"),
         Ok(_) => panic!("opened a read-only directory for writing"),
