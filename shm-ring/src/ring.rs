@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 use std::marker::PhantomData;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use crate::clock;
@@ -932,6 +933,17 @@ pub struct Poll {
     pub lost: u64,
 }
 
+/// Where a subscriber is within one poll call: the next sequence and the
+/// ring position its record starts at (at the earliest).
+#[derive(Clone, Copy)]
+struct Cursor {
+    q: u64,
+    r: u64,
+}
+
+/// What a step of a poll call says: go on, or end the call with this result.
+type PollStep = ControlFlow<Result<(), PollError>>;
+
 /// Reads every record of a ring in order. `Send`, not `Sync`.
 pub struct Subscriber {
     inner: Arc<Inner>,
@@ -1131,30 +1143,23 @@ impl Subscriber {
         self.poll_inner(handler, limit, Some(buf))
     }
 
+    /// One poll call as named steps. The hot path (a committed record, or
+    /// nothing new) is inlined; overruns, aborted claims and expired claims
+    /// are out of line.
     fn poll_inner<F: FnMut(&Record<'_>)>(
         &mut self,
         mut handler: F,
         limit: usize,
         mut copy_buf: Option<&mut Vec<u8>>,
     ) -> Result<Poll, PollError> {
-        // The cached clock is at most POLL_CLOCK_WORK_MAX units of poll work
-        // old, and never ahead of the real one: a heartbeat is at worst
-        // stored that much later, and a claim abort compares against a
-        // `pending` time that is exact (see below), so it is never early.
-        if self.clock_credit == 0 {
-            self.now_ns = clock::now_ns();
-            self.clock_credit = POLL_CLOCK_WORK_MAX;
-        }
-        let mut now = self.now_ns;
-        if now >= self.next_heartbeat_ns {
-            self.heartbeat(now)?;
-        } else if self.evicted() {
-            return Err(PollError::Evicted);
-        }
-        let region = &self.inner.region;
-        let p = region.p;
+        let mut now = self.poll_clock();
+        self.check_in(now)?;
+        let p = self.inner.region.p;
         let mut out = Poll::default();
-        let (mut q, mut r) = (self.next_seq, self.position);
+        let mut cur = Cursor {
+            q: self.next_seq,
+            r: self.position,
+        };
         // Every iteration delivers, skips or gives up, but a hostile process
         // that keeps moving the tail could keep a lossy subscriber skipping:
         // bound the work of one call.
@@ -1166,134 +1171,243 @@ impl Subscriber {
                 break Ok(());
             }
             budget -= 1;
-            let d = region.desc(q);
             // partner: Publisher::publish's Release store/CAS: the record's bytes are visible.
-            let (tag, w1) = d.load(Ordering::Acquire);
+            let (tag, w1) = self.inner.region.desc(cur.q).load(Ordering::Acquire);
             let state = w1 & DESC_STATE_MASK;
-            if tag == q && state == DESC_COMMITTED {
+            let step = if tag == cur.q && state == DESC_COMMITTED {
                 let start = w1 & !DESC_STATE_MASK;
-                match self.read_record(start, q, r, &mut handler, copy_buf.as_deref_mut()) {
-                    Ok(Some(total)) => {
-                        out.records += 1;
-                        q = q.wrapping_add(1);
-                        r = start.wrapping_add(total);
-                    }
-                    Ok(None) => {
-                        // Lossy: overwritten before or while we read it. The
-                        // publisher is a lap ahead: jump to the tail.
-                        // partner: publishers' tail store/CAS (Release).
-                        let t = region.tail().load(Ordering::Acquire);
-                        out.lost = out.lost.saturating_add(t.1.saturating_sub(q).max(1));
-                        (q, r) = if t.1 > q {
-                            (t.1, t.0)
-                        } else {
-                            (q.wrapping_add(1), r.max(start))
-                        };
-                    }
-                    Err(e) => {
-                        if p.mode == Mode::Lossy {
-                            // Bad bytes in a lossy ring: most likely a lap; resync at the tail.
-                            let t = region.tail().load(Ordering::Acquire);
-                            if t.1 > q {
-                                out.lost = out.lost.saturating_add(t.1 - q);
-                                (q, r) = (t.1, t.0);
-                                continue;
-                            }
-                        }
-                        break Err(if self.evicted() {
-                            PollError::Evicted
-                        } else {
-                            e
-                        });
-                    }
-                }
-                continue;
-            }
-            if tag == q && state == DESC_ABORTED {
-                let end = w1 & !DESC_STATE_MASK;
-                if end > r && (p.mode == Mode::Lossy || end <= r.saturating_add(p.capacity)) {
-                    r = end;
-                }
-                out.lost = out.lost.saturating_add(1);
-                q = q.wrapping_add(1);
-                continue;
-            }
-            if tag > q || (tag == q && state != DESC_EMPTY) {
-                if tag == q {
-                    break Err(PollError::Corrupt {
-                        position: r,
-                        reason: "descriptor has an unknown state",
-                    });
-                }
-                if p.mode == Mode::Lossy {
-                    // Overrun: the descriptor was reused by a later lap. Jump to
-                    // the tail; everything between is lost, counted exactly.
-                    // partner: publishers' tail store/CAS (Release).
-                    let t = region.tail().load(Ordering::Acquire);
-                    if t.1 > q {
-                        out.lost = out.lost.saturating_add(t.1 - q);
-                        (q, r) = (t.1, t.0);
-                        continue;
-                    }
-                }
-                break Err(if self.evicted() {
-                    PollError::Evicted
-                } else {
-                    PollError::Corrupt {
-                        position: r,
-                        reason: "descriptor is ahead of the subscriber",
-                    }
-                });
-            }
-            // Not committed yet. The idle path does not touch the tail (the
-            // publisher's hot cache line): only a sighting that lasts
-            // claim_timeout_ns looks at whether q was claimed at all.
-            match self.pending {
-                Some((pq, since, false))
-                    if pq == q && now.saturating_sub(since) >= p.claim_timeout_ns =>
-                {
-                    // `since` was the cached clock, which may predate the first
-                    // sighting of q: restart the wait from an exact reading
-                    // taken while q is uncommitted (loop: re-check q first).
-                    now = clock::now_ns();
-                    self.now_ns = now;
-                    self.clock_credit = POLL_CLOCK_WORK_MAX;
-                    self.pending = Some((q, now, true));
-                }
-                Some((pq, since, true))
-                    if pq == q && now.saturating_sub(since) >= p.claim_timeout_ns =>
-                {
-                    // partner: publishers' tail store/CAS (Release).
-                    let t = region.tail().load(Ordering::Acquire);
-                    if t.1 <= q || !self.may_abort() {
-                        // Nothing claimed (an idle publisher), or a live exclusive owner.
-                        self.pending = Some((q, now, false));
-                        break Ok(());
-                    }
-                    // Abort it for everyone: the CAS makes all subscribers agree,
-                    // and makes the publisher's commit fail (ClaimExpired).
-                    // partner: Publisher::publish's CAS.
-                    let _ = d.compare_exchange(
-                        (tag, w1),
-                        (q, DESC_ABORTED),
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    );
-                    // A dead exclusive owner's later open claims (the rest of a
-                    // batch) are just as dead: no need to wait for them again.
-                    self.pending = p.exclusive().then(|| (q.wrapping_add(1), since, true));
-                    // Loop: the descriptor now reads ABORTED (ours or a racing
-                    // subscriber's) or COMMITTED (the publisher won).
-                }
-                Some((pq, _, _)) if pq == q => break Ok(()),
-                _ => {
-                    self.pending = Some((q, now, false));
-                    break Ok(());
-                }
+                self.deliver(
+                    &mut cur,
+                    start,
+                    &mut handler,
+                    copy_buf.as_deref_mut(),
+                    &mut out,
+                )
+            } else if tag == cur.q && state == DESC_ABORTED {
+                self.skip_aborted(&mut cur, w1 & !DESC_STATE_MASK, &mut out)
+            } else if tag == cur.q && state != DESC_EMPTY {
+                ControlFlow::Break(Err(PollError::Corrupt {
+                    position: cur.r,
+                    reason: "descriptor has an unknown state",
+                }))
+            } else if tag > cur.q {
+                self.overrun(&mut cur, &mut out)
+            } else {
+                self.not_committed(cur.q, (tag, w1), &mut now)
+            };
+            if let ControlFlow::Break(res) = step {
+                break res;
             }
         };
-        self.next_seq = q;
-        self.position = r;
+        self.end_poll(cur, &out);
+        result.map(|()| out)
+    }
+
+    /// The clock a poll call works with: the cached reading, refreshed when
+    /// the poll work since it used up its credit. It is at most
+    /// POLL_CLOCK_WORK_MAX units of poll work old, and never ahead of the
+    /// real one: a heartbeat is at worst stored that much later, and a claim
+    /// abort compares against a `pending` time that is exact (see
+    /// `restart_wait`), so it is never early.
+    #[inline(always)]
+    fn poll_clock(&mut self) -> u64 {
+        if self.clock_credit == 0 {
+            self.now_ns = clock::now_ns();
+            self.clock_credit = POLL_CLOCK_WORK_MAX;
+        }
+        self.now_ns
+    }
+
+    /// Heartbeats when one is due, else checks that no publisher evicted us.
+    #[inline(always)]
+    fn check_in(&mut self, now: u64) -> Result<(), PollError> {
+        if now >= self.next_heartbeat_ns {
+            self.heartbeat(now)
+        } else if self.evicted() {
+            Err(PollError::Evicted)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A committed record starting at `start`: delivered, or counted lost
+    /// when a lossy ring overwrote it.
+    #[inline(always)]
+    fn deliver<F: FnMut(&Record<'_>)>(
+        &self,
+        cur: &mut Cursor,
+        start: u64,
+        handler: &mut F,
+        copy_buf: Option<&mut Vec<u8>>,
+        out: &mut Poll,
+    ) -> PollStep {
+        match self.read_record(start, cur.q, cur.r, handler, copy_buf) {
+            Ok(Some(total)) => {
+                out.records += 1;
+                cur.q = cur.q.wrapping_add(1);
+                cur.r = start.wrapping_add(total);
+                ControlFlow::Continue(())
+            }
+            Ok(None) => {
+                self.overwritten(cur, start, out);
+                ControlFlow::Continue(())
+            }
+            Err(e) => self.bad_record(cur, e, out),
+        }
+    }
+
+    /// Lossy: the record was overwritten before or while we read it. The
+    /// publisher is a lap ahead: jump to the tail.
+    #[cold]
+    fn overwritten(&self, cur: &mut Cursor, start: u64, out: &mut Poll) {
+        // partner: publishers' tail store/CAS (Release).
+        let t = self.inner.region.tail().load(Ordering::Acquire);
+        out.lost = out.lost.saturating_add(t.1.saturating_sub(cur.q).max(1));
+        (cur.q, cur.r) = if t.1 > cur.q {
+            (t.1, t.0)
+        } else {
+            (cur.q.wrapping_add(1), cur.r.max(start))
+        };
+    }
+
+    /// A committed record failed validation. In a lossy ring that is most
+    /// likely a lap: resync at the tail. Otherwise the call fails.
+    #[cold]
+    fn bad_record(&self, cur: &mut Cursor, e: PollError, out: &mut Poll) -> PollStep {
+        if self.resync_at_tail(cur, out) {
+            return ControlFlow::Continue(());
+        }
+        ControlFlow::Break(Err(self.evicted_or(e)))
+    }
+
+    /// An aborted claim: skip its bytes (in a reliable ring never more than a
+    /// ring ahead) and count it lost.
+    #[inline]
+    fn skip_aborted(&self, cur: &mut Cursor, end: u64, out: &mut Poll) -> PollStep {
+        let p = self.inner.region.p;
+        if end > cur.r && (p.mode == Mode::Lossy || end <= cur.r.saturating_add(p.capacity)) {
+            cur.r = end;
+        }
+        out.lost = out.lost.saturating_add(1);
+        cur.q = cur.q.wrapping_add(1);
+        ControlFlow::Continue(())
+    }
+
+    /// The descriptor holds a later lap's sequence. Lossy: an overrun; jump to
+    /// the tail, everything between is lost, counted exactly. Reliable: the
+    /// ring is corrupt (or we were evicted and our records reused).
+    #[cold]
+    fn overrun(&self, cur: &mut Cursor, out: &mut Poll) -> PollStep {
+        if self.resync_at_tail(cur, out) {
+            return ControlFlow::Continue(());
+        }
+        ControlFlow::Break(Err(self.evicted_or(PollError::Corrupt {
+            position: cur.r,
+            reason: "descriptor is ahead of the subscriber",
+        })))
+    }
+
+    /// Lossy rings: when the tail is ahead of the cursor, jumps to it and
+    /// counts everything between as lost. False (nothing done) otherwise.
+    #[cold]
+    fn resync_at_tail(&self, cur: &mut Cursor, out: &mut Poll) -> bool {
+        let region = &self.inner.region;
+        if region.p.mode != Mode::Lossy {
+            return false;
+        }
+        // partner: publishers' tail store/CAS (Release).
+        let t = region.tail().load(Ordering::Acquire);
+        if t.1 <= cur.q {
+            return false;
+        }
+        out.lost = out.lost.saturating_add(t.1 - cur.q);
+        (cur.q, cur.r) = (t.1, t.0);
+        true
+    }
+
+    /// `e`, unless a publisher evicted us: that explains it better.
+    #[cold]
+    fn evicted_or(&self, e: PollError) -> PollError {
+        if self.evicted() {
+            PollError::Evicted
+        } else {
+            e
+        }
+    }
+
+    /// Sequence `q` is not committed yet: nothing more to read. The idle path
+    /// does not touch the tail (the publisher's hot cache line): only a
+    /// sighting that lasts claim_timeout_ns looks at whether q was claimed.
+    #[inline(always)]
+    fn not_committed(&mut self, q: u64, desc: (u64, u64), now: &mut u64) -> PollStep {
+        match self.pending {
+            Some((pq, since, exact)) if pq == q => {
+                if now.saturating_sub(since) < self.inner.region.p.claim_timeout_ns {
+                    ControlFlow::Break(Ok(()))
+                } else if exact {
+                    self.claim_timed_out(q, desc, since, *now)
+                } else {
+                    self.restart_wait(q, now);
+                    ControlFlow::Continue(())
+                }
+            }
+            _ => {
+                self.pending = Some((q, *now, false));
+                ControlFlow::Break(Ok(()))
+            }
+        }
+    }
+
+    /// The wait for `q` started at a cached clock reading, which may predate
+    /// its first sighting: restart it from an exact reading taken while q is
+    /// uncommitted (the caller loops, re-checking q first).
+    #[cold]
+    fn restart_wait(&mut self, q: u64, now: &mut u64) {
+        *now = clock::now_ns();
+        self.now_ns = *now;
+        self.clock_credit = POLL_CLOCK_WORK_MAX;
+        self.pending = Some((q, *now, true));
+    }
+
+    /// `q` has stayed uncommitted for claim_timeout_ns, measured exactly. If
+    /// it was claimed and the claimer may be given up on, abort the claim.
+    #[cold]
+    fn claim_timed_out(&mut self, q: u64, (tag, w1): (u64, u64), since: u64, now: u64) -> PollStep {
+        let region = &self.inner.region;
+        // partner: publishers' tail store/CAS (Release).
+        let t = region.tail().load(Ordering::Acquire);
+        if t.1 <= q || !self.may_abort() {
+            // Nothing claimed (an idle publisher), or a live exclusive owner.
+            self.pending = Some((q, now, false));
+            return ControlFlow::Break(Ok(()));
+        }
+        // Abort it for everyone: the CAS makes all subscribers agree,
+        // and makes the publisher's commit fail (ClaimExpired).
+        // partner: Publisher::publish's CAS.
+        let _ = region.desc(q).compare_exchange(
+            (tag, w1),
+            (q, DESC_ABORTED),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        // A dead exclusive owner's later open claims (the rest of a
+        // batch) are just as dead: no need to wait for them again.
+        self.pending = region
+            .p
+            .exclusive()
+            .then(|| (q.wrapping_add(1), since, true));
+        // The caller loops: the descriptor now reads ABORTED (ours or a
+        // racing subscriber's) or COMMITTED (the publisher won).
+        ControlFlow::Continue(())
+    }
+
+    /// Ends a poll call: publishes the new position (when it moved) so
+    /// publishers may reuse the bytes read, and charges the call's work
+    /// against the clock credit.
+    #[inline(always)]
+    fn end_poll(&mut self, cur: Cursor, out: &Poll) {
+        self.next_seq = cur.q;
+        self.position = cur.r;
         self.lost_total = self.lost_total.saturating_add(out.lost);
         let work = if out.records == 0 && out.lost == 0 {
             POLL_EMPTY_WORK
@@ -1303,15 +1417,14 @@ impl Subscriber {
                 .saturating_add(1)
         };
         self.clock_credit = self.clock_credit.saturating_sub(work);
-        if (q, r) != self.published {
-            let slot = region.sub(self.slot);
+        if (cur.q, cur.r) != self.published {
+            let slot = self.inner.region.sub(self.slot);
             // partner: refresh_limits()'s Acquire loads: our reads of the
             // records before q happen before a publisher reuses their bytes.
-            slot.position.store(r, Ordering::Release);
-            slot.next_sequence.store(q, Ordering::Release);
-            self.published = (q, r);
+            slot.position.store(cur.r, Ordering::Release);
+            slot.next_sequence.store(cur.q, Ordering::Release);
+            self.published = (cur.q, cur.r);
         }
-        result.map(|()| out)
     }
 
     /// Validate and deliver the committed record at `start`. Ok(Some(total)):

@@ -71,92 +71,14 @@ mod imp {
         };
         match args.first().map(String::as_str) {
             Some("inspect") => inspect(Path::new(args.get(1).ok_or_else(usage)?)),
-            Some("publish") => {
-                let ring = open(1)?;
-                let (count, len) = (num(args.get(3))?, num(args.get(4))? as usize);
-                let mut publ = ring.publisher().map_err(|e| e.to_string())?;
-                let deadline = Instant::now() + ROLE_DEADLINE;
-                let mut buf = vec![0u8; len];
-                for i in 0..count {
-                    buf.iter_mut()
-                        .enumerate()
-                        .for_each(|(k, b)| *b = pattern(i, k));
-                    loop {
-                        match publ.offer(&buf) {
-                            Ok(_) => break,
-                            Err(OfferError::BackPressured) if Instant::now() < deadline => {
-                                std::hint::spin_loop()
-                            }
-                            Err(e) => return Err(format!("offer {i}: {e}")),
-                        }
-                    }
-                }
-                ready(&format!("ok published {count}"));
-                Ok(())
-            }
-            Some("subscribe") => {
-                let ring = open(1)?;
-                let count = num(args.get(3))?;
-                let mut sub = ring
-                    .subscriber(StartAt::Earliest)
-                    .map_err(|e| e.to_string())?;
-                ready("ready");
-                let deadline = Instant::now() + ROLE_DEADLINE;
-                let (mut n, mut bad) = (0u64, 0u64);
-                while n < count {
-                    if Instant::now() > deadline {
-                        return Err(format!("timed out after {n} of {count} records"));
-                    }
-                    sub.poll(
-                        |r| {
-                            let ok = r.offset == n
-                                && r.payload
-                                    .iter()
-                                    .enumerate()
-                                    .all(|(k, b)| *b == pattern(r.offset, k));
-                            bad += u64::from(!ok);
-                            n += 1;
-                        },
-                        1024,
-                    )
-                    .map_err(|e| e.to_string())?;
-                }
-                ready(&format!(
-                    "ok received {n} bad {bad} lost {}",
-                    sub.lost_records()
-                ));
-                Ok(())
-            }
-            Some("hold-subscriber") => {
-                let ring = open(1)?;
-                let mut sub = ring.subscriber(StartAt::Tail).map_err(|e| e.to_string())?;
-                ready(&format!("ready at {}", sub.next_offset()));
-                // A live, idle subscriber: heartbeats, never consumes.
-                loop {
-                    sub.keepalive();
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-            Some("claim-and-hang") => {
-                let ring = open(1)?;
-                let mut publ = ring.publisher().map_err(|e| e.to_string())?;
-                let mut claim = publ.claim(8).map_err(|e| e.to_string())?;
-                claim.buffer().copy_from_slice(b"unfinish");
-                ready(&format!("ready claimed {}", claim.offset()));
-                hang()
-            }
+            Some("publish") => publish(&open(1)?, num(args.get(3))?, num(args.get(4))? as usize),
+            Some("subscribe") => subscribe(&open(1)?, num(args.get(3))?),
+            Some("hold-subscriber") => hold_subscriber(&open(1)?),
+            Some("claim-and-hang") => claim_and_hang(&open(1)?),
             Some("create-and-hang") => {
                 let dir = args.get(1).ok_or_else(usage)?;
                 let name = args.get(2).ok_or_else(usage)?;
-                let cfg = RingConfig {
-                    capacity_bytes: num(args.get(3))?,
-                    backing: Backing::DevShm,
-                    dir: Some(dir.into()),
-                    ..RingConfig::default()
-                };
-                let _ring = Ring::create(name, &cfg).map_err(|e| e.to_string())?;
-                ready("ready created");
-                hang()
+                create_and_hang(dir, name, num(args.get(3))?)
             }
             Some("bench") => bench::run(
                 args.get(1)
@@ -167,6 +89,94 @@ mod imp {
             Some("bench-pub") => bench::publisher(&open(1)?, args),
             _ => Err(usage()),
         }
+    }
+
+    /// `publish`: offers `count` pattern records of `len` bytes, retrying back-pressure.
+    fn publish(ring: &Ring, count: u64, len: usize) -> Result<(), String> {
+        let mut publ = ring.publisher().map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + ROLE_DEADLINE;
+        let mut buf = vec![0u8; len];
+        for i in 0..count {
+            buf.iter_mut()
+                .enumerate()
+                .for_each(|(k, b)| *b = pattern(i, k));
+            loop {
+                match publ.offer(&buf) {
+                    Ok(_) => break,
+                    Err(OfferError::BackPressured) if Instant::now() < deadline => {
+                        std::hint::spin_loop()
+                    }
+                    Err(e) => return Err(format!("offer {i}: {e}")),
+                }
+            }
+        }
+        ready(&format!("ok published {count}"));
+        Ok(())
+    }
+
+    /// `subscribe`: reads `count` records from the earliest, checking each one's pattern.
+    fn subscribe(ring: &Ring, count: u64) -> Result<(), String> {
+        let mut sub = ring
+            .subscriber(StartAt::Earliest)
+            .map_err(|e| e.to_string())?;
+        ready("ready");
+        let deadline = Instant::now() + ROLE_DEADLINE;
+        let (mut n, mut bad) = (0u64, 0u64);
+        while n < count {
+            if Instant::now() > deadline {
+                return Err(format!("timed out after {n} of {count} records"));
+            }
+            sub.poll(
+                |r| {
+                    let ok = r.offset == n
+                        && r.payload
+                            .iter()
+                            .enumerate()
+                            .all(|(k, b)| *b == pattern(r.offset, k));
+                    bad += u64::from(!ok);
+                    n += 1;
+                },
+                1024,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        ready(&format!(
+            "ok received {n} bad {bad} lost {}",
+            sub.lost_records()
+        ));
+        Ok(())
+    }
+
+    /// `hold-subscriber`: a live, idle subscriber: heartbeats, never consumes.
+    fn hold_subscriber(ring: &Ring) -> Result<(), String> {
+        let mut sub = ring.subscriber(StartAt::Tail).map_err(|e| e.to_string())?;
+        ready(&format!("ready at {}", sub.next_offset()));
+        loop {
+            sub.keepalive();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// `claim-and-hang`: claims a record and never commits it.
+    fn claim_and_hang(ring: &Ring) -> Result<(), String> {
+        let mut publ = ring.publisher().map_err(|e| e.to_string())?;
+        let mut claim = publ.claim(8).map_err(|e| e.to_string())?;
+        claim.buffer().copy_from_slice(b"unfinish");
+        ready(&format!("ready claimed {}", claim.offset()));
+        hang()
+    }
+
+    /// `create-and-hang`: creates a ring in /dev/shm-backed `dir` and keeps it.
+    fn create_and_hang(dir: &str, name: &str, capacity_bytes: u64) -> Result<(), String> {
+        let cfg = RingConfig {
+            capacity_bytes,
+            backing: Backing::DevShm,
+            dir: Some(dir.into()),
+            ..RingConfig::default()
+        };
+        let _ring = Ring::create(name, &cfg).map_err(|e| e.to_string())?;
+        ready("ready created");
+        hang()
     }
 
     /// A quick health check of the ring between two processes (not the
