@@ -11,11 +11,17 @@
 //! 40 body ...
 //! ```
 
-use crate::abi_consts::*;
+pub use crate::frame_consts::*;
 use thiserror::Error;
 
 pub const HEADER_BYTES: usize = FRAME_HEADER_BYTES as usize;
 pub const VERSION: u8 = FRAME_VERSION as u8;
+
+const _: () = assert!(FRAME_VERSION <= u8::MAX as u32);
+const _: () = assert!(FRAME_TYPE_MAX <= u8::MAX as u32);
+const _: () = assert!(FRAME_CRC32C_OFFSET + 4 == FRAME_HEADER_BYTES);
+const _: () = assert!(FRAME_BYTES_MTU1500_IPV6 <= FRAME_BYTES_MTU1500_IPV4);
+const _: () = assert!(FRAME_BYTES_MTU1500_IPV4 <= FRAME_BYTES_MAX);
 
 /// Frame types (the `type` byte).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,6 +296,78 @@ mod tests {
                 })
                 .collect();
             assert!(FrameHeader::decode(&junk).is_err());
+        }
+    }
+
+    #[test]
+    fn header_fields_sit_at_their_documented_offsets() {
+        let h = FrameHeader {
+            frame_type: FrameType::Heartbeat,
+            flags: 0x0102,
+            stream_id: 0x0304_0506,
+            partition: 0x0708,
+            session_id: 0x090A_0B0C,
+            offset: 0x1112_1314_1516_1718,
+            epoch: 0x2122_2324,
+        };
+        let mut b = Vec::new();
+        h.encode(&[0xEE; 8], &mut b).expect("fits");
+        let at = |o: u32, n: usize| b[o as usize..o as usize + n].to_vec();
+        assert_eq!(at(FRAME_MAGIC_OFFSET, 4), b"MSTR");
+        assert_eq!(at(FRAME_VERSION_OFFSET, 1), [VERSION]);
+        assert_eq!(at(FRAME_TYPE_OFFSET, 1), [5]);
+        assert_eq!(at(FRAME_FLAGS_OFFSET, 2), 0x0102u16.to_le_bytes());
+        assert_eq!(at(FRAME_STREAM_ID_OFFSET, 4), 0x0304_0506u32.to_le_bytes());
+        assert_eq!(at(FRAME_PARTITION_OFFSET, 2), 0x0708u16.to_le_bytes());
+        assert_eq!(at(FRAME_RESERVED_OFFSET, 2), [0, 0]);
+        assert_eq!(at(FRAME_SESSION_ID_OFFSET, 4), 0x090A_0B0Cu32.to_le_bytes());
+        assert_eq!(at(FRAME_LENGTH_OFFSET, 4), 48u32.to_le_bytes());
+        assert_eq!(
+            at(FRAME_OFFSET_OFFSET, 8),
+            0x1112_1314_1516_1718u64.to_le_bytes()
+        );
+        assert_eq!(at(FRAME_EPOCH_OFFSET, 4), 0x2122_2324u32.to_le_bytes());
+        let mut zeroed = b.clone();
+        zeroed[FRAME_CRC32C_OFFSET as usize..][..4].fill(0);
+        assert_eq!(at(FRAME_CRC32C_OFFSET, 4), crc32c(&zeroed).to_le_bytes());
+        assert_eq!(&b[HEADER_BYTES..], &[0xEE; 8]);
+        // The offsets tile the header with no gap and no overlap.
+        let fields = [
+            (FRAME_MAGIC_OFFSET, 4),
+            (FRAME_VERSION_OFFSET, 1),
+            (FRAME_TYPE_OFFSET, 1),
+            (FRAME_FLAGS_OFFSET, 2),
+            (FRAME_STREAM_ID_OFFSET, 4),
+            (FRAME_PARTITION_OFFSET, 2),
+            (FRAME_RESERVED_OFFSET, 2),
+            (FRAME_SESSION_ID_OFFSET, 4),
+            (FRAME_LENGTH_OFFSET, 4),
+            (FRAME_OFFSET_OFFSET, 8),
+            (FRAME_EPOCH_OFFSET, 4),
+            (FRAME_CRC32C_OFFSET, 4),
+        ];
+        let mut next = 0;
+        for (offset, size) in fields {
+            assert_eq!(offset, next);
+            next += size;
+        }
+        assert_eq!(next, FRAME_HEADER_BYTES);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_accepts_exactly_what_encode_writes(
+            type_id in 1u8..=5,
+            flags: u16, stream_id: u32, partition: u16, session_id: u32, offset: u64, epoch: u32,
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let h = FrameHeader {
+                frame_type: FrameType::from_id(type_id).expect("1..=5"),
+                flags, stream_id, partition, session_id, offset, epoch,
+            };
+            let mut b = Vec::new();
+            h.encode(&body, &mut b).expect("fits");
+            proptest::prop_assert_eq!(FrameHeader::decode(&b), Ok(h));
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Frame bodies of docs/protocol.md that the network client builds and
 //! checks: DATA record batches, STATUS, NAK and SETUP. The fixed 40-byte
-//! header (and its CRC32C) is `xdp_programs::frame`.
+//! header (and its CRC32C) is [`crate::frame`].
 //!
 //! ```text
 //!  DATA record:  +0 payload_len u32 | +4 record_type u16 | +6 record_flags u16 (= 0)
@@ -12,7 +12,7 @@
 //!                +8 principal, zero padded to a multiple of 8
 //! ```
 
-use xdp_programs::abi_consts::{
+use crate::frame_consts::{
     FRAME_BYTES_MAX, FRAME_HEADER_BYTES, RECORD_ALIGNMENT_BYTES, RECORD_HEADER_BYTES,
 };
 
@@ -113,51 +113,106 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(x)
 }
 
-/// Checks every record of a DATA body (lengths inside the body, flags 0,
-/// zero padding) and returns how many it holds. Nothing is delivered from a
-/// body that fails: a frame is accepted whole or dropped whole.
-pub fn validate_records(body: &[u8]) -> Result<usize, RecordDecodeError> {
-    if body.is_empty() || !body.len().is_multiple_of(8) {
-        return Err(RecordDecodeError::BadBodyLength { len: body.len() });
-    }
-    let mut at = 0;
-    let mut count = 0;
-    while at < body.len() {
-        if body.len() - at < RECORD_PAYLOAD_OFFSET {
-            return Err(RecordDecodeError::RecordOverrun { at, payload_len: 0 });
-        }
-        let payload_len = u32_at(body, at + RECORD_PAYLOAD_LEN_OFFSET);
-        let flags = u16_at(body, at + RECORD_FLAGS_OFFSET);
-        if flags != 0 {
-            return Err(RecordDecodeError::RecordFlags { at, flags });
-        }
-        let room = body.len() - at - RECORD_PAYLOAD_OFFSET;
-        if payload_len as usize > room {
-            return Err(RecordDecodeError::RecordOverrun { at, payload_len });
-        }
-        let end = at + record_bytes(payload_len as usize);
-        let padding_from = at + RECORD_PAYLOAD_OFFSET + payload_len as usize;
-        if body[padding_from..end].iter().any(|&b| b != 0) {
-            return Err(RecordDecodeError::Padding { at });
-        }
-        at = end;
-        count += 1;
-    }
-    Ok(count)
+/// A validated DATA body: every record header is checked before any record is
+/// used, so a frame is accepted whole or dropped whole. This is the one DATA
+/// body parser: the node's receiver and the SDK's subscriber both use it.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordBatch<'a> {
+    body: &'a [u8],
+    first_offset: u64,
+    count: u32,
 }
 
-/// Walks the records of a body that passed [`validate_records`].
-pub fn for_each_record<'a>(body: &'a [u8], first_offset: u64, mut f: impl FnMut(WireRecord<'a>)) {
-    let mut at = 0;
-    while at + RECORD_PAYLOAD_OFFSET <= body.len() {
-        let payload_len = u32_at(body, at + RECORD_PAYLOAD_LEN_OFFSET) as usize;
+impl<'a> RecordBatch<'a> {
+    /// Checks the whole body (size a non-zero multiple of 8, every record
+    /// inside the body, record flags 0, zero padding); `first_offset` is the
+    /// DATA header's offset.
+    pub fn parse(body: &'a [u8], first_offset: u64) -> Result<RecordBatch<'a>, RecordDecodeError> {
+        if body.is_empty() || !body.len().is_multiple_of(RECORD_ALIGNMENT_BYTES as usize) {
+            return Err(RecordDecodeError::BadBodyLength { len: body.len() });
+        }
+        let mut at = 0usize;
+        let mut count = 0u32;
+        while at < body.len() {
+            // `at` is a multiple of 8 below the length, a multiple of 8: the 8 header bytes exist.
+            let payload_len = u32_at(body, at + RECORD_PAYLOAD_LEN_OFFSET);
+            let flags = u16_at(body, at + RECORD_FLAGS_OFFSET);
+            if flags != 0 {
+                return Err(RecordDecodeError::RecordFlags { at, flags });
+            }
+            let start = at + RECORD_PAYLOAD_OFFSET;
+            if payload_len as usize > body.len() - start {
+                return Err(RecordDecodeError::RecordOverrun { at, payload_len });
+            }
+            // The payload fits and the length is a multiple of 8, so the padding fits too.
+            let next = at + record_bytes(payload_len as usize);
+            let padding = body
+                .get(start + payload_len as usize..next)
+                .ok_or(RecordDecodeError::RecordOverrun { at, payload_len })?;
+            if padding.iter().any(|&b| b != 0) {
+                return Err(RecordDecodeError::Padding { at });
+            }
+            count += 1;
+            at = next;
+        }
+        Ok(RecordBatch {
+            body,
+            first_offset,
+            count,
+        })
+    }
+
+    /// Records in the batch (at least one).
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Session offset of the first record (the DATA header's offset).
+    pub fn first_offset(&self) -> u64 {
+        self.first_offset
+    }
+
+    /// Session offset after the last record.
+    pub fn end_offset(&self) -> u64 {
+        self.first_offset + self.body.len() as u64
+    }
+
+    /// The records, in order.
+    pub fn iter(&self) -> RecordIter<'a> {
+        RecordIter {
+            body: self.body,
+            at: 0,
+            first_offset: self.first_offset,
+        }
+    }
+}
+
+/// The records of a [`RecordBatch`], in order.
+pub struct RecordIter<'a> {
+    body: &'a [u8],
+    at: usize,
+    first_offset: u64,
+}
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = WireRecord<'a>;
+    fn next(&mut self) -> Option<WireRecord<'a>> {
+        // Only a parsed batch builds this iterator: every record header and payload is inside.
+        let at = self.at;
+        let header = self.body.get(at..at + RECORD_PAYLOAD_OFFSET)?;
+        let len = u32_at(header, RECORD_PAYLOAD_LEN_OFFSET) as usize;
         let start = at + RECORD_PAYLOAD_OFFSET;
-        f(WireRecord {
-            offset: first_offset + at as u64,
-            record_type: u16_at(body, at + RECORD_TYPE_OFFSET),
-            payload: &body[start..start + payload_len],
-        });
-        at += record_bytes(payload_len);
+        let payload = self.body.get(start..start + len)?;
+        self.at = at + record_bytes(len);
+        Some(WireRecord {
+            offset: self.first_offset + at as u64,
+            record_type: u16_at(header, RECORD_TYPE_OFFSET),
+            payload,
+        })
     }
 }
 
@@ -343,11 +398,12 @@ mod tests {
         push_record(&mut body, 0, b"");
         push_record(&mut body, 9, &[7u8; 16]);
         assert_eq!(body.len(), 16 + 8 + 24);
-        assert_eq!(validate_records(&body), Ok(3));
-        let mut seen = Vec::new();
-        for_each_record(&body, 100, |r| {
-            seen.push((r.offset, r.record_type, r.payload.to_vec()))
-        });
+        let batch = RecordBatch::parse(&body, 100).expect("valid");
+        assert_eq!((batch.len(), batch.end_offset()), (3, 148));
+        let seen: Vec<_> = batch
+            .iter()
+            .map(|r| (r.offset, r.record_type, r.payload.to_vec()))
+            .collect();
         assert_eq!(
             seen,
             vec![
@@ -360,31 +416,31 @@ mod tests {
 
     #[test]
     fn bad_bodies_are_rejected_not_panicking() {
-        assert!(validate_records(&[]).is_err());
-        assert!(validate_records(&[0; 7]).is_err());
+        assert!(RecordBatch::parse(&[], 0).is_err());
+        assert!(RecordBatch::parse(&[0; 7], 0).is_err());
         let mut body = Vec::new();
         push_record(&mut body, 1, b"abcde");
         let mut b = body.clone();
         b[0] = 200; // payload length past the body
         assert!(matches!(
-            validate_records(&b),
+            RecordBatch::parse(&b, 0),
             Err(RecordDecodeError::RecordOverrun { .. })
         ));
         let mut b = body.clone();
         b[6] = 1;
         assert!(matches!(
-            validate_records(&b),
+            RecordBatch::parse(&b, 0),
             Err(RecordDecodeError::RecordFlags { .. })
         ));
         let mut b = body.clone();
         b[15] = 1;
         assert_eq!(
-            validate_records(&b),
-            Err(RecordDecodeError::Padding { at: 0 })
+            RecordBatch::parse(&b, 0).err(),
+            Some(RecordDecodeError::Padding { at: 0 })
         );
         let mut x: u32 = 0x1234_5677;
         for len in (0..256).step_by(8) {
-            let _ = validate_records(&junk(&mut x, len));
+            let _ = RecordBatch::parse(&junk(&mut x, len), 0);
         }
     }
 
@@ -462,5 +518,95 @@ mod tests {
         );
         body[4] = 0;
         assert_eq!(decode_setup(&body), None);
+    }
+
+    #[test]
+    fn body_layouts_have_the_documented_sizes_and_offsets() {
+        // DATA record header: payload_len u32, record_type u16, record_flags u16.
+        assert_eq!(
+            (
+                RECORD_PAYLOAD_LEN_OFFSET,
+                RECORD_TYPE_OFFSET,
+                RECORD_FLAGS_OFFSET,
+                RECORD_PAYLOAD_OFFSET
+            ),
+            (0, 4, 6, 8)
+        );
+        assert_eq!(RECORD_HEADER_BYTES, 8);
+        let mut body = Vec::new();
+        push_record(&mut body, 0x0102, &[0xEE; 3]);
+        assert_eq!(
+            body,
+            [3, 0, 0, 0, 0x02, 0x01, 0, 0, 0xEE, 0xEE, 0xEE, 0, 0, 0, 0, 0]
+        );
+        // STATUS: durable_offset u64, window_bytes u32, reserved u32, receiver_id u64.
+        assert_eq!(STATUS_BODY_BYTES, 24);
+        let status = StatusBody {
+            durable_offset: 0x0102_0304_0506_0708,
+            window_bytes: 0x0A0B_0C0D,
+            receiver_id: 0x1112_1314_1516_1718,
+        }
+        .encode();
+        assert_eq!(
+            &status[STATUS_DURABLE_OFFSET_OFFSET..][..8],
+            &0x0102_0304_0506_0708u64.to_le_bytes()
+        );
+        assert_eq!(
+            &status[STATUS_WINDOW_BYTES_OFFSET..][..4],
+            &0x0A0B_0C0Du32.to_le_bytes()
+        );
+        assert_eq!(&status[STATUS_RESERVED_OFFSET..][..4], &[0; 4]);
+        assert_eq!(
+            &status[STATUS_RECEIVER_ID_OFFSET..][..8],
+            &0x1112_1314_1516_1718u64.to_le_bytes()
+        );
+        // NAK: length_bytes u32, reserved u32.
+        assert_eq!(NAK_BODY_BYTES, 8);
+        assert_eq!(encode_nak(0x0102_0304), [4, 3, 2, 1, 0, 0, 0, 0]);
+        assert_eq!(NAK_RESERVED_OFFSET, 4);
+        // SETUP: frame_bytes_max u32, principal_len u16, reserved u16, principal padded to 8.
+        let mut setup = Vec::new();
+        encode_setup(0x0102_0304, "abc", &mut setup);
+        assert_eq!(
+            setup,
+            [4, 3, 2, 1, 3, 0, 0, 0, b'a', b'b', b'c', 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            (SETUP_FRAME_BYTES_MAX_OFFSET, SETUP_PRINCIPAL_LEN_OFFSET),
+            (0, 4)
+        );
+        assert_eq!((SETUP_RESERVED_OFFSET, SETUP_PRINCIPAL_OFFSET), (6, 8));
+        assert_eq!(SETUP_BODY_BYTES_MAX, 8 + 256);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn record_batch_parse_never_panics(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            off in 0u64..1024,
+        ) {
+            if let Ok(b) = RecordBatch::parse(&body, off * 8) {
+                proptest::prop_assert_eq!(b.iter().count(), b.len());
+                proptest::prop_assert_eq!(b.end_offset(), off * 8 + body.len() as u64);
+            }
+        }
+
+        #[test]
+        fn pushed_records_parse_back_in_order(
+            records in proptest::collection::vec(
+                (proptest::prelude::any::<u16>(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)),
+                1..12,
+            ),
+            first in 0u64..1_000_000,
+        ) {
+            let mut body = Vec::new();
+            for (record_type, payload) in &records {
+                push_record(&mut body, *record_type, payload);
+            }
+            let batch = RecordBatch::parse(&body, first * 8).expect("pushed records are valid");
+            let got: Vec<_> = batch.iter().map(|r| (r.record_type, r.payload.to_vec())).collect();
+            proptest::prop_assert_eq!(got, records);
+            proptest::prop_assert_eq!(batch.end_offset(), first * 8 + body.len() as u64);
+        }
     }
 }

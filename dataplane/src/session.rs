@@ -1,4 +1,5 @@
-//! The receiver's sans-IO core: remote publisher sessions, DATA batch decoding, gap detection -> NAK,
+//! The receiver's sans-IO core: remote publisher sessions, DATA batches (decoded by
+//! `abi::wire::RecordBatch`, the parser the SDK uses too), gap detection -> NAK,
 //! epoch fencing, STATUS generation (consumed offset, durable offset, window).
 //!
 //! [`SessionTable::handle`] takes one datagram (from any backend) and appends the records it accepts
@@ -18,133 +19,27 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use sdk::net::wire::{
-    self, decode_setup, decode_subscribe, encode_nak, record_bytes, RecordDecodeError, StatusBody,
-    SubscribeStart, WireRecord, FLAG_END_OF_SESSION, FLAG_REPLY_REQUESTED, FLAG_SETUP_ACK,
-    HEADER_BYTES, RECORD_FLAGS_OFFSET, RECORD_PAYLOAD_LEN_OFFSET, RECORD_PAYLOAD_OFFSET,
-    RECORD_TYPE_OFFSET,
+use abi::frame::{FrameHeader, FrameType};
+use abi::wire::{
+    self, decode_setup, decode_subscribe, encode_nak, record_bytes, RecordBatch, StatusBody,
+    SubscribeStart, FLAG_END_OF_SESSION, FLAG_REPLY_REQUESTED, FLAG_SETUP_ACK, HEADER_BYTES,
 };
-use xdp_programs::frame::{FrameHeader, FrameType};
 
 /// SETUP flag of a remote subscriber asking the node to send it a partition (docs/protocol.md).
-pub const FLAG_SUBSCRIBE: u16 = 0x0010;
+pub use abi::wire::FLAG_SUBSCRIBE;
 /// Every flag bit the node accepts.
 pub const NODE_FLAGS_KNOWN: u16 = wire::FLAGS_KNOWN | FLAG_SUBSCRIBE;
 /// Durability checkpoints remembered per session (older ones are coalesced into the newest).
 pub const CHECKPOINTS_MAX: usize = 32;
 /// Smallest receive window a STATUS advertises, however full the ring (one largest frame, so a
 /// publisher can always make progress).
-pub const WINDOW_BYTES_MIN: u32 = xdp_programs::abi_consts::FRAME_BYTES_MAX;
+pub const WINDOW_BYTES_MIN: u32 = abi::frame_consts::FRAME_BYTES_MAX;
 /// Pending subscribe requests kept between two drains by the agent.
 pub const SUBSCRIBE_REQUESTS_MAX: usize = 64;
 
 const _: () =
     assert!(NODE_FLAGS_KNOWN & FLAG_SUBSCRIBE != 0 && wire::FLAGS_KNOWN & FLAG_SUBSCRIBE == 0);
 const _: () = assert!(CHECKPOINTS_MAX >= 2);
-
-/// A validated DATA body: every record header checked before any record is used.
-#[derive(Clone, Copy, Debug)]
-pub struct RecordBatch<'a> {
-    body: &'a [u8],
-    first_offset: u64,
-    count: u32,
-}
-
-impl<'a> RecordBatch<'a> {
-    /// Checks the whole body (size a non-zero multiple of 8, every record inside the body, record
-    /// flags 0, zero padding); `first_offset` is the DATA header's offset.
-    pub fn parse(body: &'a [u8], first_offset: u64) -> Result<RecordBatch<'a>, RecordDecodeError> {
-        if body.is_empty() || !body.len().is_multiple_of(8) {
-            return Err(RecordDecodeError::BadBodyLength { len: body.len() });
-        }
-        let mut at = 0usize;
-        let mut count = 0u32;
-        while at < body.len() {
-            // `at` is a multiple of 8 and below len, which is a multiple of 8: 8 header bytes exist.
-            let payload_len = u32_at(body, at + RECORD_PAYLOAD_LEN_OFFSET);
-            let flags = u16_at(body, at + RECORD_FLAGS_OFFSET);
-            if flags != 0 {
-                return Err(RecordDecodeError::RecordFlags { at, flags });
-            }
-            let start = at + RECORD_PAYLOAD_OFFSET;
-            let room = body.len() - start;
-            if payload_len as usize > room {
-                return Err(RecordDecodeError::RecordOverrun { at, payload_len });
-            }
-            let next = at + record_bytes(payload_len as usize);
-            if next > body.len() {
-                return Err(RecordDecodeError::RecordOverrun { at, payload_len });
-            }
-            if body[start + payload_len as usize..next]
-                .iter()
-                .any(|&b| b != 0)
-            {
-                return Err(RecordDecodeError::Padding { at });
-            }
-            count += 1;
-            at = next;
-        }
-        Ok(RecordBatch {
-            body,
-            first_offset,
-            count,
-        })
-    }
-
-    pub fn len(&self) -> usize {
-        self.count as usize
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// Session offset after the last record.
-    pub fn end_offset(&self) -> u64 {
-        self.first_offset + self.body.len() as u64
-    }
-
-    pub fn iter(&self) -> RecordIter<'a> {
-        RecordIter {
-            body: self.body,
-            at: 0,
-            first_offset: self.first_offset,
-        }
-    }
-}
-
-/// The records of a [`RecordBatch`], in order.
-pub struct RecordIter<'a> {
-    body: &'a [u8],
-    at: usize,
-    first_offset: u64,
-}
-
-impl<'a> Iterator for RecordIter<'a> {
-    type Item = WireRecord<'a>;
-    fn next(&mut self) -> Option<WireRecord<'a>> {
-        if self.at >= self.body.len() {
-            return None;
-        }
-        let at = self.at;
-        let len = u32_at(self.body, at + RECORD_PAYLOAD_LEN_OFFSET) as usize;
-        let start = at + RECORD_PAYLOAD_OFFSET;
-        self.at = at + record_bytes(len);
-        Some(WireRecord {
-            offset: self.first_offset + at as u64,
-            record_type: u16_at(self.body, at + RECORD_TYPE_OFFSET),
-            payload: &self.body[start..start + len],
-        })
-    }
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
 
 /// Where accepted records go.
 pub trait RecordSink {
@@ -798,7 +693,7 @@ impl SessionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sdk::net::wire::{decode_nak, encode_setup, push_record};
+    use abi::wire::{decode_nak, encode_setup, push_record, RECORD_FLAGS_OFFSET};
 
     const STREAM: u32 = 7;
 
@@ -1328,16 +1223,6 @@ mod tests {
                 t.stats().naks_sent > 0,
                 "seed {seed}: loss was recovered by NAK"
             );
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn record_batch_parse_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256), off in 0u64..1024) {
-            if let Ok(b) = RecordBatch::parse(&body, off * 8) {
-                let n = b.iter().count();
-                proptest::prop_assert_eq!(n, b.len());
-            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Settings shared by the handles of one client, and stream -> ring naming.
+//! Settings shared by the handles of one client. Ring names (stream ->
+//! ring file) come from `abi::ring`.
 
 use std::path::{Path, PathBuf};
 
@@ -9,15 +10,7 @@ use shm_ring::{
 use crate::publisher::{Publisher, PublisherCreateError};
 use crate::subscriber::Subscriber;
 
-/// Longest ring name `ring_name` produces: `stream-4294967295-65535`.
-pub const RING_NAME_BYTES_MAX: usize = "stream-4294967295-65535".len();
-// shm-ring accepts names of 1..=64 bytes.
-const _: () = assert!(RING_NAME_BYTES_MAX <= 64);
-
-/// The ring file name of one stream partition: `stream-<id>-<partition>`.
-pub fn ring_name(stream: u32, partition: u16) -> String {
-    format!("stream-{stream}-{partition}")
-}
+pub use abi::ring::{ring_name, RING_NAME_BYTES_MAX};
 
 /// How this client creates and attaches to rings. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -189,16 +182,6 @@ impl ContextBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ring_names_are_valid_and_bounded() {
-        assert_eq!(ring_name(7, 0), "stream-7-0");
-        let longest = ring_name(u32::MAX, u16::MAX);
-        assert_eq!(longest.len(), RING_NAME_BYTES_MAX);
-        assert!(longest
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-    }
 
     #[test]
     fn builder_overrides_only_what_it_sets() {

@@ -6,8 +6,10 @@
 //!   token buckets, redirects accepted frames to the RX queue's AF_XDP socket
 //!   and counts every verdict per CPU.
 //! - [`abi`]: the `#[repr(C)]` map key/value types and verdict ids shared with
-//!   the C program (one list of numbers: `abi_consts.rs`).
-//! - [`frame`]: the wire frame header of docs/protocol.md.
+//!   the C program (one list of numbers: `abi_consts.rs`, plus the frame
+//!   header's numbers from the `abi` crate).
+//! - [`frame`]: the wire frame header of docs/protocol.md, re-exported from
+//!   the `abi` crate (the C program checks the same header).
 //! - `loader` (feature `loader`, on by default): aya loader (`XdpProgram::load_and_attach`), pins under
 //!   `/sys/fs/bpf/memstreamer/<iface>/`, and `PolicyMaps` for other processes.
 //! - `src/link_loss.c` + [`link_loss`] (feature `loader`): a tc program that
@@ -17,12 +19,15 @@
 //!   ratelimit, config, and a bounded frame sender / receiver for tests.
 #![forbid(unsafe_code)]
 
-/// Numbers shared with C; see the file header.
+/// Numbers shared with C; see the file header. The frame header's numbers
+/// come from the `abi` crate.
 pub mod abi_consts {
+    pub use ::abi::frame_consts::*;
     include!("abi_consts.rs");
 }
 pub mod abi;
-pub mod frame;
+/// The wire frame header codec (the `abi` crate's, which every process shares).
+pub use ::abi::frame;
 #[cfg(feature = "loader")]
 pub mod link_loss;
 #[cfg(feature = "loader")]

@@ -4,8 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xdp_programs::abi::FRAME_BYTES_MAX;
-use xdp_programs::frame::{FrameHeader, FrameType, HEADER_BYTES};
+use abi::frame::{FrameHeader, FrameType, FRAME_BYTES_MAX, HEADER_BYTES};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(h) = FrameHeader::decode(data) {

@@ -1,10 +1,10 @@
-//! Fuzzes the node's DATA body decoder: it never panics, every record it yields lies inside the
-//! body, the records tile the body exactly, and re-encoding them gives the same bytes.
+//! Fuzzes the DATA body parser (the one the node's receiver and the SDK's subscriber share): it
+//! never panics, every record it yields lies inside the body, the records tile the body exactly,
+//! and re-encoding them gives the same bytes.
 #![no_main]
 
-use dataplane::session::RecordBatch;
+use abi::wire::{push_record, record_bytes, RecordBatch};
 use libfuzzer_sys::fuzz_target;
-use sdk::net::wire::{push_record, record_bytes};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(batch) = RecordBatch::parse(data, 8) else { return };

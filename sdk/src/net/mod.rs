@@ -11,7 +11,8 @@
 //!   `subscribe_from` from a start position ([`wire::SubscribeStart`]: latest,
 //!   earliest, or a partition offset; the node serves older records from
 //!   storage, then live).
-//! - [`wire`]: the frame bodies; the header codec is `xdp_programs::frame`.
+//! - [`wire`]: the frame bodies, and [`frame`]: the header codec (both from
+//!   the `abi` crate, which the node uses too).
 //!
 //! The sessions are sans-IO (`handle(now, datagram)` / `poll_transmit(now,
 //! out)`), so tests drive them deterministically with a seeded lossy link;
@@ -30,7 +31,7 @@
 
 mod publisher;
 mod subscriber;
-pub mod wire;
+pub use abi::{frame, wire};
 
 pub use publisher::{
     NetOfferError, PublisherConfig, PublisherSession, PublisherStats, Release, UdpPublisher,
@@ -43,7 +44,7 @@ pub use subscriber::{
 
 /// Receive buffer size: one byte more than the largest frame, so an
 /// oversized datagram is seen as such (and dropped) instead of truncated.
-pub const FRAME_RECV_BYTES: usize = xdp_programs::abi_consts::FRAME_BYTES_MAX as usize + 1;
+pub const FRAME_RECV_BYTES: usize = abi::frame_consts::FRAME_BYTES_MAX as usize + 1;
 
 /// A network client setting out of range.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -22,7 +22,7 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
-use xdp_programs::frame::{FrameHeader, FrameType};
+use abi::frame::{FrameHeader, FrameType};
 
 use super::wire::{
     self, decode_nak, encode_setup, payload_bytes_max, record_bytes, StatusBody, FLAGS_KNOWN,
@@ -51,7 +51,7 @@ pub const SEND_BATCH_MAX: usize = 64;
 const _: () = assert!(BUFFER_BYTES_MIN.is_power_of_two() && BUFFER_BYTES_MAX.is_power_of_two());
 const _: () = assert!(BUFFER_BYTES_DEFAULT >= BUFFER_BYTES_MIN);
 const _: () = assert!(BUFFER_BYTES_DEFAULT <= BUFFER_BYTES_MAX);
-const _: () = assert!(BUFFER_BYTES_MIN >= xdp_programs::abi_consts::FRAME_BYTES_MAX as usize);
+const _: () = assert!(BUFFER_BYTES_MIN >= abi::frame_consts::FRAME_BYTES_MAX as usize);
 
 /// What a remote publisher sends and how.
 #[derive(Clone, Debug)]
@@ -102,7 +102,7 @@ impl PublisherConfig {
             session_id,
             epoch: 0,
             principal: principal.to_string(),
-            frame_bytes: xdp_programs::abi_consts::FRAME_BYTES_MTU1500_IPV4 as usize,
+            frame_bytes: abi::frame_consts::FRAME_BYTES_MTU1500_IPV4 as usize,
             buffer_bytes: BUFFER_BYTES_DEFAULT,
             heartbeat_interval_ns: HEARTBEAT_INTERVAL_NS_DEFAULT,
             setup_retry_ns: SETUP_RETRY_NS_DEFAULT,
@@ -113,7 +113,7 @@ impl PublisherConfig {
     }
 
     pub fn validate(&self) -> Result<(), NetConfigError> {
-        let frame_max = xdp_programs::abi_consts::FRAME_BYTES_MAX as usize;
+        let frame_max = abi::frame_consts::FRAME_BYTES_MAX as usize;
         if !(FRAME_BYTES_MIN..=frame_max).contains(&self.frame_bytes)
             || !self.frame_bytes.is_multiple_of(8)
         {

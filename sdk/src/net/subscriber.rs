@@ -24,12 +24,12 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Instant;
 
-use xdp_programs::frame::{FrameHeader, FrameType};
+use abi::frame::{FrameHeader, FrameType};
 
 use super::wire::{
-    decode_setup, encode_nak, encode_subscribe, for_each_record, validate_records, StatusBody,
-    SubscribeStart, FLAGS_KNOWN, FLAG_END_OF_SESSION, FLAG_REPLY_REQUESTED, FLAG_SETUP_ACK,
-    FLAG_SUBSCRIBE, HEADER_BYTES, PRINCIPAL_BYTES_MAX,
+    decode_setup, encode_nak, encode_subscribe, RecordBatch, StatusBody, SubscribeStart,
+    FLAGS_KNOWN, FLAG_END_OF_SESSION, FLAG_REPLY_REQUESTED, FLAG_SETUP_ACK, FLAG_SUBSCRIBE,
+    HEADER_BYTES, PRINCIPAL_BYTES_MAX,
 };
 use super::{NetConfigError, FRAME_RECV_BYTES};
 
@@ -242,11 +242,11 @@ impl ReceiverCore {
         }
         match h.frame_type {
             FrameType::Data => {
-                if validate_records(body).is_err() {
+                let Ok(batch) = RecordBatch::parse(body, h.offset) else {
                     self.stats.drop_bad_body += 1;
                     return 0;
-                }
-                let end = h.offset + body.len() as u64;
+                };
+                let end = batch.end_offset();
                 if end <= s.expected {
                     self.stats.drop_duplicate += 1;
                     s.status_due = true;
@@ -258,29 +258,25 @@ impl ReceiverCore {
                     return 0;
                 }
                 // offset <= expected < end: a record must start at `expected`.
-                let mut aligned = false;
-                for_each_record(body, h.offset, |r| aligned |= r.offset == s.expected);
-                if !aligned {
+                let expected = s.expected;
+                if !batch.iter().any(|r| r.offset == expected) {
                     self.stats.drop_bad_body += 1;
                     return 0;
                 }
                 let mut delivered = 0;
-                let expected = s.expected;
                 let session = *s;
-                for_each_record(body, h.offset, |r| {
-                    if r.offset >= expected {
-                        delivered += 1;
-                        deliver(&NetRecord {
-                            src,
-                            stream_id: session.stream_id,
-                            partition: session.partition,
-                            session_id: session.session_id,
-                            offset: r.offset,
-                            record_type: r.record_type,
-                            payload: r.payload,
-                        });
-                    }
-                });
+                for r in batch.iter().filter(|r| r.offset >= expected) {
+                    delivered += 1;
+                    deliver(&NetRecord {
+                        src,
+                        stream_id: session.stream_id,
+                        partition: session.partition,
+                        session_id: session.session_id,
+                        offset: r.offset,
+                        record_type: r.record_type,
+                        payload: r.payload,
+                    });
+                }
                 let s = self.sessions[slot].as_mut().expect("found");
                 s.expected = end;
                 s.seen_end = s.seen_end.max(end);
@@ -542,7 +538,7 @@ impl UdpSubscriber {
         }
         let mut body = Vec::new();
         let offset = encode_subscribe(
-            xdp_programs::abi_consts::FRAME_BYTES_MTU1500_IPV4,
+            abi::frame_consts::FRAME_BYTES_MTU1500_IPV4,
             principal,
             start,
             &mut body,

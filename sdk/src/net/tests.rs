@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::wire::{self, HEADER_BYTES};
 use super::*;
-use xdp_programs::frame::{FrameHeader, FrameType};
+use abi::frame::{FrameHeader, FrameType};
 
 const PUB_ADDR: &str = "127.0.0.1:5001";
 
