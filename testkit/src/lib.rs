@@ -63,6 +63,7 @@ pub fn required() -> bool {
 /// The decision point behind [`require!`]: `true` when the test `test` (a name for the log and
 /// messages) should run. Returns `false` (after printing why) when it should skip, and panics
 /// with what is missing and what to do when privileged tests are [`required`] here.
+#[track_caller]
 pub fn require(test: &str, missing: Option<&str>) -> bool {
     match decide(missing, required()) {
         Decision::Run => {

@@ -8,7 +8,8 @@
 //! sends a bounded number of frames; the test reads the pinned counters from
 //! this process through `PolicyMaps`. The `TestNet` guard stops the attach
 //! process, deletes the namespaces (and with them the veth pair) and the pins
-//! on every path, panics included. Needs root; skips with a message otherwise.
+//! on every path, panics included. Needs root: skips with a message otherwise,
+//! fails under `make test`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr};
@@ -27,24 +28,8 @@ const PORT: u16 = 47_000;
 const WAIT_MAX: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
 
-fn skip_reason() -> Option<&'static str> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Some("needs root (network namespaces, XDP, bpffs)");
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("needs iproute2 (`ip`): run scripts/setup.sh");
-    }
-    None
-}
-
-macro_rules! require_root {
-    () => {
-        if let Some(reason) = skip_reason() {
-            eprintln!("skipping {}: {reason}", module_path!());
-            return;
-        }
-    };
-}
+/// What root is for here; with `ip`, all these tests need (`testkit::require!`).
+const NEEDS: &str = "network namespaces, XDP, bpffs";
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawn");
@@ -279,7 +264,7 @@ impl Drop for TestNet {
 
 #[test]
 fn policy_deny_drops_in_xdp_and_reallow_delivers_to_a_udp_socket() {
-    require_root!();
+    testkit::require!(testkit::netns(NEEDS));
     let net = TestNet::new(1, false);
     let src = net.source();
     let c0 = net.counters();
@@ -368,7 +353,7 @@ fn policy_deny_drops_in_xdp_and_reallow_delivers_to_a_udp_socket() {
 
 #[test]
 fn default_allow_flag_and_explicit_entries() {
-    require_root!();
+    testkit::require!(testkit::netns(NEEDS));
     let net = TestNet::new(2, true);
     let src = net.source();
     let c0 = net.counters();
@@ -405,7 +390,7 @@ fn default_allow_flag_and_explicit_entries() {
 
 #[test]
 fn rate_limit_passes_exactly_the_burst() {
-    require_root!();
+    testkit::require!(testkit::netns(NEEDS));
     let net = TestNet::new(3, true);
     let src = net.source();
     let c0 = net.counters();
@@ -470,7 +455,7 @@ fn rate_limit_passes_exactly_the_burst() {
 
 #[test]
 fn malformed_and_truncated_frames_are_dropped_and_counted() {
-    require_root!();
+    testkit::require!(testkit::netns(NEEDS));
     let net = TestNet::new(4, true);
     let mut c = net.counters();
     let cases: &[(&str, u64, &[&str], Verdict)] = &[
@@ -537,7 +522,7 @@ fn malformed_and_truncated_frames_are_dropped_and_counted() {
 
 #[test]
 fn attach_errors_say_what_to_do() {
-    require_root!();
+    testkit::require!(testkit::netns(NEEDS));
     let err = XdpProgram::load_and_attach("msxnope0", AttachMode::Native, Config::default())
         .err()
         .expect("no such interface");
@@ -578,11 +563,10 @@ impl Drop for NsGuard {
 
 #[test]
 fn loader_mounts_bpffs_when_absent_and_skb_mode_works() {
-    require_root!();
-    if Command::new("unshare").arg("--version").output().is_err() {
-        eprintln!("skipping: needs unshare (util-linux)");
-        return;
-    }
+    testkit::require!(
+        testkit::netns(NEEDS),
+        testkit::tool("unshare", "--version", "util-linux")
+    );
     let pid = std::process::id();
     let ns = format!("msxdp-{pid}-5-m");
     let guard = NsGuard(vec![ns.clone()]);
@@ -634,7 +618,7 @@ fn loader_mounts_bpffs_when_absent_and_skb_mode_works() {
 /// exactly what it dropped and passed, and the link is whole again once it detaches.
 #[test]
 fn link_loss_drops_a_seeded_share_and_counts_it() {
-    require_root!();
+    testkit::require!(testkit::netns(NEEDS));
     let net = TestNet::new(5, true);
     let sender_if = format!("mx{}s5", std::process::id() % 1_000_000);
     const SENT: u64 = 2_000;

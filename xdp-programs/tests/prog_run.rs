@@ -3,7 +3,7 @@
 //! reach with 198.18.0.0/15 addresses and UDP sockets (IPv6, IP options,
 //! truncated IP headers, VLAN), and the token bucket's refill arithmetic.
 //! IPv6 sources come from 2001:2::/48 (benchmarking range), inside packets only.
-//! Needs root (CAP_BPF); skips with a message otherwise.
+//! Needs root (CAP_BPF): skips with a message otherwise, fails under `make test`.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -18,17 +18,8 @@ const DST4: [u8; 4] = [198, 18, 200, 2];
 const SRC6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const DST6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 
-macro_rules! require_root {
-    () => {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!(
-                "skipping {}: needs root (CAP_BPF) for BPF_PROG_TEST_RUN",
-                module_path!()
-            );
-            return;
-        }
-    };
-}
+/// What root is for here (`testkit::require!`).
+const NEEDS: &str = "CAP_BPF for BPF_PROG_TEST_RUN";
 
 fn program(default_allow: bool) -> TestRunProgram {
     let flags = if default_allow {
@@ -129,7 +120,7 @@ fn check(prog: &mut TestRunProgram, what: &str, packet: &[u8], action: u32, verd
 
 #[test]
 fn every_parser_path_gives_its_verdict() {
-    require_root!();
+    testkit::require!(testkit::root(NEEDS));
     let mut p = program(true);
     let good_udp = udp(PORT, &frame(1, 32));
 
@@ -313,7 +304,7 @@ fn every_parser_path_gives_its_verdict() {
 
 #[test]
 fn ipv6_sources_are_policed_like_ipv4() {
-    require_root!();
+    testkit::require!(testkit::root(NEEDS));
     let mut p = program(false);
     let pkt = eth(0x86dd, &ipv6(17, SRC6, &udp(PORT, &frame(9, 16))));
     check(
@@ -374,7 +365,7 @@ fn monotonic_ns() -> u64 {
 
 #[test]
 fn token_bucket_refills_whole_tokens_and_keeps_the_fraction() {
-    require_root!();
+    testkit::require!(testkit::root(NEEDS));
     let mut p = program(true);
     let src = IpAddr::V4(SRC4.into());
     let pkt = v4_frame(1);
