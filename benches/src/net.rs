@@ -44,7 +44,7 @@ use anyhow::{bail, Context as _};
 use dataplane::net::afxdp::{XskConfig, XskPort};
 use dataplane::net::udp::UdpPort;
 use dataplane::net::NetPort;
-use dataplane::session::{RecordSink, SessionConfig, SessionTable};
+use dataplane::session::{AppendRefusal, RecordSink, SessionConfig, SessionTable};
 use dataplane::testnet::TestNet;
 use dataplane::NodeParts;
 use sdk::net::wire::{encode_setup, push_record};
@@ -122,8 +122,17 @@ fn session_config() -> SessionConfig {
 struct RingSink(sdk::Publisher);
 
 impl RecordSink for RingSink {
-    fn append(&mut self, _partition: usize, record_type: u16, payload: &[u8]) -> Option<u64> {
-        self.0.offer_typed(record_type, payload).ok()
+    fn append(
+        &mut self,
+        _partition: usize,
+        record_type: u16,
+        payload: &[u8],
+    ) -> Result<u64, AppendRefusal> {
+        match self.0.offer_typed(record_type, payload) {
+            Ok(offset) => Ok(offset),
+            Err(shm_ring::OfferError::MessageTooLarge { .. }) => Err(AppendRefusal::TooLarge),
+            Err(_) => Err(AppendRefusal::BackPressured),
+        }
     }
 }
 
@@ -526,8 +535,8 @@ fn drain(
 fn drain_breakdown(dir: &std::path::Path, frames: u64) -> anyhow::Result<(f64, f64)> {
     struct Discard;
     impl RecordSink for Discard {
-        fn append(&mut self, _: usize, _: u16, _: &[u8]) -> Option<u64> {
-            Some(0)
+        fn append(&mut self, _: usize, _: u16, _: &[u8]) -> Result<u64, AppendRefusal> {
+            Ok(0)
         }
     }
     let src: SocketAddr = "198.18.230.2:40000".parse()?;

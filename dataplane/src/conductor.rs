@@ -534,6 +534,15 @@ impl PartitionRegistry {
         ring: &Ring,
         fresh: bool,
     ) -> Result<(u64, Arc<PartitionCells>), String> {
+        let frame_max = xdp_programs::abi_consts::FRAME_BYTES_MAX as usize;
+        if ring.max_payload_len() < frame_max {
+            // Another process (an SDK client) created it smaller than this node's frames.
+            return Err(format!(
+                "its ring {} takes records of at most {} bytes, less than a frame ({frame_max}): remove the ring file and create the stream again (a ring of the node's ring_capacity_bytes is made)",
+                ring.path().display(),
+                ring.max_payload_len()
+            ));
+        }
         let cells = Arc::new(PartitionCells::default());
         let mut replayed = 0;
         let archive = match &self.storage_dir {
@@ -922,6 +931,18 @@ mod tests {
 
     use crate::agent::{spsc, SpscConsumer};
 
+    /// Settings for remote subscribers of the configured partition (7, 0).
+    fn settings(heartbeat_interval_ns: u64, session_timeout_ns: u64) -> SubscriptionSettings {
+        SubscriptionSettings {
+            partitions: vec![(7, 0)],
+            retransmit_window_bytes: 1 << 16,
+            heartbeat_interval_ns,
+            session_timeout_ns,
+            principal: "n".into(),
+            neighbour_interface: None,
+        }
+    }
+
     /// A registry over one configured partition (7, 0) with a real ring in `dir`.
     fn registry(
         dir: &std::path::Path,
@@ -948,14 +969,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let counters = Counters::new(&[(7, 0)]);
         let file = CountersFile::create(&dir.path().join("c"), &counters).unwrap();
-        let settings = SubscriptionSettings {
-            partitions: vec![(7, 0)],
-            retransmit_window_bytes: 1 << 16,
-            heartbeat_interval_ns: 1,
-            session_timeout_ns: 2,
-            principal: "n".into(),
-            neighbour_interface: None,
-        };
+        let settings = settings(1, 2);
         let (reg, _r, _s) = registry(dir.path());
         let mut c = Conductor::new(CommandQueue::new(4), reg, counters.clone(), file, settings);
         c.watch(&["receiver"]);
@@ -983,14 +997,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let counters = Counters::new(&[(7, 0)]);
         let file = CountersFile::create(&dir.path().join("c"), &counters).unwrap();
-        let settings = SubscriptionSettings {
-            partitions: vec![(7, 0)],
-            retransmit_window_bytes: 1 << 16,
-            heartbeat_interval_ns: 1_000_000,
-            session_timeout_ns: 5_000_000,
-            principal: "n".into(),
-            neighbour_interface: None,
-        };
+        let settings = settings(1_000_000, 5_000_000);
         let commands = CommandQueue::new(4);
         let (reg, _r, sender) = registry(dir.path());
         let mut c = Conductor::new(commands.clone(), reg, counters.clone(), file, settings);
@@ -1131,6 +1138,39 @@ mod tests {
             "rings made at run time go with the node"
         );
         fixed.unlink().unwrap();
+        ring.unlink().unwrap();
+    }
+
+    /// A ring an SDK client created smaller than a frame is not made live (clear error,
+    /// counted): the receiver never appends a remote record to it.
+    #[test]
+    fn a_ring_too_small_for_a_frame_is_not_attached() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ring, part_cfg) = command_ring(dir.path());
+        let streams = StreamRings::new(&ring, part_cfg, vec![(7, 0)]).unwrap();
+        let ctx = sdk::Context::builder()
+            .dir(dir.path())
+            .capacity_bytes(shm_ring::RING_CAPACITY_MIN)
+            .build();
+        let _client = ctx.publisher(9, 0).unwrap();
+        let counters = Counters::new(&[(7, 0)]);
+        let file = CountersFile::create(&dir.path().join("c"), &counters).unwrap();
+        let settings = settings(1_000_000, 5_000_000);
+        let (reg, receiver, sender) = registry(dir.path());
+        let mut c = Conductor::new(CommandQueue::new(4), reg, counters.clone(), file, settings)
+            .with_stream_commands(streams);
+        let create = StreamCommand::Create {
+            stream_id: 9,
+            partitions: 1,
+        };
+        ring.publisher().unwrap().offer(&create.encode()).unwrap();
+        c.do_work(1);
+        assert_eq!(counters.get(Counter::ConductorPartitionErrors), 1);
+        assert_eq!(counters.get(Counter::ConductorPartitionsAdded), 0);
+        assert!(
+            receiver.is_empty() && sender.is_empty(),
+            "no agent serves it"
+        );
         ring.unlink().unwrap();
     }
 

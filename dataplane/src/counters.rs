@@ -174,6 +174,8 @@ counters! {
     ConductorFreed = 65, Total, "conductor: resources freed for the receiver and sender";
     RxFreedOnAgent = 66, Total, "receiver: retired resources freed on its own thread (conductor queue full)";
     ArchiverReplayReads = 67, Total, "archiver: log reads for catching-up remote subscribers";
+    RxDropRecordTooLarge = 68, Total, "receiver drop: record larger than the partition's ring (session refused)";
+    ConductorOutboxFull = 69, Total, "conductor: commands refused, an agent's queue and outbox full";
 }
 
 /// The duty-cycle count counter of an agent role.

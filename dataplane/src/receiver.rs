@@ -13,7 +13,7 @@ use crate::conductor::ConductorCommand;
 use crate::counters::{Counter, Counters, PartitionCells};
 use crate::net::NetPort;
 use crate::retire::{Graveyard, Retired};
-use crate::session::{ReceiverStats, RecordSink, SessionTable};
+use crate::session::{AppendRefusal, ReceiverStats, RecordSink, SessionTable};
 
 /// Frames sent per duty cycle at most (NAK + STATUS).
 pub const TX_FRAMES_PER_CYCLE_MAX: usize = 64;
@@ -73,23 +73,37 @@ impl RingSink {
 
 impl RecordSink for RingSink {
     #[inline]
-    fn append(&mut self, partition: usize, record_type: u16, payload: &[u8]) -> Option<u64> {
-        let slot = self.publishers.get_mut(partition)?;
+    fn append(
+        &mut self,
+        partition: usize,
+        record_type: u16,
+        payload: &[u8],
+    ) -> Result<u64, AppendRefusal> {
+        let Some(slot) = self.publishers.get_mut(partition) else {
+            return Err(AppendRefusal::BackPressured);
+        };
         if slot.is_none() {
             // Re-attach after an eviction (cold path).
-            *slot = self.rings[partition].as_ref()?.publisher().ok();
+            *slot = self
+                .rings
+                .get(partition)
+                .and_then(Option::as_ref)
+                .and_then(|r| r.publisher().ok());
         }
-        let publisher = slot.as_mut()?;
+        let Some(publisher) = slot.as_mut() else {
+            return Err(AppendRefusal::BackPressured);
+        };
         match publisher.offer_typed(record_type, payload) {
-            Ok(offset) => Some(offset),
-            Err(shm_ring::OfferError::BackPressured) => None,
+            Ok(offset) => Ok(offset),
+            Err(shm_ring::OfferError::BackPressured) => Err(AppendRefusal::BackPressured),
             Err(shm_ring::OfferError::PublisherEvicted) => {
                 self.evictions += 1;
                 *slot = None;
-                None
+                Err(AppendRefusal::BackPressured)
             }
-            // Checked at start: every ring's max payload exceeds the largest frame.
-            Err(e @ shm_ring::OfferError::MessageTooLarge { .. }) => unreachable!("{e}"),
+            // The configured rings and the conductor's run-time attach both check that a ring
+            // takes the largest frame, but a ring is another process's file: never trust it.
+            Err(shm_ring::OfferError::MessageTooLarge { .. }) => Err(AppendRefusal::TooLarge),
         }
     }
 }
@@ -261,6 +275,7 @@ impl Receiver {
                 s.drop_subscribe_queue_full,
             ),
             (Counter::RxRingBackPressured, s.ring_back_pressured),
+            (Counter::RxDropRecordTooLarge, s.drop_record_too_large),
             (Counter::RxNaksSent, s.naks_sent),
             (Counter::RxStatusSent, s.status_sent),
             (
@@ -349,5 +364,104 @@ impl Agent for Receiver {
 
     fn on_close(&mut self) {
         self.publish_stats();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use sdk::net::{NetOfferError, PublisherConfig, UdpPublisher};
+
+    use crate::agent::spsc;
+    use crate::net::udp::UdpPort;
+    use crate::session::{SessionConfig, SessionTable};
+
+    /// Duty cycles a test runs at most (each is non-blocking).
+    const CYCLES_MAX: usize = 200_000;
+
+    /// A receiver on loopback with no configured partition and room for one added at run time.
+    fn receiver() -> (Receiver, SpscProducer<ReceiverCommand>, Counters) {
+        let port = UdpPort::bind("127.0.0.1:0".parse().unwrap(), 32, 64).unwrap();
+        let cfg = SessionConfig {
+            sessions_max: 4,
+            window_bytes: 1 << 16,
+            nak_delay_ns: 1_000_000,
+            nak_retry_ns: 1_000_000,
+            status_interval_ns: 1_000_000,
+            session_timeout_ns: 10_000_000_000,
+            receiver_id: 1,
+        };
+        let counters = Counters::new(&[]);
+        let (tx, rx) = spsc(4);
+        let receiver = Receiver::new(
+            NetPort::Udp(port),
+            SessionTable::with_slots(cfg, &[], 1),
+            RingSink::with_slots(Vec::new(), 1).unwrap(),
+            Vec::new(),
+            counters.clone(),
+            CommandQueue::new(4),
+            false,
+            32,
+        )
+        .with_partition_commands(rx);
+        (receiver, tx, counters)
+    }
+
+    /// A partition made live at run time whose ring an SDK client created small: a remote
+    /// record larger than the ring takes is a counted drop and the publisher sees a refusal;
+    /// the data plane does not panic.
+    #[test]
+    fn a_record_too_large_for_a_run_time_ring_is_refused_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = sdk::Context::builder()
+            .dir(dir.path())
+            .capacity_bytes(shm_ring::RING_CAPACITY_MIN)
+            .build();
+        let _client = ctx.publisher(7, 0).unwrap();
+        let ring = shm_ring::Ring::open(&sdk::ring_name(7, 0), Some(dir.path())).unwrap();
+        let big = ring.max_payload_len() + 1;
+        let (mut receiver, mut tx, counters) = receiver();
+        let publisher = ring.publisher().unwrap();
+        let add = ReceiverCommand::Add {
+            slot: 0,
+            stream_id: 7,
+            partition: 0,
+            ring,
+            publisher,
+            cells: Arc::new(PartitionCells::default()),
+        };
+        assert!(tx.offer(add).is_ok());
+        let node = receiver.port.local_addr();
+        let mut p = UdpPublisher::new(
+            "127.0.0.1:0".parse().unwrap(),
+            node,
+            PublisherConfig::new(7, 0, 3, "test"),
+        )
+        .unwrap();
+        assert!(p.offer(1, b"small").is_ok());
+        assert!(p.offer(1, &vec![7u8; big]).is_ok());
+        for _ in 0..CYCLES_MAX {
+            p.do_work();
+            receiver.do_work(1);
+            if p.session().is_closed() {
+                break;
+            }
+        }
+        receiver.publish_stats();
+        assert_eq!(counters.get(Counter::RxRecordsAppended), 1, "the small one");
+        assert_eq!(counters.get(Counter::RxDropRecordTooLarge), 1);
+        assert_eq!(
+            p.offer(1, b"after"),
+            Err(NetOfferError::Refused { offset: 16 }),
+            "the publisher learns which record was refused"
+        );
+        // It stops: no retransmit loop, nothing more reaches the node.
+        let data_frames = p.session().stats().data_frames;
+        for _ in 0..1000 {
+            p.do_work();
+            receiver.do_work(1);
+        }
+        assert_eq!(p.session().stats().data_frames, data_frames);
     }
 }

@@ -564,7 +564,9 @@ fn offer_at(s: &mut Subscription, at: u64, type_id: u16, payload: &[u8]) -> u64 
             1
         }
         // Room was checked by the caller; a closed session is being replaced.
-        Err(NetOfferError::BackPressured | NetOfferError::Closed) => 0,
+        Err(
+            NetOfferError::BackPressured | NetOfferError::Closed | NetOfferError::Refused { .. },
+        ) => 0,
     }
 }
 
@@ -678,7 +680,11 @@ fn catch_up_one(
                         s.next_log = rec.offset + 1;
                         sent += 1;
                     }
-                    Err(NetOfferError::BackPressured | NetOfferError::Closed) => {
+                    Err(
+                        NetOfferError::BackPressured
+                        | NetOfferError::Closed
+                        | NetOfferError::Refused { .. },
+                    ) => {
                         full = true;
                         break;
                     }
@@ -717,7 +723,11 @@ fn catch_up_one(
                             *next = rec.offset + 1;
                             offered += 1;
                         }
-                        Err(NetOfferError::BackPressured | NetOfferError::Closed) => {}
+                        Err(
+                            NetOfferError::BackPressured
+                            | NetOfferError::Closed
+                            | NetOfferError::Refused { .. },
+                        ) => {}
                     }
                 },
                 limit,
@@ -813,7 +823,8 @@ impl Agent for Sender {
         let mut i = 0;
         while i < self.subscriptions.len() {
             let s = &self.subscriptions[i];
-            let ended = s.ending && s.session.is_closed();
+            // Closed by us (its partition went away) or by the subscriber (a refusal).
+            let ended = s.session.is_closed();
             if ended || now_ns.saturating_sub(s.last_heard_ns) > timeout {
                 let gone = self.subscriptions.swap_remove(i);
                 retire(&mut self.retired, &gone.session.stats());

@@ -41,11 +41,26 @@ const _: () =
     assert!(NODE_FLAGS_KNOWN & FLAG_SUBSCRIBE != 0 && wire::FLAGS_KNOWN & FLAG_SUBSCRIBE == 0);
 const _: () = assert!(CHECKPOINTS_MAX >= 2);
 
+/// Why a [`RecordSink`] did not take a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendRefusal {
+    /// No room now (a reliable ring subscriber is behind): recovered by NAK and retransmit.
+    BackPressured,
+    /// The record is larger than the partition's ring takes: it never fits. The session is
+    /// refused (its STATUS carries END_OF_SESSION at the record's offset).
+    TooLarge,
+}
+
 /// Where accepted records go.
 pub trait RecordSink {
     /// Appends one record to partition `partition` (an index into the table's partition list);
-    /// returns its ring offset, or None when back-pressured (the record is not appended).
-    fn append(&mut self, partition: usize, record_type: u16, payload: &[u8]) -> Option<u64>;
+    /// returns its ring offset, or why it was not appended.
+    fn append(
+        &mut self,
+        partition: usize,
+        record_type: u16,
+        payload: &[u8],
+    ) -> Result<u64, AppendRefusal>;
 }
 
 /// Receiver limits and timers (from the node config).
@@ -87,6 +102,9 @@ pub struct ReceiverStats {
     pub drop_subscribe_queue_full: u64,
     /// Records not appended because the ring was back-pressured (recovered by NAK).
     pub ring_back_pressured: u64,
+    /// DATA frames of a session refused because a record is larger than the partition's ring
+    /// takes (the refusing frame and every later one of that session).
+    pub drop_record_too_large: u64,
     pub naks_sent: u64,
     pub status_sent: u64,
     pub sessions_opened: u64,
@@ -146,6 +164,9 @@ struct Session {
     window: u32,
     /// The partition's back-pressure count when this session last sent STATUS.
     pressure_seen: u64,
+    /// A record at `expected` never fits the partition's ring: nothing more is appended, and
+    /// every STATUS carries END_OF_SESSION (the publisher stops) until the session times out.
+    refused: bool,
 }
 
 impl Session {
@@ -425,6 +446,7 @@ impl SessionTable {
             durable: h.offset,
             window: self.cfg.window_bytes,
             pressure_seen: self.pressure.get(partition_idx).copied().unwrap_or(0),
+            refused: false,
         });
         self.index.insert(key, i);
         self.active.push(i);
@@ -493,6 +515,12 @@ impl SessionTable {
         if h.flags & FLAG_REPLY_REQUESTED != 0 {
             s.status_due = true;
         }
+        if s.refused {
+            // Answer every frame with the refusal: a lost STATUS is repeated, never a loop.
+            self.stats.drop_record_too_large += 1;
+            s.status_due = true;
+            return;
+        }
         let end = batch.end_offset();
         if end <= s.expected {
             self.stats.drop_duplicate += 1;
@@ -522,13 +550,19 @@ impl SessionTable {
                 break;
             }
             match sink.append(s.partition_idx, rec.record_type, rec.payload) {
-                Some(ring_offset) => {
+                Ok(ring_offset) => {
                     last_ring = Some(ring_offset);
                     s.expected = rec.offset + record_bytes(rec.payload.len()) as u64;
                     appended += 1;
                     self.stats.bytes_appended += rec.payload.len() as u64;
                 }
-                None => {
+                Err(AppendRefusal::TooLarge) => {
+                    self.stats.drop_record_too_large += 1;
+                    s.refused = true;
+                    s.status_due = true;
+                    break;
+                }
+                Err(AppendRefusal::BackPressured) => {
                     // The rest is dropped; frames behind it open a gap and are NAKed. The next
                     // STATUS (sent now) advertises a smaller window.
                     self.stats.ring_back_pressured += 1;
@@ -659,7 +693,10 @@ impl SessionTable {
         if !(s.status_due || s.setup_ack_due || periodic) {
             return None;
         }
-        let flags = if s.setup_ack_due { FLAG_SETUP_ACK } else { 0 };
+        let mut flags = if s.setup_ack_due { FLAG_SETUP_ACK } else { 0 };
+        if s.refused {
+            flags |= FLAG_END_OF_SESSION;
+        }
         let pressure = self.pressure.get(s.partition_idx).copied().unwrap_or(0);
         s.window = if pressure != s.pressure_seen {
             s.pressure_seen = pressure;
@@ -701,16 +738,25 @@ mod tests {
     struct VecSink {
         records: Vec<(usize, u16, Vec<u8>)>,
         refuse_after: Option<usize>,
+        payload_max: Option<usize>,
     }
 
     impl RecordSink for VecSink {
-        fn append(&mut self, partition: usize, record_type: u16, payload: &[u8]) -> Option<u64> {
+        fn append(
+            &mut self,
+            partition: usize,
+            record_type: u16,
+            payload: &[u8],
+        ) -> Result<u64, AppendRefusal> {
             if self.refuse_after.is_some_and(|n| self.records.len() >= n) {
-                return None;
+                return Err(AppendRefusal::BackPressured);
+            }
+            if payload.len() > self.payload_max.unwrap_or(usize::MAX) {
+                return Err(AppendRefusal::TooLarge);
             }
             self.records
                 .push((partition, record_type, payload.to_vec()));
-            Some(self.records.len() as u64 * 64)
+            Ok(self.records.len() as u64 * 64)
         }
     }
 
@@ -1009,6 +1055,30 @@ mod tests {
         sink.refuse_after = None;
         t.handle(2, src(), &data(1, 0, 0, &[1, 2, 3]), &mut sink);
         assert_eq!(values(&sink), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_record_too_large_for_the_ring_refuses_the_session() {
+        let mut t = table();
+        let mut sink = VecSink {
+            payload_max: Some(4),
+            ..Default::default()
+        };
+        t.handle(0, src(), &setup(1, 0, 0), &mut sink);
+        transmit_all(&mut t, 1);
+        t.handle(2, src(), &data(1, 0, 0, &[1]), &mut sink);
+        assert!(sink.records.is_empty());
+        assert_eq!(t.stats().drop_record_too_large, 1);
+        let sent = transmit_all(&mut t, 3);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].frame_type, FrameType::Status);
+        assert_eq!(sent[0].flags & FLAG_END_OF_SESSION, FLAG_END_OF_SESSION);
+        assert_eq!(sent[0].offset, 0, "the refused record's offset");
+        // A retransmission is answered with the refusal again, never appended.
+        t.handle(4, src(), &data(1, 0, 0, &[1]), &mut sink);
+        assert_eq!(t.stats().drop_record_too_large, 2);
+        assert_eq!(transmit_all(&mut t, 5).len(), 1);
+        assert!(sink.records.is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use dataplane::session::{RecordSink, SessionConfig, SessionTable};
+use dataplane::session::{AppendRefusal, RecordSink, SessionConfig, SessionTable};
 use libfuzzer_sys::fuzz_target;
 use xdp_programs::abi_consts::{FRAME_CRC32C_OFFSET, FRAME_LENGTH_OFFSET, FRAME_MAGIC, FRAME_VERSION};
 use xdp_programs::frame::{crc32c, HEADER_BYTES};
@@ -14,10 +14,20 @@ use xdp_programs::frame::{crc32c, HEADER_BYTES};
 struct CountSink(u64);
 
 impl RecordSink for CountSink {
-    fn append(&mut self, _partition: usize, _record_type: u16, _payload: &[u8]) -> Option<u64> {
+    fn append(
+        &mut self,
+        _partition: usize,
+        _record_type: u16,
+        payload: &[u8],
+    ) -> Result<u64, AppendRefusal> {
         self.0 += 1;
-        // Back-pressure now and then.
-        (self.0 % 17 != 0).then_some(self.0 * 64)
+        // Back-pressure now and then; a ring smaller than some records.
+        if payload.len() > 1000 {
+            return Err(AppendRefusal::TooLarge);
+        }
+        (self.0 % 17 != 0)
+            .then_some(self.0 * 64)
+            .ok_or(AppendRefusal::BackPressured)
     }
 }
 

@@ -171,6 +171,10 @@ pub enum NetOfferError {
     BackPressured,
     #[error("the session was closed")]
     Closed,
+    /// The node refused the record at session offset `offset` (it is larger than the
+    /// partition's ring takes) and ended the session (STATUS with END_OF_SESSION).
+    #[error("the node refused the record at session offset {offset} (larger than the partition's ring takes) and ended the session: send smaller records or recreate the partition's ring larger")]
+    Refused { offset: u64 },
 }
 
 /// Counters of one publisher session.
@@ -206,6 +210,8 @@ pub struct PublisherSession {
     connected: bool,
     closing: bool,
     end_announced: bool,
+    /// The node refused the record at this offset and ended the session.
+    refused: Option<u64>,
     setup_next_ns: u64,
     last_send_ns: u64,
     last_status_ns: u64,
@@ -230,6 +236,7 @@ impl PublisherSession {
             connected: false,
             closing: false,
             end_announced: false,
+            refused: None,
             setup_next_ns: 0,
             last_send_ns: 0,
             last_status_ns: 0,
@@ -278,6 +285,9 @@ impl PublisherSession {
     /// Copies one record into the retransmit buffer; it goes out with the next
     /// `poll_transmit` that the flow-control window allows. Returns its offset.
     pub fn offer(&mut self, record_type: u16, payload: &[u8]) -> Result<u64, NetOfferError> {
+        if let Some(offset) = self.refused {
+            return Err(NetOfferError::Refused { offset });
+        }
         if self.closing {
             return Err(NetOfferError::Closed);
         }
@@ -315,9 +325,14 @@ impl PublisherSession {
         self.closing = true;
     }
 
-    /// True after the END_OF_SESSION heartbeat went out.
+    /// True after the END_OF_SESSION heartbeat went out, or once the node refused the session.
     pub fn is_closed(&self) -> bool {
-        self.end_announced
+        self.end_announced || self.refused.is_some()
+    }
+
+    /// The session offset of the record the node refused (it ended the session), if it did.
+    pub fn refused_at(&self) -> Option<u64> {
+        self.refused
     }
 
     fn write_ring(&mut self, at: u64, bytes: &[u8]) {
@@ -397,6 +412,10 @@ impl PublisherSession {
                 if !self.connected {
                     return;
                 }
+                if h.flags & FLAG_END_OF_SESSION != 0 {
+                    // The node refused the record at h.offset: nothing more is sent.
+                    self.refused = Some(h.offset);
+                }
                 self.durable = self.durable.max(status.durable_offset.min(h.offset));
                 let release_to = match self.cfg.release {
                     Release::Consumed => h.offset,
@@ -448,6 +467,9 @@ impl PublisherSession {
     /// false when nothing is due. Order: SETUP (until acknowledged),
     /// retransmissions, new DATA within the window, heartbeat.
     pub fn poll_transmit(&mut self, now_ns: u64, out: &mut Vec<u8>) -> bool {
+        if self.refused.is_some() {
+            return false;
+        }
         if self.connected
             && now_ns.saturating_sub(self.last_status_ns) >= self.cfg.status_timeout_ns
         {
