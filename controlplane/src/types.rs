@@ -433,6 +433,7 @@ impl ClusterState {
         }
     }
 
+    /// One step per command kind; each checks everything before it changes anything.
     fn try_apply(&mut self, cmd: &Command) -> Result<CommandResponse, CommandRejection> {
         match cmd {
             Command::CreateStream {
@@ -442,241 +443,286 @@ impl ClusterState {
                 retention_bytes,
                 retention_ms,
                 mode,
-            } => {
-                validate_name(name)?;
-                if self.streams.contains_key(name) {
-                    return Err(CommandRejection::StreamExists { name: name.clone() });
-                }
-                if self.streams.len() >= STREAMS_MAX {
-                    return Err(limit("streams", STREAMS_MAX));
-                }
-                if *partitions == 0 || *partitions > PARTITIONS_MAX {
-                    return Err(invalid(
-                        "partitions",
-                        format!("must be 1..={PARTITIONS_MAX}"),
-                    ));
-                }
-                if *replication_factor == 0 || *replication_factor > REPLICATION_FACTOR_MAX {
-                    return Err(invalid(
-                        "replication_factor",
-                        format!("must be 1..={REPLICATION_FACTOR_MAX}"),
-                    ));
-                }
-                let live = self.live_nodes();
-                if live.len() < usize::from(*replication_factor) {
-                    return Err(CommandRejection::NotEnoughNodes {
-                        wanted: *replication_factor,
-                        live: live.len(),
-                    });
-                }
-                let id = self.next_stream_id;
-                self.next_stream_id = id
-                    .checked_add(1)
-                    .ok_or_else(|| limit("stream ids", u32::MAX as usize))?;
-                let assignments = (0..*partitions)
-                    .map(|p| {
-                        let start = (id as usize + p as usize) % live.len();
-                        let replicas: Vec<NodeId> = (0..usize::from(*replication_factor))
-                            .map(|k| live[(start + k) % live.len()])
-                            .collect();
-                        PartitionAssignment {
-                            stream_id: id,
-                            partition: p,
-                            leader: replicas[0],
-                            isr: replicas.clone(),
-                            replicas,
-                            leader_epoch: 1,
-                        }
-                    })
-                    .collect();
-                self.assignments.insert(id, assignments);
-                self.streams.insert(
-                    name.clone(),
-                    Stream {
-                        name: name.clone(),
-                        id,
-                        partitions: *partitions,
-                        replication_factor: *replication_factor,
-                        retention_bytes: *retention_bytes,
-                        retention_ms: *retention_ms,
-                        mode: *mode,
-                    },
-                );
-                Ok(CommandResponse::StreamCreated { stream_id: id })
-            }
-            Command::DeleteStream { name } => {
-                let s = self
-                    .streams
-                    .remove(name)
-                    .ok_or_else(|| CommandRejection::StreamNotFound { name: name.clone() })?;
-                self.assignments.remove(&s.id);
-                Ok(CommandResponse::Done)
-            }
-            Command::PutPrincipal(p) => {
-                validate_name(&p.name)?;
-                if !self.principals.contains_key(&p.name) && self.principals.len() >= PRINCIPALS_MAX
-                {
-                    return Err(limit("principals", PRINCIPALS_MAX));
-                }
-                self.principals.insert(p.name.clone(), p.clone());
-                Ok(CommandResponse::Done)
-            }
-            Command::DeletePrincipal { name } => {
-                self.principals
-                    .remove(name)
-                    .ok_or_else(|| CommandRejection::UnknownPrincipal { name: name.clone() })?;
-                self.acls.retain(|a| &a.principal != name);
-                self.quotas.remove(name);
-                Ok(CommandResponse::Done)
-            }
-            Command::PutAcl(acl) => {
-                self.require_principal(&acl.principal)?;
-                validate_pattern(&acl.resource_pattern)?;
-                if acl.operations.is_empty() {
-                    return Err(invalid("operations", "list at least one operation".into()));
-                }
-                if acl.source_cidrs.len() > ACL_SOURCE_CIDRS_MAX {
-                    return Err(invalid(
-                        "source_cidrs",
-                        format!("at most {ACL_SOURCE_CIDRS_MAX}"),
-                    ));
-                }
-                let same = |a: &Acl| {
-                    a.principal == acl.principal
-                        && a.resource_pattern == acl.resource_pattern
-                        && a.permission == acl.permission
-                };
-                if let Some(existing) = self.acls.iter_mut().find(|a| same(a)) {
-                    *existing = acl.clone();
-                } else {
-                    if self.acls.len() >= ACLS_MAX {
-                        return Err(limit("ACLs", ACLS_MAX));
-                    }
-                    self.acls.push(acl.clone());
-                }
-                Ok(CommandResponse::Done)
-            }
+            } => self.create_stream(Stream {
+                name: name.clone(),
+                id: self.next_stream_id,
+                partitions: *partitions,
+                replication_factor: *replication_factor,
+                retention_bytes: *retention_bytes,
+                retention_ms: *retention_ms,
+                mode: *mode,
+            }),
+            Command::DeleteStream { name } => self.delete_stream(name),
+            Command::PutPrincipal(p) => self.put_principal(p),
+            Command::DeletePrincipal { name } => self.delete_principal(name),
+            Command::PutAcl(acl) => self.put_acl(acl),
             Command::DeleteAcl {
                 principal,
                 resource_pattern,
-            } => {
-                self.require_principal(principal)?;
-                self.acls.retain(|a| {
-                    !(&a.principal == principal && &a.resource_pattern == resource_pattern)
-                });
-                Ok(CommandResponse::Done)
-            }
-            Command::PutQuota(q) => {
-                self.require_principal(&q.principal)?;
-                if q.bytes_per_s == 0 || q.burst_bytes == 0 {
-                    return Err(invalid(
-                        "quota",
-                        "bytes_per_s and burst_bytes must be > 0".into(),
-                    ));
-                }
-                self.quotas.insert(q.principal.clone(), q.clone());
-                Ok(CommandResponse::Done)
-            }
-            Command::DeleteQuota { principal } => {
-                self.require_principal(principal)?;
-                self.quotas.remove(principal);
-                Ok(CommandResponse::Done)
-            }
-            Command::RegisterNode(n) => {
-                if n.control_addr.len() > ADDR_LENGTH_MAX || n.data_addr.len() > ADDR_LENGTH_MAX {
-                    return Err(invalid("addr", format!("at most {ADDR_LENGTH_MAX} bytes")));
-                }
-                if !self.nodes.contains_key(&n.id) && self.nodes.len() >= NODES_MAX {
-                    return Err(limit("nodes", NODES_MAX));
-                }
-                self.nodes.insert(n.id, n.clone());
-                self.liveness.insert(n.id, NodeLiveness::Live);
-                Ok(CommandResponse::Done)
-            }
-            Command::RemoveNode { id } => {
-                self.nodes
-                    .remove(id)
-                    .ok_or(CommandRejection::UnknownNode { id: *id })?;
-                self.liveness.remove(id);
-                Ok(CommandResponse::Done)
-            }
-            Command::SetNodeLiveness { id, liveness } => {
-                if !self.nodes.contains_key(id) {
-                    return Err(CommandRejection::UnknownNode { id: *id });
-                }
-                self.liveness.insert(*id, *liveness);
-                Ok(CommandResponse::Done)
-            }
-            Command::AssignPartitions { assignments } => {
-                for a in assignments {
-                    let cur = self.assignment(a.stream_id, a.partition)?;
-                    if a.leader_epoch != cur.leader_epoch + 1 {
-                        return Err(CommandRejection::StaleEpoch {
-                            stream_id: a.stream_id,
-                            partition: a.partition,
-                            sent: a.leader_epoch,
-                            current: cur.leader_epoch,
-                        });
-                    }
-                    for n in a
-                        .replicas
-                        .iter()
-                        .chain(a.isr.iter())
-                        .chain(std::iter::once(&a.leader))
-                    {
-                        if !self.nodes.contains_key(n) {
-                            return Err(CommandRejection::UnknownNode { id: *n });
-                        }
-                    }
-                    if !a.replicas.contains(&a.leader) || !a.isr.contains(&a.leader) {
-                        return Err(invalid(
-                            "assignment",
-                            "the leader must be a replica and in sync".into(),
-                        ));
-                    }
-                }
-                for a in assignments {
-                    let slot = self.assignment_mut(a.stream_id, a.partition)?;
-                    *slot = a.clone();
-                }
-                Ok(CommandResponse::Done)
-            }
+            } => self.delete_acl(principal, resource_pattern),
+            Command::PutQuota(q) => self.put_quota(q),
+            Command::DeleteQuota { principal } => self.delete_quota(principal),
+            Command::RegisterNode(n) => self.register_node(n),
+            Command::RemoveNode { id } => self.remove_node(*id),
+            Command::SetNodeLiveness { id, liveness } => self.set_node_liveness(*id, *liveness),
+            Command::AssignPartitions { assignments } => self.assign_partitions(assignments),
             Command::UpdateIsr {
                 stream_id,
                 partition,
                 leader,
                 leader_epoch,
                 isr,
-            } => {
-                let cur = self.assignment(*stream_id, *partition)?;
-                if *leader_epoch != cur.leader_epoch {
-                    return Err(CommandRejection::StaleEpoch {
-                        stream_id: *stream_id,
-                        partition: *partition,
-                        sent: *leader_epoch,
-                        current: cur.leader_epoch,
-                    });
-                }
-                if *leader != cur.leader {
-                    return Err(CommandRejection::NotPartitionLeader {
-                        stream_id: *stream_id,
-                        partition: *partition,
-                        sender: *leader,
-                        leader: cur.leader,
-                    });
-                }
-                if !isr.contains(leader) || isr.iter().any(|n| !cur.replicas.contains(n)) {
-                    return Err(invalid(
-                        "isr",
-                        "must contain the leader and only replicas".into(),
-                    ));
-                }
-                let isr = isr.clone();
-                self.assignment_mut(*stream_id, *partition)?.isr = isr;
-                Ok(CommandResponse::Done)
-            }
+            } => self.update_isr(*stream_id, *partition, (*leader, *leader_epoch), isr),
             Command::Noop => Ok(CommandResponse::Done),
         }
+    }
+
+    /// Creates `stream` under the next stream id (whatever `stream.id` says) and places its
+    /// partitions round-robin over the live nodes.
+    fn create_stream(&mut self, mut stream: Stream) -> Result<CommandResponse, CommandRejection> {
+        let live = self.check_new_stream(&stream)?;
+        let id = self.next_stream_id;
+        stream.id = id;
+        self.next_stream_id = id
+            .checked_add(1)
+            .ok_or_else(|| limit("stream ids", u32::MAX as usize))?;
+        let assignments = place_partitions(id, stream.partitions, stream.replication_factor, &live);
+        self.assignments.insert(id, assignments);
+        self.streams.insert(stream.name.clone(), stream);
+        Ok(CommandResponse::StreamCreated { stream_id: id })
+    }
+
+    /// Validates a new stream; returns the live nodes its replicas go to.
+    fn check_new_stream(&self, stream: &Stream) -> Result<Vec<NodeId>, CommandRejection> {
+        let name = &stream.name;
+        validate_name(name)?;
+        if self.streams.contains_key(name) {
+            return Err(CommandRejection::StreamExists { name: name.clone() });
+        }
+        if self.streams.len() >= STREAMS_MAX {
+            return Err(limit("streams", STREAMS_MAX));
+        }
+        if stream.partitions == 0 || stream.partitions > PARTITIONS_MAX {
+            return Err(invalid(
+                "partitions",
+                format!("must be 1..={PARTITIONS_MAX}"),
+            ));
+        }
+        let rf = stream.replication_factor;
+        if rf == 0 || rf > REPLICATION_FACTOR_MAX {
+            return Err(invalid(
+                "replication_factor",
+                format!("must be 1..={REPLICATION_FACTOR_MAX}"),
+            ));
+        }
+        let live = self.live_nodes();
+        if live.len() < usize::from(rf) {
+            return Err(CommandRejection::NotEnoughNodes {
+                wanted: rf,
+                live: live.len(),
+            });
+        }
+        Ok(live)
+    }
+
+    fn delete_stream(&mut self, name: &str) -> Result<CommandResponse, CommandRejection> {
+        let s = self
+            .streams
+            .remove(name)
+            .ok_or_else(|| CommandRejection::StreamNotFound { name: name.into() })?;
+        self.assignments.remove(&s.id);
+        Ok(CommandResponse::Done)
+    }
+
+    fn put_principal(&mut self, p: &Principal) -> Result<CommandResponse, CommandRejection> {
+        validate_name(&p.name)?;
+        if !self.principals.contains_key(&p.name) && self.principals.len() >= PRINCIPALS_MAX {
+            return Err(limit("principals", PRINCIPALS_MAX));
+        }
+        self.principals.insert(p.name.clone(), p.clone());
+        Ok(CommandResponse::Done)
+    }
+
+    /// Removes the principal with its ACLs and quota.
+    fn delete_principal(&mut self, name: &str) -> Result<CommandResponse, CommandRejection> {
+        self.principals
+            .remove(name)
+            .ok_or_else(|| CommandRejection::UnknownPrincipal { name: name.into() })?;
+        self.acls.retain(|a| a.principal != name);
+        self.quotas.remove(name);
+        Ok(CommandResponse::Done)
+    }
+
+    /// Adds the ACL, or replaces the one with the same principal, pattern and permission.
+    fn put_acl(&mut self, acl: &Acl) -> Result<CommandResponse, CommandRejection> {
+        self.require_principal(&acl.principal)?;
+        validate_pattern(&acl.resource_pattern)?;
+        if acl.operations.is_empty() {
+            return Err(invalid("operations", "list at least one operation".into()));
+        }
+        if acl.source_cidrs.len() > ACL_SOURCE_CIDRS_MAX {
+            return Err(invalid(
+                "source_cidrs",
+                format!("at most {ACL_SOURCE_CIDRS_MAX}"),
+            ));
+        }
+        let same = |a: &Acl| {
+            a.principal == acl.principal
+                && a.resource_pattern == acl.resource_pattern
+                && a.permission == acl.permission
+        };
+        if let Some(existing) = self.acls.iter_mut().find(|a| same(a)) {
+            *existing = acl.clone();
+        } else {
+            if self.acls.len() >= ACLS_MAX {
+                return Err(limit("ACLs", ACLS_MAX));
+            }
+            self.acls.push(acl.clone());
+        }
+        Ok(CommandResponse::Done)
+    }
+
+    fn delete_acl(
+        &mut self,
+        principal: &str,
+        resource_pattern: &str,
+    ) -> Result<CommandResponse, CommandRejection> {
+        self.require_principal(principal)?;
+        self.acls
+            .retain(|a| !(a.principal == principal && a.resource_pattern == resource_pattern));
+        Ok(CommandResponse::Done)
+    }
+
+    fn put_quota(&mut self, q: &Quota) -> Result<CommandResponse, CommandRejection> {
+        self.require_principal(&q.principal)?;
+        if q.bytes_per_s == 0 || q.burst_bytes == 0 {
+            return Err(invalid(
+                "quota",
+                "bytes_per_s and burst_bytes must be > 0".into(),
+            ));
+        }
+        self.quotas.insert(q.principal.clone(), q.clone());
+        Ok(CommandResponse::Done)
+    }
+
+    fn delete_quota(&mut self, principal: &str) -> Result<CommandResponse, CommandRejection> {
+        self.require_principal(principal)?;
+        self.quotas.remove(principal);
+        Ok(CommandResponse::Done)
+    }
+
+    /// Adds or updates a node's addresses; a (re-)registered node is live.
+    fn register_node(&mut self, n: &NodeInfo) -> Result<CommandResponse, CommandRejection> {
+        if n.control_addr.len() > ADDR_LENGTH_MAX || n.data_addr.len() > ADDR_LENGTH_MAX {
+            return Err(invalid("addr", format!("at most {ADDR_LENGTH_MAX} bytes")));
+        }
+        if !self.nodes.contains_key(&n.id) && self.nodes.len() >= NODES_MAX {
+            return Err(limit("nodes", NODES_MAX));
+        }
+        self.nodes.insert(n.id, n.clone());
+        self.liveness.insert(n.id, NodeLiveness::Live);
+        Ok(CommandResponse::Done)
+    }
+
+    fn remove_node(&mut self, id: NodeId) -> Result<CommandResponse, CommandRejection> {
+        self.nodes
+            .remove(&id)
+            .ok_or(CommandRejection::UnknownNode { id })?;
+        self.liveness.remove(&id);
+        Ok(CommandResponse::Done)
+    }
+
+    fn set_node_liveness(
+        &mut self,
+        id: NodeId,
+        liveness: NodeLiveness,
+    ) -> Result<CommandResponse, CommandRejection> {
+        if !self.nodes.contains_key(&id) {
+            return Err(CommandRejection::UnknownNode { id });
+        }
+        self.liveness.insert(id, liveness);
+        Ok(CommandResponse::Done)
+    }
+
+    /// Compare-and-set: every assignment is checked before any is stored.
+    fn assign_partitions(
+        &mut self,
+        assignments: &[PartitionAssignment],
+    ) -> Result<CommandResponse, CommandRejection> {
+        for a in assignments {
+            self.check_assignment(a)?;
+        }
+        for a in assignments {
+            let slot = self.assignment_mut(a.stream_id, a.partition)?;
+            *slot = a.clone();
+        }
+        Ok(CommandResponse::Done)
+    }
+
+    /// `a` carries the current epoch + 1, names registered nodes only, and its leader is a
+    /// replica in sync.
+    fn check_assignment(&self, a: &PartitionAssignment) -> Result<(), CommandRejection> {
+        let cur = self.assignment(a.stream_id, a.partition)?;
+        if a.leader_epoch != cur.leader_epoch + 1 {
+            return Err(CommandRejection::StaleEpoch {
+                stream_id: a.stream_id,
+                partition: a.partition,
+                sent: a.leader_epoch,
+                current: cur.leader_epoch,
+            });
+        }
+        for n in a
+            .replicas
+            .iter()
+            .chain(a.isr.iter())
+            .chain(std::iter::once(&a.leader))
+        {
+            if !self.nodes.contains_key(n) {
+                return Err(CommandRejection::UnknownNode { id: *n });
+            }
+        }
+        if !a.replicas.contains(&a.leader) || !a.isr.contains(&a.leader) {
+            return Err(invalid(
+                "assignment",
+                "the leader must be a replica and in sync".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The partition leader's report of its in-sync set, fenced by its `(leader, epoch)`.
+    fn update_isr(
+        &mut self,
+        stream_id: u32,
+        partition: u16,
+        (leader, leader_epoch): (NodeId, u64),
+        isr: &[NodeId],
+    ) -> Result<CommandResponse, CommandRejection> {
+        let cur = self.assignment(stream_id, partition)?;
+        if leader_epoch != cur.leader_epoch {
+            return Err(CommandRejection::StaleEpoch {
+                stream_id,
+                partition,
+                sent: leader_epoch,
+                current: cur.leader_epoch,
+            });
+        }
+        if leader != cur.leader {
+            return Err(CommandRejection::NotPartitionLeader {
+                stream_id,
+                partition,
+                sender: leader,
+                leader: cur.leader,
+            });
+        }
+        if !isr.contains(&leader) || isr.iter().any(|n| !cur.replicas.contains(n)) {
+            return Err(invalid(
+                "isr",
+                "must contain the leader and only replicas".into(),
+            ));
+        }
+        self.assignment_mut(stream_id, partition)?.isr = isr.to_vec();
+        Ok(CommandResponse::Done)
     }
 
     fn require_principal(&self, name: &str) -> Result<(), CommandRejection> {
@@ -717,6 +763,32 @@ impl ClusterState {
                 partition,
             })
     }
+}
+
+/// Partition `p` of stream `id` gets `replication_factor` consecutive live nodes starting at
+/// `(id + p) % live.len()`; the first one leads. `live` holds at least `replication_factor` nodes.
+fn place_partitions(
+    id: u32,
+    partitions: u16,
+    replication_factor: u8,
+    live: &[NodeId],
+) -> Vec<PartitionAssignment> {
+    (0..partitions)
+        .map(|p| {
+            let start = (id as usize + p as usize) % live.len();
+            let replicas: Vec<NodeId> = (0..usize::from(replication_factor))
+                .map(|k| live[(start + k) % live.len()])
+                .collect();
+            PartitionAssignment {
+                stream_id: id,
+                partition: p,
+                leader: replicas[0],
+                isr: replicas.clone(),
+                replicas,
+                leader_epoch: 1,
+            }
+        })
+        .collect()
 }
 
 fn limit(what: &str, max: usize) -> CommandRejection {

@@ -3,6 +3,8 @@
 //! JSON document on stdout). Exit status: 0 ok, 1 the call failed (the
 //! message says what to do), 2 usage error.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -385,24 +387,54 @@ fn op_pb(o: Op) -> i32 {
     }) as i32
 }
 
+/// Prints a one-line confirmation (a JSON object with `--json`).
+fn done(cli: &Cli, what: String) {
+    if cli.json {
+        println!("{}", json!({"ok": true, "done": what}));
+    } else {
+        println!("{what}");
+    }
+}
+
+/// Comma-separated node ids.
+fn id_list(v: &[u64]) -> String {
+    v.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One step per subcommand group.
 async fn run(cli: &Cli) -> Result<(), String> {
-    let json_out = cli.json;
-    let done = |what: String| {
-        if json_out {
-            println!("{}", json!({"ok": true, "done": what}));
-        } else {
-            println!("{what}");
-        }
-    };
     match &cli.cmd {
-        Cmd::Stream(StreamCmd::Create {
+        Cmd::Stream(c) => stream(cli, c).await,
+        Cmd::Acl(c) => acl(cli, c).await,
+        Cmd::Principal(c) => principal(cli, c).await,
+        Cmd::Quota(c) => quota(cli, c).await,
+        Cmd::Node(c) => node(cli, c).await,
+        Cmd::Cluster(ClusterCmd::Status) => cluster_status(cli).await,
+        Cmd::Leader(LeaderCmd::Transfer { to }) => {
+            let r = call!(
+                cli,
+                transfer_leadership,
+                pb::TransferLeadershipRequest { to: *to }
+            )?;
+            done(cli, format!("node {} leads", r.leader));
+            Ok(())
+        }
+    }
+}
+
+async fn stream(cli: &Cli, cmd: &StreamCmd) -> Result<(), String> {
+    match cmd {
+        StreamCmd::Create {
             name,
             partitions,
             replication_factor,
             retention_bytes,
             retention_ms,
             mode,
-        }) => {
+        } => {
             let req = pb::CreateStreamRequest {
                 name: name.clone(),
                 partitions: *partitions,
@@ -416,110 +448,118 @@ async fn run(cli: &Cli) -> Result<(), String> {
             };
             let r = call!(cli, create_stream, req)?;
             let s = r.stream.unwrap_or_default();
-            if json_out {
+            if cli.json {
                 println!("{}", stream_json(&s));
             } else {
                 println!("created stream {} (id {})", s.name, s.id);
             }
         }
-        Cmd::Stream(StreamCmd::List) => {
+        StreamCmd::List => {
             let r = call!(cli, list_streams, pb::ListStreamsRequest {})?;
-            if json_out {
-                let v: Vec<Value> = r.streams.iter().map(stream_json).collect();
-                println!("{}", Value::Array(v));
-            } else {
-                table(
-                    &[
-                        "NAME",
-                        "ID",
-                        "PARTITIONS",
-                        "RF",
-                        "MODE",
-                        "RETENTION_BYTES",
-                        "RETENTION_MS",
-                    ],
-                    r.streams
-                        .iter()
-                        .map(|s| {
-                            vec![
-                                s.name.clone(),
-                                s.id.to_string(),
-                                s.partitions.to_string(),
-                                s.replication_factor.to_string(),
-                                mode_name(s.mode).to_string(),
-                                s.retention_bytes.to_string(),
-                                s.retention_ms.to_string(),
-                            ]
-                        })
-                        .collect(),
-                );
-            }
+            print_streams(cli, &r.streams);
         }
-        Cmd::Stream(StreamCmd::Describe { name }) => {
+        StreamCmd::Describe { name } => {
             let r = call!(
                 cli,
                 describe_stream,
                 pb::DescribeStreamRequest { name: name.clone() }
             )?;
-            let s = r.stream.unwrap_or_default();
-            if json_out {
-                let mut v = stream_json(&s);
-                v["partitions_detail"] = r
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        json!({"partition": p.partition, "leader": p.leader, "replicas": p.replicas,
-                               "isr": p.isr, "leader_epoch": p.leader_epoch})
-                    })
-                    .collect();
-                println!("{v}");
-            } else {
-                println!(
-                    "stream {} (id {}, {} partitions, rf {}, {})",
-                    s.name,
-                    s.id,
-                    s.partitions,
-                    s.replication_factor,
-                    mode_name(s.mode)
-                );
-                let list = |v: &[u64]| {
-                    v.iter()
-                        .map(|n| n.to_string())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                };
-                table(
-                    &["PARTITION", "LEADER", "REPLICAS", "ISR", "EPOCH"],
-                    r.partitions
-                        .iter()
-                        .map(|p| {
-                            vec![
-                                p.partition.to_string(),
-                                p.leader.to_string(),
-                                list(&p.replicas),
-                                list(&p.isr),
-                                p.leader_epoch.to_string(),
-                            ]
-                        })
-                        .collect(),
-                );
-            }
+            print_stream_detail(cli, &r);
         }
-        Cmd::Stream(StreamCmd::Delete { name }) => {
+        StreamCmd::Delete { name } => {
             call!(
                 cli,
                 delete_stream,
                 pb::DeleteStreamRequest { name: name.clone() }
             )?;
-            done(format!("deleted stream {name}"));
+            done(cli, format!("deleted stream {name}"));
         }
-        Cmd::Acl(AclCmd::Put {
+    }
+    Ok(())
+}
+
+fn print_streams(cli: &Cli, streams: &[pb::Stream]) {
+    if cli.json {
+        let v: Vec<Value> = streams.iter().map(stream_json).collect();
+        println!("{}", Value::Array(v));
+        return;
+    }
+    table(
+        &[
+            "NAME",
+            "ID",
+            "PARTITIONS",
+            "RF",
+            "MODE",
+            "RETENTION_BYTES",
+            "RETENTION_MS",
+        ],
+        streams
+            .iter()
+            .map(|s| {
+                vec![
+                    s.name.clone(),
+                    s.id.to_string(),
+                    s.partitions.to_string(),
+                    s.replication_factor.to_string(),
+                    mode_name(s.mode).to_string(),
+                    s.retention_bytes.to_string(),
+                    s.retention_ms.to_string(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+fn print_stream_detail(cli: &Cli, r: &pb::DescribeStreamReply) {
+    let s = r.stream.clone().unwrap_or_default();
+    if cli.json {
+        let mut v = stream_json(&s);
+        v["partitions_detail"] = r
+            .partitions
+            .iter()
+            .map(|p| {
+                json!({"partition": p.partition, "leader": p.leader, "replicas": p.replicas,
+                       "isr": p.isr, "leader_epoch": p.leader_epoch})
+            })
+            .collect();
+        println!("{v}");
+        return;
+    }
+    println!(
+        "stream {} (id {}, {} partitions, rf {}, {})",
+        s.name,
+        s.id,
+        s.partitions,
+        s.replication_factor,
+        mode_name(s.mode)
+    );
+    table(
+        &["PARTITION", "LEADER", "REPLICAS", "ISR", "EPOCH"],
+        r.partitions
+            .iter()
+            .map(|p| {
+                vec![
+                    p.partition.to_string(),
+                    p.leader.to_string(),
+                    id_list(&p.replicas),
+                    id_list(&p.isr),
+                    p.leader_epoch.to_string(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+async fn acl(cli: &Cli, cmd: &AclCmd) -> Result<(), String> {
+    match cmd {
+        AclCmd::Put {
             principal,
             resource,
             ops,
             deny,
             sources,
-        }) => {
+        } => {
             let acl = pb::Acl {
                 principal: principal.clone(),
                 resource_pattern: resource.clone(),
@@ -532,12 +572,15 @@ async fn run(cli: &Cli) -> Result<(), String> {
                 source_cidrs: sources.clone(),
             };
             call!(cli, put_acl, pb::PutAclRequest { acl: Some(acl) })?;
-            done(format!(
-                "{} ACL for {principal} on {resource} stored",
-                if *deny { "deny" } else { "allow" }
-            ));
+            done(
+                cli,
+                format!(
+                    "{} ACL for {principal} on {resource} stored",
+                    if *deny { "deny" } else { "allow" }
+                ),
+            );
         }
-        Cmd::Acl(AclCmd::List { principal }) => {
+        AclCmd::List { principal } => {
             let r = call!(
                 cli,
                 list_acls,
@@ -545,42 +588,12 @@ async fn run(cli: &Cli) -> Result<(), String> {
                     principal: principal.clone().unwrap_or_default()
                 }
             )?;
-            if json_out {
-                println!("{}", Value::Array(r.acls.iter().map(acl_json).collect()));
-            } else {
-                table(
-                    &[
-                        "PRINCIPAL",
-                        "RESOURCE",
-                        "PERMISSION",
-                        "OPERATIONS",
-                        "SOURCES",
-                    ],
-                    r.acls
-                        .iter()
-                        .map(|a| {
-                            let ops: Vec<&str> = a.operations.iter().map(|&o| op_name(o)).collect();
-                            vec![
-                                a.principal.clone(),
-                                a.resource_pattern.clone(),
-                                if a.permission == pb::Permission::Deny as i32 {
-                                    "deny"
-                                } else {
-                                    "allow"
-                                }
-                                .into(),
-                                ops.join(","),
-                                a.source_cidrs.join(","),
-                            ]
-                        })
-                        .collect(),
-                );
-            }
+            print_acls(cli, &r.acls);
         }
-        Cmd::Acl(AclCmd::Delete {
+        AclCmd::Delete {
             principal,
             resource,
-        }) => {
+        } => {
             call!(
                 cli,
                 delete_acl,
@@ -589,19 +602,61 @@ async fn run(cli: &Cli) -> Result<(), String> {
                     resource_pattern: resource.clone()
                 }
             )?;
-            done(format!("deleted the ACLs of {principal} on {resource}"));
+            done(
+                cli,
+                format!("deleted the ACLs of {principal} on {resource}"),
+            );
         }
-        Cmd::Principal(PrincipalCmd::Create { name }) => {
+    }
+    Ok(())
+}
+
+fn print_acls(cli: &Cli, acls: &[pb::Acl]) {
+    if cli.json {
+        println!("{}", Value::Array(acls.iter().map(acl_json).collect()));
+        return;
+    }
+    table(
+        &[
+            "PRINCIPAL",
+            "RESOURCE",
+            "PERMISSION",
+            "OPERATIONS",
+            "SOURCES",
+        ],
+        acls.iter()
+            .map(|a| {
+                let ops: Vec<&str> = a.operations.iter().map(|&o| op_name(o)).collect();
+                vec![
+                    a.principal.clone(),
+                    a.resource_pattern.clone(),
+                    if a.permission == pb::Permission::Deny as i32 {
+                        "deny"
+                    } else {
+                        "allow"
+                    }
+                    .into(),
+                    ops.join(","),
+                    a.source_cidrs.join(","),
+                ]
+            })
+            .collect(),
+    );
+}
+
+async fn principal(cli: &Cli, cmd: &PrincipalCmd) -> Result<(), String> {
+    match cmd {
+        PrincipalCmd::Create { name } => {
             call!(
                 cli,
                 put_principal,
                 pb::PutPrincipalRequest { name: name.clone() }
             )?;
-            done(format!("principal {name} stored"));
+            done(cli, format!("principal {name} stored"));
         }
-        Cmd::Principal(PrincipalCmd::List) => {
+        PrincipalCmd::List => {
             let r = call!(cli, list_principals, pb::ListPrincipalsRequest {})?;
-            if json_out {
+            if cli.json {
                 println!("{}", json!(r.names));
             } else {
                 table(
@@ -610,58 +665,41 @@ async fn run(cli: &Cli) -> Result<(), String> {
                 );
             }
         }
-        Cmd::Principal(PrincipalCmd::Delete { name }) => {
+        PrincipalCmd::Delete { name } => {
             call!(
                 cli,
                 delete_principal,
                 pb::DeletePrincipalRequest { name: name.clone() }
             )?;
-            done(format!(
-                "principal {name} deleted (with its ACLs and quota)"
-            ));
+            done(
+                cli,
+                format!("principal {name} deleted (with its ACLs and quota)"),
+            );
         }
-        Cmd::Quota(QuotaCmd::Put {
+    }
+    Ok(())
+}
+
+async fn quota(cli: &Cli, cmd: &QuotaCmd) -> Result<(), String> {
+    match cmd {
+        QuotaCmd::Put {
             principal,
             bytes_per_s,
             burst_bytes,
-        }) => {
+        } => {
             let quota = pb::Quota {
                 principal: principal.clone(),
                 bytes_per_s: *bytes_per_s,
                 burst_bytes: *burst_bytes,
             };
             call!(cli, put_quota, pb::PutQuotaRequest { quota: Some(quota) })?;
-            done(format!("quota of {principal} stored"));
+            done(cli, format!("quota of {principal} stored"));
         }
-        Cmd::Quota(QuotaCmd::List) => {
+        QuotaCmd::List => {
             let r = call!(cli, list_quotas, pb::ListQuotasRequest {})?;
-            if json_out {
-                let v: Vec<Value> = r
-                    .quotas
-                    .iter()
-                    .map(|q| {
-                        json!({"principal": q.principal, "bytes_per_s": q.bytes_per_s,
-                               "burst_bytes": q.burst_bytes})
-                    })
-                    .collect();
-                println!("{}", Value::Array(v));
-            } else {
-                table(
-                    &["PRINCIPAL", "BYTES_PER_S", "BURST_BYTES"],
-                    r.quotas
-                        .iter()
-                        .map(|q| {
-                            vec![
-                                q.principal.clone(),
-                                q.bytes_per_s.to_string(),
-                                q.burst_bytes.to_string(),
-                            ]
-                        })
-                        .collect(),
-                );
-            }
+            print_quotas(cli, &r.quotas);
         }
-        Cmd::Quota(QuotaCmd::Delete { principal }) => {
+        QuotaCmd::Delete { principal } => {
             call!(
                 cli,
                 delete_quota,
@@ -669,39 +707,46 @@ async fn run(cli: &Cli) -> Result<(), String> {
                     principal: principal.clone()
                 }
             )?;
-            done(format!("quota of {principal} deleted"));
+            done(cli, format!("quota of {principal} deleted"));
         }
-        Cmd::Node(NodeCmd::List) => {
+    }
+    Ok(())
+}
+
+fn print_quotas(cli: &Cli, quotas: &[pb::Quota]) {
+    if cli.json {
+        let v: Vec<Value> = quotas
+            .iter()
+            .map(|q| {
+                json!({"principal": q.principal, "bytes_per_s": q.bytes_per_s,
+                       "burst_bytes": q.burst_bytes})
+            })
+            .collect();
+        println!("{}", Value::Array(v));
+        return;
+    }
+    table(
+        &["PRINCIPAL", "BYTES_PER_S", "BURST_BYTES"],
+        quotas
+            .iter()
+            .map(|q| {
+                vec![
+                    q.principal.clone(),
+                    q.bytes_per_s.to_string(),
+                    q.burst_bytes.to_string(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+async fn node(cli: &Cli, cmd: &NodeCmd) -> Result<(), String> {
+    match cmd {
+        NodeCmd::List => {
             let r = call!(cli, list_nodes, pb::ListNodesRequest {})?;
-            if json_out {
-                let v: Vec<Value> = r
-                    .nodes
-                    .iter()
-                    .map(|n| {
-                        json!({"id": n.id, "control_addr": n.control_addr, "data_addr": n.data_addr,
-                               "voter": n.voter, "live": n.live})
-                    })
-                    .collect();
-                println!("{}", Value::Array(v));
-            } else {
-                table(
-                    &["ID", "CONTROL", "DATA", "ROLE", "LIVE"],
-                    r.nodes
-                        .iter()
-                        .map(|n| {
-                            vec![
-                                n.id.to_string(),
-                                n.control_addr.clone(),
-                                n.data_addr.clone(),
-                                if n.voter { "voter" } else { "learner" }.into(),
-                                if n.live { "yes" } else { "no" }.into(),
-                            ]
-                        })
-                        .collect(),
-                );
-            }
+            print_nodes(cli, &r.nodes);
         }
-        Cmd::Node(NodeCmd::Add { id, control, data }) => {
+        NodeCmd::Add { id, control, data } => {
             call!(
                 cli,
                 add_member,
@@ -711,63 +756,80 @@ async fn run(cli: &Cli) -> Result<(), String> {
                     data_addr: data.clone()
                 }
             )?;
-            done(format!("node {id} added as a voter"));
+            done(cli, format!("node {id} added as a voter"));
         }
-        Cmd::Node(NodeCmd::Remove { id }) => {
+        NodeCmd::Remove { id } => {
             call!(cli, remove_member, pb::RemoveMemberRequest { id: *id })?;
-            done(format!("node {id} removed"));
-        }
-        Cmd::Cluster(ClusterCmd::Status) => {
-            let r = call!(cli, cluster_status, pb::ClusterStatusRequest {})?;
-            if json_out {
-                let members: Vec<Value> = r
-                    .members
-                    .iter()
-                    .map(|m| json!({"id": m.id, "matched_index": m.matched_index, "lag": m.lag, "voter": m.voter}))
-                    .collect();
-                println!(
-                    "{}",
-                    json!({"node_id": r.node_id, "role": r.role, "leader": r.leader,
-                           "leader_addr": r.leader_addr, "term": r.term,
-                           "commit_index": r.commit_index, "applied_index": r.applied_index,
-                           "members": members})
-                );
-            } else {
-                println!(
-                    "node {} ({}), leader {} ({}), term {}, commit index {}, applied index {}",
-                    r.node_id,
-                    r.role,
-                    r.leader,
-                    r.leader_addr,
-                    r.term,
-                    r.commit_index,
-                    r.applied_index
-                );
-                table(
-                    &["MEMBER", "ROLE", "MATCHED", "LAG"],
-                    r.members
-                        .iter()
-                        .map(|m| {
-                            vec![
-                                m.id.to_string(),
-                                if m.voter { "voter" } else { "learner" }.into(),
-                                m.matched_index.to_string(),
-                                m.lag.to_string(),
-                            ]
-                        })
-                        .collect(),
-                );
-            }
-        }
-        Cmd::Leader(LeaderCmd::Transfer { to }) => {
-            let r = call!(
-                cli,
-                transfer_leadership,
-                pb::TransferLeadershipRequest { to: *to }
-            )?;
-            done(format!("node {} leads", r.leader));
+            done(cli, format!("node {id} removed"));
         }
     }
+    Ok(())
+}
+
+fn print_nodes(cli: &Cli, nodes: &[pb::Node]) {
+    if cli.json {
+        let v: Vec<Value> = nodes
+            .iter()
+            .map(|n| {
+                json!({"id": n.id, "control_addr": n.control_addr, "data_addr": n.data_addr,
+                       "voter": n.voter, "live": n.live})
+            })
+            .collect();
+        println!("{}", Value::Array(v));
+        return;
+    }
+    table(
+        &["ID", "CONTROL", "DATA", "ROLE", "LIVE"],
+        nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    n.id.to_string(),
+                    n.control_addr.clone(),
+                    n.data_addr.clone(),
+                    if n.voter { "voter" } else { "learner" }.into(),
+                    if n.live { "yes" } else { "no" }.into(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+async fn cluster_status(cli: &Cli) -> Result<(), String> {
+    let r = call!(cli, cluster_status, pb::ClusterStatusRequest {})?;
+    if cli.json {
+        let members: Vec<Value> = r
+            .members
+            .iter()
+            .map(|m| json!({"id": m.id, "matched_index": m.matched_index, "lag": m.lag, "voter": m.voter}))
+            .collect();
+        println!(
+            "{}",
+            json!({"node_id": r.node_id, "role": r.role, "leader": r.leader,
+                   "leader_addr": r.leader_addr, "term": r.term,
+                   "commit_index": r.commit_index, "applied_index": r.applied_index,
+                   "members": members})
+        );
+        return Ok(());
+    }
+    println!(
+        "node {} ({}), leader {} ({}), term {}, commit index {}, applied index {}",
+        r.node_id, r.role, r.leader, r.leader_addr, r.term, r.commit_index, r.applied_index
+    );
+    table(
+        &["MEMBER", "ROLE", "MATCHED", "LAG"],
+        r.members
+            .iter()
+            .map(|m| {
+                vec![
+                    m.id.to_string(),
+                    if m.voter { "voter" } else { "learner" }.into(),
+                    m.matched_index.to_string(),
+                    m.lag.to_string(),
+                ]
+            })
+            .collect(),
+    );
     Ok(())
 }
 
