@@ -4,13 +4,15 @@
 # everything is present. Hugepages are reserved by scripts/hugepages.sh.
 #
 #   scripts/setup.sh            packages needed to build, run and bench
-#   scripts/setup.sh --test     also the tools the test suite needs (cargo-fuzz)
+#   scripts/setup.sh --test     also the tools the test suite needs (cargo-fuzz), and checks
+#                               that every tool the privileged tests call is on PATH
 set -euo pipefail
 
 APT_PACKAGES=(
   fio          # storage bench peer (ms-bench storage)
-  iproute2     # ip netns / veth / tc netem for data-plane and control-plane tests
-  util-linux   # mount, taskset
+  iproute2     # ip netns / veth for data-plane and control-plane tests and the demo
+  util-linux   # taskset, mountpoint; unshare and setpriv for tests
+  mount        # mount / umount: hugetlbfs (scripts/hugepages.sh) and test mounts
   pkg-config
   clang llvm libbpf-dev      # xdp-programs: C XDP programs built with clang -target bpf
   m4 libelf-dev zlib1g-dev   # xsk-rs (AF_XDP) builds its vendored libxdp/libbpf
@@ -45,10 +47,23 @@ for c in rustfmt clippy; do
   fi
 done
 
+# The programs privileged tests run (testkit::require! fails them under `make test` when one is
+# missing). The kernel parts they need (network namespaces, veth, XDP, AF_XDP, hugetlbfs)
+# cannot be installed here; bpffs is mounted by the XDP loader itself.
+TEST_TOOLS=(ip ethtool unshare setpriv mount umount mountpoint)
+
 if [[ "${1:-}" == "--test" ]]; then
   if ! cargo fuzz --version >/dev/null 2>&1; then
     log "installing cargo-fuzz (crates.io)"
     cargo install --locked cargo-fuzz --version 0.12.0 >/dev/null
+  fi
+  absent=()
+  for t in "${TEST_TOOLS[@]}"; do
+    command -v "$t" >/dev/null 2>&1 || absent+=("$t")
+  done
+  if ((${#absent[@]})); then
+    echo "[setup] not on PATH after installing the packages above: ${absent[*]}" >&2
+    exit 1
   fi
 fi
 log "done"
