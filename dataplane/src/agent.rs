@@ -382,8 +382,13 @@ impl<T> SpscConsumer<T> {
     }
 }
 
+/// Commands an [`Outbox`] holds for its agent beyond the agent's SPSC queue, at most.
+pub const OUTBOX_PENDING_MAX: usize = 1024;
+
 /// Commands for one agent, buffered on the conductor's side while the agent's SPSC queue is
 /// full (the conductor may allocate; the agent never does). Flushed every conductor cycle.
+/// Bounded: at [`OUTBOX_PENDING_MAX`] waiting commands it refuses more (the caller counts the
+/// refusal, or checks [`Outbox::has_room`] first for commands it must not lose).
 pub struct Outbox<T> {
     pending: std::collections::VecDeque<T>,
     tx: SpscProducer<T>,
@@ -392,15 +397,35 @@ pub struct Outbox<T> {
 impl<T> Outbox<T> {
     pub fn new(tx: SpscProducer<T>) -> Self {
         Outbox {
-            pending: std::collections::VecDeque::new(),
+            pending: std::collections::VecDeque::with_capacity(OUTBOX_PENDING_MAX),
             tx,
         }
     }
 
-    /// Queues `command` behind everything not yet delivered (order is kept).
-    pub fn push(&mut self, command: T) {
-        self.pending.push_back(command);
+    /// Queues `command` behind everything not yet delivered (order is kept); gives it back
+    /// when the agent's queue is full and [`OUTBOX_PENDING_MAX`] commands already wait.
+    pub fn push(&mut self, command: T) -> Result<(), T> {
         self.flush();
+        if self.pending.is_empty() {
+            match self.tx.offer(command) {
+                Ok(()) => return Ok(()),
+                Err(c) => return self.hold(c),
+            }
+        }
+        self.hold(command)
+    }
+
+    fn hold(&mut self, command: T) -> Result<(), T> {
+        if self.pending.len() >= OUTBOX_PENDING_MAX {
+            return Err(command);
+        }
+        self.pending.push_back(command);
+        Ok(())
+    }
+
+    /// True when `n` more commands are taken for sure.
+    pub fn has_room(&self, n: usize) -> bool {
+        self.pending.len() + n <= OUTBOX_PENDING_MAX
     }
 
     /// Moves what fits into the agent's queue; returns how many moved.
@@ -552,7 +577,7 @@ mod tests {
         let (tx, mut rx) = spsc(2);
         let mut out = Outbox::new(tx);
         for i in 0..5 {
-            out.push(i);
+            assert!(out.push(i).is_ok());
         }
         assert_eq!(out.backlog(), 3);
         let mut got = Vec::new();
@@ -562,5 +587,28 @@ mod tests {
         }
         assert_eq!(got, vec![0, 1, 2, 3, 4]);
         assert!(rx.is_empty() && out.backlog() == 0);
+    }
+
+    #[test]
+    fn outbox_is_bounded_and_gives_the_command_back() {
+        let (tx, mut rx) = spsc(1);
+        let mut out = Outbox::new(tx);
+        for i in 0..=OUTBOX_PENDING_MAX {
+            assert!(
+                out.push(i).is_ok(),
+                "the queue's one plus the outbox's bound"
+            );
+        }
+        assert!(!out.has_room(1));
+        assert_eq!(out.push(usize::MAX), Err(usize::MAX));
+        assert_eq!(rx.drain(1, drop), 1);
+        assert!(out.push(7).is_ok(), "room again after the agent took one");
+        let mut got = Vec::new();
+        for _ in 0..=OUTBOX_PENDING_MAX {
+            rx.drain(1, |c| got.push(c));
+            out.flush();
+        }
+        let want: Vec<usize> = (1..=OUTBOX_PENDING_MAX).chain([7]).collect();
+        assert_eq!(got, want, "order kept, the refused one never delivered");
     }
 }

@@ -175,8 +175,10 @@ pub struct StreamRings {
     bad_commands: u64,
     failed_creates: u64,
     applied: u64,
-    /// Partitions made or removed by the commands applied since the last `take_events`.
-    events: Vec<StreamEvent>,
+    /// Partitions made or removed by applied commands, not yet handed to the agents (oldest
+    /// first). No command is read while any wait, so this holds what one drain of at most
+    /// [`STREAM_COMMANDS_PER_CYCLE_MAX`] commands makes.
+    events: std::collections::VecDeque<StreamEvent>,
 }
 
 /// A partition a stream command made live or took away (the conductor tells the agents).
@@ -210,7 +212,7 @@ impl StreamRings {
             bad_commands: 0,
             failed_creates: 0,
             applied: 0,
-            events: Vec::new(),
+            events: std::collections::VecDeque::new(),
         })
     }
 
@@ -224,9 +226,14 @@ impl StreamRings {
         self.applied
     }
 
-    /// Partitions added or removed since the last call, oldest first.
-    pub fn take_events(&mut self) -> Vec<StreamEvent> {
-        std::mem::take(&mut self.events)
+    /// The oldest partition added or removed and not yet taken.
+    pub fn next_event(&mut self) -> Option<StreamEvent> {
+        self.events.pop_front()
+    }
+
+    /// Partition changes not yet taken (no command is read while there are any).
+    pub fn events_pending(&self) -> usize {
+        self.events.len()
     }
 
     /// (stream, partitions) of the rings made at run time.
@@ -328,7 +335,7 @@ impl StreamRings {
             match made {
                 Ok((ring, fresh)) => {
                     if !self.fixed.contains(&(stream_id, p)) {
-                        self.events.push(StreamEvent::Added {
+                        self.events.push_back(StreamEvent::Added {
                             stream_id,
                             partition: p,
                             ring: ring.clone(),
@@ -354,7 +361,7 @@ impl StreamRings {
     fn removed(&mut self, stream_id: u32, from: usize, to: usize) {
         for p in from..to {
             if !self.fixed.contains(&(stream_id, p as u16)) {
-                self.events.push(StreamEvent::Removed {
+                self.events.push_back(StreamEvent::Removed {
                     stream_id,
                     partition: p as u16,
                 });
@@ -480,6 +487,14 @@ impl PartitionRegistry {
         }
     }
 
+    /// True when every agent's outbox takes one more command: a partition change then reaches
+    /// all of them (or, deferred, none).
+    fn has_room(&self) -> bool {
+        self.receiver.has_room(1)
+            && self.sender.has_room(1)
+            && self.archiver.as_ref().is_none_or(|a| a.has_room(1))
+    }
+
     fn flush(&mut self) -> usize {
         let mut n = self.receiver.flush() + self.sender.flush();
         if let Some(a) = self.archiver.as_mut() {
@@ -565,22 +580,24 @@ impl PartitionRegistry {
         let publisher = ring.publisher().map_err(|e| e.to_string())?;
         let reader = ring.subscriber(StartAt::Tail).map_err(|e| e.to_string())?;
         if let (Some(part), Some(archiver)) = (archive, self.archiver.as_mut()) {
-            archiver.push(ArchiverCommand::Add { slot, part });
+            must_push(archiver, ArchiverCommand::Add { slot, part });
         }
-        self.sender.push(SenderCommand::AddPartition {
+        let add = SenderCommand::AddPartition {
             slot,
             ring: ring.clone(),
             reader: Box::new(reader),
             cells: cells.clone(),
-        });
-        self.receiver.push(ReceiverCommand::Add {
+        };
+        must_push(&mut self.sender, add);
+        let add = ReceiverCommand::Add {
             slot,
             stream_id,
             partition,
             ring: ring.clone(),
             publisher,
             cells: cells.clone(),
-        });
+        };
+        must_push(&mut self.receiver, add);
         Ok((replayed, cells))
     }
 
@@ -597,19 +614,28 @@ impl PartitionRegistry {
             return false;
         };
         let slot = p.slot;
-        self.receiver.push(ReceiverCommand::Remove {
+        let remove = ReceiverCommand::Remove {
             slot,
             stream_id,
             partition,
-        });
-        self.sender.push(SenderCommand::RemovePartition { slot });
+        };
+        must_push(&mut self.receiver, remove);
+        must_push(&mut self.sender, SenderCommand::RemovePartition { slot });
         if let Some(a) = self.archiver.as_mut() {
-            a.push(ArchiverCommand::Remove { slot });
+            must_push(a, ArchiverCommand::Remove { slot });
         }
         // Each agent applies its commands in order, so a later Add of this slot comes after.
         self.free_slots.push(slot);
         true
     }
+}
+
+/// Pushes a partition change the caller checked room for ([`PartitionRegistry::has_room`]).
+fn must_push<T>(outbox: &mut Outbox<T>, command: T) {
+    assert!(
+        outbox.push(command).is_ok(),
+        "room for partition changes is checked before they are made"
+    );
 }
 
 pub struct Conductor {
@@ -701,7 +727,10 @@ impl Conductor {
         let Some(streams) = self.streams.as_mut() else {
             return;
         };
-        for event in streams.take_events() {
+        while self.registry.has_room() {
+            let Some(event) = streams.next_event() else {
+                break;
+            };
             match event {
                 StreamEvent::Added {
                     stream_id,
@@ -760,14 +789,19 @@ impl Conductor {
         let behind = r.start != SubscribeStart::Latest;
         match self.registry.archiver.as_mut() {
             // Records older than the ring come from the log: ask the archiver for a reader.
-            Some(archiver) if behind && archived => archiver.push(ArchiverCommand::OpenReader {
-                slot,
-                request: Box::new(PendingSubscribe {
-                    request: r,
+            Some(archiver) if behind && archived => {
+                let open = ArchiverCommand::OpenReader {
                     slot,
-                    reader: None,
-                }),
-            }),
+                    request: Box::new(PendingSubscribe {
+                        request: r,
+                        slot,
+                        reader: None,
+                    }),
+                };
+                if archiver.push(open).is_err() {
+                    self.outbox_full();
+                }
+            }
             _ => self.finish_subscribe(r, slot, None),
         }
     }
@@ -859,7 +893,17 @@ impl Conductor {
                 sub.with_mac(mac)
             }
         };
-        self.registry.sender.push(SenderCommand::Add(Box::new(sub)));
+        let add = SenderCommand::Add(Box::new(sub));
+        if self.registry.sender.push(add).is_err() {
+            self.outbox_full();
+        }
+    }
+
+    /// A subscribe request refused because the agent's queue and outbox are full (the
+    /// subscriber repeats its SUBSCRIBE until the node's SETUP arrives, so it comes back).
+    fn outbox_full(&mut self) {
+        self.counters.add(Counter::ConductorSubscribeRefused, 1);
+        self.counters.add(Counter::ConductorOutboxFull, 1);
     }
 }
 
@@ -878,7 +922,10 @@ impl Agent for Conductor {
             }
         });
         if let Some(streams) = self.streams.as_mut() {
-            work += streams.drain(STREAM_COMMANDS_PER_CYCLE_MAX);
+            // Changes wait while an agent's outbox is full: read no more commands until then.
+            if streams.events_pending() == 0 {
+                work += streams.drain(STREAM_COMMANDS_PER_CYCLE_MAX);
+            }
         }
         self.apply_stream_events();
         work += self.registry.flush();
@@ -929,7 +976,7 @@ impl Agent for Conductor {
 mod tests {
     use super::*;
 
-    use crate::agent::{spsc, SpscConsumer};
+    use crate::agent::{spsc, SpscConsumer, COMMAND_QUEUE_DEPTH_MAX, OUTBOX_PENDING_MAX};
 
     /// Settings for remote subscribers of the configured partition (7, 0).
     fn settings(heartbeat_interval_ns: u64, session_timeout_ns: u64) -> SubscriptionSettings {
@@ -1019,6 +1066,43 @@ mod tests {
             counters.get(Counter::ConductorSubscribeRefused),
             2,
             "unknown stream, frame too small"
+        );
+    }
+
+    /// The sender's queue and the conductor's outbox for it are bounded: a subscribe request
+    /// beyond them is refused and counted (the subscriber repeats it).
+    #[test]
+    fn subscribes_beyond_the_senders_outbox_are_refused_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let counters = Counters::new(&[(7, 0)]);
+        let file = CountersFile::create(&dir.path().join("c"), &counters).unwrap();
+        let commands = CommandQueue::new(COMMAND_QUEUE_DEPTH_MAX);
+        let (reg, _r, sender) = registry(dir.path());
+        let settings = settings(1_000_000, 5_000_000);
+        let mut c = Conductor::new(commands.clone(), reg, counters.clone(), file, settings);
+        let extra = 3;
+        let total = 16 + OUTBOX_PENDING_MAX + extra;
+        for session_id in 0..total as u32 {
+            let r = SubscribeRequest {
+                src: "198.18.0.2:9".parse().unwrap(),
+                stream_id: 7,
+                partition: 0,
+                session_id,
+                epoch: 0,
+                frame_bytes_max: 1472,
+                start: SubscribeStart::Latest,
+            };
+            assert!(commands.offer(ConductorCommand::Subscribe(r)).is_ok());
+        }
+        for _ in 0..total.div_ceil(COMMANDS_PER_CYCLE_MAX) {
+            c.do_work(1);
+        }
+        assert_eq!(sender.len(), 16, "the sender's queue is full");
+        assert_eq!(c.registry.sender.backlog(), OUTBOX_PENDING_MAX);
+        assert_eq!(counters.get(Counter::ConductorOutboxFull), extra as u64);
+        assert_eq!(
+            counters.get(Counter::ConductorSubscribeRefused),
+            extra as u64
         );
     }
 
