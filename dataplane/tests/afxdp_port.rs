@@ -17,15 +17,8 @@ const PORT: u16 = 7447;
 const WAIT_MAX: Duration = Duration::from_secs(30);
 const RECORDS: u64 = 20_000;
 
-fn skip_reason() -> Option<&'static str> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Some("needs root (netns, XDP, AF_XDP)");
-    }
-    if std::process::Command::new("ip").arg("-V").output().is_err() {
-        return Some("needs iproute2 (`ip`)");
-    }
-    None
-}
+/// What root is for here; with `ip`, all these tests need (`testkit::require!`).
+const NEEDS: &str = "netns, XDP, AF_XDP";
 
 fn payload(i: u64) -> Vec<u8> {
     let mut p = vec![(i % 251) as u8; 16 + (i % 64) as usize];
@@ -35,10 +28,7 @@ fn payload(i: u64) -> Vec<u8> {
 
 #[test]
 fn remote_publisher_to_afxdp_port_in_order_exactly_once() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let net = TestNet::create("msd-xsk", 201).expect("test network");
     let node = SocketAddrV4::new(net.node_ip, PORT);
     let node_if = net.node_if.clone();
@@ -131,10 +121,7 @@ fn remote_publisher_to_afxdp_port_in_order_exactly_once() {
 
 #[test]
 fn two_rx_queues_each_get_a_socket_and_traffic() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let net = TestNet::create_with_queues("msd-xq", 209, 2).expect("test network");
     let node = SocketAddrV4::new(net.node_ip, PORT);
     let node_if = net.node_if.clone();

@@ -41,15 +41,8 @@ const WAIT_MAX: Duration = Duration::from_secs(30);
 /// One node at a time: the machine has 2 vCPUs and each node busy-polls.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn skip_reason() -> Option<&'static str> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Some("needs root (netns, XDP, AF_XDP)");
-    }
-    if std::process::Command::new("ip").arg("-V").output().is_err() {
-        return Some("needs iproute2 (`ip`)");
-    }
-    None
-}
+/// What root is for here; with `ip`, all these tests need (`testkit::require!`).
+const NEEDS: &str = "netns, XDP, AF_XDP";
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
@@ -296,10 +289,7 @@ fn any_addr() -> SocketAddr {
 
 #[test]
 fn remote_publisher_to_local_subscriber_in_order_exactly_once() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let net = TestNet::create("msd-node", 202).expect("test network");
@@ -327,10 +317,7 @@ fn remote_publisher_to_local_subscriber_in_order_exactly_once() {
 
 #[test]
 fn lossy_link_nak_and_retransmit_recover_every_record() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let net = TestNet::create("msd-loss", 203).expect("test network");
@@ -376,10 +363,7 @@ fn lossy_link_nak_and_retransmit_recover_every_record() {
 
 #[test]
 fn policy_deny_drops_in_xdp_and_reallow_restores() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let net = TestNet::create("msd-pol", 204).expect("test network");
@@ -457,10 +441,7 @@ fn send_raw(net: &TestNet, node: SocketAddrV4, frames: Vec<Vec<u8>>) {
 
 #[test]
 fn rate_limit_passes_exactly_the_burst() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let net = TestNet::create("msd-rate", 205).expect("test network");
@@ -490,10 +471,7 @@ fn rate_limit_passes_exactly_the_burst() {
 
 #[test]
 fn malformed_and_truncated_frames_are_counted_never_a_crash() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let net = TestNet::create("msd-bad", 206).expect("test network");
@@ -574,10 +552,7 @@ fn malformed_and_truncated_frames_are_counted_never_a_crash() {
 
 #[test]
 fn node_restart_recovers_the_stream_from_storage() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let net = TestNet::create("msd-rst", 207).expect("test network");
@@ -614,10 +589,7 @@ fn node_restart_recovers_the_stream_from_storage() {
 
 #[test]
 fn remote_publisher_through_the_node_to_a_remote_subscriber() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let net = TestNet::create("msd-fan", 208).expect("test network");
@@ -679,10 +651,7 @@ fn remote_publisher_through_the_node_to_a_remote_subscriber() {
 /// entry on the node is refused clearly (counted), and served once the entry exists.
 #[test]
 fn afxdp_sender_needs_the_subscribers_neighbour_entry() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let net = TestNet::create("msd-arp", 211).expect("test network");
@@ -806,10 +775,7 @@ fn assert_records(got: &[Vec<u8>], first: u64, count: u64) {
 /// unknown stream.
 #[test]
 fn stream_created_at_run_time_is_live_and_its_deletion_stops_it() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let net = TestNet::create("msd-dyn", 209).expect("test network");
@@ -907,10 +873,7 @@ fn stream_created_at_run_time_is_live_and_its_deletion_stops_it() {
 /// storage, then continues live: every record once, in order, while the publisher goes on.
 #[test]
 fn remote_subscriber_from_an_offset_catches_up_from_storage_then_goes_live() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let net = TestNet::create("msd-rpl", 210).expect("test network");
@@ -1057,10 +1020,7 @@ fn send_until(
 /// has room the window grows back to the configured one.
 #[test]
 fn status_window_shrinks_while_the_ring_is_full_and_recovers() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let net = TestNet::create("msd-win", 212).expect("test network");
@@ -1146,10 +1106,7 @@ fn status_window_shrinks_while_the_ring_is_full_and_recovers() {
 /// into the fresh ring, and publishing continues after the recovered records.
 #[test]
 fn stream_created_at_run_time_is_recovered_from_storage_after_a_restart() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let net = TestNet::create("msd-dynr", 214).expect("test network");
@@ -1221,18 +1178,10 @@ fn stream_created_at_run_time_is_recovered_from_storage_after_a_restart() {
 /// start with a message that says what to change (never a silent fallback to a kernel socket).
 #[test]
 fn afxdp_sender_without_a_spare_tx_queue_is_a_clear_error() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    if std::process::Command::new("ethtool")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: needs ethtool");
-        return;
-    }
+    testkit::require!(
+        testkit::netns(NEEDS),
+        testkit::tool("ethtool", "--version", "ethtool")
+    );
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let net = TestNet::create("msd-txq", 215).expect("test network");

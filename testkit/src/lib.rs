@@ -8,8 +8,9 @@
 //!   returns (it passes without having run).
 //!
 //! A test that does run appends one line to the file named by [`LOG_ENV`]
-//! (`MS_PRIVILEGED_LOG`), when set: `scripts/test.sh` counts those lines against the
-//! number of [`require!`] call sites, so a suite where they quietly stop running is red.
+//! (`MS_PRIVILEGED_LOG`), when set: the call site (`file:line`) and the test's name.
+//! `scripts/test.sh` checks that every [`require!`] call site in the tree is in that file, so
+//! a suite where privileged tests quietly stop running is red.
 //!
 //! Each privileged test calls [`require!`] once, first, with every need; each need is an
 //! `Option<String>`: `None` when present, else why the test cannot run here.
@@ -100,8 +101,9 @@ pub fn record(log: &Path, test: &str) -> std::io::Result<()> {
         .write_all(line.as_bytes())
 }
 
-/// The running test's name: libtest names each test's thread after the test. `site` (crate,
-/// module and line of the call) keeps the name unique when the thread has no useful name.
+/// `site` (`file:line` of the [`require!`] call, the file relative to the workspace root as in
+/// `dataplane/tests/netns_node.rs:299`) followed by the running test's name: libtest names each
+/// test's thread after the test. `scripts/test.sh` matches the sites against the source.
 pub fn test_name(site: &str) -> String {
     match std::thread::current().name() {
         Some(name) if name != "main" => format!("{site} {name}"),
@@ -190,7 +192,7 @@ pub fn run_ok(cmd: &mut Command) -> String {
 /// Each argument is an `Option<String>` (`None`: present), evaluated in order until the first
 /// missing one. When one is missing the calling function returns (skip) or panics (when
 /// [`REQUIRE_ENV`] is set). When none is, the test is recorded in [`LOG_ENV`]'s file.
-/// Call it once per test (`scripts/test.sh` counts the call sites).
+/// Call it first in each privileged test (`scripts/test.sh` checks that every call site ran).
 #[macro_export]
 macro_rules! require {
     ($($need:expr),+ $(,)?) => {
@@ -200,9 +202,7 @@ macro_rules! require {
                 missing = $need;
             }
         )+
-        let test = $crate::test_name(concat!(
-            env!("CARGO_PKG_NAME"), "/", env!("CARGO_CRATE_NAME"), ":", line!()
-        ));
+        let test = $crate::test_name(concat!(file!(), ":", line!()));
         if !$crate::require(&test, missing.as_deref()) {
             return;
         }
@@ -249,7 +249,7 @@ mod tests {
     fn each_run_appends_one_line_with_the_test_name() {
         let log = std::env::temp_dir().join(format!("testkit-log-{}", std::process::id()));
         let _ = std::fs::remove_file(&log);
-        let name = test_name("testkit/tests:1");
+        let name = test_name("testkit/src/lib.rs:1");
         assert!(name.contains("each_run_appends_one_line"), "{name}");
         record(&log, &name).unwrap();
         record(&log, "second\nline").unwrap();
