@@ -8,7 +8,10 @@
 //!   the publish call (ours: the record timestamp `claim()` takes; peers: a
 //!   payload field written before `send_copy`/`push`); the subscriber subtracts
 //!   it from its own `now_ns()` on receipt (same time base in both processes).
-//!   Warm-up messages are not recorded.
+//!   Warm-up messages are not recorded. All three latency runs bound the
+//!   messages in flight alike (`LATENCY_QUEUE_MSGS`: our ring's lap, iceoryx2's
+//!   subscriber buffer, crossbeam's queue), and each round prints how often the
+//!   subscriber was off its core for a millisecond or more (`Stalls`).
 //! - cross-process throughput of 32-byte messages, 1 publisher -> 1 subscriber,
 //!   exclusive publisher publishing with `shm_ring::Publisher::offer_batch`
 //!   (64 records per call), batch polling (up to 256 records per poll, a short
@@ -48,23 +51,33 @@ const LATENCY_MSG_BYTES: usize = 64;
 const THROUGHPUT_MSG_BYTES: usize = 32;
 /// Ring size of the throughput run (power of two).
 const RING_CAPACITY_BYTES: u64 = 8 << 20;
-/// Ring size of the latency runs: small enough that the warm-up laps it once,
-/// so first-touch page faults of the ring are not in the figures.
-const LATENCY_RING_CAPACITY_BYTES: u64 = 1 << 20;
+/// Ring size of the latency runs. It bounds the messages in flight (see
+/// `LATENCY_QUEUE_MSGS`), and the warm-up laps it, so first-touch page faults
+/// of the ring are not in the figures.
+const LATENCY_RING_CAPACITY_BYTES: u64 = 128 << 10;
 /// Records of a 64-byte payload per lap of the latency ring (32-byte header + payload).
 const LATENCY_RING_LAP_MSGS: u64 = LATENCY_RING_CAPACITY_BYTES / (32 + LATENCY_MSG_BYTES as u64);
 const _: () = assert!(
     LATENCY_RING_LAP_MSGS < 15_000,
     "the quick warm-up laps the latency ring"
 );
+/// Messages in flight in every latency run, the same for all three: ours (one
+/// lap of the latency ring), iceoryx2 (its subscriber buffer) and crossbeam
+/// (its queue). A subscriber that is off its core delays at most this many
+/// messages; then each publisher is back-pressured and stamps the messages it
+/// sends after the stall afresh. A deeper queue records more of the same stall:
+/// with 1 MiB against iceoryx2's 1024 samples, one 25 ms stall put 5000 of our
+/// messages in the latency tail and only 1025 of iceoryx2's (docs/BENCHMARKS.md).
+const LATENCY_QUEUE_MSGS: usize = LATENCY_RING_LAP_MSGS as usize;
+/// A subscriber loop iteration that starts this long after the previous one is
+/// counted as a stall (the thread was off its core: preempted, or the vCPU was).
+const SUBSCRIBER_STALL_NS_MIN: u64 = 1_000_000;
 /// Records per poll call in the throughput run.
 const POLL_BATCH_MAX: usize = 256;
 /// Records per `Publisher::offer_batch` call in the throughput run (one clock
 /// read and one tail store per batch, like Aeron's batched throughput tests).
 const PUBLISH_BATCH_MAX: usize = 64;
-/// iceoryx2 subscriber buffer (samples).
-const PEER_BUFFER_MAX: usize = 1024;
-/// crossbeam ArrayQueue depth (messages).
+/// crossbeam ArrayQueue depth of the throughput run (messages).
 const CROSSBEAM_CAPACITY: usize = 65536;
 /// Every child process and every receive loop gives up after this long.
 const RUN_TIMEOUT_S: u64 = 60;
@@ -232,6 +245,42 @@ impl Deadline {
     }
 }
 
+/// Times the subscriber was off its core during a latency run, seen from its
+/// own loop: an iteration that starts `SUBSCRIBER_STALL_NS_MIN` or more after
+/// the previous one. Every message published meanwhile waits for it, so these
+/// explain a millisecond tail (docs/BENCHMARKS.md, "Latency anomaly").
+#[derive(Clone, Copy, Default)]
+struct Stalls {
+    last_ns: u64,
+    count: u32,
+    total_ns: u64,
+    max_ns: u64,
+}
+
+impl Stalls {
+    /// One loop iteration at `now`.
+    #[inline(always)]
+    fn tick(&mut self, now: u64) {
+        let gap = now.saturating_sub(self.last_ns);
+        if self.last_ns != 0 && gap >= SUBSCRIBER_STALL_NS_MIN {
+            self.count += 1;
+            self.total_ns += gap;
+            self.max_ns = self.max_ns.max(gap);
+        }
+        self.last_ns = now;
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "  stalls >= {} ms: {} ({:.1} ms, longest {:.1} ms)",
+            SUBSCRIBER_STALL_NS_MIN / 1_000_000,
+            self.count,
+            self.total_ns as f64 / 1e6,
+            self.max_ns as f64 / 1e6
+        )
+    }
+}
+
 /// Pause instructions our throughput subscriber spins after an empty poll
 /// (batch polling), so it does not fight the publisher for the descriptor
 /// and record lines the publisher is writing; the 8 MiB ring absorbs the wait
@@ -309,9 +358,12 @@ fn ours_setup(stream: u32, capacity_bytes: u64) -> anyhow::Result<(sdk::Ring, sd
     Ok((ring, sub))
 }
 
-/// Subscriber side of a paced latency run: the histogram of one-way latencies
-/// and the backing the ring used.
-fn ours_latency(plan: &Plan, stream: u32) -> anyhow::Result<(Histogram<u64>, &'static str)> {
+/// Subscriber side of a paced latency run: the histogram of one-way latencies,
+/// the subscriber's stalls and the backing the ring used.
+fn ours_latency(
+    plan: &Plan,
+    stream: u32,
+) -> anyhow::Result<(Histogram<u64>, Stalls, &'static str)> {
     let (ring, mut sub) = ours_setup(stream, LATENCY_RING_CAPACITY_BYTES)?;
     let backing = match ring.backing() {
         sdk::BackingKind::Hugetlbfs => "hugetlbfs",
@@ -327,12 +379,16 @@ fn ours_latency(plan: &Plan, stream: u32) -> anyhow::Result<(Histogram<u64>, &'s
         ],
     )?;
     let mut h = report::latency_histogram();
+    let mut stalls = Stalls::default();
     let warmup = plan.warmup_msgs;
     let total = plan.latency_msgs;
     let res = on_core(CORE_SUB, || -> anyhow::Result<()> {
         let mut deadline = Deadline::in_secs(RUN_TIMEOUT_S);
         let mut seen = 0u64;
         while seen < total {
+            if seen >= warmup {
+                stalls.tick(now_ns());
+            }
             let n = sub.poll(
                 |r| {
                     let now = now_ns();
@@ -353,7 +409,7 @@ fn ours_latency(plan: &Plan, stream: u32) -> anyhow::Result<(Histogram<u64>, &'s
     ring.unlink()?;
     res?;
     fin?;
-    Ok((h, backing))
+    Ok((h, stalls, backing))
 }
 
 /// Subscriber side of the throughput run: messages per second, counted from
@@ -608,7 +664,7 @@ mod iox {
         node.service_builder(&name)
             .publish_subscribe::<super::Msg64>()
             .enable_safe_overflow(false)
-            .subscriber_max_buffer_size(super::PEER_BUFFER_MAX)
+            .subscriber_max_buffer_size(super::LATENCY_QUEUE_MSGS)
             .history_size(0)
             .max_publishers(1)
             .max_subscribers(1)
@@ -617,11 +673,11 @@ mod iox {
     }
 }
 
-/// Returns (latency histogram, sent, received). The child is spawned from
+/// Returns (latency histogram, subscriber stalls, sent, received). The child is spawned from
 /// this (unpinned) thread so it can pin itself to the other core; it waits
 /// for the subscriber. iceoryx2's ipc ports are not `Send`, so they live on the
 /// pinned measurement thread.
-fn iox_latency(plan: &Plan) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+fn iox_latency(plan: &Plan) -> anyhow::Result<(Histogram<u64>, Stalls, u64, u64)> {
     let name = unique("iox");
     let mut child = ChildGuard::spawn(
         "iox-pub",
@@ -631,22 +687,22 @@ fn iox_latency(plan: &Plan) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
             PACE_NS.to_string(),
         ],
     )?;
-    let (h, received) = on_core(CORE_SUB, || iox_receive(plan, &name))?;
+    let (h, stalls, received) = on_core(CORE_SUB, || iox_receive(plan, &name))?;
     let sent_line = child.read_line()?;
     child.finish()?;
     let sent: u64 = sent_line
         .strip_prefix("sent ")
         .with_context(|| format!("iceoryx2 child printed {sent_line:?}, not `sent N`"))?
         .parse()?;
-    Ok((h, sent, received))
+    Ok((h, stalls, sent, received))
 }
 
-fn iox_receive(plan: &Plan, name: &str) -> anyhow::Result<(Histogram<u64>, u64)> {
+fn iox_receive(plan: &Plan, name: &str) -> anyhow::Result<(Histogram<u64>, Stalls, u64)> {
     let node = iox::node()?;
     let service = iox::service(&node, name)?;
     let sub = service
         .subscriber_builder()
-        .buffer_size(PEER_BUFFER_MAX)
+        .buffer_size(LATENCY_QUEUE_MSGS)
         .create()
         .map_err(|e| anyhow::anyhow!("iceoryx2 subscriber: {e:?}"))?;
     let mut h = report::latency_histogram();
@@ -654,7 +710,11 @@ fn iox_receive(plan: &Plan, name: &str) -> anyhow::Result<(Histogram<u64>, u64)>
     let total = plan.latency_msgs;
     let mut deadline = Deadline::in_secs(RUN_TIMEOUT_S);
     let mut received = 0u64;
+    let mut stalls = Stalls::default();
     while received < total {
+        if received >= warmup {
+            stalls.tick(now_ns());
+        }
         match sub.receive() {
             Ok(Some(sample)) => {
                 let now = now_ns();
@@ -671,7 +731,7 @@ fn iox_receive(plan: &Plan, name: &str) -> anyhow::Result<(Histogram<u64>, u64)>
             Err(e) => bail!("iceoryx2 receive: {e:?}"),
         }
     }
-    Ok((h, received))
+    Ok((h, stalls, received))
 }
 
 /// Publisher child: `iox-pub SERVICE COUNT PACE_NS`; prints `sent N`.
@@ -843,8 +903,8 @@ fn crossbeam_throughput(plan: &Plan) -> f64 {
     })
 }
 
-fn crossbeam_latency(plan: &Plan) -> Histogram<u64> {
-    let q: ArrayQueue<Msg64> = ArrayQueue::new(CROSSBEAM_CAPACITY);
+fn crossbeam_latency(plan: &Plan) -> (Histogram<u64>, Stalls) {
+    let q: ArrayQueue<Msg64> = ArrayQueue::new(LATENCY_QUEUE_MSGS);
     let total = plan.latency_msgs;
     let warmup = plan.warmup_msgs;
     std::thread::scope(|s| {
@@ -865,8 +925,12 @@ fn crossbeam_latency(plan: &Plan) -> Histogram<u64> {
         s.spawn(|| {
             report::pin_current_thread(CORE_SUB);
             let mut h = report::latency_histogram();
+            let mut stalls = Stalls::default();
             let mut seen = 0u64;
             while seen < total {
+                if seen >= warmup {
+                    stalls.tick(now_ns());
+                }
                 if let Some(m) = q.pop() {
                     let now = now_ns();
                     if seen >= warmup {
@@ -877,7 +941,7 @@ fn crossbeam_latency(plan: &Plan) -> Histogram<u64> {
                     std::hint::spin_loop();
                 }
             }
-            h
+            (h, stalls)
         })
         .join()
         .expect("crossbeam consumer panicked")
@@ -901,11 +965,18 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
          time base in all processes (children adopt the parent's calibration); paced sender, one \
          {LATENCY_MSG_BYTES}-byte message every {PACE_NS} ns; publisher pinned to core {CORE_PUB}, \
          subscriber to core {CORE_SUB}; first {} messages of {} per round not recorded; hdrhistogram, \
-         3 significant digits; headline = median over rounds of each percentile. Throughput: {THROUGHPUT_MSG_BYTES}-byte messages, {} per round, \
+         3 significant digits; headline = median over rounds of each percentile; messages in flight \
+         bounded alike at {LATENCY_QUEUE_MSGS} (ours: a {}-KiB ring, iceoryx2: subscriber buffer, \
+         crossbeam: queue), subscriber stalls (loop gaps >= {} ms) counted per round. Throughput: {THROUGHPUT_MSG_BYTES}-byte messages, {} per round, \
          counted at the subscriber from first to last message; ours publishes with \
          shm_ring::Publisher::offer_batch ({PUBLISH_BATCH_MAX} records per call, exclusive publisher), \
          crossbeam pushes one message per push(). {} interleaved rounds.",
-        plan.warmup_msgs, plan.latency_msgs, plan.throughput_msgs, plan.rounds
+        plan.warmup_msgs,
+        plan.latency_msgs,
+        LATENCY_RING_CAPACITY_BYTES >> 10,
+        SUBSCRIBER_STALL_NS_MIN / 1_000_000,
+        plan.throughput_msgs,
+        plan.rounds
     );
 
     let iox_files = IoxFiles::snapshot();
@@ -926,11 +997,13 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
 #[derive(Default)]
 struct Rounds {
     per_round: Vec<Latency>,
+    stalls: Vec<Stalls>,
 }
 
 impl Rounds {
-    fn push(&mut self, l: Latency) {
+    fn push(&mut self, l: Latency, stalls: Stalls) {
         self.per_round.push(l);
+        self.stalls.push(stalls);
     }
     fn spread(&self, f: impl Fn(&Latency) -> f64) -> Spread {
         Spread::of(&self.per_round.iter().map(f).collect::<Vec<_>>())
@@ -953,157 +1026,227 @@ impl Rounds {
             "p99_ns": self.spread(|l| l.p99_ns as f64),
             "p999_ns": self.spread(|l| l.p999_ns as f64),
             "mean_ns": self.spread(|l| l.mean_ns),
+            "subscriber_stalls": self.stalls.iter().map(|s| json!({
+                "count": s.count,
+                "total_ns": s.total_ns,
+                "max_ns": s.max_ns,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Everything the interleaved rounds measured.
+struct Measured {
+    ours: Rounds,
+    iox: Rounds,
+    cb: Rounds,
+    /// All rounds of each peer merged.
+    merged: [Histogram<u64>; 3],
+    ours_tp: Vec<f64>,
+    cb_tp: Vec<f64>,
+    iox_sent: u64,
+    iox_recv: u64,
+    backing: &'static str,
+}
+
+/// The headline figures and their ratios.
+struct Headline {
+    ours: Latency,
+    iox: Latency,
+    cb: Latency,
+    ours_tp: Spread,
+    cb_tp: Spread,
+    p99_ratio: f64,
+    mean_ratio: f64,
+    tp_ratio: f64,
+}
+
+/// The adaptive idle strategy's wake-up figures, and the idle handle's size.
+struct Extras {
+    wake: Latency,
+    wake_cpu: f64,
+    idle_size_of: usize,
+    idle_footprint: usize,
+}
+
+impl Measured {
+    fn new() -> Self {
+        Self {
+            ours: Rounds::default(),
+            iox: Rounds::default(),
+            cb: Rounds::default(),
+            merged: std::array::from_fn(|_| report::latency_histogram()),
+            ours_tp: vec![],
+            cb_tp: vec![],
+            iox_sent: 0,
+            iox_recv: 0,
+            backing: "",
+        }
+    }
+
+    /// One interleaved round: ours, iceoryx2, crossbeam (latency and throughput).
+    fn round(&mut self, plan: &Plan, round: usize, stream: u32) -> anyhow::Result<()> {
+        let (h, stalls, b) = ours_latency(plan, stream)?;
+        self.backing = b;
+        let l = Latency::from_histogram(&h);
+        println!(
+            "{}{}",
+            l.line(&format!("round {round} ours 64B")),
+            stalls.line()
+        );
+        self.ours.push(l, stalls);
+        self.merged[0].add(&h)?;
+
+        let tp = ours_throughput(plan, stream + 1)?;
+        println!("round {round} ours 32B throughput      {tp:>12.0} msgs/s");
+        self.ours_tp.push(tp);
+
+        let (h, stalls, sent, recv) = iox_latency(plan)?;
+        let l = Latency::from_histogram(&h);
+        println!(
+            "{}  sent {sent} received {recv}{}",
+            l.line(&format!("round {round} iceoryx2 64B")),
+            stalls.line()
+        );
+        self.iox.push(l, stalls);
+        self.merged[1].add(&h)?;
+        self.iox_sent += sent;
+        self.iox_recv += recv;
+
+        let tp = crossbeam_throughput(plan);
+        println!("round {round} crossbeam 32B throughput {tp:>12.0} msgs/s");
+        self.cb_tp.push(tp);
+        let (h, stalls) = crossbeam_latency(plan);
+        let l = Latency::from_histogram(&h);
+        println!(
+            "{}{}",
+            l.line(&format!("round {round} crossbeam 64B")),
+            stalls.line()
+        );
+        self.cb.push(l, stalls);
+        self.merged[2].add(&h)?;
+        Ok(())
+    }
+
+    fn headline(&self) -> Headline {
+        let (ours, iox, cb) = (self.ours.median(), self.iox.median(), self.cb.median());
+        let (ours_tp, cb_tp) = (Spread::of(&self.ours_tp), Spread::of(&self.cb_tp));
+        Headline {
+            p99_ratio: ours.p99_ns as f64 / iox.p99_ns.max(1) as f64,
+            mean_ratio: ours.mean_ns / iox.mean_ns.max(1.0),
+            tp_ratio: ours_tp.median / cb_tp.median.max(1.0),
+            ours,
+            iox,
+            cb,
+            ours_tp,
+            cb_tp,
+        }
+    }
+
+    fn print_summary(&self, plan: &Plan, h: &Headline, x: &Extras) {
+        let labels = [
+            "ours 64B cross-process",
+            "iceoryx2 64B cross-process",
+            "crossbeam 64B in-process",
+        ];
+        println!("-- median over {} rounds (headline figures)", plan.rounds);
+        println!("backing: {}", self.backing);
+        for (l, label) in [&h.ours, &h.iox, &h.cb].into_iter().zip(labels) {
+            println!("{}", l.line(label));
+        }
+        println!("-- all rounds merged into one histogram");
+        for (m, label) in self.merged.iter().zip(labels) {
+            println!("{}", Latency::from_histogram(m).line(label));
+        }
+        let (sent, recv) = (self.iox_sent, self.iox_recv);
+        let lossless = if sent == recv { "lossless" } else { "LOSS" };
+        println!("iceoryx2 messages: sent {sent}, received {recv} ({lossless})");
+        let (o, c) = (&h.ours_tp, &h.cb_tp);
+        println!(
+            "throughput 32B msgs/s: ours median {:.0} (min {:.0} max {:.0}); crossbeam ArrayQueue median {:.0} (min {:.0} max {:.0})",
+            o.median, o.min, o.max, c.median, c.min, c.max
+        );
+        let idle = format!("adaptive wake-up after {} ms idle", plan.wakeup_gap_ms);
+        println!("{}", x.wake.line(&idle));
+        println!(
+            "adaptive idle: subscriber thread used {:.1}% of a core while parked between messages",
+            x.wake_cpu * 100.0
+        );
+        println!(
+            "idle stream handle (no ring mapped): {} bytes (size_of {} + ring name on the heap)",
+            x.idle_footprint, x.idle_size_of
+        );
+        let met = |ok: bool| if ok { "met" } else { "NOT met" };
+        println!(
+            "targets: p99 <= 0.5x iceoryx2: {:.2}x ({}); throughput >= 1.5x crossbeam: {:.2}x ({})",
+            h.p99_ratio,
+            met(h.p99_ratio <= 0.5),
+            h.tp_ratio,
+            met(h.tp_ratio >= 1.5)
+        );
+    }
+
+    fn json(&self, plan: &Plan, h: &Headline, x: &Extras) -> serde_json::Value {
+        json!({
+            "suite": "shm",
+            "backing": self.backing,
+            "p50_ns": h.ours.p50_ns,
+            "p99_ns": h.ours.p99_ns,
+            "p999_ns": h.ours.p999_ns,
+            "max_ns": h.ours.max_ns,
+            "mean_ns": h.ours.mean_ns,
+            "msgs_per_s": h.ours_tp.median,
+            "iceoryx2_p50_ns": h.iox.p50_ns,
+            "iceoryx2_p99_ns": h.iox.p99_ns,
+            "iceoryx2_p999_ns": h.iox.p999_ns,
+            "iceoryx2_mean_ns": h.iox.mean_ns,
+            "iceoryx2_sent": self.iox_sent,
+            "iceoryx2_received": self.iox_recv,
+            "crossbeam_msgs_per_s": h.cb_tp.median,
+            "crossbeam_p50_ns": h.cb.p50_ns,
+            "crossbeam_p99_ns": h.cb.p99_ns,
+            "p99_vs_iceoryx2": h.p99_ratio,
+            "mean_vs_iceoryx2": h.mean_ratio,
+            "throughput_vs_crossbeam": h.tp_ratio,
+            "latency_queue_msgs": LATENCY_QUEUE_MSGS,
+            "spread": {
+                "ours": self.ours.json(),
+                "iceoryx2": self.iox.json(),
+                "crossbeam": self.cb.json(),
+                "msgs_per_s": h.ours_tp,
+                "crossbeam_msgs_per_s": h.cb_tp,
+            },
+            "ours_throughput_publish_api": format!("shm_ring::Publisher::offer_batch, {PUBLISH_BATCH_MAX} records per call"),
+            "idle_stream_bytes": x.idle_footprint,
+            "idle_stream_size_of_bytes": x.idle_size_of,
+            "wakeup_idle_ms": plan.wakeup_gap_ms,
+            "wakeup_p50_ns": x.wake.p50_ns,
+            "wakeup_p99_ns": x.wake.p99_ns,
+            "wakeup_max_ns": x.wake.max_ns,
+            "wakeup_idle_cpu_fraction": x.wake_cpu,
+            "rounds": plan.rounds,
+            "quick": plan.quick,
         })
     }
 }
 
 fn run_rounds(plan: &Plan) -> anyhow::Result<serde_json::Value> {
     let base_stream = 0x4d53_0000 + (std::process::id() & 0xffff);
-    let (mut ours_h, mut iox_h, mut cb_h) = (
-        report::latency_histogram(),
-        report::latency_histogram(),
-        report::latency_histogram(),
-    );
-    let (mut ours, mut iox, mut cb) = (Rounds::default(), Rounds::default(), Rounds::default());
-    let (mut ours_tp, mut cb_tp) = (vec![], vec![]);
-    let (mut iox_sent, mut iox_recv) = (0u64, 0u64);
-    let mut backing = "";
-
+    let mut m = Measured::new();
     for round in 0..plan.rounds {
-        let stream = base_stream + 4 * round as u32;
-        let (h, b) = ours_latency(plan, stream)?;
-        backing = b;
-        let l = Latency::from_histogram(&h);
-        println!("{}", l.line(&format!("round {round} ours 64B")));
-        ours.push(l);
-        ours_h.add(&h)?;
-
-        let tp = ours_throughput(plan, stream + 1)?;
-        println!("round {round} ours 32B throughput      {tp:>12.0} msgs/s");
-        ours_tp.push(tp);
-
-        let (h, sent, recv) = iox_latency(plan)?;
-        let l = Latency::from_histogram(&h);
-        println!(
-            "{}  sent {sent} received {recv}",
-            l.line(&format!("round {round} iceoryx2 64B"))
-        );
-        iox.push(l);
-        iox_h.add(&h)?;
-        iox_sent += sent;
-        iox_recv += recv;
-
-        let tp = crossbeam_throughput(plan);
-        println!("round {round} crossbeam 32B throughput {tp:>12.0} msgs/s");
-        cb_tp.push(tp);
-        let h = crossbeam_latency(plan);
-        let l = Latency::from_histogram(&h);
-        println!("{}", l.line(&format!("round {round} crossbeam 64B")));
-        cb.push(l);
-        cb_h.add(&h)?;
+        m.round(plan, round, base_stream + 4 * round as u32)?;
     }
-
     let (wake_h, wake_cpu) = ours_wakeup(plan, base_stream + 3)?;
-    let wake = Latency::from_histogram(&wake_h);
     let (idle_size_of, idle_footprint) = idle_stream_bytes()?;
-
-    let (ours_m, iox_m, cb_m) = (ours.median(), iox.median(), cb.median());
-    let ours_tp_s = Spread::of(&ours_tp);
-    let cb_tp_s = Spread::of(&cb_tp);
-    let p99_ratio = ours_m.p99_ns as f64 / iox_m.p99_ns.max(1) as f64;
-    let mean_ratio = ours_m.mean_ns / iox_m.mean_ns.max(1.0);
-    let tp_ratio = ours_tp_s.median / cb_tp_s.median.max(1.0);
-
-    println!("-- median over {} rounds (headline figures)", plan.rounds);
-    println!("backing: {backing}");
-    println!("{}", ours_m.line("ours 64B cross-process"));
-    println!("{}", iox_m.line("iceoryx2 64B cross-process"));
-    println!("{}", cb_m.line("crossbeam 64B in-process"));
-    println!("-- all rounds merged into one histogram");
-    println!(
-        "{}",
-        Latency::from_histogram(&ours_h).line("ours 64B cross-process")
-    );
-    println!(
-        "{}",
-        Latency::from_histogram(&iox_h).line("iceoryx2 64B cross-process")
-    );
-    println!(
-        "{}",
-        Latency::from_histogram(&cb_h).line("crossbeam 64B in-process")
-    );
-    println!(
-        "iceoryx2 messages: sent {iox_sent}, received {iox_recv} ({})",
-        if iox_sent == iox_recv {
-            "lossless"
-        } else {
-            "LOSS"
-        }
-    );
-    println!(
-        "throughput 32B msgs/s: ours median {:.0} (min {:.0} max {:.0}); crossbeam ArrayQueue median {:.0} (min {:.0} max {:.0})",
-        ours_tp_s.median, ours_tp_s.min, ours_tp_s.max, cb_tp_s.median, cb_tp_s.min, cb_tp_s.max
-    );
-    println!(
-        "{}",
-        wake.line(&format!(
-            "adaptive wake-up after {} ms idle",
-            plan.wakeup_gap_ms
-        ))
-    );
-    println!(
-        "adaptive idle: subscriber thread used {:.1}% of a core while parked between messages",
-        wake_cpu * 100.0
-    );
-    println!(
-        "idle stream handle (no ring mapped): {idle_footprint} bytes \
-         (size_of {idle_size_of} + ring name on the heap)"
-    );
-    println!(
-        "targets: p99 <= 0.5x iceoryx2: {p99_ratio:.2}x ({}); throughput >= 1.5x crossbeam: {tp_ratio:.2}x ({})",
-        if p99_ratio <= 0.5 { "met" } else { "NOT met" },
-        if tp_ratio >= 1.5 { "met" } else { "NOT met" }
-    );
-
-    Ok(json!({
-        "suite": "shm",
-        "backing": backing,
-        "p50_ns": ours_m.p50_ns,
-        "p99_ns": ours_m.p99_ns,
-        "p999_ns": ours_m.p999_ns,
-        "max_ns": ours_m.max_ns,
-        "mean_ns": ours_m.mean_ns,
-        "msgs_per_s": ours_tp_s.median,
-        "iceoryx2_p50_ns": iox_m.p50_ns,
-        "iceoryx2_p99_ns": iox_m.p99_ns,
-        "iceoryx2_p999_ns": iox_m.p999_ns,
-        "iceoryx2_mean_ns": iox_m.mean_ns,
-        "iceoryx2_sent": iox_sent,
-        "iceoryx2_received": iox_recv,
-        "crossbeam_msgs_per_s": cb_tp_s.median,
-        "crossbeam_p50_ns": cb_m.p50_ns,
-        "crossbeam_p99_ns": cb_m.p99_ns,
-        "p99_vs_iceoryx2": p99_ratio,
-        "mean_vs_iceoryx2": mean_ratio,
-        "throughput_vs_crossbeam": tp_ratio,
-        "spread": {
-            "ours": ours.json(),
-            "iceoryx2": iox.json(),
-            "crossbeam": cb.json(),
-            "msgs_per_s": ours_tp_s,
-            "crossbeam_msgs_per_s": cb_tp_s,
-        },
-        "ours_throughput_publish_api": format!("shm_ring::Publisher::offer_batch, {PUBLISH_BATCH_MAX} records per call"),
-        "idle_stream_bytes": idle_footprint,
-        "idle_stream_size_of_bytes": idle_size_of,
-        "wakeup_idle_ms": plan.wakeup_gap_ms,
-        "wakeup_p50_ns": wake.p50_ns,
-        "wakeup_p99_ns": wake.p99_ns,
-        "wakeup_max_ns": wake.max_ns,
-        "wakeup_idle_cpu_fraction": wake_cpu,
-        "rounds": plan.rounds,
-        "quick": plan.quick,
-    }))
+    let x = Extras {
+        wake: Latency::from_histogram(&wake_h),
+        wake_cpu,
+        idle_size_of,
+        idle_footprint,
+    };
+    let h = m.headline();
+    m.print_summary(plan, &h, &x);
+    Ok(m.json(plan, &h, &x))
 }
 
 pub fn child(role: &str, rest: &[String]) -> anyhow::Result<()> {
