@@ -324,22 +324,12 @@ fn start_cluster(net: &mut Net) -> (Client, usize) {
     (c, leader)
 }
 
-fn root() -> bool {
-    // The effective uid is the third field of the Uid: line.
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
+/// What root is for here; with `ip`, all these tests need (`testkit::require!`).
+const NEEDS: &str = "network namespaces";
 
 #[test]
 fn netns_kill9_leader_then_restart_from_disk() {
-    if !root() {
-        eprintln!("skipped: network namespaces need root");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let mut net = Net::new("k");
     let ns = net.client_ns();
     let certs = net.certs.clone();
@@ -402,10 +392,7 @@ fn netns_kill9_leader_then_restart_from_disk() {
 
 #[test]
 fn netns_cut_link_minority_cannot_commit_and_catches_up() {
-    if !root() {
-        eprintln!("skipped: network namespaces need root");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let mut net = Net::new("l");
     let ns = net.client_ns();
     let certs = net.certs.clone();

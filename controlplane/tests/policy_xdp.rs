@@ -34,15 +34,8 @@ const WAIT_MAX: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
 const FRAMES: u64 = 20;
 
-fn skip_reason() -> Option<&'static str> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Some("needs root (network namespaces, XDP, bpffs)");
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("needs iproute2 (`ip`): run scripts/setup.sh");
-    }
-    None
-}
+/// What root is for here; with `ip`, all these tests need (`testkit::require!`).
+const NEEDS: &str = "network namespaces, XDP, bpffs";
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("spawn ip");
@@ -279,10 +272,7 @@ impl Drop for NetGuard {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_denial_through_the_admin_api_drops_frames_in_xdp_and_reallow_restores() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let net = NetGuard::new(0);
     let node = TestNode::start(vec![net.receiver_if.clone()]).await;
     let sip = format!("{}/32", net.sender_ip());
@@ -456,10 +446,7 @@ fn a_restarted_pusher_removes_stale_entries_and_writes_quotas() {
     use controlplane::types::{
         Acl, ClusterState, Command, NodeInfo, Operation, Permission, Principal, Quota, StreamMode,
     };
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let net = NetGuard::new(1);
     let stale: IpAddr = "198.19.78.9".parse().unwrap();
     // Left behind by a previous control-plane run.
@@ -543,10 +530,7 @@ fn a_restarted_pusher_removes_stale_entries_and_writes_quotas() {
 /// follower's admin API drops the senders' frames on every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_denial_drops_frames_on_every_node() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
-        return;
-    }
+    testkit::require!(testkit::netns(NEEDS));
     let nets: Vec<Arc<NetGuard>> = (2..5).map(|n| Arc::new(NetGuard::new(n))).collect();
     let nodes =
         TestNode::start_cluster(nets.iter().map(|n| vec![n.receiver_if.clone()]).collect()).await;
