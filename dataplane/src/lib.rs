@@ -31,6 +31,7 @@
 
 pub mod agent;
 pub mod archiver;
+pub mod catchup;
 pub mod conductor;
 pub mod config;
 pub mod counters;
