@@ -422,6 +422,14 @@ fn file_len(f: &File) -> u64 {
     f.metadata().map_or(0, |m| align_down(m.len(), BLOCK_BYTES))
 }
 
+/// A roll failure naming the file.
+fn roll_err(path: &Path, e: &dyn std::fmt::Display) -> LogIoError {
+    LogIoError::Roll {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
 fn now_unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -779,14 +787,29 @@ impl<B: IoBackend> Log<B> {
             next_offset: self.next_offset,
             max_timestamp_ns: a.cursor.max_timestamp_ns,
         };
-        let roll_err = |path: &Path, e: &dyn std::fmt::Display| LogIoError::Roll {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
+        self.save_sealed_indexes(&cp)?;
+        let a = &self.active;
+        let file_bytes = a
+            .file
+            .metadata()
+            .map(|m| m.len())
+            .unwrap_or(self.cfg.segment_bytes);
+        let info = SegmentInfo {
+            base_offset: a.base,
+            file_bytes,
+            max_timestamp_ns: a.cursor.max_timestamp_ns,
         };
-        // The sealed segment's indexes: by the helper thread, off the append path (a missing
-        // index is rebuilt at open), else here. Recovery trusts a sealed segment's index, so
-        // its mid-segment checkpoint (whose end is not the segment's end) must go first: the
-        // unlink is made durable by the directory fsync that publishes the next segment.
+        self.start_segment()?;
+        self.sealed.push(SealedSegment { info });
+        Ok(())
+    }
+
+    /// Saves the indexes of the segment being sealed: by the helper thread, off the append path
+    /// (a missing index is rebuilt at open), else here. Recovery trusts a sealed segment's
+    /// index, so its mid-segment checkpoint (whose end is not the segment's end) must go first:
+    /// the unlink is made durable by the directory fsync that publishes the next segment.
+    fn save_sealed_indexes(&mut self, cp: &IndexCheckpoint) -> Result<(), LogIoError> {
+        let a = &self.active;
         let queued = self.prep.is_some() && {
             let mut removed = true;
             for ip in [
@@ -801,29 +824,25 @@ impl<B: IoBackend> Log<B> {
             }
             removed
                 && self.prep.as_mut().is_some_and(|p| {
-                    p.save_indexes(&self.dir, cp, a.offs.entries(), a.times.entries())
+                    p.save_indexes(&self.dir, *cp, a.offs.entries(), a.times.entries())
                 })
         };
-        if !queued {
-            save_indexes(
-                &self.dir,
-                &cp,
-                a.offs.entries(),
-                a.times.entries(),
-                &mut self.scratch,
-            )
-            .map_err(|e| roll_err(&a.path, &e))?;
+        if queued {
+            return Ok(());
         }
-        let file_bytes = a
-            .file
-            .metadata()
-            .map(|m| m.len())
-            .unwrap_or(self.cfg.segment_bytes);
-        let info = SegmentInfo {
-            base_offset: a.base,
-            file_bytes,
-            max_timestamp_ns: a.cursor.max_timestamp_ns,
-        };
+        save_indexes(
+            &self.dir,
+            cp,
+            a.offs.entries(),
+            a.times.entries(),
+            &mut self.scratch,
+        )
+        .map_err(|e| roll_err(&a.path, &e))
+    }
+
+    /// Makes the next segment, starting at `next_offset`, the active one: the helper thread's
+    /// preallocated file when it has one ready, else a new file.
+    fn start_segment(&mut self) -> Result<(), LogIoError> {
         let h = SegmentHeader {
             base_offset: self.next_offset,
             created_unix_ns: now_unix_ns(),
@@ -847,7 +866,6 @@ impl<B: IoBackend> Log<B> {
             .io
             .open_segment(&path)
             .map_err(|e| roll_err(&path, &e))?;
-        self.sealed.push(SealedSegment { info });
         let a = &mut self.active;
         a.base = h.base_offset;
         a.path = path;
