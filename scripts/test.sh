@@ -39,7 +39,7 @@ finish() {
   printf '\n== wall time%s\n' "$( ((rc == 0)) || echo " (FAILED, exit $rc)")"
   ((${#TIMES[@]})) && printf '  %s\n' "${TIMES[@]}"
   printf '  %-14s %8s s\n' "total" "$(seconds_since "$STARTED")"
-  return "$rc"
+  exit "$rc"
 }
 trap finish EXIT
 
