@@ -12,6 +12,7 @@
 //! ```
 
 pub use crate::frame_consts::*;
+use crate::le;
 use thiserror::Error;
 
 pub const HEADER_BYTES: usize = FRAME_HEADER_BYTES as usize;
@@ -129,10 +130,10 @@ impl FrameHeader {
                 len: datagram.len(),
             });
         }
-        let u16_at =
-            |at: u32| u16::from_le_bytes([datagram[at as usize], datagram[at as usize + 1]]);
-        let u32_at = |at: u32| u32::from_le_bytes(datagram[field(at, 4)].try_into().expect("4"));
-        let u64_at = |at: u32| u64::from_le_bytes(datagram[field(at, 8)].try_into().expect("8"));
+        // The header's fields are all inside the `HEADER_BYTES` checked above.
+        let u16_at = |at: u32| le::u16_at(datagram, at as usize);
+        let u32_at = |at: u32| le::u32_at(datagram, at as usize);
+        let u64_at = |at: u32| le::u64_at(datagram, at as usize);
         let magic = u32_at(FRAME_MAGIC_OFFSET);
         if magic != FRAME_MAGIC {
             return Err(FrameDecodeError::BadMagic { found: magic });

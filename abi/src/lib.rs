@@ -11,14 +11,23 @@
 //!   the same numbers, written into its C header from [`FRAME_CONSTS_SOURCE`].
 //! - [`wire`]: the frame bodies: DATA record batches (the one parser,
 //!   [`wire::RecordBatch`]), STATUS, NAK, SETUP and SUBSCRIBE.
-//! - [`ring`]: how a (stream, partition) names its shm-ring file.
+//! - [`ring`]: how a (stream, partition) names its shm-ring file, and the
+//!   name of the command ring.
+//! - [`command`]: the control plane -> data plane command records
+//!   ([`command::StreamCommand`]) written into that command ring.
+//! - [`counters`]: the data plane's counters file: the closed set of counter
+//!   ids and labels, the file layout, and the seqlocked reader used by
+//!   `memstreamer stat` and the control plane's `/metrics`.
 //!
 //! Bad input is an error value, never a panic: every parser here has a
 //! `cargo fuzz` target in `abi/fuzz`.
 #![forbid(unsafe_code)]
 
+pub mod command;
+pub mod counters;
 pub mod frame;
 pub mod frame_consts;
+mod le;
 pub mod ring;
 pub mod wire;
 

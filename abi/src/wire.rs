@@ -15,6 +15,7 @@
 use crate::frame_consts::{
     FRAME_BYTES_MAX, FRAME_HEADER_BYTES, RECORD_ALIGNMENT_BYTES, RECORD_HEADER_BYTES,
 };
+use crate::le::{u16_at, u32_at, u64_at};
 
 /// Record header field offsets inside a DATA body.
 pub const RECORD_PAYLOAD_LEN_OFFSET: usize = 0;
@@ -99,18 +100,6 @@ pub enum RecordDecodeError {
     RecordFlags { at: usize, flags: u16 },
     #[error("record at body offset {at} has non-zero padding")]
     Padding { at: usize },
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
 }
 
 /// A validated DATA body: every record header is checked before any record is

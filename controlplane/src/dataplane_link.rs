@@ -6,7 +6,7 @@
 //! When a stream is created or deleted in the replicated state, each node's
 //! control plane tells its local data plane, which creates or drops the
 //! partition rings at run time. The channel is the data plane's shm-ring
-//! `memstreamer-commands` (`dataplane::conductor::COMMAND_RING_NAME`): the
+//! `memstreamer-commands` (`abi::command::COMMAND_RING_NAME`): the
 //! data plane creates it at start and its conductor drains a fixed number of
 //! 16-byte [`StreamCommand`] records per duty cycle. The ring is bounded and
 //! reliable: when it is full, [`DataplaneLink::sync`] stops and the rest is
@@ -26,7 +26,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dataplane::conductor::{StreamCommand, COMMAND_RING_NAME};
+use abi::command::{StreamCommand, COMMAND_RING_NAME};
 use shm_ring::{OfferError, Publisher, Ring};
 
 use crate::node::NodeConfig;

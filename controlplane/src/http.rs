@@ -19,7 +19,7 @@
 //!
 //! With `[admin] dataplane_counters` (which `memstreamer node` sets) the same
 //! page carries the local data plane's counters, read from its shared-memory
-//! counters file (`dataplane::counters`, seqlocked, no call into the data
+//! counters file (`abi::counters`, seqlocked, no call into the data
 //! plane):
 //!
 //! ```text
@@ -30,7 +30,7 @@
 //! ms_dp_partition_archived_records_total{stream,partition}  records the archiver appended
 //! ms_dp_partition_durable_records_total{stream,partition}   records durable on storage
 //! ```
-//! Counter names are the snake_case of `dataplane::counters::Counter`
+//! Counter names are the snake_case of `abi::counters::Counter`
 //! (stable: ids and names are only ever appended).
 
 use std::fmt::Write as _;
@@ -223,8 +223,7 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     let mut text = s.metrics.render(&figures);
     if let Some(path) = s.dataplane_counters {
         let snap =
-            tokio::task::spawn_blocking(move || dataplane::counters::CountersSnapshot::read(&path))
-                .await;
+            tokio::task::spawn_blocking(move || abi::counters::CountersSnapshot::read(&path)).await;
         match snap {
             Ok(snap) => render_dataplane(snap.as_ref().ok(), now_unix_ns(), &mut text),
             Err(_) => render_dataplane(None, now_unix_ns(), &mut text),
@@ -258,11 +257,11 @@ fn snake_case(name: &str) -> String {
 /// Appends the data plane's counters (`ms_dp_*`) to `out`; `ms_dp_up 0` alone
 /// when there is no snapshot (file missing, unreadable, or another format).
 pub fn render_dataplane(
-    snap: Option<&dataplane::counters::CountersSnapshot>,
+    snap: Option<&abi::counters::CountersSnapshot>,
     now_unix_ns: u64,
     out: &mut String,
 ) {
-    use dataplane::counters::CounterKind;
+    use abi::counters::CounterKind;
     let gauge = |out: &mut String, name: &str, help: &str, v: &dyn std::fmt::Display| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     };
@@ -301,7 +300,7 @@ pub fn render_dataplane(
         (
             "ms_dp_partition_archived_records_total",
             "Records the archiver appended to storage",
-            (|p| p.archived_records) as fn(&dataplane::counters::PartitionSnapshot) -> u64,
+            (|p| p.archived_records) as fn(&abi::counters::PartitionSnapshot) -> u64,
         ),
         (
             "ms_dp_partition_durable_records_total",
@@ -400,7 +399,7 @@ mod tests {
 
     #[test]
     fn dataplane_counters_render_with_stable_names() {
-        use dataplane::counters::{Counter, CountersSnapshot, PartitionSnapshot};
+        use abi::counters::{Counter, CountersSnapshot, PartitionSnapshot};
         let mut out = String::new();
         render_dataplane(None, 0, &mut out);
         assert_eq!(out.lines().last(), Some("ms_dp_up 0"));

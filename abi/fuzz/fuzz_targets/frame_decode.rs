@@ -3,8 +3,8 @@
 //! corrupted byte of a valid frame must be rejected.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use abi::frame::{FrameHeader, FrameType, FRAME_BYTES_MAX, HEADER_BYTES};
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(h) = FrameHeader::decode(data) {

@@ -7,7 +7,9 @@ use abi::wire::{push_record, record_bytes, RecordBatch};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(batch) = RecordBatch::parse(data, 8) else { return };
+    let Ok(batch) = RecordBatch::parse(data, 8) else {
+        return;
+    };
     let mut rebuilt = Vec::with_capacity(data.len());
     let mut next = 8u64;
     let mut n = 0;
