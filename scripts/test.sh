@@ -58,10 +58,14 @@ scripts/setup.sh --test
 HUGEPAGES_RESERVED=1
 scripts/hugepages.sh reserve 512
 
-step no-skips "no test skips by hand (testkit::require! decides)"
+step no-skips "no test skips by hand (testkit::require! decides) or is #[ignore]d"
 if grep -rniE --include='*.rs' --exclude-dir=target --exclude-dir=testkit \
   'e?println!\("[^"]*skip' -- */; then
   echo "a test above skips itself: call testkit::require!(...) instead, so make test fails it" >&2
+  exit 1
+fi
+if grep -rn --include='*.rs' --exclude-dir=target '#\[ignore' -- */; then
+  echo "an #[ignore]d test above never runs in make test: make it run, or delete it" >&2
   exit 1
 fi
 
