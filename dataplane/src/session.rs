@@ -7,9 +7,10 @@
 //! [`SessionTable::poll_transmit`] writes the next due NAK or STATUS frame. No sockets, no clocks,
 //! no allocation after [`SessionTable::new`].
 //!
-//! Loss handling is go-back-N, matching `sdk::net::PublisherSession`: records are appended in offset
-//! order only; a DATA frame that starts after the next expected offset is dropped (counted) and the
-//! range `[expected, highest end seen)` is NAKed after `nak_delay_ns`, repeated every `nak_retry_ns`
+//! Loss handling is go-back-N, matching `sdk::net::PublisherSession`, with the SDK's own loss
+//! detector (`sdk::net::LossDetector`): records are appended in offset order only; a DATA frame
+//! that starts after the next expected offset is dropped (counted) and the range
+//! `[expected, highest end seen)` is NAKed after `nak_delay_ns`, repeated every `nak_retry_ns`
 //! while no progress is made. A HEARTBEAT whose offset is ahead of `expected` reveals a lost tail.
 //!
 //! Durability: after appending a frame, the session remembers (ring offset of its last record,
@@ -24,6 +25,7 @@ use abi::wire::{
     self, decode_setup, decode_subscribe, encode_nak, record_bytes, RecordBatch, StatusBody,
     SubscribeStart, FLAG_END_OF_SESSION, FLAG_REPLY_REQUESTED, FLAG_SETUP_ACK, HEADER_BYTES,
 };
+use sdk::net::LossDetector;
 
 /// SETUP flag of a remote subscriber asking the node to send it a partition (docs/protocol.md).
 pub use abi::wire::FLAG_SUBSCRIBE;
@@ -145,10 +147,8 @@ struct Session {
     src: SocketAddr,
     partition_idx: usize,
     epoch: u32,
-    expected: u64,
-    /// Highest end offset seen beyond `expected` (a gap exists while > expected).
-    gap_end: u64,
-    nak_at_ns: Option<u64>,
+    /// Next expected offset, the gap beyond it and when to NAK it (shared with the SDK).
+    loss: LossDetector,
     status_due: bool,
     setup_ack_due: bool,
     last_rx_ns: u64,
@@ -190,22 +190,6 @@ impl Session {
             self.durable = self.durable.max(ck.session_end);
             self.ck_head = (self.ck_head + 1) % CHECKPOINTS_MAX;
             self.ck_len -= 1;
-        }
-    }
-
-    fn progressed(&mut self, now_ns: u64, nak_retry_ns: u64) {
-        if self.gap_end <= self.expected {
-            self.gap_end = 0;
-            self.nak_at_ns = None;
-        } else {
-            self.nak_at_ns = Some(now_ns + nak_retry_ns);
-        }
-    }
-
-    fn note_gap(&mut self, end: u64, now_ns: u64, nak_delay_ns: u64) {
-        self.gap_end = self.gap_end.max(end);
-        if self.nak_at_ns.is_none() {
-            self.nak_at_ns = Some(now_ns + nak_delay_ns);
         }
     }
 }
@@ -280,7 +264,7 @@ impl SessionTable {
             partition,
             session_id,
         })?;
-        self.slots[i].as_ref().map(|s| s.expected)
+        self.slots[i].as_ref().map(|s| s.loss.expected())
     }
 
     /// Starts accepting frames for (stream, partition) as partition index `slot`; false when the
@@ -431,9 +415,7 @@ impl SessionTable {
             src,
             partition_idx,
             epoch: h.epoch,
-            expected: h.offset,
-            gap_end: 0,
-            nak_at_ns: None,
+            loss: LossDetector::new(h.offset, self.cfg.nak_delay_ns, self.cfg.nak_retry_ns),
             status_due: false,
             setup_ack_due: true,
             last_rx_ns: now_ns,
@@ -509,7 +491,6 @@ impl SessionTable {
             return;
         };
         let cfg_window = u64::from(self.cfg.window_bytes);
-        let (nak_delay, nak_retry) = (self.cfg.nak_delay_ns, self.cfg.nak_retry_ns);
         let s = self.slots[i].as_mut().expect("active slot");
         s.last_rx_ns = now_ns;
         if h.flags & FLAG_REPLY_REQUESTED != 0 {
@@ -522,18 +503,19 @@ impl SessionTable {
             return;
         }
         let end = batch.end_offset();
-        if end <= s.expected {
+        let mut expected = s.loss.expected();
+        if end <= expected {
             self.stats.drop_duplicate += 1;
             // The publisher may have missed our STATUS: tell it again soon.
             s.status_due = true;
             return;
         }
-        if h.offset > s.expected {
-            s.note_gap(end, now_ns, nak_delay);
+        if h.offset > expected {
+            s.loss.on_gap(end, now_ns);
             self.stats.drop_out_of_order += 1;
             return;
         }
-        if end > s.expected + cfg_window {
+        if end > expected + cfg_window {
             self.stats.drop_out_of_window += 1;
             return;
         }
@@ -541,10 +523,10 @@ impl SessionTable {
         let mut appended = 0u64;
         let mut last_ring = None;
         for rec in batch.iter() {
-            if rec.offset < s.expected {
+            if rec.offset < expected {
                 continue;
             }
-            if rec.offset != s.expected {
+            if rec.offset != expected {
                 // expected falls inside a record of this frame: inconsistent with what we appended.
                 self.stats.drop_bad_body += 1;
                 break;
@@ -552,7 +534,7 @@ impl SessionTable {
             match sink.append(s.partition_idx, rec.record_type, rec.payload) {
                 Ok(ring_offset) => {
                     last_ring = Some(ring_offset);
-                    s.expected = rec.offset + record_bytes(rec.payload.len()) as u64;
+                    expected = rec.offset + record_bytes(rec.payload.len()) as u64;
                     appended += 1;
                     self.stats.bytes_appended += rec.payload.len() as u64;
                 }
@@ -570,7 +552,7 @@ impl SessionTable {
                         *p += 1;
                     }
                     s.status_due = true;
-                    s.note_gap(end, now_ns, nak_delay);
+                    s.loss.on_gap(end, now_ns);
                     break;
                 }
             }
@@ -578,12 +560,12 @@ impl SessionTable {
         if let Some(ring_last) = last_ring {
             s.push_checkpoint(Checkpoint {
                 ring_last,
-                session_end: s.expected,
+                session_end: expected,
             });
-            s.progressed(now_ns, nak_retry);
+            s.loss.on_progress(expected, now_ns);
             self.stats.frames_accepted += 1;
             self.stats.records_appended += appended;
-            if s.expected - s.last_status_offset >= cfg_window / 2 {
+            if expected - s.last_status_offset >= cfg_window / 2 {
                 s.status_due = true;
             }
         }
@@ -601,12 +583,9 @@ impl SessionTable {
         let Some(i) = self.session_for(src, h) else {
             return;
         };
-        let nak_delay = self.cfg.nak_delay_ns;
         let s = self.slots[i].as_mut().expect("active slot");
         s.last_rx_ns = now_ns;
-        if h.offset > s.expected {
-            s.note_gap(h.offset, now_ns, nak_delay);
-        }
+        s.loss.on_gap(h.offset, now_ns);
         if h.flags & FLAG_REPLY_REQUESTED != 0 {
             s.status_due = true;
         }
@@ -673,15 +652,11 @@ impl SessionTable {
             offset,
             epoch: s.epoch,
         };
-        if let Some(at) = s.nak_at_ns {
-            if now_ns >= at && s.gap_end > s.expected {
-                let len = u32::try_from(s.gap_end - s.expected).unwrap_or(u32::MAX);
-                s.nak_at_ns = Some(now_ns + cfg.nak_retry_ns);
-                let h = header(FrameType::Nak, 0, s.expected, s);
-                h.encode(&encode_nak(len), out).expect("NAK fits a frame");
-                self.stats.naks_sent += 1;
-                return Some(s.src);
-            }
+        if let Some((offset, len)) = s.loss.poll_nak(now_ns) {
+            let h = header(FrameType::Nak, 0, offset, s);
+            h.encode(&encode_nak(len), out).expect("NAK fits a frame");
+            self.stats.naks_sent += 1;
+            return Some(s.src);
         }
         if let Some(marks) = ring_marks {
             if let Some(&mark) = marks.get(s.partition_idx) {
@@ -689,7 +664,7 @@ impl SessionTable {
             }
         }
         let periodic = now_ns.saturating_sub(s.last_status_ns) >= cfg.status_interval_ns
-            && s.expected != s.last_status_offset;
+            && s.loss.expected() != s.last_status_offset;
         if !(s.status_due || s.setup_ack_due || periodic) {
             return None;
         }
@@ -711,15 +686,15 @@ impl SessionTable {
         };
         self.body.clear();
         self.body.extend_from_slice(&status.encode());
-        let h = header(FrameType::Status, flags, s.expected, s);
+        let h = header(FrameType::Status, flags, s.loss.expected(), s);
         h.encode(&self.body, out).expect("STATUS fits a frame");
         s.status_due = false;
         s.setup_ack_due = false;
         s.last_status_ns = now_ns;
-        s.last_status_offset = s.expected;
+        s.last_status_offset = s.loss.expected();
         self.stats.status_sent += 1;
         let dst = s.src;
-        if s.end_of_session.is_some_and(|end| s.expected >= end) {
+        if s.end_of_session.is_some_and(|end| s.loss.expected() >= end) {
             self.stats.sessions_closed += 1;
             self.remove(i);
         }

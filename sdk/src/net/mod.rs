@@ -11,6 +11,8 @@
 //!   `subscribe_from` from a start position ([`wire::SubscribeStart`]: latest,
 //!   earliest, or a partition offset; the node serves older records from
 //!   storage, then live).
+//! - [`LossDetector`]: gap detection and NAK timing of one session (sans-IO),
+//!   shared with the node's receiver.
 //! - [`wire`]: the frame bodies, and [`frame`]: the header codec (both from
 //!   the `abi` crate, which the node uses too).
 //!
@@ -29,10 +31,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod loss;
 mod publisher;
 mod subscriber;
 pub use abi::{frame, wire};
 
+pub use loss::LossDetector;
 pub use publisher::{
     NetOfferError, PublisherConfig, PublisherSession, PublisherStats, Release, UdpPublisher,
     UdpPublisherCreateError, BUFFER_BYTES_DEFAULT, BUFFER_BYTES_MAX, BUFFER_BYTES_MIN,

@@ -13,12 +13,12 @@
 //! [`UdpSubscriber::subscribe_from`] names where to start (the SETUP body's
 //! start kind and the header offset, see [`super::wire::SubscribeStart`]).
 //!
-//! Loss handling is go-back-N: a DATA frame that starts after the next
-//! expected offset is dropped (counted) and the receiver NAKs
-//! `[expected, highest end seen)`; the publisher re-sends that range and the
-//! frames behind it follow in order. A HEARTBEAT whose offset is ahead of
-//! `expected` reveals a lost tail the same way. A NAK that brought no progress
-//! is repeated after `nak_retry_ns`.
+//! Loss handling is go-back-N ([`LossDetector`], the node uses the same): a
+//! DATA frame that starts after the next expected offset is dropped (counted)
+//! and the receiver NAKs `[expected, highest end seen)` at once; the publisher
+//! re-sends that range and the frames behind it follow in order. A HEARTBEAT
+//! whose offset is ahead of `expected` reveals a lost tail the same way. A NAK
+//! is repeated every `nak_retry_ns` while no progress is made.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -31,7 +31,7 @@ use super::wire::{
     FLAGS_KNOWN, FLAG_END_OF_SESSION, FLAG_REPLY_REQUESTED, FLAG_SETUP_ACK, FLAG_SUBSCRIBE,
     HEADER_BYTES, PRINCIPAL_BYTES_MAX,
 };
-use super::{NetConfigError, FRAME_RECV_BYTES};
+use super::{LossDetector, NetConfigError, FRAME_RECV_BYTES};
 
 /// Publisher sessions one receiver tracks at once.
 pub const SESSIONS_MAX: usize = 16;
@@ -137,9 +137,7 @@ struct Session {
     partition: u16,
     session_id: u32,
     epoch: u32,
-    expected: u64,
-    seen_end: u64,
-    last_nak_ns: Option<u64>,
+    loss: LossDetector,
     last_status_ns: u64,
     status_offset_sent: u64,
     status_due: bool,
@@ -177,7 +175,7 @@ impl ReceiverCore {
             .iter()
             .flatten()
             .find(|s| s.session_id == session_id)
-            .map(|s| s.expected)
+            .map(|s| s.loss.expected())
     }
 
     /// True when the session announced END_OF_SESSION and everything was delivered.
@@ -247,18 +245,18 @@ impl ReceiverCore {
                     return 0;
                 };
                 let end = batch.end_offset();
-                if end <= s.expected {
+                if end <= s.loss.expected() {
                     self.stats.drop_duplicate += 1;
                     s.status_due = true;
                     return 0;
                 }
-                if h.offset > s.expected {
+                if h.offset > s.loss.expected() {
                     self.stats.drop_out_of_order += 1;
-                    s.seen_end = s.seen_end.max(end);
+                    s.loss.on_gap(end, now_ns);
                     return 0;
                 }
                 // offset <= expected < end: a record must start at `expected`.
-                let expected = s.expected;
+                let expected = s.loss.expected();
                 if !batch.iter().any(|r| r.offset == expected) {
                     self.stats.drop_bad_body += 1;
                     return 0;
@@ -278,16 +276,13 @@ impl ReceiverCore {
                     });
                 }
                 let s = self.sessions[slot].as_mut().expect("found");
-                s.expected = end;
-                s.seen_end = s.seen_end.max(end);
-                if s.expected >= s.seen_end {
-                    s.last_nak_ns = None;
-                }
+                s.loss.on_progress(end, now_ns);
                 if h.flags & FLAG_END_OF_SESSION != 0 {
                     s.ended = true;
                     s.status_due = true;
                 }
-                if s.expected - s.status_offset_sent >= u64::from(self.cfg.window_bytes / 4) {
+                if s.loss.expected() - s.status_offset_sent >= u64::from(self.cfg.window_bytes / 4)
+                {
                     s.status_due = true;
                 }
                 self.stats.records_delivered += delivered;
@@ -298,8 +293,8 @@ impl ReceiverCore {
                     self.stats.drop_bad_body += 1;
                     return 0;
                 }
-                s.seen_end = s.seen_end.max(h.offset);
-                if h.flags & FLAG_END_OF_SESSION != 0 && h.offset == s.expected {
+                s.loss.on_gap(h.offset, now_ns);
+                if h.flags & FLAG_END_OF_SESSION != 0 && h.offset == s.loss.expected() {
                     s.ended = true;
                     s.status_due = true;
                 }
@@ -323,9 +318,8 @@ impl ReceiverCore {
             partition: h.partition,
             session_id: h.session_id,
             epoch: h.epoch,
-            expected: h.offset,
-            seen_end: h.offset,
-            last_nak_ns: None,
+            // NAK a gap at once (no reordering delay): the publisher is one hop away or a node.
+            loss: LossDetector::new(h.offset, 0, self.cfg.nak_retry_ns),
             last_status_ns: now_ns,
             status_offset_sent: h.offset,
             status_due: false,
@@ -367,9 +361,6 @@ impl ReceiverCore {
             let Some(s) = self.sessions[slot].as_mut() else {
                 continue;
             };
-            let nak_due = s.expected < s.seen_end
-                && s.last_nak_ns
-                    .is_none_or(|t| now_ns.saturating_sub(t) >= self.cfg.nak_retry_ns);
             let header = |frame_type, flags, offset| FrameHeader {
                 frame_type,
                 flags,
@@ -379,10 +370,8 @@ impl ReceiverCore {
                 offset,
                 epoch: s.epoch,
             };
-            if nak_due {
-                s.last_nak_ns = Some(now_ns);
-                let len = (s.seen_end - s.expected).min(u64::from(u32::MAX)) as u32;
-                header(FrameType::Nak, 0, s.expected)
+            if let Some((offset, len)) = s.loss.poll_nak(now_ns) {
+                header(FrameType::Nak, 0, offset)
                     .encode(&encode_nak(len), out)
                     .expect("NAK fits");
                 self.stats.naks_sent += 1;
@@ -396,13 +385,13 @@ impl ReceiverCore {
                 s.setup_ack_due = false;
                 s.status_due = false;
                 s.last_status_ns = now_ns;
-                s.status_offset_sent = s.expected;
+                s.status_offset_sent = s.loss.expected();
                 let body = StatusBody {
                     durable_offset: 0,
                     window_bytes: self.cfg.window_bytes,
                     receiver_id: self.cfg.receiver_id,
                 };
-                header(FrameType::Status, flags, s.expected)
+                header(FrameType::Status, flags, s.loss.expected())
                     .encode(&body.encode(), out)
                     .expect("STATUS fits");
                 self.stats.status_sent += 1;
