@@ -30,6 +30,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod archive;
 pub mod archiver;
 pub mod catchup;
 pub mod conductor;
@@ -38,6 +39,7 @@ pub mod counters;
 #[allow(unsafe_code)]
 pub mod net;
 pub mod node;
+pub mod proxy;
 pub mod receiver;
 pub mod replay;
 pub mod retire;

@@ -14,10 +14,11 @@ use std::path::PathBuf;
 use shm_ring::{Mode, PublisherKind, Ring, RingCreateError};
 
 use crate::agent::{
-    spsc, AgentInvoker, AgentRunner, AgentRunnerStartError, AgentSlot, Clock, CommandQueue,
-    DutyCycleSlot, ThreadingMode,
+    spsc, Agent, AgentInvoker, AgentRunner, AgentRunnerStartError, AgentSlot, Clock, CommandQueue,
+    DutyCycleSlot, SpscConsumer, SpscProducer, ThreadingMode,
 };
-use crate::archiver::{self, ArchiveOpenError, Archiver};
+use crate::archive::{self, ArchiveOpenError};
+use crate::archiver::Archiver;
 use crate::conductor::{
     Conductor, PartitionRegistry, StreamRings, SubscriptionSettings, COMMAND_RING_CAPACITY_BYTES,
     COMMAND_RING_NAME,
@@ -27,7 +28,10 @@ use crate::counters::{
     cycles_counter, duty_cycle_counter, Counter, Counters, CountersFile, CountersFileError,
 };
 use crate::net::{afxdp, udp, Backend, NetPort, NetPortOpenError, SenderPort};
+use crate::proxy::{ArchiverCommand, ConductorCommand, ReceiverCommand, SenderCommand};
 use crate::receiver::{Receiver, RingSink};
+use crate::replay::{ReplayClient, ReplayServer};
+use crate::retire::Retired;
 use crate::sender::Sender;
 use crate::session::{SessionConfig, SessionTable};
 
@@ -103,274 +107,28 @@ impl NodeParts {
             .flat_map(|s| (0..s.partitions).map(move |p| (s.id, p)))
             .collect();
         let counters = Counters::new(&partitions);
-
-        // Rings: a fresh ring gets the storage tail replayed into it.
-        let mut ctx = sdk::Context::builder()
-            .capacity_bytes(config.ring_capacity_bytes)
-            .mode(Mode::Reliable)
-            .publisher_kind(PublisherKind::Shared);
-        if let Some(dir) = &config.shm_dir {
-            ctx = ctx.dir(dir.clone());
-        }
-        let ring_cfg = ctx.build().ring_config();
-        let mut rings = NodeRings(Vec::with_capacity(partitions.len()));
-        let mut replayed_records = 0;
-        for &(stream, partition) in &partitions {
-            let name = sdk::ring_name(stream, partition);
-            let ring_err = |detail: String| NodeStartError::Ring {
-                stream,
-                partition,
-                detail,
-            };
-            let (ring, fresh) = match Ring::create(&name, &ring_cfg) {
-                Ok(r) => (r, true),
-                Err(RingCreateError::Exists { .. }) => (
-                    Ring::open(&name, ring_cfg.dir.as_deref())
-                        .map_err(|e| ring_err(e.to_string()))?,
-                    false,
-                ),
-                Err(e) => return Err(ring_err(e.to_string())),
-            };
-            rings.0.push((ring.clone(), fresh));
-            if ring.max_payload_len() < xdp_programs::abi_consts::FRAME_BYTES_MAX as usize {
-                return Err(ring_err(format!(
-                    "ring_capacity_bytes {} is too small for a frame",
-                    config.ring_capacity_bytes
-                )));
-            }
-            if let (Some(dir), true) = (&config.storage_dir, fresh) {
-                replayed_records += archiver::replay(
-                    &archiver::log_dir(dir, stream, partition),
-                    &ring,
-                    config.replay_records_max,
-                )?;
-            }
-        }
+        let ring_cfg = partition_ring_config(config);
+        let (mut rings, replayed_records) = open_rings(config, &ring_cfg, &partitions)?;
         counters.add(Counter::ArchiverReplayedRecords, replayed_records);
-        // The control plane's stream commands (see conductor.rs); small, so never on hugepages.
-        let command_cfg = shm_ring::RingConfig {
-            capacity_bytes: COMMAND_RING_CAPACITY_BYTES,
-            backing: shm_ring::Backing::DevShm,
-            ..ring_cfg.clone()
-        };
-        let command_ring = Ring::create(COMMAND_RING_NAME, &command_cfg).map_err(|e| {
-            NodeStartError::CommandRing {
-                detail: e.to_string(),
-            }
-        })?;
-        rings.0.push((command_ring.clone(), true));
-        let stream_rings = StreamRings::new(&command_ring, ring_cfg.clone(), partitions.clone())
-            .map_err(|e| NodeStartError::CommandRing {
-                detail: e.to_string(),
-            })?;
-        let ring_list = || {
-            rings
-                .0
-                .iter()
-                .take(partitions.len())
-                .map(|(r, _)| r.clone())
-                .collect::<Vec<_>>()
-        };
-
-        // Ports.
-        let mut xdp = None;
-        let data_port = match config.backend {
-            Backend::Udp => NetPort::Udp(
-                udp::UdpPort::bind(
-                    config.listen,
-                    config.rx_batch_max as usize,
-                    config.tx_queue_max as usize,
-                )
-                .map_err(NetPortOpenError::from)?,
-            ),
-            Backend::Afxdp => {
-                let iface = config
-                    .interface
-                    .clone()
-                    .expect("validated: afxdp has an interface");
-                let SocketAddr::V4(local) = config.listen else {
-                    return Err(NodeStartError::AfxdpAddress(config.listen));
-                };
-                let flags = if config.xdp_default_allow {
-                    xdp_programs::abi_consts::CONFIG_FLAG_DEFAULT_ALLOW
-                } else {
-                    0
-                };
-                let xdp_cfg = xdp_programs::Config {
-                    data_port: local.port(),
-                    reserved: 0,
-                    flags,
-                };
-                let handle = xdp_programs::XdpProgram::load_and_attach(
-                    &iface,
-                    xdp_programs::AttachMode::Native,
-                    xdp_cfg,
-                )
-                .map_err(|source| NodeStartError::Xdp {
-                    iface: iface.clone(),
-                    source: Box::new(source),
-                })?;
-                xdp = Some(handle);
-                let mut xsk = afxdp::XskConfig::new(&iface, local);
-                xsk.queues = config.queues;
-                NetPort::AfXdp(afxdp::XskPort::open(&xsk).map_err(NetPortOpenError::from)?)
-            }
-        };
-        // The sender answers from its own port on the same address (see sender.rs): a kernel
-        // UDP socket; with AF_XDP it receives STATUS/NAK there and transmits through a TX-only
-        // AF_XDP socket on the queue after the receiver's, with that socket's port as source.
-        let sender_udp = udp::UdpPort::bind(
-            SocketAddr::new(config.listen.ip(), 0),
-            config.rx_batch_max as usize,
-            config.tx_queue_max as usize,
-        )
-        .map_err(NetPortOpenError::from)?;
-        let sender_port = match (config.backend, sender_udp.local_addr()) {
-            (Backend::Afxdp, SocketAddr::V4(feedback_addr)) => {
-                let iface = config.interface.as_deref().expect("validated");
-                let xsk = afxdp::XskConfig::new(iface, feedback_addr);
-                let tx =
-                    afxdp::XskPort::open_tx(&xsk, config.queues).map_err(NetPortOpenError::from)?;
-                SenderPort::AfXdp {
-                    tx: Box::new(tx),
-                    feedback: sender_udp,
-                }
-            }
-            _ => SenderPort::Udp(sender_udp),
-        };
-        let neighbour_interface = sender_port.neighbour_interface();
-        let data_addr = data_port.local_addr();
-        let sender_addr = sender_port.local_addr();
+        let stream_rings = open_command_ring(&ring_cfg, &partitions, &mut rings)?;
+        let (data_port, xdp) = open_data_port(config)?;
+        let sender_port = open_sender_port(config)?;
+        let (data_addr, sender_addr) = (data_port.local_addr(), sender_port.local_addr());
         let describe = format!(
             "data port {} | sender port {}",
             data_port.describe(),
             sender_port.describe()
         );
-
-        // Agents. Configured partitions are slots 0..n; slots n.. are for partitions the control
-        // plane creates at run time (the conductor hands them to the agents over SPSC queues).
-        let depth = config.command_queue_depth as usize;
-        let slots_max = partitions.len() + crate::conductor::DYNAMIC_RINGS_MAX;
-        let conductor_q = CommandQueue::new(depth);
-        let (receiver_tx, receiver_rx) = spsc(depth);
-        let (sender_tx, sender_rx) = spsc(depth);
-        let (graveyard_tx, graveyard_rx) = spsc(depth);
-        let (rx_graveyard_tx, rx_graveyard_rx) = spsc(depth);
-        // One storage read per catching-up subscriber in flight at most: room for all of them.
-        let (replay_client, replay_server) =
-            crate::replay::replay_channel(depth.max(config.subscribers_max as usize));
-        let (archiver_tx, archiver_rx) = spsc(depth);
-        let cells: Vec<_> = (0..partitions.len())
-            .map(|i| counters.partition_cells(i))
-            .collect();
-        let session_cfg = SessionConfig {
-            sessions_max: config.sessions_max as usize,
-            window_bytes: config.window_bytes,
-            nak_delay_ns: config.nak_delay_ns,
-            nak_retry_ns: config.nak_retry_ns,
-            status_interval_ns: config.status_interval_ns,
-            session_timeout_ns: config.session_timeout_ns,
-            receiver_id: u64::from(data_addr.port()) | (u64::from(std::process::id()) << 16),
+        let parts = AgentParts {
+            config,
+            counters: &counters,
+            partitions: &partitions,
+            rings: rings.partition_rings(partitions.len()),
+            data_addr,
         };
-        let ring_err = |e: String| NodeStartError::Ring {
-            stream: 0,
-            partition: 0,
-            detail: e,
-        };
-        let sink =
-            RingSink::with_slots(ring_list(), slots_max).map_err(|e| ring_err(e.to_string()))?;
-        let receiver = Receiver::new(
-            data_port,
-            SessionTable::with_slots(session_cfg, &partitions, slots_max),
-            sink,
-            cells.clone(),
-            counters.clone(),
-            conductor_q.clone(),
-            config.storage_dir.is_some(),
-            config.rx_batch_max as usize,
-        )
-        .with_partition_commands(receiver_rx)
-        .with_graveyard(rx_graveyard_tx);
-        let sender = Sender::new(
-            sender_port,
-            ring_list(),
-            cells,
-            slots_max,
-            config.subscribers_max as usize,
-            config.session_timeout_ns,
-            sender_rx,
-            counters.clone(),
-        )
-        .map_err(|e| ring_err(e.to_string()))?
-        .with_graveyard(graveyard_tx);
-        let sender = if config.storage_dir.is_some() {
-            sender.with_replay(replay_client)
-        } else {
-            sender
-        };
-        let file = CountersFile::create(&config.counters_file, &counters)?;
-        let fixed = partitions
-            .iter()
-            .zip(ring_list())
-            .map(|(&(s, p), r)| (s, p, r))
-            .collect();
-        let registry = PartitionRegistry::new(
-            fixed,
-            slots_max,
-            config.storage_dir.clone(),
-            config.replay_records_max,
-            receiver_tx,
-            sender_tx,
-            config.storage_dir.is_some().then_some(archiver_tx),
-        );
-        let mut conductor = Conductor::new(
-            conductor_q.clone(),
-            registry,
-            counters.clone(),
-            file,
-            SubscriptionSettings {
-                partitions: partitions.clone(),
-                retransmit_window_bytes: config.subscriber_buffer_bytes(),
-                heartbeat_interval_ns: config.heartbeat_interval_ns,
-                session_timeout_ns: config.session_timeout_ns,
-                principal: format!("node-{}", data_addr.port()),
-                neighbour_interface,
-            },
-        )
-        .with_stream_commands(stream_rings)
-        .with_graveyard(graveyard_rx)
-        .with_graveyard(rx_graveyard_rx);
-        let mut agents: Vec<Box<dyn crate::agent::Agent>> =
-            vec![Box::new(receiver), Box::new(sender)];
-        if let Some(dir) = &config.storage_dir {
-            agents.push(Box::new(
-                Archiver::open_with_slots(
-                    dir,
-                    ring_list(),
-                    counters.clone(),
-                    config.archive_commit_interval_ns,
-                    slots_max,
-                )?
-                .with_commands(archiver_rx, conductor_q)
-                .with_replay(replay_server),
-            ));
-        }
-        let roles: Vec<&'static str> = agents.iter().map(|a| a.role()).collect();
-        conductor.watch(&roles);
-        agents.push(Box::new(conductor));
-        let agents = agents
-            .into_iter()
-            .map(|a| {
-                let duty = duty_cycle_counter(a.role()).map(|counter| DutyCycleSlot {
-                    counters: counters.clone(),
-                    counter,
-                    cycles: cycles_counter(a.role()),
-                });
-                AgentSlot::new(a, duty)
-            })
-            .collect();
+        let agents = parts.build(Queues::new(config), data_port, sender_port, stream_rings)?;
         Ok(NodeParts {
-            agents,
+            agents: duty_slots(agents, &counters),
             counters,
             data_addr,
             sender_addr,
@@ -441,6 +199,365 @@ impl NodeParts {
             runner: Some(runner),
         })
     }
+}
+
+impl NodeRings {
+    /// Handles of the first `n` rings (the configured partitions, in order).
+    fn partition_rings(&self, n: usize) -> Vec<Ring> {
+        self.0.iter().take(n).map(|(r, _)| r.clone()).collect()
+    }
+}
+
+/// The ring settings of the node's partitions (reliable, shared publishers).
+fn partition_ring_config(config: &Config) -> shm_ring::RingConfig {
+    let mut ctx = sdk::Context::builder()
+        .capacity_bytes(config.ring_capacity_bytes)
+        .mode(Mode::Reliable)
+        .publisher_kind(PublisherKind::Shared);
+    if let Some(dir) = &config.shm_dir {
+        ctx = ctx.dir(dir.clone());
+    }
+    ctx.build().ring_config()
+}
+
+/// Creates (or opens) the configured partitions' rings; a fresh ring gets the tail of its
+/// partition's log replayed into it. Returns the rings and the records replayed.
+fn open_rings(
+    config: &Config,
+    ring_cfg: &shm_ring::RingConfig,
+    partitions: &[(u32, u16)],
+) -> Result<(NodeRings, u64), NodeStartError> {
+    let mut rings = NodeRings(Vec::with_capacity(partitions.len() + 1));
+    let mut replayed_records = 0;
+    for &(stream, partition) in partitions {
+        let name = sdk::ring_name(stream, partition);
+        let ring_err = |detail: String| NodeStartError::Ring {
+            stream,
+            partition,
+            detail,
+        };
+        let (ring, fresh) = match Ring::create(&name, ring_cfg) {
+            Ok(r) => (r, true),
+            Err(RingCreateError::Exists { .. }) => (
+                Ring::open(&name, ring_cfg.dir.as_deref()).map_err(|e| ring_err(e.to_string()))?,
+                false,
+            ),
+            Err(e) => return Err(ring_err(e.to_string())),
+        };
+        rings.0.push((ring.clone(), fresh));
+        if ring.max_payload_len() < xdp_programs::abi_consts::FRAME_BYTES_MAX as usize {
+            return Err(ring_err(format!(
+                "ring_capacity_bytes {} is too small for a frame",
+                config.ring_capacity_bytes
+            )));
+        }
+        if let (Some(dir), true) = (&config.storage_dir, fresh) {
+            replayed_records += archive::replay(
+                &archive::log_dir(dir, stream, partition),
+                &ring,
+                config.replay_records_max,
+            )?;
+        }
+    }
+    Ok((rings, replayed_records))
+}
+
+/// Creates the control plane's command ring (see conductor/streams.rs; small, so never on
+/// hugepages) and the conductor's reader of it; the ring goes with the node's rings.
+fn open_command_ring(
+    ring_cfg: &shm_ring::RingConfig,
+    partitions: &[(u32, u16)],
+    rings: &mut NodeRings,
+) -> Result<StreamRings, NodeStartError> {
+    let command_err = |detail: String| NodeStartError::CommandRing { detail };
+    let command_cfg = shm_ring::RingConfig {
+        capacity_bytes: COMMAND_RING_CAPACITY_BYTES,
+        backing: shm_ring::Backing::DevShm,
+        ..ring_cfg.clone()
+    };
+    let command_ring =
+        Ring::create(COMMAND_RING_NAME, &command_cfg).map_err(|e| command_err(e.to_string()))?;
+    rings.0.push((command_ring.clone(), true));
+    StreamRings::new(&command_ring, ring_cfg.clone(), partitions.to_vec())
+        .map_err(|e| command_err(e.to_string()))
+}
+
+/// The data port: a kernel UDP socket, or XDP + AF_XDP sockets on the interface.
+fn open_data_port(
+    config: &Config,
+) -> Result<(NetPort, Option<xdp_programs::XdpHandle>), NodeStartError> {
+    let Backend::Afxdp = config.backend else {
+        let port = udp::UdpPort::bind(
+            config.listen,
+            config.rx_batch_max as usize,
+            config.tx_queue_max as usize,
+        )
+        .map_err(NetPortOpenError::from)?;
+        return Ok((NetPort::Udp(port), None));
+    };
+    let iface = config
+        .interface
+        .clone()
+        .expect("validated: afxdp has an interface");
+    let SocketAddr::V4(local) = config.listen else {
+        return Err(NodeStartError::AfxdpAddress(config.listen));
+    };
+    let flags = if config.xdp_default_allow {
+        xdp_programs::abi_consts::CONFIG_FLAG_DEFAULT_ALLOW
+    } else {
+        0
+    };
+    let xdp_cfg = xdp_programs::Config {
+        data_port: local.port(),
+        reserved: 0,
+        flags,
+    };
+    let handle = xdp_programs::XdpProgram::load_and_attach(
+        &iface,
+        xdp_programs::AttachMode::Native,
+        xdp_cfg,
+    )
+    .map_err(|source| NodeStartError::Xdp {
+        iface: iface.clone(),
+        source: Box::new(source),
+    })?;
+    let mut xsk = afxdp::XskConfig::new(&iface, local);
+    xsk.queues = config.queues;
+    let port = afxdp::XskPort::open(&xsk).map_err(NetPortOpenError::from)?;
+    Ok((NetPort::AfXdp(port), Some(handle)))
+}
+
+/// The sender answers from its own port on the same address (see sender.rs): a kernel UDP
+/// socket; with AF_XDP it receives STATUS/NAK there and transmits through a TX-only AF_XDP
+/// socket on the queue after the receiver's, with that socket's port as source.
+fn open_sender_port(config: &Config) -> Result<SenderPort, NodeStartError> {
+    let sender_udp = udp::UdpPort::bind(
+        SocketAddr::new(config.listen.ip(), 0),
+        config.rx_batch_max as usize,
+        config.tx_queue_max as usize,
+    )
+    .map_err(NetPortOpenError::from)?;
+    match (config.backend, sender_udp.local_addr()) {
+        (Backend::Afxdp, SocketAddr::V4(feedback_addr)) => {
+            let iface = config.interface.as_deref().expect("validated");
+            let xsk = afxdp::XskConfig::new(iface, feedback_addr);
+            let tx =
+                afxdp::XskPort::open_tx(&xsk, config.queues).map_err(NetPortOpenError::from)?;
+            Ok(SenderPort::AfXdp {
+                tx: Box::new(tx),
+                feedback: sender_udp,
+            })
+        }
+        _ => Ok(SenderPort::Udp(sender_udp)),
+    }
+}
+
+/// The bounded queues between the agents (module docs of [`crate::proxy`]).
+struct Queues {
+    conductor: CommandQueue<ConductorCommand>,
+    receiver: (SpscProducer<ReceiverCommand>, SpscConsumer<ReceiverCommand>),
+    sender: (SpscProducer<SenderCommand>, SpscConsumer<SenderCommand>),
+    archiver: (SpscProducer<ArchiverCommand>, SpscConsumer<ArchiverCommand>),
+    /// What the sender and the receiver retire, to the conductor.
+    tx_graveyard: (SpscProducer<Retired>, SpscConsumer<Retired>),
+    rx_graveyard: (SpscProducer<Retired>, SpscConsumer<Retired>),
+    replay: (ReplayClient, ReplayServer),
+}
+
+impl Queues {
+    fn new(config: &Config) -> Queues {
+        let depth = config.command_queue_depth as usize;
+        Queues {
+            conductor: CommandQueue::new(depth),
+            receiver: spsc(depth),
+            sender: spsc(depth),
+            archiver: spsc(depth),
+            tx_graveyard: spsc(depth),
+            rx_graveyard: spsc(depth),
+            // One storage read per catching-up subscriber in flight at most: room for all of them.
+            replay: crate::replay::replay_channel(depth.max(config.subscribers_max as usize)),
+        }
+    }
+}
+
+/// What the agents are built from. Configured partitions are slots 0..n; slots n.. are for
+/// partitions the control plane creates at run time (the conductor hands them to the agents).
+struct AgentParts<'a> {
+    config: &'a Config,
+    counters: &'a Counters,
+    partitions: &'a [(u32, u16)],
+    rings: Vec<Ring>,
+    data_addr: SocketAddr,
+}
+
+impl AgentParts<'_> {
+    fn slots_max(&self) -> usize {
+        self.partitions.len() + crate::conductor::DYNAMIC_RINGS_MAX
+    }
+
+    fn cells(&self) -> Vec<std::sync::Arc<crate::counters::PartitionCells>> {
+        (0..self.partitions.len())
+            .map(|i| self.counters.partition_cells(i))
+            .collect()
+    }
+
+    /// Receiver, sender, archiver (with storage), conductor, in that order.
+    fn build(
+        self,
+        queues: Queues,
+        data_port: NetPort,
+        sender_port: SenderPort,
+        stream_rings: StreamRings,
+    ) -> Result<Vec<Box<dyn Agent>>, NodeStartError> {
+        let neighbour_interface = sender_port.neighbour_interface();
+        let Queues {
+            conductor,
+            receiver,
+            sender,
+            archiver,
+            tx_graveyard,
+            rx_graveyard,
+            replay,
+        } = queues;
+        let mut agents: Vec<Box<dyn Agent>> = vec![
+            Box::new(self.receiver(data_port, receiver.1, rx_graveyard.0, &conductor)?),
+            Box::new(self.sender(sender_port, sender.1, tx_graveyard.0, replay.0)?),
+        ];
+        let storage = self.config.storage_dir.is_some();
+        if let Some(dir) = &self.config.storage_dir {
+            let archiver_agent = Archiver::open_with_slots(
+                dir,
+                self.rings.clone(),
+                self.counters.clone(),
+                self.config.archive_commit_interval_ns,
+                self.slots_max(),
+            )?
+            .with_commands(archiver.1, conductor.clone())
+            .with_replay(replay.1);
+            agents.push(Box::new(archiver_agent));
+        }
+        let registry = PartitionRegistry::new(
+            self.partitions
+                .iter()
+                .zip(self.rings.iter().cloned())
+                .map(|(&(s, p), r)| (s, p, r))
+                .collect(),
+            self.slots_max(),
+            self.config.storage_dir.clone(),
+            self.config.replay_records_max,
+            receiver.0,
+            sender.0,
+            storage.then_some(archiver.0),
+        );
+        let file = CountersFile::create(&self.config.counters_file, self.counters)?;
+        let mut conductor = Conductor::new(
+            conductor,
+            registry,
+            self.counters.clone(),
+            file,
+            self.subscription_settings(neighbour_interface),
+        )
+        .with_stream_commands(stream_rings)
+        .with_graveyard(tx_graveyard.1)
+        .with_graveyard(rx_graveyard.1);
+        let roles: Vec<&'static str> = agents.iter().map(|a| a.role()).collect();
+        conductor.watch(&roles);
+        agents.push(Box::new(conductor));
+        Ok(agents)
+    }
+
+    fn receiver(
+        &self,
+        data_port: NetPort,
+        commands: SpscConsumer<ReceiverCommand>,
+        graveyard: SpscProducer<Retired>,
+        conductor: &CommandQueue<ConductorCommand>,
+    ) -> Result<Receiver, NodeStartError> {
+        let config = self.config;
+        let session_cfg = SessionConfig {
+            sessions_max: config.sessions_max as usize,
+            window_bytes: config.window_bytes,
+            nak_delay_ns: config.nak_delay_ns,
+            nak_retry_ns: config.nak_retry_ns,
+            status_interval_ns: config.status_interval_ns,
+            session_timeout_ns: config.session_timeout_ns,
+            receiver_id: u64::from(self.data_addr.port()) | (u64::from(std::process::id()) << 16),
+        };
+        let sink = RingSink::with_slots(self.rings.clone(), self.slots_max())
+            .map_err(|e| attach_err("receiver", e))?;
+        Ok(Receiver::new(
+            data_port,
+            SessionTable::with_slots(session_cfg, self.partitions, self.slots_max()),
+            sink,
+            self.cells(),
+            self.counters.clone(),
+            conductor.clone(),
+            config.storage_dir.is_some(),
+            config.rx_batch_max as usize,
+        )
+        .with_partition_commands(commands)
+        .with_graveyard(graveyard))
+    }
+
+    fn sender(
+        &self,
+        port: SenderPort,
+        commands: SpscConsumer<SenderCommand>,
+        graveyard: SpscProducer<Retired>,
+        replay: ReplayClient,
+    ) -> Result<Sender, NodeStartError> {
+        let config = self.config;
+        let sender = Sender::new(
+            port,
+            self.rings.clone(),
+            self.cells(),
+            self.slots_max(),
+            config.subscribers_max as usize,
+            config.session_timeout_ns,
+            commands,
+            self.counters.clone(),
+        )
+        .map_err(|e| attach_err("sender", e))?
+        .with_graveyard(graveyard);
+        Ok(match config.storage_dir {
+            Some(_) => sender.with_replay(replay),
+            None => sender,
+        })
+    }
+
+    fn subscription_settings(&self, neighbour_interface: Option<String>) -> SubscriptionSettings {
+        let config = self.config;
+        SubscriptionSettings {
+            partitions: self.partitions.to_vec(),
+            retransmit_window_bytes: config.subscriber_buffer_bytes(),
+            heartbeat_interval_ns: config.heartbeat_interval_ns,
+            session_timeout_ns: config.session_timeout_ns,
+            principal: format!("node-{}", self.data_addr.port()),
+            neighbour_interface,
+        }
+    }
+}
+
+fn attach_err(agent: &'static str, e: impl std::fmt::Display) -> NodeStartError {
+    NodeStartError::Attach {
+        agent,
+        detail: e.to_string(),
+    }
+}
+
+/// Each agent with the counters of its longest duty cycle and its duty-cycle count.
+fn duty_slots(agents: Vec<Box<dyn Agent>>, counters: &Counters) -> Vec<AgentSlot> {
+    agents
+        .into_iter()
+        .map(|a| {
+            let duty = duty_cycle_counter(a.role()).map(|counter| DutyCycleSlot {
+                counters: counters.clone(),
+                counter,
+                cycles: cycles_counter(a.role()),
+            });
+            AgentSlot::new(a, duty)
+        })
+        .collect()
 }
 
 /// A running (or invoker-driven) node. Dropping it stops the agents, detaches XDP and removes the

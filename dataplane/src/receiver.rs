@@ -9,9 +9,9 @@ use std::sync::Arc;
 use xdp_programs::abi_consts::FRAME_BYTES_MAX;
 
 use crate::agent::{Agent, CommandQueue, SpscConsumer, SpscProducer};
-use crate::conductor::ConductorCommand;
 use crate::counters::{Counter, Counters, PartitionCells};
 use crate::net::NetPort;
+use crate::proxy::{ConductorCommand, ReceiverCommand};
 use crate::retire::{Graveyard, Retired};
 use crate::session::{AppendRefusal, ReceiverStats, RecordSink, SessionTable};
 
@@ -106,25 +106,6 @@ impl RecordSink for RingSink {
             Err(shm_ring::OfferError::MessageTooLarge { .. }) => Err(AppendRefusal::TooLarge),
         }
     }
-}
-
-/// A partition the conductor made live at run time, or one it takes away.
-pub enum ReceiverCommand {
-    /// Accept remote publishers' frames for (stream, partition) into `ring` as slot `slot`.
-    Add {
-        slot: usize,
-        stream_id: u32,
-        partition: u16,
-        ring: shm_ring::Ring,
-        publisher: shm_ring::Publisher,
-        cells: Arc<PartitionCells>,
-    },
-    /// Stop serving (stream, partition): its sessions close, later frames count as unknown.
-    Remove {
-        slot: usize,
-        stream_id: u32,
-        partition: u16,
-    },
 }
 
 /// Partition commands handled per duty cycle at most.

@@ -1,6 +1,6 @@
 //! Storage reads for remote subscribers that catch up, done off the sender's thread.
 //!
-//! A subscriber that starts behind the ring reads the partition's log (sender docs, `Phase`).
+//! A subscriber that starts behind the ring reads the partition's log ([`crate::catchup`]).
 //! Its log reader and read buffer travel to the archiver, which already does the node's storage
 //! I/O, as a [`ReplayRequest`]; the archiver reads the next batch into the buffer (an O_DIRECT
 //! read when the buffer does not hold it yet) and sends both back as a [`ReplayReply`] that says
@@ -8,7 +8,7 @@
 //! the sender's duty cycle never waits on the disk while it also feeds live subscribers.
 //!
 //! ```text
-//!  sender ──ReplayRequest{id, reader, buf}──► archiver: reader.read_batch(buf)
+//!  sender ──ReplayRequest{id, reader, buf, seek}──► archiver: reader.read_batch(buf)
 //!  sender ◄──ReplayReply{id, reader, buf, Batch{start, end} | AtTail{end} | Failed}──
 //! ```
 //!
@@ -29,6 +29,9 @@ pub struct ReplayRequest {
     pub id: u64,
     pub reader: Box<Reader>,
     pub buf: Box<AlignedBuf>,
+    /// Position the reader at this log offset first (at the durable end if it is beyond):
+    /// a subscriber whose ring reader was overrun goes back to storage there.
+    pub seek: Option<u64>,
 }
 
 /// What a read found.
@@ -50,9 +53,15 @@ pub struct ReplayReply {
     pub outcome: ReplayOutcome,
 }
 
-/// Reads the next batch of `reader` into `buf` (blocking I/O when `buf` does not hold it).
-pub fn read_one(reader: &mut Reader, buf: &mut AlignedBuf) -> ReplayOutcome {
+/// Reads the next batch of `reader` into `buf` (blocking I/O when `buf` does not hold it),
+/// after positioning the reader at `seek` when given.
+pub fn read_one(reader: &mut Reader, buf: &mut AlignedBuf, seek: Option<u64>) -> ReplayOutcome {
     let end = reader.end_offset();
+    if let Some(offset) = seek {
+        if let Err(e) = reader.seek_offset(offset.min(end)) {
+            return ReplayOutcome::Failed(e.to_string());
+        }
+    }
     let (at, len) = match reader.read_batch(buf) {
         Ok(Some(b)) => (b.as_bytes().as_ptr() as usize, b.as_bytes().len()),
         Ok(None) => return ReplayOutcome::AtTail { end },
@@ -94,7 +103,7 @@ impl ReplayServer {
         while served < max && !self.replies.is_full() {
             let replies = &mut self.replies;
             let n = self.requests.drain(1, |mut r| {
-                let outcome = read_one(&mut r.reader, &mut r.buf);
+                let outcome = read_one(&mut r.reader, &mut r.buf, r.seek);
                 let reply = ReplayReply {
                     id: r.id,
                     reader: r.reader,
@@ -170,6 +179,7 @@ mod tests {
             id: 7,
             reader: Box::new(log.reader()),
             buf: Box::new(AlignedBuf::new(1 << 16).unwrap()),
+            seek: None,
         };
         let mut got = Vec::new();
         for _ in 0..3 {
@@ -191,6 +201,7 @@ mod tests {
                 id: r.id,
                 reader: r.reader,
                 buf: r.buf,
+                seek: None,
             };
         }
         let want: Vec<(u64, Vec<u8>)> = payloads
@@ -222,7 +233,7 @@ mod tests {
         }
         let mut buf = AlignedBuf::new(1 << 16).unwrap();
         assert!(matches!(
-            read_one(&mut reader, &mut buf),
+            read_one(&mut reader, &mut buf, None),
             ReplayOutcome::Failed(_)
         ));
     }
@@ -236,6 +247,7 @@ mod tests {
             id,
             reader: Box::new(log.reader()),
             buf: Box::new(AlignedBuf::new(4096).unwrap()),
+            seek: None,
         };
         assert!(client.requests.offer(req(1)).is_ok());
         assert_eq!(server.serve(4), 1);

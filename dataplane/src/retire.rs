@@ -6,12 +6,12 @@
 //! resource freed on the agent's thread, and counted (`TxFreedOnAgent`, `RxFreedOnAgent`).
 
 use crate::agent::SpscProducer;
-use crate::sender::{Phase, Subscription};
 
 /// Something an agent no longer uses, freed by the conductor.
 pub enum Retired {
-    Subscription(Box<Subscription>),
-    Phase(Phase),
+    /// Anything already on the heap (an ended subscription, a log reader, a read buffer, a
+    /// private ring reader): a `Box<T>` becomes a `Box<dyn Send>` without allocating.
+    Boxed(Box<dyn Send>),
     Ring(shm_ring::Ring),
     RingReader(shm_ring::Subscriber),
     RingPublisher(shm_ring::Publisher),
@@ -43,11 +43,8 @@ impl Graveyard {
         }
     }
 
-    /// Sets `phase` to `Live` and retires what it held.
-    pub fn bury_phase(&mut self, phase: &mut Phase) {
-        match std::mem::replace(phase, Phase::Live) {
-            Phase::Live => {}
-            old => self.bury(Retired::Phase(old)),
-        }
+    /// Retires something already on the heap.
+    pub fn bury_box<T: Send + 'static>(&mut self, boxed: Box<T>) {
+        self.bury(Retired::Boxed(boxed));
     }
 }

@@ -11,22 +11,21 @@
 //! both go through a kernel UDP socket.
 //!
 //! Where a subscriber starts is its SUBSCRIBE's start position (latest, earliest, an offset):
-//! a subscriber that starts behind the live tail moves through [`Phase`]s — `Storage` (a
-//! storage-nvme reader of the partition's log, following its durable tail; the archiver does the
-//! reads, [`crate::replay`], so the sender never waits on the disk), then `Ring` (a
-//! private ring reader from the first record not yet sent, once the durable tail is reached),
-//! then `Live` (fed by the partition's shared reader, which never passes a `Ring` reader, so the
-//! two meet). Every subscription remembers the next record it needs — its partition (log)
-//! offset `next_log` while it reads storage, its ring offset `next_ring` from the moment it reads
-//! the ring — so records are never sent twice at a switch and never skipped. Partition offsets
-//! are the log's: ring offset + the archiver's `log_delta` (0 without storage).
+//! a subscriber that starts behind the live tail catches up from storage (a storage-nvme reader
+//! of the partition's log, following its durable tail; the archiver does the reads,
+//! [`crate::replay`], so the sender never waits on the disk), then from a private ring reader,
+//! then live (the partition's shared reader, which never passes a private reader, so the two
+//! meet). Which reader feeds it and which record it needs next is decided by the sans-IO
+//! [`CatchUp`] machine ([`crate::catchup`]); the sender does the I/O it asks for. A private ring
+//! reader that is overrun sends the subscriber back to storage (with a log) from the next record
+//! it needs.
 //!
 //! The ring is read only as far as every subscriber of the partition has room in its retransmit
 //! window (a slow subscriber back-pressures the ring, like any reliable ring subscriber); a
 //! subscriber silent for `session_timeout_ns` is evicted.
 //!
 //! What the sender gives up — an ended subscription (its retransmit buffer), a finished catch-up
-//! phase (storage reader, read buffer, private ring reader), a removed partition's ring mapping —
+//! (storage reader, read buffer, private ring reader), a removed partition's ring mapping —
 //! goes to the conductor to be freed there ([`crate::retire`]).
 
 use std::net::SocketAddr;
@@ -39,9 +38,11 @@ use xdp_programs::abi_consts::FRAME_BYTES_MAX;
 use xdp_programs::frame::FrameHeader;
 
 use crate::agent::{Agent, SpscConsumer, SpscProducer};
-use crate::archiver::STAGE_RECORDS_MAX;
+use crate::archive::STAGE_RECORDS_MAX;
+use crate::catchup::{CatchUp, Source};
 use crate::counters::{Counter, Counters, PartitionCells};
 use crate::net::SenderPort;
+use crate::proxy::{NewSubscriber, SenderCommand, SubscriberStart};
 use crate::replay::{ReplayClient, ReplayOutcome, ReplayRequest};
 use crate::retire::{Graveyard, Retired};
 
@@ -53,153 +54,131 @@ pub const RING_RECORDS_PER_CYCLE_MAX: usize = 256;
 pub const FRAMES_PER_SUBSCRIBER_CYCLE_MAX: usize = 32;
 /// Datagrams received per duty cycle at most.
 pub const RX_BATCH_MAX: usize = 64;
-/// How often a subscriber reading storage at its durable tail looks for its records in the ring.
-pub const RING_RETRY_NS: u64 = 1_000_000;
 /// Replies of the archiver's storage reads taken per duty cycle at most.
 pub const REPLAY_REPLIES_PER_CYCLE_MAX: usize = 16;
 /// Interval between copies of the sender's statistics into the shared counters (ns).
 pub const STATS_PUBLISH_INTERVAL_NS: u64 = 1_000_000;
 
-/// How far a remote subscriber is from the live tail of its partition.
-pub enum Phase {
-    /// Fed by the partition's shared ring reader with every other live subscriber.
-    Live,
-    /// Reading the partition's log from storage (it asked for records older than the ring).
-    Storage(StorageRead),
-    /// Reading a private ring subscriber until it meets the partition's shared reader.
-    Ring { sub: Box<shm_ring::Subscriber> },
-}
-
-/// A subscriber's place in the partition's log while it catches up from storage. The archiver
-/// does the reads ([`crate::replay`]); the sender sends each batch from the buffer.
-pub struct StorageRead {
-    /// The log reader and its buffer; None while the archiver reads the next batch for it.
-    io: Option<(Box<storage_nvme::Reader>, Box<storage_nvme::AlignedBuf>)>,
+/// The I/O side of a subscriber's catch-up (the decisions are its [`CatchUp`]'s).
+#[derive(Default)]
+struct CatchUpIo {
+    /// The partition's log reader and its read buffer (kept until the subscriber is live, so a
+    /// ring overrun can go back to storage); None while the archiver reads for it.
+    log: Option<(Box<storage_nvme::Reader>, Box<storage_nvme::AlignedBuf>)>,
     /// Bytes `start..end` of the buffer hold a batch not yet wholly sent.
     ready: Option<(usize, usize)>,
-    /// The log's durable end when a read last found nothing more: no new read until it grows.
-    tail_end: Option<u64>,
-    /// Earliest time to look at the ring again after the reader reached the durable tail.
-    ring_retry_ns: u64,
+    /// Position the log reader at this log offset before the next read (after an overrun).
+    seek: Option<u64>,
+    /// The private ring reader.
+    ring: Option<Box<shm_ring::Subscriber>>,
 }
 
-impl StorageRead {
-    /// Reads `reader` (positioned at the subscriber's first record) through `buf`.
-    pub fn new(
-        reader: Box<storage_nvme::Reader>,
-        buf: Box<storage_nvme::AlignedBuf>,
-    ) -> StorageRead {
-        StorageRead {
-            io: Some((reader, buf)),
-            ready: None,
-            tail_end: None,
-            ring_retry_ns: 0,
+impl CatchUpIo {
+    /// Retires what it holds (the subscriber is live, ending, or failed).
+    fn retire(&mut self, graveyard: &mut Graveyard) {
+        if let Some((reader, buf)) = self.log.take() {
+            graveyard.bury_box(reader);
+            graveyard.bury_box(buf);
         }
+        if let Some(ring) = self.ring.take() {
+            graveyard.bury_box(ring);
+        }
+        self.ready = None;
+        self.seek = None;
     }
 
-    /// Takes what a read found.
-    fn apply(&mut self, outcome: ReplayOutcome) -> Result<(), String> {
+    /// Takes what a storage read found.
+    fn apply(&mut self, cu: &mut CatchUp, outcome: ReplayOutcome) -> Result<(), String> {
         match outcome {
             ReplayOutcome::Batch { start, end } => self.ready = Some((start, end)),
-            ReplayOutcome::AtTail { end } => self.tail_end = Some(end),
+            ReplayOutcome::AtTail { end } => cu.at_tail(end),
             ReplayOutcome::Failed(e) => return Err(e),
         }
         Ok(())
     }
 }
 
-/// One remote subscriber: where it is and the outbound session to it.
-pub struct Subscription {
+/// One remote subscriber: the conductor's [`NewSubscriber`] (address, session), where it is.
+struct Subscription {
     /// The sender's id for it (replies of the archiver's reads name it).
     id: u64,
-    dst: SocketAddr,
-    partition_idx: usize,
-    session: PublisherSession,
+    peer: Box<NewSubscriber>,
+    /// Partition slot (usize::MAX once its partition went away).
+    slot: usize,
     last_heard_ns: u64,
-    /// Partition (log) offset of the next record to send; records below it are never re-sent.
-    next_log: u64,
-    /// Ring offset of the next record to send once it reads the ring (set when it leaves
-    /// storage; None: every record from the shared reader). Ring offsets from then on, so a
-    /// later change of the ring-to-log mapping cannot make it skip or repeat a record.
-    next_ring: Option<u64>,
-    phase: Phase,
+    cu: CatchUp,
+    io: CatchUpIo,
     /// Its partition went away: finish the session (END_OF_SESSION), read nothing more.
     ending: bool,
-    /// Its link-layer address, resolved by the conductor (AF_XDP sender port only).
-    dst_mac: Option<[u8; 6]>,
 }
 
 impl Subscription {
-    /// A subscriber fed from the live tail.
-    pub fn new(dst: SocketAddr, partition_idx: usize, session: PublisherSession) -> Subscription {
-        Self::starting(dst, partition_idx, session, 0, Phase::Live)
-    }
-
-    /// A subscriber whose first record is partition offset `next_log`, read first from `phase`.
-    pub fn starting(
-        dst: SocketAddr,
-        partition_idx: usize,
-        session: PublisherSession,
-        next_log: u64,
-        phase: Phase,
-    ) -> Subscription {
+    /// Takes the conductor's description; its start resources become the catch-up's I/O.
+    fn new(id: u64, mut peer: Box<NewSubscriber>, now_ns: u64) -> Subscription {
+        let mut io = CatchUpIo::default();
+        let cu = match std::mem::replace(&mut peer.start, SubscriberStart::Live) {
+            SubscriberStart::Live => CatchUp::live(),
+            SubscriberStart::Storage { from, reader, buf } => {
+                io.log = Some((reader, buf));
+                CatchUp::from_storage(from)
+            }
+            SubscriberStart::Ring { from, reader } => {
+                io.ring = Some(reader);
+                CatchUp::from_ring(from)
+            }
+        };
         Subscription {
-            id: 0,
-            dst,
-            partition_idx,
-            session,
-            last_heard_ns: 0,
-            next_log,
-            next_ring: None,
-            phase,
+            id,
+            slot: peer.slot,
+            peer,
+            last_heard_ns: now_ns,
+            cu,
+            io,
             ending: false,
-            dst_mac: None,
         }
     }
 
-    /// The subscriber's MAC address, for a sender that builds Ethernet headers itself.
-    pub fn with_mac(mut self, mac: [u8; 6]) -> Subscription {
-        self.dst_mac = Some(mac);
-        self
+    fn session(&self) -> &PublisherSession {
+        &self.peer.session
     }
 
     fn free_bytes(&self) -> u64 {
-        let used = self.session.end_offset() - self.session.acked_offset();
-        (self.session.config().buffer_bytes as u64).saturating_sub(used)
+        let session = self.session();
+        let used = session.end_offset() - session.acked_offset();
+        (session.config().buffer_bytes as u64).saturating_sub(used)
     }
 
     /// Records of the largest size that fit in the retransmit window now.
     fn room_records(&self) -> usize {
-        let per_record = record_bytes(self.session.payload_bytes_max()) as u64;
+        let per_record = record_bytes(self.session().payload_bytes_max()) as u64;
         (self.free_bytes() / per_record) as usize
     }
 
-    fn same_peer(&self, other: &Subscription) -> bool {
-        let (a, b) = (self.session.config(), other.session.config());
-        self.dst == other.dst
+    fn same_peer(&self, other: &NewSubscriber) -> bool {
+        let (a, b) = (self.session().config(), other.session.config());
+        self.peer.dst == other.dst
             && a.session_id == b.session_id
             && a.stream_id == b.stream_id
             && a.partition == b.partition
     }
 
     fn is_live(&self) -> bool {
-        matches!(self.phase, Phase::Live) && !self.ending
+        self.cu.source() == Source::Live && !self.ending
     }
-}
 
-/// Commands for the sender (from the conductor, through an SPSC queue).
-pub enum SenderCommand {
-    /// Start sending a partition to a remote subscriber (replaces an older incarnation).
-    Add(Box<Subscription>),
-    /// Serve remote subscribers of a partition made live at run time, as slot `slot`.
-    AddPartition {
-        slot: usize,
-        ring: shm_ring::Ring,
-        reader: Box<shm_ring::Subscriber>,
-        cells: Arc<PartitionCells>,
-    },
-    /// The partition of slot `slot` is gone: its subscribers' sessions end.
-    RemovePartition { slot: usize },
+    /// Ends it: it reads nothing more, its session closes once what was sent is acknowledged.
+    fn end(&mut self, graveyard: &mut Graveyard) {
+        self.ending = true;
+        self.slot = usize::MAX;
+        self.io.retire(graveyard);
+        self.peer.session.close();
+    }
+
+    /// Retires everything it holds (it leaves the sender).
+    fn retire(mut self, graveyard: &mut Graveyard) {
+        self.io.retire(graveyard);
+        graveyard.bury_box(self.peer);
+    }
 }
 
 /// The sender agent.
@@ -209,9 +188,9 @@ pub struct Sender {
     ring_subs: Vec<Option<shm_ring::Subscriber>>,
     cells: Vec<Option<Arc<PartitionCells>>>,
     live_slots: Vec<usize>,
-    /// Boxed as the conductor built them: moving one in or out never allocates or frees here.
-    #[allow(clippy::vec_box)] // the boxes travel whole between the conductor and the sender
-    subscriptions: Vec<Box<Subscription>>,
+    /// At most `subscribers_max` (the capacity: adding one never allocates); each holds the
+    /// box the conductor built ([`NewSubscriber`]), which travels whole.
+    subscriptions: Vec<Subscription>,
     subscribers_max: usize,
     session_timeout_ns: u64,
     commands: Option<SpscConsumer<SenderCommand>>,
@@ -336,47 +315,41 @@ impl Sender {
                 }
                 self.cells[slot] = None;
                 self.live_slots.retain(|&s| s != slot);
-                for s in self
-                    .subscriptions
-                    .iter_mut()
-                    .filter(|s| s.partition_idx == slot)
-                {
+                for s in self.subscriptions.iter_mut().filter(|s| s.slot == slot) {
                     // The slot may be reused: this session reads nothing more and ends once
                     // what it was sent is acknowledged.
-                    s.partition_idx = usize::MAX;
-                    s.ending = true;
-                    self.graveyard.bury_phase(&mut s.phase);
-                    s.session.close();
+                    s.end(&mut self.graveyard);
                 }
             }
         }
     }
 
-    fn add(&mut self, mut sub: Box<Subscription>, now_ns: u64) {
-        sub.last_heard_ns = now_ns;
-        self.next_id += 1;
-        sub.id = self.next_id;
-        if sub.partition_idx >= self.rings.len() || self.rings[sub.partition_idx].is_none() {
+    fn add(&mut self, peer: Box<NewSubscriber>, now_ns: u64) {
+        if peer.slot >= self.rings.len() || self.rings[peer.slot].is_none() {
             // Its partition was removed while the request travelled.
             self.evicted += 1;
-            self.graveyard.bury(Retired::Subscription(sub));
+            self.graveyard.bury_box(peer);
             return;
         }
-        if let Some(old) = self.subscriptions.iter_mut().find(|s| s.same_peer(&sub)) {
-            if old.session.config().epoch == sub.session.config().epoch {
+        let epoch = peer.session.config().epoch;
+        if let Some(old) = self.subscriptions.iter_mut().find(|s| s.same_peer(&peer)) {
+            if old.session().config().epoch == epoch {
                 // A repeated SUBSCRIBE (the subscriber has not seen our SETUP yet): keep the session.
                 old.last_heard_ns = now_ns;
-                self.graveyard.bury(Retired::Subscription(sub));
+                self.graveyard.bury_box(peer);
                 return;
             }
-            retire(&mut self.retired, &old.session.stats());
-            let old = std::mem::replace(old, sub);
-            self.graveyard.bury(Retired::Subscription(old));
+            retire(&mut self.retired, &old.session().stats());
+            self.next_id += 1;
+            let old = std::mem::replace(old, Subscription::new(self.next_id, peer, now_ns));
+            old.retire(&mut self.graveyard);
         } else if self.subscriptions.len() < self.subscribers_max {
+            self.next_id += 1;
+            let sub = Subscription::new(self.next_id, peer, now_ns);
             self.subscriptions.push(sub);
         } else {
             self.evicted += 1;
-            self.graveyard.bury(Retired::Subscription(sub));
+            self.graveyard.bury_box(peer);
         }
     }
 
@@ -393,21 +366,26 @@ impl Sender {
         let mut work = 0;
         for k in 0..self.subscriptions.len() {
             let s = &self.subscriptions[k];
-            if s.ending || matches!(s.phase, Phase::Live) {
+            if s.ending || s.cu.source() == Source::Live {
                 continue;
             }
-            let p = s.partition_idx;
+            let p = s.slot;
             let part = PartitionView {
                 delta: self.delta(p),
                 shared_next: self.ring_subs[p].as_ref().map(|r| r.next_offset()),
                 ring: self.rings[p].as_ref(),
             };
             let s = &mut self.subscriptions[k];
-            let graveyard = &mut self.graveyard;
-            let replay = self.replay.as_mut();
-            match catch_up_one(s, now_ns, part, &mut self.replayed, graveyard, replay) {
+            let ctx = CatchUpCtx {
+                now_ns,
+                room: s.room_records().min(RING_RECORDS_PER_CYCLE_MAX),
+                replayed: &mut self.replayed,
+                graveyard: &mut self.graveyard,
+                replay: self.replay.as_mut(),
+            };
+            match catch_up_one(s, part, ctx) {
                 Ok(w) => work += w,
-                Err(e) => end_catch_up(s, &e, graveyard, &mut self.catch_up_errors),
+                Err(e) => end_catch_up(s, &e, &mut self.graveyard, &mut self.catch_up_errors),
             }
         }
         work
@@ -422,29 +400,17 @@ impl Sender {
         let errors = &mut self.catch_up_errors;
         client.replies.drain(REPLAY_REPLIES_PER_CYCLE_MAX, |r| {
             let waiting = subs.iter().position(|s| {
-                s.id == r.id && matches!(&s.phase, Phase::Storage(st) if st.io.is_none())
+                s.id == r.id && s.cu.source() == Source::Storage && s.io.log.is_none()
             });
-            let retire = |graveyard: &mut Graveyard, reader, buf| {
-                let phase = Phase::Storage(StorageRead::new(reader, buf));
-                graveyard.bury(Retired::Phase(phase));
-            };
             let Some(k) = waiting else {
                 // Ended, evicted or moved on while the read was in flight.
-                retire(graveyard, r.reader, r.buf);
+                graveyard.bury_box(r.reader);
+                graveyard.bury_box(r.buf);
                 return;
             };
             let s = &mut subs[k];
-            let result = match &mut s.phase {
-                Phase::Storage(st) => {
-                    st.io = Some((r.reader, r.buf));
-                    st.apply(r.outcome)
-                }
-                _ => {
-                    retire(graveyard, r.reader, r.buf);
-                    Ok(())
-                }
-            };
-            if let Err(e) = result {
+            s.io.log = Some((r.reader, r.buf));
+            if let Err(e) = s.io.apply(&mut s.cu, r.outcome) {
                 end_catch_up(s, &e, graveyard, errors);
             }
         })
@@ -457,7 +423,7 @@ impl Sender {
         for s in self
             .subscriptions
             .iter()
-            .filter(|s| s.partition_idx == p && s.is_live())
+            .filter(|s| s.slot == p && s.is_live())
         {
             any = true;
             limit = limit.min(s.room_records());
@@ -474,8 +440,8 @@ impl Sender {
         // A subscriber reading the ring privately to catch up holds the shared reader back, as
         // a live one would: the shared reader never passes it, so it meets it and goes live.
         let shared_next = ring_sub.next_offset();
-        for s in self.subscriptions.iter().filter(|s| s.partition_idx == p) {
-            if let Phase::Ring { sub } = &s.phase {
+        for s in self.subscriptions.iter().filter(|s| s.slot == p) {
+            if let (Source::Ring, Some(sub)) = (s.cu.source(), &s.io.ring) {
                 let ahead = sub.next_offset().saturating_sub(shared_next);
                 limit = limit.min(usize::try_from(ahead).unwrap_or(usize::MAX));
             }
@@ -493,10 +459,7 @@ impl Sender {
                 if !any {
                     return;
                 }
-                for s in subs
-                    .iter_mut()
-                    .filter(|s| s.partition_idx == p && s.is_live())
-                {
+                for s in subs.iter_mut().filter(|s| s.slot == p && s.is_live()) {
                     oversize += offer_at(s, rec.offset, rec.type_id, rec.payload);
                 }
             },
@@ -520,7 +483,7 @@ impl Sender {
     fn publish_stats(&self) {
         let mut s = self.retired;
         for sub in &self.subscriptions {
-            retire(&mut s, &sub.session.stats());
+            retire(&mut s, &sub.session().stats());
         }
         let c = &self.counters;
         c.set(Counter::TxRecords, self.records);
@@ -551,16 +514,16 @@ impl Sender {
 /// Offers the record at ring offset `at` to `s` unless it was sent already; returns 1 when
 /// the record is too large for the subscriber's frames (counted, skipped).
 fn offer_at(s: &mut Subscription, at: u64, type_id: u16, payload: &[u8]) -> u64 {
-    if s.next_ring.is_some_and(|n| at < n) {
+    if !s.cu.admit_ring(at) {
         return 0; // already sent from storage or a private reader
     }
-    match s.session.offer(type_id, payload) {
+    match s.peer.session.offer(type_id, payload) {
         Ok(_) => {
-            s.next_ring = Some(at + 1);
+            s.cu.sent_ring(at);
             0
         }
         Err(NetOfferError::TooLarge { .. }) => {
-            s.next_ring = Some(at + 1);
+            s.cu.sent_ring(at);
             1
         }
         // Room was checked by the caller; a closed session is being replaced.
@@ -579,182 +542,232 @@ struct PartitionView<'a> {
     ring: Option<&'a shm_ring::Ring>,
 }
 
+/// Where a catch-up step sends records and retires what it gives up.
+struct CatchUpCtx<'a> {
+    now_ns: u64,
+    /// Records the subscriber's window takes now (at most a cycle's worth).
+    room: usize,
+    replayed: &'a mut u64,
+    graveyard: &'a mut Graveyard,
+    /// Storage reads go to the archiver (None: read here, tests and invoker setups).
+    replay: Option<&'a mut ReplayClient>,
+}
+
 /// One catch-up step of a subscriber that is not live yet; returns work done.
 fn catch_up_one(
     s: &mut Subscription,
-    now_ns: u64,
     part: PartitionView<'_>,
-    replayed: &mut u64,
-    graveyard: &mut Graveyard,
-    replay: Option<&mut ReplayClient>,
+    mut ctx: CatchUpCtx<'_>,
 ) -> Result<usize, String> {
-    let PartitionView {
-        delta,
-        shared_next,
-        ring,
-    } = part;
-    let room = s.room_records().min(RING_RECORDS_PER_CYCLE_MAX);
     // A storage batch (up to STAGE_RECORDS_MAX records) is asked for and sent only when the
     // window has room for it whole (a window smaller than that takes what fits); what does not
     // fit waits in the read buffer.
-    let window =
-        (s.session.config().buffer_bytes / record_bytes(s.session.payload_bytes_max())).max(1);
-    let need = match s.phase {
-        Phase::Storage(_) => STAGE_RECORDS_MAX
+    let session = s.session();
+    let window = (session.config().buffer_bytes / record_bytes(session.payload_bytes_max())).max(1);
+    let need = match s.cu.source() {
+        Source::Storage => STAGE_RECORDS_MAX
             .min(window)
             .min(RING_RECORDS_PER_CYCLE_MAX),
         _ => 1,
     };
-    if room < need {
+    if ctx.room < need {
         return Ok(0);
     }
-    let next_log = s.next_log;
-    match &mut s.phase {
-        Phase::Live => Ok(0),
-        Phase::Storage(st) => {
-            let Some((reader, buf)) = st.io.as_mut() else {
-                return Ok(0); // the archiver is reading for it
+    match s.cu.source() {
+        Source::Live => Ok(0),
+        Source::Storage => storage_step(s, &part, &mut ctx),
+        Source::Ring => ring_step(s, &part, &mut ctx),
+    }
+}
+
+/// Storage: send what the buffer holds, else read the next batch, else (at the durable tail)
+/// look for the next record in the ring.
+fn storage_step(
+    s: &mut Subscription,
+    part: &PartitionView<'_>,
+    ctx: &mut CatchUpCtx<'_>,
+) -> Result<usize, String> {
+    let Some((reader, _)) = s.io.log.as_ref() else {
+        return Ok(0); // the archiver is reading for it
+    };
+    if let Some((start, end)) = s.io.ready {
+        return send_batch(s, start, end, ctx);
+    }
+    let (next, durable_end) = (reader.next_offset(), reader.end_offset());
+    if s.io.seek.is_some() || s.cu.wants_read(next, durable_end) {
+        read_next(s, ctx)?;
+        return Ok(1);
+    }
+    if !s.cu.look_at_ring(ctx.now_ns) {
+        return Ok(0);
+    }
+    let Some(ring) = part.ring else {
+        return Ok(0);
+    };
+    let Ok(sub) = ring.subscriber(shm_ring::StartAt::Earliest) else {
+        return Ok(0);
+    };
+    if !s.cu.ring_opened(sub.next_offset(), part.delta) {
+        // Not durable yet and no longer in the ring: wait for storage.
+        return Ok(0);
+    }
+    // The log reader stays: an overrun of the ring reader goes back to storage.
+    s.io.ring = Some(Box::new(sub));
+    Ok(1)
+}
+
+/// Reads the next batch of the subscriber's log: at the archiver when there is one.
+fn read_next(s: &mut Subscription, ctx: &mut CatchUpCtx<'_>) -> Result<(), String> {
+    let seek = s.io.seek.take();
+    match ctx.replay.as_deref_mut() {
+        Some(client) => {
+            let Some((reader, buf)) = s.io.log.take() else {
+                return Ok(());
             };
-            let Some((start, end)) = st.ready else {
-                let durable_end = reader.end_offset();
-                let more = reader.next_offset() < durable_end
-                    && st.tail_end.is_none_or(|t| durable_end > t);
-                if more {
-                    st.tail_end = None;
-                    match replay {
-                        Some(client) => {
-                            let Some((reader, buf)) = st.io.take() else {
-                                return Ok(0);
-                            };
-                            let id = s.id;
-                            let request = ReplayRequest { id, reader, buf };
-                            if let Err(back) = client.requests.offer(request) {
-                                st.io = Some((back.reader, back.buf));
-                                return Ok(0);
-                            }
-                        }
-                        // No archiver to read for it (tests, invoker setups): read here.
-                        None => {
-                            let outcome = crate::replay::read_one(reader, buf);
-                            st.apply(outcome)?;
-                        }
-                    }
-                    return Ok(1);
-                }
-                // At the durable tail: the rest may still be in the ring.
-                if now_ns < st.ring_retry_ns {
-                    return Ok(0);
-                }
-                st.ring_retry_ns = now_ns.saturating_add(RING_RETRY_NS);
-                let Some(ring) = ring else {
-                    return Ok(0);
-                };
-                let Ok(sub) = ring.subscriber(shm_ring::StartAt::Earliest) else {
-                    return Ok(0);
-                };
-                let next_ring = next_log.wrapping_sub(delta);
-                if sub.next_offset() <= next_ring {
-                    s.next_ring = Some(next_ring);
-                    let storage =
-                        std::mem::replace(&mut s.phase, Phase::Ring { sub: Box::new(sub) });
-                    graveyard.bury(Retired::Phase(storage));
-                    return Ok(1);
-                }
-                // Not durable yet and no longer in the ring: wait for storage.
-                return Ok(0);
+            let request = ReplayRequest {
+                id: s.id,
+                reader,
+                buf,
+                seek,
             };
-            // Send what fits of the batch the buffer holds; the rest waits there.
-            let batch = storage_nvme::codec::decode_batch(&buf.as_slice()[start..end])
-                .map_err(|e| format!("a batch read back does not decode: {e}"))?;
-            let (mut sent, mut full) = (0usize, false);
-            for rec in batch.records() {
-                if rec.offset < s.next_log {
-                    continue;
-                }
-                if sent == room {
-                    full = true;
-                    break;
-                }
-                match s.session.offer(0, rec.payload) {
-                    Ok(_) | Err(NetOfferError::TooLarge { .. }) => {
-                        s.next_log = rec.offset + 1;
-                        sent += 1;
-                    }
-                    Err(
-                        NetOfferError::BackPressured
-                        | NetOfferError::Closed
-                        | NetOfferError::Refused { .. },
-                    ) => {
-                        full = true;
-                        break;
-                    }
-                }
+            if let Err(back) = client.requests.offer(request) {
+                s.io.log = Some((back.reader, back.buf));
+                s.io.seek = back.seek;
             }
-            if !full {
-                st.ready = None;
-            }
-            *replayed += sent as u64;
-            Ok(sent.max(1))
+            Ok(())
         }
-        Phase::Ring { sub } => {
-            let Some(shared_next) = shared_next else {
-                return Ok(0);
+        None => {
+            let Some((reader, buf)) = s.io.log.as_mut() else {
+                return Ok(());
             };
-            let behind = shared_next.saturating_sub(sub.next_offset());
-            if behind == 0 {
-                // Met the shared reader: from here on it feeds this subscriber (records below
-                // next_ring are skipped there, so nothing is sent twice, nothing is skipped).
-                graveyard.bury_phase(&mut s.phase);
-                return Ok(1);
+            let outcome = crate::replay::read_one(reader, buf, seek);
+            s.io.apply(&mut s.cu, outcome)
+        }
+    }
+}
+
+/// Sends what fits of the batch in bytes `start..end` of the read buffer; the rest waits there.
+fn send_batch(
+    s: &mut Subscription,
+    start: usize,
+    end: usize,
+    ctx: &mut CatchUpCtx<'_>,
+) -> Result<usize, String> {
+    let Subscription { io, cu, peer, .. } = s;
+    let Some((_, buf)) = io.log.as_ref() else {
+        return Ok(0);
+    };
+    let bytes = buf
+        .as_slice()
+        .get(start..end)
+        .ok_or("a batch outside the read buffer")?;
+    let batch = storage_nvme::codec::decode_batch(bytes)
+        .map_err(|e| format!("a batch read back does not decode: {e}"))?;
+    let (mut sent, mut full) = (0usize, false);
+    for rec in batch.records() {
+        if !cu.admit_log(rec.offset) {
+            continue;
+        }
+        if sent == ctx.room {
+            full = true;
+            break;
+        }
+        match peer.session.offer(0, rec.payload) {
+            Ok(_) | Err(NetOfferError::TooLarge { .. }) => {
+                cu.sent_log(rec.offset);
+                sent += 1;
             }
-            let limit = room.min(behind as usize);
-            let mut offered = 0usize;
-            let session = &mut s.session;
-            // Entered from storage with next_ring set; straight from a SUBSCRIBE, from next_log
-            // (an offset from before the ring's first record starts at the ring's oldest).
-            let next = s.next_ring.get_or_insert(next_log.saturating_sub(delta));
-            let poll = sub.poll(
-                |rec| {
-                    if rec.offset < *next {
-                        return;
-                    }
-                    match session.offer(rec.type_id, rec.payload) {
-                        Ok(_) | Err(NetOfferError::TooLarge { .. }) => {
-                            *next = rec.offset + 1;
-                            offered += 1;
-                        }
-                        Err(
-                            NetOfferError::BackPressured
-                            | NetOfferError::Closed
-                            | NetOfferError::Refused { .. },
-                        ) => {}
-                    }
-                },
-                limit,
-            );
-            match poll {
-                Ok(p) if p.lost == 0 => Ok(p.records.max(offered)),
-                Ok(_) => Err("records lost while reading the ring".into()),
-                Err(e) => Err(format!("ring: {e}")),
+            Err(
+                NetOfferError::BackPressured
+                | NetOfferError::Closed
+                | NetOfferError::Refused { .. },
+            ) => {
+                full = true;
+                break;
             }
         }
     }
+    if !full {
+        io.ready = None;
+    }
+    *ctx.replayed += sent as u64;
+    Ok(sent.max(1))
+}
+
+/// Ring: read the private reader up to the shared one; once they meet, the subscriber is live.
+fn ring_step(
+    s: &mut Subscription,
+    part: &PartitionView<'_>,
+    ctx: &mut CatchUpCtx<'_>,
+) -> Result<usize, String> {
+    let Some(shared_next) = part.shared_next else {
+        return Ok(0);
+    };
+    let Subscription { io, cu, peer, .. } = s;
+    let Some(sub) = io.ring.as_mut() else {
+        return Err("no ring reader".into());
+    };
+    // From storage, where storage stopped; straight from a SUBSCRIBE, the asked-for offset
+    // (an offset from before the ring's first record starts at the ring's oldest).
+    cu.ring_start(part.delta);
+    if cu.met_shared(sub.next_offset(), shared_next) {
+        // From here on the shared reader feeds it (records below next_ring are skipped there).
+        io.retire(ctx.graveyard);
+        return Ok(1);
+    }
+    let limit = ctx.room.min((shared_next - sub.next_offset()) as usize);
+    let (mut offered, mut expected, mut gap) = (0usize, sub.next_offset(), false);
+    let session = &mut peer.session;
+    let poll = sub.poll(
+        |rec| {
+            // A record after a gap is never sent: the lost ones come from storage first.
+            gap |= rec.offset != expected;
+            expected = rec.offset + 1;
+            if gap || !cu.admit_ring(rec.offset) {
+                return;
+            }
+            match session.offer(rec.type_id, rec.payload) {
+                Ok(_) | Err(NetOfferError::TooLarge { .. }) => {
+                    cu.sent_ring(rec.offset);
+                    offered += 1;
+                }
+                Err(_) => {}
+            }
+        },
+        limit,
+    );
+    match poll {
+        Ok(p) if p.lost == 0 && !gap => Ok(p.records.max(offered)),
+        _ => ring_lost(s, part.delta, ctx.graveyard),
+    }
+}
+
+/// The private ring reader was overrun: back to storage from the next record it needs (with a
+/// log), or the catch-up ends.
+fn ring_lost(s: &mut Subscription, delta: u64, graveyard: &mut Graveyard) -> Result<usize, String> {
+    if let Some(ring) = s.io.ring.take() {
+        graveyard.bury_box(ring);
+    }
+    let from = s.cu.ring_lost(delta).map_err(|e| e.to_string())?;
+    if s.io.log.is_none() {
+        return Err("the ring overran the subscriber and its log reader is gone".into());
+    }
+    s.io.ready = None;
+    s.io.seek = Some(from);
+    Ok(1)
 }
 
 /// Ends a subscription whose catch-up failed: it reads nothing more, its session closes.
 fn end_catch_up(s: &mut Subscription, e: &str, graveyard: &mut Graveyard, errors: &mut u64) {
     *errors += 1;
     if errors.is_power_of_two() {
-        let c = s.session.config();
+        let c = s.session().config();
         eprintln!(
             "memstreamer: remote subscriber {} of stream {} partition {}: catching up failed: {e}; the session ends",
-            s.dst, c.stream_id, c.partition
+            s.peer.dst, c.stream_id, c.partition
         );
     }
-    s.ending = true;
-    s.partition_idx = usize::MAX;
-    graveyard.bury_phase(&mut s.phase);
-    s.session.close();
+    s.end(graveyard);
 }
 
 fn retire(total: &mut PublisherStats, s: &PublisherStats) {
@@ -765,28 +778,23 @@ fn retire(total: &mut PublisherStats, s: &PublisherStats) {
     total.frames_dropped += s.frames_dropped;
 }
 
-impl Agent for Sender {
-    fn do_work(&mut self, now_ns: u64) -> usize {
-        let mut work = 0;
-        if let Some(mut commands) = self.commands.take() {
-            work += commands.drain(COMMANDS_PER_CYCLE_MAX, |c| self.apply(c, now_ns));
-            self.commands = Some(commands);
-        }
-
+impl Sender {
+    /// Hands the subscribers' STATUS and NAK frames to their sessions.
+    fn receive(&mut self, now_ns: u64) -> usize {
         let Sender {
             port,
             subscriptions,
             dropped_frames,
             ..
         } = self;
-        work += port.poll_rx(RX_BATCH_MAX, &mut |src, datagram| {
+        port.poll_rx(RX_BATCH_MAX, &mut |src, datagram| {
             let Ok(h) = FrameHeader::decode(datagram) else {
                 *dropped_frames += 1;
                 return;
             };
             let found = subscriptions.iter_mut().find(|s| {
-                let c = s.session.config();
-                s.dst == src
+                let c = s.session().config();
+                s.peer.dst == src
                     && c.session_id == h.session_id
                     && c.stream_id == h.stream_id
                     && c.partition == h.partition
@@ -794,48 +802,67 @@ impl Agent for Sender {
             match found {
                 Some(s) => {
                     s.last_heard_ns = now_ns;
-                    s.session.handle(now_ns, datagram);
+                    s.peer.session.handle(now_ns, datagram);
                 }
                 None => *dropped_frames += 1,
             }
-        });
+        })
+    }
 
-        work += self.take_replies();
-        work += self.catch_up(now_ns);
-        for k in 0..self.live_slots.len() {
-            work += self.pump_partition(self.live_slots[k]);
-        }
-
+    /// Sends what every session has due (DATA, retransmits, SETUP, heartbeats).
+    fn transmit(&mut self, now_ns: u64) -> usize {
+        let mut work = 0;
         for s in self.subscriptions.iter_mut() {
             for _ in 0..FRAMES_PER_SUBSCRIBER_CYCLE_MAX {
-                if !s.session.poll_transmit(now_ns, &mut self.out) {
+                if !s.peer.session.poll_transmit(now_ns, &mut self.out) {
                     break;
                 }
                 debug_assert!(self.out.len() >= HEADER_BYTES);
                 // A frame the port refuses is lost like on the wire; NAK or heartbeat recovers it.
-                self.port.send(s.dst, s.dst_mac, &self.out);
+                self.port.send(s.peer.dst, s.peer.dst_mac, &self.out);
                 work += 1;
             }
         }
         self.port.flush_tx();
+        work
+    }
 
+    /// Removes ended sessions and subscribers silent for `session_timeout_ns`.
+    fn reap(&mut self, now_ns: u64) {
         let timeout = self.session_timeout_ns;
         let mut i = 0;
         while i < self.subscriptions.len() {
             let s = &self.subscriptions[i];
             // Closed by us (its partition went away) or by the subscriber (a refusal).
-            let ended = s.session.is_closed();
+            let ended = s.session().is_closed();
             if ended || now_ns.saturating_sub(s.last_heard_ns) > timeout {
                 let gone = self.subscriptions.swap_remove(i);
-                retire(&mut self.retired, &gone.session.stats());
-                self.graveyard.bury(Retired::Subscription(gone));
+                retire(&mut self.retired, &gone.session().stats());
+                gone.retire(&mut self.graveyard);
                 // A session ended because its partition went away is not an eviction.
                 self.evicted += u64::from(!ended);
             } else {
                 i += 1;
             }
         }
+    }
+}
 
+impl Agent for Sender {
+    fn do_work(&mut self, now_ns: u64) -> usize {
+        let mut work = 0;
+        if let Some(mut commands) = self.commands.take() {
+            work += commands.drain(COMMANDS_PER_CYCLE_MAX, |c| self.apply(c, now_ns));
+            self.commands = Some(commands);
+        }
+        work += self.receive(now_ns);
+        work += self.take_replies();
+        work += self.catch_up(now_ns);
+        for k in 0..self.live_slots.len() {
+            work += self.pump_partition(self.live_slots[k]);
+        }
+        work += self.transmit(now_ns);
+        self.reap(now_ns);
         if now_ns >= self.next_publish_ns {
             self.publish_stats();
             self.next_publish_ns = now_ns + STATS_PUBLISH_INTERVAL_NS;
