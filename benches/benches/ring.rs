@@ -5,6 +5,7 @@
 //!
 //! Publish-only benches use a lossy ring with no subscriber (never
 //! back-pressured); poll is timed over batches published untimed beforehand.
+#![forbid(unsafe_code)]
 
 use std::hint::black_box;
 use std::path::Path;

@@ -640,17 +640,9 @@ fn latency_rounds(
     Ok(out)
 }
 
-pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
-    let root = PathBuf::from(format!("/var/tmp/ms-bench-control-{}", std::process::id()));
-    std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
-    let _guard = BenchDir(root.clone());
-    let (rounds, round_s, tput_s, kills, policy_rounds) = if args.quick {
-        (8, 2, 5, 10, 200)
-    } else {
-        (12, 5, 15, 20, 1_000)
-    };
-    println!("control suite: 3 nodes on 127.0.0.1 (mTLS, fdatasync per append) in {}; removed at the end", root.display());
-
+/// Our 3-node cluster on 127.0.0.1 under `root` (dev certificates, one process per node),
+/// started and with a stable leader (returned).
+fn start_ours(root: &Path) -> anyhow::Result<(Ours, usize)> {
     let certs = certs::generate_dev(&root.join("certs")).context("dev certificates")?;
     let tls = controlplane::auth::client_tls_config(&certs.node, &certs.ca.cert)?;
     // The client's calls run on the calling thread (like the blocking
@@ -663,7 +655,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
         PeerPool::new(tls)
     };
     let mut ours = Ours {
-        root: root.clone(),
+        root: root.to_path_buf(),
         certs,
         ports: (0..NODES)
             .map(|_| free_port())
@@ -682,6 +674,40 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
     ours.start(1, true)?;
     ours.start(2, true)?;
     let leader = ours.wait_stable(&[0, 1, 2])?;
+    Ok((ours, leader))
+}
+
+/// Prints the write latency over all rounds, ours and etcd's, and their per-round p99 ratios.
+fn report_latency(r: &Rounds) -> (Latency, Option<Latency>, Spread) {
+    let lat = Latency::from_histogram(&r.ours);
+    let etcd_lat = r.etcd.as_ref().map(Latency::from_histogram);
+    let ratio = Spread::of(&r.p99_ratios);
+    println!("{}", lat.line("ours: write (3 nodes)"));
+    if let Some(l) = &etcd_lat {
+        println!("{}", l.line("etcd: put (3 members)"));
+        println!(
+            "write p99 ours/etcd per round: min {:.2} median {:.2} max {:.2}; over all rounds {:.2}",
+            ratio.min,
+            ratio.median,
+            ratio.max,
+            lat.p99_ns as f64 / l.p99_ns.max(1) as f64
+        );
+    }
+    (lat, etcd_lat, ratio)
+}
+
+pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
+    let root = PathBuf::from(format!("/var/tmp/ms-bench-control-{}", std::process::id()));
+    std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
+    let _guard = BenchDir(root.clone());
+    let (rounds, round_s, tput_s, kills, policy_rounds) = if args.quick {
+        (8, 2, 5, 10, 200)
+    } else {
+        (12, 5, 15, 20, 1_000)
+    };
+    println!("control suite: 3 nodes on 127.0.0.1 (mTLS, fdatasync per append) in {}; removed at the end", root.display());
+
+    let (mut ours, leader) = start_ours(&root)?;
     let mut etcd = Etcd::start(&root)?;
     if let Some(e) = &etcd {
         println!("peer: {} (3 members on 127.0.0.1, HTTP/JSON gateway, one keep-alive connection to the leader)", e.version);
@@ -700,20 +726,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
     )?;
     // The peer is not needed any more: stop it before the other figures.
     drop(etcd);
-    let lat = Latency::from_histogram(&lat_rounds.ours);
-    let etcd_lat = lat_rounds.etcd.as_ref().map(Latency::from_histogram);
-    let ratio = Spread::of(&lat_rounds.p99_ratios);
-    println!("{}", lat.line("ours: write (3 nodes)"));
-    if let Some(l) = &etcd_lat {
-        println!("{}", l.line("etcd: put (3 members)"));
-        println!(
-            "write p99 ours/etcd per round: min {:.2} median {:.2} max {:.2}; over all rounds {:.2}",
-            ratio.min,
-            ratio.median,
-            ratio.max,
-            lat.p99_ns as f64 / l.p99_ns.max(1) as f64
-        );
-    }
+    let (lat, etcd_lat, ratio) = report_latency(&lat_rounds);
     let (leader, failed) = (lat_rounds.leader, lat_rounds.failed);
     if failed > 0 {
         println!(

@@ -354,6 +354,100 @@ fn fio_med_of(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| Spread::of(v).median)
 }
 
+/// Round counts and sizes of one run.
+struct Plan {
+    rounds: usize,
+    total_bytes: u64,
+    ack_rounds: usize,
+    ack_seconds: u64,
+    floor_seconds: u64,
+}
+
+impl Plan {
+    fn for_run(quick: bool) -> Plan {
+        let mut p = if quick {
+            Plan {
+                rounds: 1,
+                total_bytes: 512 << 20,
+                ack_rounds: 3,
+                ack_seconds: 3,
+                floor_seconds: 3,
+            }
+        } else {
+            Plan {
+                rounds: 3,
+                total_bytes: 2 << 30,
+                ack_rounds: 5,
+                ack_seconds: 8,
+                floor_seconds: 6,
+            }
+        };
+        // MS_BENCH_STORAGE_PARTS=ack skips the append runs (for tuning the ack path).
+        if std::env::var("MS_BENCH_STORAGE_PARTS").as_deref() == Ok("ack") {
+            p.rounds = 0;
+        }
+        p
+    }
+}
+
+/// Every append round's figures (64 B and 1 KiB records, fio's sequential write).
+#[derive(Default)]
+struct AppendRounds {
+    a64: Vec<f64>,
+    a1k: Vec<f64>,
+    fio_mb: Vec<f64>,
+    r64: Vec<f64>,
+    r1k: Vec<f64>,
+    p64: Vec<f64>,
+    p1k: Vec<f64>,
+    backend: &'static str,
+    backing: String,
+}
+
+/// Every durable-ack round's figures and its fio peers' (empty without fio).
+#[derive(Default)]
+struct AckRounds {
+    lats: Vec<Latency>,
+    floors: Vec<Floor>,
+    ratios: Vec<f64>,
+    dsyncs: Vec<[f64; 3]>,
+    overwrites: Vec<[f64; 3]>,
+    opens: Vec<[f64; 3]>,
+}
+
+impl AckRounds {
+    fn ack(&self, f: impl Fn(&Latency) -> u64) -> Spread {
+        Spread::of(
+            &self
+                .lats
+                .iter()
+                .map(|l| f(l) as f64 / 1e3)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// Median over rounds of the floor's fdatasync (`write == false`) or write percentile `i`.
+    fn floor(&self, i: usize, write: bool) -> Option<f64> {
+        (!self.floors.is_empty()).then(|| {
+            let v: Vec<f64> = self
+                .floors
+                .iter()
+                .map(|f| if write { f.write[i] } else { f.sync[i] })
+                .collect();
+            Spread::of(&v).median
+        })
+    }
+
+    fn ratio_spread(&self) -> Option<Spread> {
+        (!self.ratios.is_empty()).then(|| Spread::of(&self.ratios))
+    }
+}
+
+/// Median over rounds of percentile `i` of a fio peer, if fio ran.
+fn med_of(v: &[[f64; 3]], i: usize) -> Option<f64> {
+    (!v.is_empty()).then(|| Spread::of(&v.iter().map(|d| d[i]).collect::<Vec<_>>()).median)
+}
+
 pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
     let root = PathBuf::from(format!("/var/tmp/ms-bench-storage-{}", std::process::id()));
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
@@ -371,183 +465,205 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
         Some(v) => println!("peer: {v}"),
         None => println!("fio not found: install it with `apt-get install fio` (or run scripts/setup.sh); fio figures are null"),
     }
-    let (rounds, total_bytes, ack_rounds, ack_seconds, floor_seconds) = if args.quick {
-        (1, 512u64 << 20, 3, 3, 3)
-    } else {
-        (3, 2u64 << 30, 5, 8, 6)
-    };
-    // MS_BENCH_STORAGE_PARTS=ack skips the append runs (for tuning the ack path).
-    let rounds = if std::env::var("MS_BENCH_STORAGE_PARTS").as_deref() == Ok("ack") {
-        0
-    } else {
-        rounds
-    };
+    let plan = Plan::for_run(args.quick);
+    let append = append_rounds(&root, &plan, fio.is_some())?;
+    let ack = ack_rounds(&root, &plan, fio.is_some())?;
+    drop(guard);
+    print_targets(&append, &ack);
+    let mut v = json!({
+        "suite": "storage",
+        "quick": args.quick,
+        "fs": fs,
+        "backend": append.backend,
+        "write_ring": append.backing,
+        "block_bytes": BLOCK_BYTES,
+        "queue_depth": QUEUE_DEPTH,
+    });
+    // (Several objects: one json! of every field exceeds the macro's recursion limit.)
+    for part in [append_json(&append), ack_json(&ack, plan.ack_rounds)] {
+        if let (Some(m), serde_json::Value::Object(extra)) = (v.as_object_mut(), part) {
+            m.extend(extra);
+        }
+    }
+    Ok(v)
+}
+
+/// Interleaved append rounds: 64 B records, 1 KiB records, fio's sequential write.
+fn append_rounds(root: &Path, plan: &Plan, fio: bool) -> anyhow::Result<AppendRounds> {
+    let (rounds, total_bytes) = (plan.rounds, plan.total_bytes);
     println!("append: {rounds} interleaved round(s) of {} MiB per run; writes {} KiB x {QUEUE_DEPTH} in flight", total_bytes >> 20, BLOCK_BYTES >> 10);
     let log_dir = root.join("log");
-    let (mut a64, mut a1k, mut fio_mb) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut r64, mut r1k, mut p64, mut p1k) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut backend, mut backing) = ("", String::new());
+    let mut out = AppendRounds::default();
     for round in 0..rounds {
         let (r, b, bk) = append_run(&log_dir, 64, total_bytes)?;
-        (backend, backing) = (b, bk);
+        (out.backend, out.backing) = (b, bk);
         println!("round {round}: append 64 B records   {:>8.0} MB/s  {:>10.0} records/s  ({:.0} MB/s payload)", r.mb_s, r.records_s, r.payload_mb_s);
-        a64.push(r.mb_s);
-        r64.push(r.records_s);
-        p64.push(r.payload_mb_s);
+        out.a64.push(r.mb_s);
+        out.r64.push(r.records_s);
+        out.p64.push(r.payload_mb_s);
         let (r, _, _) = append_run(&log_dir, 1024, total_bytes)?;
         println!("round {round}: append 1 KiB records  {:>8.0} MB/s  {:>10.0} records/s  ({:.0} MB/s payload)", r.mb_s, r.records_s, r.payload_mb_s);
-        a1k.push(r.mb_s);
-        r1k.push(r.records_s);
-        p1k.push(r.payload_mb_s);
-        if fio.is_some() {
-            let f = fio_seq(&root, total_bytes)?;
+        out.a1k.push(r.mb_s);
+        out.r1k.push(r.records_s);
+        out.p1k.push(r.payload_mb_s);
+        if fio {
+            let f = fio_seq(root, total_bytes)?;
             println!("round {round}: fio O_DIRECT seq write {:>8.0} MB/s  (bs 1 MiB, iodepth {QUEUE_DEPTH}, io_uring)", f);
-            fio_mb.push(f);
+            out.fio_mb.push(f);
         }
     }
     if rounds > 0 {
-        println!("backend {backend}, write ring on {backing}");
+        println!("backend {}, write ring on {}", out.backend, out.backing);
     }
-    // Durable-ack latency and the fdatasync floor, interleaved over rounds: each round's ratio
-    // compares two runs a few seconds apart, and the reported figures are medians over rounds.
-    println!("durable ack vs fdatasync floor: {ack_rounds} interleaved round(s) of {ack_seconds} s + {floor_seconds} s");
-    let (mut lats, mut floors, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let mut dsyncs: Vec<[f64; 3]> = Vec::new();
-    let mut overwrites: Vec<[f64; 3]> = Vec::new();
-    let mut opens: Vec<[f64; 3]> = Vec::new();
-    for round in 0..ack_rounds {
+    Ok(out)
+}
+
+/// Durable-ack latency and the fdatasync floor, interleaved over rounds: each round's ratio
+/// compares two runs a few seconds apart, and the reported figures are medians over rounds.
+fn ack_rounds(root: &Path, plan: &Plan, fio: bool) -> anyhow::Result<AckRounds> {
+    let (ack_seconds, floor_seconds) = (plan.ack_seconds, plan.floor_seconds);
+    println!(
+        "durable ack vs fdatasync floor: {} interleaved round(s) of {ack_seconds} s + {floor_seconds} s",
+        plan.ack_rounds
+    );
+    let log_dir = root.join("log");
+    let mut out = AckRounds::default();
+    for round in 0..plan.ack_rounds {
         let lat = ack_latency_run(&log_dir, ack_seconds)?;
         println!("round {round}: {}", lat.line("durable ack @100k rec/s"));
-        if fio.is_some() {
-            let f = fio_floor(&root, floor_seconds)?;
-            println!("round {round}: fio 4 KiB O_DIRECT write + fdatasync: fdatasync p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us; write p50 {:.0} us  p99 {:.0} us", f.sync[0], f.sync[1], f.sync[2], f.write[0], f.write[1]);
-            let r = lat.p99_ns as f64 / 1e3 / f.sync[1];
-            println!("round {round}: ack p99 / fdatasync p99 = {r:.2}");
-            ratios.push(r);
-            floors.push(f);
-            let d = fio_dsync(&root, floor_seconds, false)?;
-            println!("round {round}: fio 4 KiB O_DIRECT|O_DSYNC write (durable write, qd 1, fresh file): p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us; ack p99 / this p99 = {:.2}", d[0], d[1], d[2], lat.p99_ns as f64 / 1e3 / d[1]);
-            dsyncs.push(d);
-            let o = fio_dsync(&root, floor_seconds, true)?;
-            println!("round {round}: fio 4 KiB O_DIRECT|O_DSYNC write (durable write, qd 1, written file): p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us; ack p99 / this p99 = {:.2}", o[0], o[1], o[2], lat.p99_ns as f64 / 1e3 / o[1]);
-            overwrites.push(o);
-            let ol = fio_open_loop(&root, floor_seconds)?;
-            println!("round {round}: fio 4 KiB O_DIRECT|O_DSYNC writes issued open-loop at {OPEN_LOOP_WRITES_S}/s (qd 32, written file): p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us; ack p99 / this p99 = {:.2}", ol[0], ol[1], ol[2], lat.p99_ns as f64 / 1e3 / ol[1]);
-            opens.push(ol);
+        if fio {
+            fio_peers_round(
+                root,
+                round,
+                floor_seconds,
+                lat.p99_ns as f64 / 1e3,
+                &mut out,
+            )?;
         }
-        lats.push(lat);
+        out.lats.push(lat);
     }
-    drop(guard);
-    let med = |f: &dyn Fn(&Latency) -> u64| {
-        Spread::of(&lats.iter().map(|l| f(l) as f64 / 1e3).collect::<Vec<_>>())
-    };
-    let (ack_p50, ack_p99, ack_p999, ack_max) = (
-        med(&|l| l.p50_ns),
-        med(&|l| l.p99_ns),
-        med(&|l| l.p999_ns),
-        med(&|l| l.max_ns),
-    );
-    let fmed = |i: usize, k: usize| {
-        (!floors.is_empty()).then(|| {
-            let v: Vec<f64> = floors
-                .iter()
-                .map(|f| if k == 0 { f.sync[i] } else { f.write[i] })
-                .collect();
-            Spread::of(&v).median
-        })
-    };
-    let ratio_spread = (!ratios.is_empty()).then(|| Spread::of(&ratios));
-    let med_of = |v: &Vec<[f64; 3]>, i: usize| {
-        (!v.is_empty()).then(|| Spread::of(&v.iter().map(|d| d[i]).collect::<Vec<_>>()).median)
-    };
-    let dmed = |i: usize| med_of(&dsyncs, i);
-    let omed = |i: usize| med_of(&overwrites, i);
-    let olmed = |i: usize| med_of(&opens, i);
+    Ok(out)
+}
 
+/// One round of the fio peers of the durable ack (whose p99 was `ack_p99_us`): the fdatasync
+/// floor, O_DSYNC writes to a fresh and to a written file, and open-loop O_DSYNC writes.
+fn fio_peers_round(
+    root: &Path,
+    round: usize,
+    seconds: u64,
+    ack_p99_us: f64,
+    out: &mut AckRounds,
+) -> anyhow::Result<()> {
+    let f = fio_floor(root, seconds)?;
+    println!("round {round}: fio 4 KiB O_DIRECT write + fdatasync: fdatasync p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us; write p50 {:.0} us  p99 {:.0} us", f.sync[0], f.sync[1], f.sync[2], f.write[0], f.write[1]);
+    let r = ack_p99_us / f.sync[1];
+    println!("round {round}: ack p99 / fdatasync p99 = {r:.2}");
+    out.ratios.push(r);
+    out.floors.push(f);
+    let d = fio_dsync(root, seconds, false)?;
+    println!("round {round}: fio 4 KiB O_DIRECT|O_DSYNC write (durable write, qd 1, fresh file): p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us; ack p99 / this p99 = {:.2}", d[0], d[1], d[2], ack_p99_us / d[1]);
+    out.dsyncs.push(d);
+    let o = fio_dsync(root, seconds, true)?;
+    println!("round {round}: fio 4 KiB O_DIRECT|O_DSYNC write (durable write, qd 1, written file): p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us; ack p99 / this p99 = {:.2}", o[0], o[1], o[2], ack_p99_us / o[1]);
+    out.overwrites.push(o);
+    let ol = fio_open_loop(root, seconds)?;
+    println!("round {round}: fio 4 KiB O_DIRECT|O_DSYNC writes issued open-loop at {OPEN_LOOP_WRITES_S}/s (qd 32, written file): p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us; ack p99 / this p99 = {:.2}", ol[0], ol[1], ol[2], ack_p99_us / ol[1]);
+    out.opens.push(ol);
+    Ok(())
+}
+
+/// The suite's targets line: append vs fio, ack vs the floor, ack vs the open-loop peer.
+fn print_targets(append: &AppendRounds, ack: &AckRounds) {
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let mut summary = Vec::new();
-    if let (Some(f), false) = (fio_med_of(&fio_mb), a1k.is_empty()) {
-        let r = Spread::of(&a1k).median / f;
+    if let (Some(f), false) = (fio_med_of(&append.fio_mb), append.a1k.is_empty()) {
+        let r = Spread::of(&append.a1k).median / f;
         summary.push(format!(
             "append >= 0.9x fio: {r:.2}x ({})",
             verdict(r >= 0.9)
         ));
     }
-    if let Some(r) = &ratio_spread {
+    if let Some(r) = ack.ratio_spread() {
         summary.push(format!(
             "ack p99 <= 1.5x fdatasync p99: {:.2}x ({})",
             r.median,
             verdict(r.median <= 1.5)
         ));
     }
-    if let Some(d) = olmed(1) {
+    if let Some(d) = med_of(&ack.opens, 1) {
         summary.push(format!(
             "context: ack p99 / open-loop fio durable-write p99 = {:.2}x",
-            ack_p99.median / d
+            ack.ack(|l| l.p99_ns).median / d
         ));
     }
     if !summary.is_empty() {
         println!("targets: {}", summary.join("; "));
     }
-    let s64 = Spread::of(&a64);
-    let s1k = Spread::of(&a1k);
-    let sfio = Spread::of(&fio_mb);
-    let fio_med = fio_med_of(&fio_mb);
+}
+
+fn append_json(a: &AppendRounds) -> serde_json::Value {
+    let s64 = Spread::of(&a.a64);
+    let s1k = Spread::of(&a.a1k);
+    let sfio = Spread::of(&a.fio_mb);
+    let fio_med = fio_med_of(&a.fio_mb);
     let ratio = |x: f64| fio_med.map(|f| x / f);
-    let v = json!({
-        "suite": "storage",
-        "quick": args.quick,
-        "fs": fs,
-        "backend": backend,
-        "write_ring": backing,
-        "block_bytes": BLOCK_BYTES,
-        "queue_depth": QUEUE_DEPTH,
+    json!({
         "append_mb_s": s1k.median,
-        "append_records_s": Spread::of(&r1k).median,
-        "append_payload_mb_s": Spread::of(&p1k).median,
+        "append_records_s": Spread::of(&a.r1k).median,
+        "append_payload_mb_s": Spread::of(&a.p1k).median,
         "append_64b_mb_s": s64.median,
-        "append_64b_records_s": Spread::of(&r64).median,
-        "append_64b_payload_mb_s": Spread::of(&p64).median,
+        "append_64b_records_s": Spread::of(&a.r64).median,
+        "append_64b_payload_mb_s": Spread::of(&a.p64).median,
         "append_mb_s_spread": s1k,
         "append_64b_mb_s_spread": s64,
         "fio_mb_s": fio_med,
         "fio_mb_s_spread": fio_med.map(|_| sfio),
         "ratio_append_to_fio": ratio(s1k.median),
         "ratio_append_64b_to_fio": ratio(s64.median),
+    })
+}
+
+fn ack_json(a: &AckRounds, rounds: usize) -> serde_json::Value {
+    let ack_p99 = a.ack(|l| l.p99_ns);
+    let ratio_spread = a.ratio_spread();
+    let (dmed, omed, olmed) = (
+        |i| med_of(&a.dsyncs, i),
+        |i| med_of(&a.overwrites, i),
+        |i| med_of(&a.opens, i),
+    );
+    let mut v = json!({
         "offered_records_s": OFFERED_RECORDS_S,
-        "ack_rounds": ack_rounds,
-        "ack_p50_us": ack_p50.median,
+        "ack_rounds": rounds,
+        "ack_p50_us": a.ack(|l| l.p50_ns).median,
         "ack_p99_us": ack_p99.median,
         "ack_p99_us_spread": ack_p99,
-        "ack_p999_us": ack_p999.median,
-        "ack_max_us": ack_max.median,
-        "fsync_floor_p50_us": fmed(0, 0),
-        "fsync_floor_p99_us": fmed(1, 0),
-        "fsync_floor_p999_us": fmed(2, 0),
-        "fio_write4k_p50_us": fmed(0, 1),
-        "fio_write4k_p99_us": fmed(1, 1),
+        "ack_p999_us": a.ack(|l| l.p999_ns).median,
+        "ack_max_us": a.ack(|l| l.max_ns).median,
+        "fsync_floor_p50_us": a.floor(0, false),
+        "fsync_floor_p99_us": a.floor(1, false),
+        "fsync_floor_p999_us": a.floor(2, false),
+        "fio_write4k_p50_us": a.floor(0, true),
+        "fio_write4k_p99_us": a.floor(1, true),
         "ratio_ack_p99_to_floor": ratio_spread.map(|r| r.median),
         "ratio_ack_p99_to_floor_spread": ratio_spread,
+    });
+    let peers = json!({
         "fio_dsync_write_p50_us": dmed(0),
         "fio_dsync_write_p99_us": dmed(1),
         "ratio_ack_p99_to_dsync_write_p99": dmed(1).map(|d| ack_p99.median / d),
         "fio_dsync_overwrite_p50_us": omed(0),
         "fio_dsync_overwrite_p99_us": omed(1),
         "ratio_ack_p99_to_dsync_overwrite_p99": omed(1).map(|d| ack_p99.median / d),
-    });
-    // (A second object: one json! of every field exceeds the macro's recursion limit.)
-    let open_loop = json!({
         "fio_open_loop_writes_s": OPEN_LOOP_WRITES_S,
         "fio_open_loop_p50_us": olmed(0),
         "fio_open_loop_p99_us": olmed(1),
         "fio_open_loop_p999_us": olmed(2),
         "ratio_ack_p99_to_open_loop_p99": olmed(1).map(|d| ack_p99.median / d),
     });
-    let mut v = v;
-    if let (Some(m), serde_json::Value::Object(extra)) = (v.as_object_mut(), open_loop) {
+    if let (Some(m), serde_json::Value::Object(extra)) = (v.as_object_mut(), peers) {
         m.extend(extra);
     }
-    Ok(v)
+    v
 }
 
 pub fn child(role: &str, _rest: &[String]) -> anyhow::Result<()> {
