@@ -3,7 +3,10 @@
 # own network namespaces and veth pair (198.18.0.0/15), runs a node with XDP +
 # AF_XDP on one end, a remote publisher in the other namespace and a local SDK
 # subscriber, prints throughput and p50/p99/p99.9 latency, and removes everything
-# it created. Extra arguments go to `memstreamer demo` (e.g. --backend udp).
+# it created. The node runs the low-latency profile (busy-spin, its agents on one
+# thread; `memstreamer demo` writes `profile = "low-latency"` into its config and
+# the node prints the profile line). Extra arguments go to `memstreamer demo`
+# (e.g. --backend udp).
 #
 #   scripts/demo.sh [ARGS]      network demo (needs root)
 #   scripts/demo.sh --shm       two-process shared-memory demo (sdk example)

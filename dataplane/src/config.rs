@@ -1,25 +1,46 @@
 //! Node configuration: TOML with defaults for every key, `MS_<KEY>` environment overrides, validated.
 //!
 //! ```toml
+//! profile = "default"             # or "low-latency" (see below)
 //! backend = "udp"                 # or "afxdp" (never a silent fallback)
 //! listen = "127.0.0.1:7447"       # data port (UDP backend binds it; AF_XDP filters on its port)
 //! interface = "veth0"             # AF_XDP only
-//! threading = "shared"            # "dedicated" (one pinned busy-polling thread per agent) | "shared"
-//! cores = [2, 3, 4, 5]            # dedicated: core per agent (receiver, sender, archiver, conductor)
-//! storage_dir = "/var/lib/memstreamer"   # omit: no archiver (and no restart recovery)
+//! threading = "shared"            # "dedicated" (one thread per agent) | "shared" (one thread)
+//! cores = [2, 3, 4, 5]            # pinning: dedicated = core per agent (receiver, sender,
+//!                                 # archiver, conductor), shared = the first entry
+//! idle = "backoff"                # "busy_spin" | "yielding" | "backoff"
+//! data_dir = "/var/lib/memstreamer"   # the node's data directory
+//! storage_dir = "/var/lib/memstreamer/storage"   # default <data_dir>/storage; false: no storage
 //! counters_file = "/dev/shm/memstreamer-counters"  # read by `memstreamer stat`
 //! [[streams]]
 //! id = 7
 //! partitions = 1
 //! ```
 //!
+//! A **profile** picks the defaults of the keys that trade CPU for latency; a key set in the
+//! file or the environment always wins over its profile:
+//!
+//! | profile       | idle        | threading   | for                                            |
+//! |---------------|-------------|-------------|------------------------------------------------|
+//! | `default`     | `backoff`   | `shared`    | a polite embedded node: ~0 CPU when idle, wakes |
+//! |               |             |             | within 1 ms (Aeron's default idle strategy)    |
+//! | `low-latency` | `busy_spin` | `dedicated` | tuned hosts: one busy-polling thread per agent, |
+//! |               |             |             | pinned to `cores` (list 4 free cores)           |
+//!
+//! Both profiles persist: storage is on by default, in `<data_dir>/storage`
+//! (`storage_dir = false` runs without an archiver, so nothing survives a restart).
+//!
 //! Every scalar key can be overridden by an environment variable named `MS_` + the key in upper case,
-//! e.g. `MS_BACKEND=afxdp`, `MS_LISTEN=198.18.100.1:7447`, `MS_RING_CAPACITY_BYTES=16777216`.
+//! e.g. `MS_PROFILE=low-latency`, `MS_BACKEND=afxdp`, `MS_LISTEN=198.18.100.1:7447`,
+//! `MS_STORAGE_DIR=false`.
 
+use std::collections::BTreeSet;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::net::Backend;
 
@@ -39,6 +60,57 @@ pub const RETRANSMIT_WINDOW_BYTES_MAX: u64 = sdk::net::BUFFER_BYTES_MAX as u64;
 pub const QUEUES_MAX: u32 = xdp_programs::abi_consts::XSK_QUEUES_MAX;
 /// Longest configurable interval of any timer (ns): one minute.
 pub const INTERVAL_NS_MAX: u64 = 60_000_000_000;
+/// The node's data directory unless `data_dir` says otherwise (the control plane's default
+/// data directory, `controlplane::node`, is `<this>/cp`).
+pub const DATA_DIR_DEFAULT: &str = "/var/lib/memstreamer";
+/// The storage directory's name under `data_dir` unless `storage_dir` says otherwise.
+pub const STORAGE_SUBDIR: &str = "storage";
+
+/// Which defaults the CPU/latency keys (`idle`, `threading`) take; see the module docs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// Backoff idle strategy, one shared agent thread: ~0 CPU when idle.
+    #[default]
+    Default,
+    /// Busy-spinning agents, one (pinned) thread each: lowest latency, a core per agent.
+    LowLatency,
+}
+
+impl Profile {
+    /// The values this profile gives the keys it decides.
+    fn values(self) -> (Idle, Threading) {
+        match self {
+            Profile::Default => (Idle::Backoff, Threading::Shared),
+            Profile::LowLatency => (Idle::BusySpin, Threading::Dedicated),
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Profile::Default => "default",
+            Profile::LowLatency => "low-latency",
+        })
+    }
+}
+
+/// A profile name was not `default` or `low-latency`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown profile {0:?}: use \"default\" or \"low-latency\"")]
+pub struct ProfileParseError(String);
+
+impl FromStr for Profile {
+    type Err = ProfileParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "default" => Ok(Profile::Default),
+            "low-latency" => Ok(Profile::LowLatency),
+            other => Err(ProfileParseError(other.chars().take(64).collect())),
+        }
+    }
+}
 
 /// How agents are mapped to threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -65,6 +137,15 @@ impl Idle {
             Idle::Backoff => sdk::IdleStrategy::backoff(),
         }
     }
+
+    /// The name used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Idle::BusySpin => "busy_spin",
+            Idle::Yielding => "yielding",
+            Idle::Backoff => "backoff",
+        }
+    }
 }
 
 /// One stream the node accepts.
@@ -84,6 +165,9 @@ fn one() -> u16 {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Which defaults `idle` and `threading` take (applied when the config is loaded; see
+    /// [`Config::with_profile`] for configs built in code).
+    pub profile: Profile,
     pub backend: Backend,
     pub listen: SocketAddr,
     pub interface: Option<String>,
@@ -96,7 +180,11 @@ pub struct Config {
     /// Directory of the shared-memory rings (None: the SDK's default, hugetlbfs or /dev/shm).
     pub shm_dir: Option<PathBuf>,
     pub ring_capacity_bytes: u64,
-    /// Storage directory of the archiver (None: no archiver).
+    /// The node's data directory: storage goes to `<data_dir>/storage` unless `storage_dir`
+    /// is set.
+    pub data_dir: PathBuf,
+    /// Storage directory of the archiver (None: no archiver; `storage_dir = false` in TOML).
+    #[serde(deserialize_with = "dir_or_off")]
     pub storage_dir: Option<PathBuf>,
     pub counters_file: PathBuf,
     pub streams: Vec<StreamConfig>,
@@ -122,19 +210,47 @@ pub struct Config {
     pub xdp_default_allow: bool,
 }
 
+/// `storage_dir`: a directory, or `false` for none.
+fn dir_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    struct DirOrOff;
+    impl serde::de::Visitor<'_> for DirOrOff {
+        type Value = Option<PathBuf>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a directory, or false for no storage")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(PathBuf::from(v)))
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            if v {
+                Err(E::custom(
+                    "storage_dir = true: give a directory (default <data_dir>/storage), or false for no storage",
+                ))
+            } else {
+                Ok(None)
+            }
+        }
+    }
+    d.deserialize_any(DirOrOff)
+}
+
 impl Default for Config {
+    /// The `default` profile, storage in [`DATA_DIR_DEFAULT`]`/storage`.
     fn default() -> Self {
+        let (idle, threading) = Profile::Default.values();
         Config {
+            profile: Profile::Default,
             backend: Backend::Udp,
             listen: SocketAddr::from(([127, 0, 0, 1], 7447)),
             interface: None,
             queues: 1,
-            threading: Threading::Shared,
+            threading,
             cores: Vec::new(),
-            idle: Idle::BusySpin,
+            idle,
             shm_dir: None,
             ring_capacity_bytes: 16 << 20,
-            storage_dir: None,
+            data_dir: PathBuf::from(DATA_DIR_DEFAULT),
+            storage_dir: Some(Path::new(DATA_DIR_DEFAULT).join(STORAGE_SUBDIR)),
             counters_file: PathBuf::from("/dev/shm/memstreamer-counters"),
             streams: vec![StreamConfig {
                 id: 7,
@@ -179,22 +295,71 @@ pub enum ConfigLoadError {
     Invalid { key: &'static str, message: String },
 }
 
+fn bad(key: &'static str, message: String) -> Result<(), ConfigLoadError> {
+    Err(ConfigLoadError::Invalid { key, message })
+}
+
+/// `Err` naming `key` unless `value` lies in `range`.
+fn in_range<T: PartialOrd + fmt::Display>(
+    key: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), ConfigLoadError> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        bad(
+            key,
+            format!("{value} not in {}..={}", range.start(), range.end()),
+        )
+    }
+}
+
 impl Config {
+    /// The low-latency profile (busy-spin, dedicated threads) over the other defaults.
+    pub fn low_latency() -> Config {
+        Config::default().with_profile(Profile::LowLatency)
+    }
+
+    /// `self` with `profile` and every value that profile decides.
+    pub fn with_profile(mut self, profile: Profile) -> Config {
+        self.profile = profile;
+        (self.idle, self.threading) = profile.values();
+        self
+    }
+
     /// Reads `path` (TOML), applies `MS_*` overrides from the process environment, validates.
     pub fn load(path: &Path) -> Result<Config, ConfigLoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigLoadError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml_with_env(&text, &path.display().to_string(), std::env::vars())
+        Self::load_with(Some(path), [])
     }
 
     /// Defaults plus `MS_*` overrides (no file).
     pub fn from_env() -> Result<Config, ConfigLoadError> {
-        Self::from_toml_with_env("", "defaults", std::env::vars())
+        Self::load_with(None, [])
     }
 
-    /// Parses `text`, applies overrides from `env` (pairs of name, value), validates.
+    /// Reads `path` (TOML; None: no file), applies the `MS_*` overrides of the process
+    /// environment and then `overrides` (also `MS_<KEY>` pairs: command-line flags), validates.
+    pub fn load_with(
+        path: Option<&Path>,
+        overrides: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigLoadError> {
+        let (text, origin) = match path {
+            Some(path) => (
+                std::fs::read_to_string(path).map_err(|source| ConfigLoadError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?,
+                path.display().to_string(),
+            ),
+            None => (String::new(), "defaults".to_string()),
+        };
+        Self::from_toml_with_env(&text, &origin, std::env::vars().chain(overrides))
+    }
+
+    /// Parses `text`, applies overrides from `env` (pairs of name, value; a later pair wins),
+    /// then the profile's values to the keys neither set, then `<data_dir>/storage` as
+    /// `storage_dir` unless set; validates.
     pub fn from_toml_with_env(
         text: &str,
         origin: &str,
@@ -215,16 +380,51 @@ impl Config {
             }
             table.insert(key, env_value(&var, &value)?);
         }
-        let config: Config = table.try_into().map_err(parse)?;
+        let set: BTreeSet<String> = table.keys().cloned().collect();
+        let mut config: Config = table.try_into().map_err(parse)?;
+        let (idle, threading) = config.profile.values();
+        if !set.contains("idle") {
+            config.idle = idle;
+        }
+        if !set.contains("threading") {
+            config.threading = threading;
+        }
+        if !set.contains("storage_dir") {
+            config.storage_dir = Some(config.data_dir.join(STORAGE_SUBDIR));
+        }
         config.validate()?;
         Ok(config)
     }
 
+    /// One line for the start-up log: the profile and the values it decides, as in effect.
+    pub fn describe_profile(&self) -> String {
+        let threading = match (self.threading, self.cores.as_slice()) {
+            (Threading::Dedicated, []) => "dedicated threads (unpinned)".to_string(),
+            (Threading::Dedicated, cores) => format!("dedicated threads pinned to cores {cores:?}"),
+            (Threading::Shared, []) => "one shared thread".to_string(),
+            (Threading::Shared, cores) => format!("one shared thread pinned to core {}", cores[0]),
+        };
+        let storage = match &self.storage_dir {
+            Some(dir) => format!("storage on in {}", dir.display()),
+            None => "storage off (storage_dir = false: nothing survives a restart)".to_string(),
+        };
+        format!(
+            "profile {}: idle {}, {threading}, {storage}",
+            self.profile,
+            self.idle.name()
+        )
+    }
+
     /// Checks ranges and relations; the message says which value to change.
     pub fn validate(&self) -> Result<(), ConfigLoadError> {
-        fn bad(key: &'static str, message: String) -> Result<(), ConfigLoadError> {
-            Err(ConfigLoadError::Invalid { key, message })
-        }
+        self.validate_backend()?;
+        self.validate_streams()?;
+        self.validate_sizes()?;
+        self.validate_intervals()?;
+        self.validate_threads_and_dirs()
+    }
+
+    fn validate_backend(&self) -> Result<(), ConfigLoadError> {
         if self.backend == Backend::Afxdp && self.interface.is_none() {
             return bad(
                 "interface",
@@ -237,9 +437,10 @@ impl Config {
                 "backend \"afxdp\" needs a fixed data port (not 0)".into(),
             );
         }
-        if !(1..=QUEUES_MAX).contains(&self.queues) {
-            return bad("queues", format!("{} not in 1..={QUEUES_MAX}", self.queues));
-        }
+        in_range("queues", self.queues, 1..=QUEUES_MAX)
+    }
+
+    fn validate_streams(&self) -> Result<(), ConfigLoadError> {
         if self.streams.is_empty() || self.streams.len() > STREAMS_MAX {
             return bad(
                 "streams",
@@ -263,6 +464,11 @@ impl Config {
                 return bad("streams", format!("stream {} is listed twice", s.id));
             }
         }
+        Ok(())
+    }
+
+    /// Ring, table, batch, queue and window sizes.
+    fn validate_sizes(&self) -> Result<(), ConfigLoadError> {
         if !self.ring_capacity_bytes.is_power_of_two() || self.ring_capacity_bytes < 64 << 10 {
             return bad(
                 "ring_capacity_bytes",
@@ -272,56 +478,28 @@ impl Config {
                 ),
             );
         }
-        if !(1..=SESSIONS_MAX).contains(&self.sessions_max) {
-            return bad(
-                "sessions_max",
-                format!("{} not in 1..={SESSIONS_MAX}", self.sessions_max),
-            );
-        }
-        if !(1..=SUBSCRIBERS_MAX).contains(&self.subscribers_max) {
-            return bad(
-                "subscribers_max",
-                format!("{} not in 1..={SUBSCRIBERS_MAX}", self.subscribers_max),
-            );
-        }
-        if !(1..=crate::net::udp::UDP_BATCH_MAX as u32).contains(&self.rx_batch_max) {
-            return bad(
-                "rx_batch_max",
-                format!(
-                    "{} not in 1..={}",
-                    self.rx_batch_max,
-                    crate::net::udp::UDP_BATCH_MAX
-                ),
-            );
-        }
-        if !(1..=crate::net::udp::UDP_TX_QUEUE_MAX as u32).contains(&self.tx_queue_max) {
-            return bad(
-                "tx_queue_max",
-                format!(
-                    "{} not in 1..={}",
-                    self.tx_queue_max,
-                    crate::net::udp::UDP_TX_QUEUE_MAX
-                ),
-            );
-        }
+        in_range("sessions_max", self.sessions_max, 1..=SESSIONS_MAX)?;
+        in_range("subscribers_max", self.subscribers_max, 1..=SUBSCRIBERS_MAX)?;
+        let udp_batch_max = crate::net::udp::UDP_BATCH_MAX as u32;
+        in_range("rx_batch_max", self.rx_batch_max, 1..=udp_batch_max)?;
+        let udp_tx_queue_max = crate::net::udp::UDP_TX_QUEUE_MAX as u32;
+        in_range("tx_queue_max", self.tx_queue_max, 1..=udp_tx_queue_max)?;
         let frame = xdp_programs::abi_consts::FRAME_BYTES_MAX;
-        if self.window_bytes < frame || self.window_bytes > WINDOW_BYTES_MAX {
-            return bad(
-                "window_bytes",
-                format!("{} not in {frame}..={WINDOW_BYTES_MAX}", self.window_bytes),
-            );
-        }
-        if self.retransmit_window_bytes < u64::from(frame)
-            || self.retransmit_window_bytes > RETRANSMIT_WINDOW_BYTES_MAX
-        {
-            return bad(
-                "retransmit_window_bytes",
-                format!(
-                    "{} not in {frame}..={RETRANSMIT_WINDOW_BYTES_MAX}",
-                    self.retransmit_window_bytes
-                ),
-            );
-        }
+        in_range("window_bytes", self.window_bytes, frame..=WINDOW_BYTES_MAX)?;
+        in_range(
+            "retransmit_window_bytes",
+            self.retransmit_window_bytes,
+            u64::from(frame)..=RETRANSMIT_WINDOW_BYTES_MAX,
+        )?;
+        let depth_max = crate::agent::COMMAND_QUEUE_DEPTH_MAX as u32;
+        in_range(
+            "command_queue_depth",
+            self.command_queue_depth,
+            1..=depth_max,
+        )
+    }
+
+    fn validate_intervals(&self) -> Result<(), ConfigLoadError> {
         for (key, v) in [
             ("nak_delay_ns", self.nak_delay_ns),
             ("nak_retry_ns", self.nak_retry_ns),
@@ -343,16 +521,10 @@ impl Config {
                 "must exceed heartbeat_interval_ns, or idle sessions are dropped".into(),
             );
         }
-        if !(1..=crate::agent::COMMAND_QUEUE_DEPTH_MAX as u32).contains(&self.command_queue_depth) {
-            return bad(
-                "command_queue_depth",
-                format!(
-                    "{} not in 1..={}",
-                    self.command_queue_depth,
-                    crate::agent::COMMAND_QUEUE_DEPTH_MAX
-                ),
-            );
-        }
+        Ok(())
+    }
+
+    fn validate_threads_and_dirs(&self) -> Result<(), ConfigLoadError> {
         if self.threading == Threading::Dedicated && !self.cores.is_empty() && self.cores.len() < 4
         {
             return bad(
@@ -361,6 +533,19 @@ impl Config {
                     "dedicated threading pins 4 agents; list 4 cores or none (got {})",
                     self.cores.len()
                 ),
+            );
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "is empty: give a directory".into());
+        }
+        if self
+            .storage_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return bad(
+                "storage_dir",
+                "is empty: give a directory, or false for no storage".into(),
             );
         }
         Ok(())
@@ -390,6 +575,7 @@ impl Config {
 
 /// Keys that `MS_<KEY>` may override (scalars only; `streams` and `cores` come from the file).
 const SCALAR_KEYS: &[&str] = &[
+    "profile",
     "backend",
     "listen",
     "interface",
@@ -398,6 +584,7 @@ const SCALAR_KEYS: &[&str] = &[
     "idle",
     "shm_dir",
     "ring_capacity_bytes",
+    "data_dir",
     "storage_dir",
     "counters_file",
     "sessions_max",
@@ -453,6 +640,95 @@ mod tests {
     #[test]
     fn empty_file_is_the_defaults() {
         assert_eq!(load("", &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_default_profile_idles_politely_and_persists() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.profile, Profile::Default);
+        assert_eq!((c.idle, c.threading), (Idle::Backoff, Threading::Shared));
+        assert_eq!(
+            c.storage_dir.as_deref(),
+            Some(Path::new("/var/lib/memstreamer/storage"))
+        );
+        let c = load("data_dir = \"/tmp/ms-x\"", &[]).unwrap();
+        assert_eq!(
+            c.storage_dir.as_deref(),
+            Some(Path::new("/tmp/ms-x/storage"))
+        );
+        assert!(c
+            .describe_profile()
+            .starts_with("profile default: idle backoff, "));
+        assert!(c
+            .describe_profile()
+            .contains("storage on in /tmp/ms-x/storage"));
+    }
+
+    #[test]
+    fn the_low_latency_profile_busy_spins_unless_a_key_says_otherwise() {
+        let c = load("profile = \"low-latency\"", &[]).unwrap();
+        assert_eq!(c, Config::low_latency());
+        assert_eq!(
+            (c.idle, c.threading),
+            (Idle::BusySpin, Threading::Dedicated)
+        );
+        assert!(
+            c.storage_dir.is_some(),
+            "the profile does not turn storage off"
+        );
+        let c = load("profile = \"low-latency\"\nthreading = \"shared\"", &[]).unwrap();
+        assert_eq!((c.idle, c.threading), (Idle::BusySpin, Threading::Shared));
+        // The environment (and so a command-line flag, passed as MS_PROFILE) picks it too, and
+        // a later pair wins.
+        let c = load(
+            "idle = \"yielding\"",
+            &[("MS_PROFILE", "default"), ("MS_PROFILE", "low-latency")],
+        )
+        .unwrap();
+        assert_eq!(c.profile, Profile::LowLatency);
+        assert_eq!(
+            (c.idle, c.threading),
+            (Idle::Yielding, Threading::Dedicated)
+        );
+        let e = load("profile = \"fast\"", &[]).unwrap_err().to_string();
+        assert!(e.contains("fast"), "{e}");
+        assert_eq!(
+            "low-latency".parse::<Profile>().unwrap(),
+            Profile::LowLatency
+        );
+        assert!("fast"
+            .parse::<Profile>()
+            .unwrap_err()
+            .to_string()
+            .contains("low-latency"));
+    }
+
+    #[test]
+    fn storage_is_a_directory_or_false() {
+        assert_eq!(load("storage_dir = false", &[]).unwrap().storage_dir, None);
+        assert_eq!(
+            load("", &[("MS_STORAGE_DIR", "false")])
+                .unwrap()
+                .storage_dir,
+            None
+        );
+        let c = load("storage_dir = \"/srv/log\"\ndata_dir = \"/x\"", &[]).unwrap();
+        assert_eq!(c.storage_dir.as_deref(), Some(Path::new("/srv/log")));
+        assert!(c.describe_profile().contains("storage on in /srv/log"));
+        let c = load("storage_dir = false", &[]).unwrap();
+        assert!(c.describe_profile().contains("storage off"));
+        for bad in [
+            "storage_dir = true",
+            "storage_dir = \"\"",
+            "storage_dir = 3",
+            "data_dir = \"\"",
+        ] {
+            let e = load(bad, &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("storage_dir") || e.contains("data_dir") || e.contains("directory"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -113,8 +113,12 @@ fn write_config(
     writeln!(f, "listen = \"{}:{DATA_PORT}\"", net.node_ip)?;
     writeln!(f, "interface = \"{}\"", net.node_if)?;
     writeln!(f, "xdp_default_allow = true")?;
+    // The low-latency profile (busy-spin), with the agents on one shared thread: this demo
+    // runs on machines with 2 cores, one for the node and one for the client.
+    writeln!(f, "profile = \"low-latency\"")?;
     writeln!(f, "threading = \"shared\"")?;
-    writeln!(f, "idle = \"busy_spin\"")?;
+    // The demo measures the network path; nothing needs to survive it.
+    writeln!(f, "storage_dir = false")?;
     writeln!(f, "shm_dir = \"{}\"", shm.display())?;
     writeln!(f, "counters_file = \"{}\"", counters.display())?;
     writeln!(f, "[[streams]]\nid = {STREAM}\npartitions = 1")?;
@@ -200,7 +204,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         bail!("--size must be in {PAYLOAD_BYTES_MIN}..=1400 (one record per 1500-byte MTU frame)");
     }
     let stop = crate::stop_flag()?;
-    let exe = std::env::current_exe().context("locating the memstreamer binary")?;
     let net = TestNet::create("msdemo", args.subnet)
         .context("creating the demo namespaces (run as root)")?;
     let tmp = tempfile::tempdir().context("creating a temporary directory")?;
@@ -212,46 +215,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let config = tmp.path().join("node.toml");
     write_config(&config, &args, &net, &shm.0, &counters)?;
     let log = tmp.path().join("node.log");
-
     println!(
         "demo: {} ({}) <-veth-> {} ({}), backend {}",
         net.node_ns, net.node_ip, net.peer_ns, net.peer_ip, args.backend
     );
-    let log_file = std::fs::File::create(&log)?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", &net.node_ns])
-        .arg(&exe)
-        .args(["dataplane", "--config"])
-        .arg(&config)
-        .stdout(Stdio::from(log_file.try_clone()?))
-        .stderr(Stdio::from(log_file))
-        .spawn()
-        .context("starting the node (ip netns exec)")?;
-    let mut node = NodeChild { child };
-    let started = Instant::now();
+    let node = start_node(&net, &config, &log, &stop)?;
     let node_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    loop {
-        if let Some(status) = node.child.try_wait()? {
-            bail!(
-                "the node exited ({status}) before it was ready:\n{}",
-                node_log()
-            );
-        }
-        if node_log().contains("memstreamer dataplane: streams") {
-            break;
-        }
-        if started.elapsed() > NODE_START_TIMEOUT || stop.load(Ordering::Relaxed) {
-            bail!(
-                "the node did not come up within {NODE_START_TIMEOUT:?}:\n{}",
-                node_log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for line in node_log().lines() {
-        println!("  {line}");
-    }
-
     let node_addr = SocketAddr::from((net.node_ip, DATA_PORT));
     let timeout = Duration::from_secs(args.timeout_s);
     let client_stop = stop.clone();
@@ -269,6 +238,63 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             node_log()
         );
     }
+    print_report(&report, &args);
+    print_node_counters(&counters, report.received);
+    drop(node);
+    drop(net);
+    if report.received != args.messages {
+        bail!("received {} of {} messages", report.received, args.messages);
+    }
+    Ok(())
+}
+
+/// Runs `memstreamer dataplane --config CONFIG` in the node namespace, its output in `log`;
+/// returns once its start-up lines are there (and prints them).
+fn start_node(
+    net: &TestNet,
+    config: &Path,
+    log: &Path,
+    stop: &AtomicBool,
+) -> anyhow::Result<NodeChild> {
+    let exe = std::env::current_exe().context("locating the memstreamer binary")?;
+    let log_file = std::fs::File::create(log)?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &net.node_ns])
+        .arg(&exe)
+        .args(["dataplane", "--config"])
+        .arg(config)
+        .stdout(Stdio::from(log_file.try_clone()?))
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .context("starting the node (ip netns exec)")?;
+    let mut node = NodeChild { child };
+    let started = Instant::now();
+    let node_log = || std::fs::read_to_string(log).unwrap_or_default();
+    loop {
+        if let Some(status) = node.child.try_wait()? {
+            bail!(
+                "the node exited ({status}) before it was ready:\n{}",
+                node_log()
+            );
+        }
+        if node_log().contains(crate::DATAPLANE_READY_LINE) {
+            break;
+        }
+        if started.elapsed() > NODE_START_TIMEOUT || stop.load(Ordering::Relaxed) {
+            bail!(
+                "the node did not come up within {NODE_START_TIMEOUT:?}:\n{}",
+                node_log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for line in node_log().lines() {
+        println!("  {line}");
+    }
+    Ok(node)
+}
+
+fn print_report(report: &ClientReport, args: &DemoArgs) {
     let hist = &report.hist;
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     println!(
@@ -285,17 +311,21 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         us(0.999),
         hist.max() as f64 / 1000.0
     );
-    // The conductor refreshes the counters file on its duty cycle: give it up to a second to
-    // show every record the subscriber received (bounded; a short count is printed as it is).
+}
+
+/// The node's appended records, NAKs and drops from its counters file. The conductor
+/// refreshes the file on its duty cycle: this waits up to a second for it to show every record
+/// the subscriber `received` (bounded; a short count is printed as it is).
+fn print_node_counters(counters: &Path, received: u64) {
     let deadline = Instant::now() + Duration::from_secs(1);
-    let mut snap = CountersSnapshot::read(&counters);
+    let mut snap = CountersSnapshot::read(counters);
     while Instant::now() < deadline
         && snap
             .as_ref()
-            .is_ok_and(|s| s.get(Counter::RxRecordsAppended).unwrap_or(0) < report.received)
+            .is_ok_and(|s| s.get(Counter::RxRecordsAppended).unwrap_or(0) < received)
     {
         std::thread::sleep(Duration::from_millis(10));
-        snap = CountersSnapshot::read(&counters);
+        snap = CountersSnapshot::read(counters);
     }
     if let Ok(snap) = snap {
         let drops: u64 = snap
@@ -311,10 +341,4 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             drops
         );
     }
-    drop(node);
-    drop(net);
-    if report.received != args.messages {
-        bail!("received {} of {} messages", report.received, args.messages);
-    }
-    Ok(())
 }

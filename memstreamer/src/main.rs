@@ -1,15 +1,20 @@
 //! `memstreamer`: the node binary.
 //!
-//! * `memstreamer node [--config FILE] [--join ADDR] ...`: the supervised pair — runs
-//!   `memstreamer dataplane` and `memstreamer controlplane` as child processes, forwards
-//!   SIGINT/SIGTERM, and stops both (exit status 1, naming the child) when either exits on its own
-//!   (see `supervise.rs`). With no flags and no files a single node comes up on the embedded
-//!   defaults: the data plane on the UDP backend at 127.0.0.1:7447 with its default ring
-//!   directory, the control plane on 127.0.0.1:7450 (admin API, mTLS with dev certificates created
-//!   on first start under /var/lib/memstreamer/cp/certs) and HTTP /metrics on 127.0.0.1:7451.
-//!   `--join ADDR` is passed to the control plane.
-//! * `memstreamer dataplane --config FILE [--backend udp|afxdp]`: runs the data plane alone until
-//!   SIGINT/SIGTERM.
+//! * `memstreamer node [--config FILE] [--profile default|low-latency] [--data-dir DIR]
+//!   [--join ADDR] ...`: the supervised pair — runs `memstreamer dataplane` and
+//!   `memstreamer controlplane` as child processes, forwards SIGINT/SIGTERM, and stops both (exit
+//!   status 1, naming the child) when either exits on its own (see `supervise.rs`). With no flags
+//!   and no files a single node comes up on the embedded defaults, the `default` profile: the
+//!   data plane on the UDP backend at 127.0.0.1:7447 with its default ring directory, idling
+//!   with a backoff strategy on one shared thread (~0 CPU when idle) and storing every partition
+//!   under /var/lib/memstreamer/storage (records survive a restart); the control plane on
+//!   127.0.0.1:7450 (admin API, mTLS with dev certificates created on first start under
+//!   /var/lib/memstreamer/cp/certs) and HTTP /metrics on 127.0.0.1:7451. The first line names
+//!   the profile in effect. `--profile low-latency` busy-spins one (pinned) thread per agent
+//!   (tuned hosts, benchmarks; `dataplane::config` has the table). `--join ADDR` is passed to
+//!   the control plane.
+//! * `memstreamer dataplane [--config FILE] [--profile P] [--data-dir DIR] [--backend udp|afxdp]`:
+//!   runs the data plane alone until SIGINT/SIGTERM.
 //! * `memstreamer controlplane [--config FILE] [--id N] [--listen ADDR] [--join ADDR] ...`: runs a
 //!   control-plane node alone (`controlplane::node::run`; the same flags as `ms-controlplane`).
 //! * `memstreamer certs --dir DIR`: creates a dev CA, a node and an `admin` client certificate.
@@ -36,7 +41,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use dataplane::config::Profile;
 use dataplane::{Backend, Config, NodeParts};
+
+/// The data plane's start-up line that ends its start (the demo waits for it).
+pub(crate) const DATAPLANE_READY_LINE: &str = "memstreamer dataplane: streams";
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +73,8 @@ enum Command {
         /// TOML config (see dataplane::config); MS_* environment variables override it.
         #[arg(long)]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: ConfigFlags,
         /// Overrides `backend` of the config: afxdp or udp (never a silent fallback).
         #[arg(long)]
         backend: Option<Backend>,
@@ -79,11 +90,39 @@ enum Command {
     },
 }
 
-pub(crate) fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
-    Ok(match path {
-        Some(path) => Config::load(path)?,
-        None => Config::from_env()?,
-    })
+/// Data-plane config keys that have a command-line flag (they win over the file and `MS_*`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub(crate) struct ConfigFlags {
+    /// `default`: backoff idle strategy on one shared thread, ~0 CPU when idle.
+    /// `low-latency`: one busy-spinning thread per agent, pinned to `cores` (tuned hosts,
+    /// benchmarks). Keys set in the config (`idle`, `threading`) win over the profile.
+    #[arg(long)]
+    pub profile: Option<Profile>,
+    /// The node's data directory (default /var/lib/memstreamer): storage goes to DIR/storage
+    /// unless the config sets `storage_dir`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl ConfigFlags {
+    /// As `MS_<KEY>` overrides (see `dataplane::Config::load_with`).
+    fn overrides(&self) -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        if let Some(p) = self.profile {
+            v.push(("MS_PROFILE".to_string(), p.to_string()));
+        }
+        if let Some(d) = &self.data_dir {
+            v.push(("MS_DATA_DIR".to_string(), d.display().to_string()));
+        }
+        v
+    }
+}
+
+pub(crate) fn load_config(path: Option<&PathBuf>, flags: &ConfigFlags) -> anyhow::Result<Config> {
+    Ok(Config::load_with(
+        path.map(PathBuf::as_path),
+        flags.overrides(),
+    )?)
 }
 
 /// Sets the returned flag on SIGINT or SIGTERM.
@@ -95,8 +134,12 @@ pub(crate) fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-fn run_node(config: Option<PathBuf>, backend: Option<Backend>) -> anyhow::Result<()> {
-    let mut config = load_config(config.as_ref())?;
+fn run_node(
+    config: Option<PathBuf>,
+    flags: &ConfigFlags,
+    backend: Option<Backend>,
+) -> anyhow::Result<()> {
+    let mut config = load_config(config.as_ref(), flags)?;
     if let Some(b) = backend {
         config.backend = b;
         config.validate()?;
@@ -106,8 +149,12 @@ fn run_node(config: Option<PathBuf>, backend: Option<Backend>) -> anyhow::Result
     let replayed = parts.replayed_records;
     let node = parts.start(&config)?;
     println!("memstreamer dataplane: {}", node.describe);
+    if std::env::var_os(supervise::SUPERVISOR_PID_ENV).is_none() {
+        // (Under `memstreamer node` the supervisor prints it, from the same configuration.)
+        println!("memstreamer dataplane: {}", config.describe_profile());
+    }
     println!(
-        "memstreamer dataplane: streams {:?}, storage {}, replayed {replayed} records, counters {}",
+        "{DATAPLANE_READY_LINE} {:?}, storage {}, replayed {replayed} records, counters {}",
         config
             .streams
             .iter()
@@ -153,9 +200,13 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(args) => supervise::run(args),
-        Command::Dataplane { config, backend } => {
+        Command::Dataplane {
+            config,
+            overrides,
+            backend,
+        } => {
             supervise::follow_supervisor()?;
-            run_node(config, backend)
+            run_node(config, &overrides, backend)
         }
         Command::Controlplane(args) => {
             supervise::follow_supervisor()?;
@@ -173,7 +224,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stat(args) => stat::run(args),
         Command::Demo(args) => demo::run(args),
         Command::CheckConfig { config } => {
-            println!("{:#?}", load_config(config.as_ref())?);
+            println!(
+                "{:#?}",
+                load_config(config.as_ref(), &ConfigFlags::default())?
+            );
             Ok(())
         }
     }

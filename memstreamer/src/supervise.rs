@@ -24,12 +24,19 @@ pub const SUPERVISOR_PID_ENV: &str = "MEMSTREAMER_SUPERVISOR_PID";
 pub const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval of the supervisor's child checks.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// The control plane's data directory under `--data-dir` (as its default,
+/// /var/lib/memstreamer/cp, is under the default data directory).
+pub const CONTROL_SUBDIR: &str = "cp";
 
 #[derive(clap::Args, Debug)]
 pub struct NodeArgs {
     /// Data-plane TOML config (see dataplane::config; MS_* variables override it).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// `--profile` and `--data-dir`; `--data-dir DIR` also makes DIR/cp the control plane's
+    /// data directory unless `--control-data-dir` says otherwise.
+    #[command(flatten)]
+    dataplane: crate::ConfigFlags,
     /// Data-plane backend override: afxdp or udp.
     #[arg(long)]
     backend: Option<Backend>,
@@ -127,6 +134,12 @@ fn dataplane_args(a: &NodeArgs) -> Vec<String> {
     if let Some(c) = &a.config {
         v.extend(["--config".into(), c.display().to_string()]);
     }
+    if let Some(p) = a.dataplane.profile {
+        v.extend(["--profile".into(), p.to_string()]);
+    }
+    if let Some(d) = &a.dataplane.data_dir {
+        v.extend(["--data-dir".into(), d.display().to_string()]);
+    }
     if let Some(b) = a.backend {
         v.extend(["--backend".into(), b.to_string()]);
     }
@@ -145,7 +158,13 @@ fn controlplane_args(a: &NodeArgs, dp: &dataplane::Config) -> Vec<String> {
     opt("--id", a.id.map(|i| i.to_string()));
     opt("--listen", a.control_listen.clone());
     opt("--advertise", a.advertise.clone());
-    opt("--data-dir", path(&a.control_data_dir));
+    let cp_data_dir = a.control_data_dir.clone().or_else(|| {
+        a.dataplane
+            .data_dir
+            .as_ref()
+            .map(|d| d.join(CONTROL_SUBDIR))
+    });
+    opt("--data-dir", path(&cp_data_dir));
     opt("--cert-dir", path(&a.cert_dir));
     opt("--http-listen", a.http_listen.clone());
     opt("--join", a.join.clone());
@@ -165,11 +184,12 @@ fn controlplane_args(a: &NodeArgs, dp: &dataplane::Config) -> Vec<String> {
 /// Runs the pair until SIGINT/SIGTERM or until one of them exits.
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let stop = crate::stop_flag()?;
-    let mut dp_config = crate::load_config(args.config.as_ref())?;
+    let mut dp_config = crate::load_config(args.config.as_ref(), &args.dataplane)?;
     if let Some(b) = args.backend {
         dp_config.backend = b;
     }
     dp_config.validate()?;
+    println!("memstreamer node: {}", dp_config.describe_profile());
     let mut children = vec![Supervised::spawn("data plane", &dataplane_args(&args))?];
     match Supervised::spawn("control plane", &controlplane_args(&args, &dp_config)) {
         Ok(c) => children.push(c),
@@ -242,11 +262,25 @@ mod tests {
             "2",
             "--control-listen",
             "127.0.0.1:9",
+            "--profile",
+            "low-latency",
+            "--data-dir",
+            "/data",
         ])
         .node;
         assert_eq!(
             dataplane_args(&a),
-            ["dataplane", "--config", "/d.toml", "--backend", "udp"]
+            [
+                "dataplane",
+                "--config",
+                "/d.toml",
+                "--profile",
+                "low-latency",
+                "--data-dir",
+                "/data",
+                "--backend",
+                "udp"
+            ]
         );
         let dp = dataplane::Config {
             shm_dir: Some("/r".into()),
@@ -256,7 +290,7 @@ mod tests {
         assert_eq!(
             cp,
             format!(
-                "controlplane --dataplane-commands --id 2 --listen 127.0.0.1:9 --join 10.0.0.1:7450 --data-addr {} --dataplane-shm-dir /r --dataplane-counters {}",
+                "controlplane --dataplane-commands --id 2 --listen 127.0.0.1:9 --data-dir /data/cp --join 10.0.0.1:7450 --data-addr {} --dataplane-shm-dir /r --dataplane-counters {}",
                 dp.listen,
                 dp.counters_file.display()
             )
@@ -273,6 +307,12 @@ mod tests {
             .into_config()
             .unwrap();
         assert_eq!(c.join.as_deref(), Some("10.0.0.1:7450"));
+        assert_eq!(c.data_dir, std::path::Path::new("/data/cp"));
+        // Without --data-dir, the control plane's own default is under the data plane's.
+        assert_eq!(
+            std::path::Path::new(dataplane::config::DATA_DIR_DEFAULT).join(CONTROL_SUBDIR),
+            std::path::Path::new(controlplane::node::DATA_DIR_DEFAULT)
+        );
         assert!(c.admin.dataplane_commands);
         assert_eq!(c.admin.dataplane_shm_dir, Some("/r".into()));
         assert_eq!(c.admin.dataplane_counters, Some(dp.counters_file.clone()));

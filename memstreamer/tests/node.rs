@@ -4,14 +4,16 @@
 //! stops the supervisor and its data plane (no orphans); SIGTERM stops everything cleanly.
 //! Loopback and temp dirs only.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_memstreamer");
 /// Upper bound of every wait in these tests.
@@ -28,31 +30,9 @@ struct Node {
 }
 
 impl Drop for Node {
-    /// A test that failed half-way: SIGTERM to the supervisor (it stops its children; they also
-    /// get SIGTERM from the kernel when it dies), SIGKILL after a bounded wait.
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        support::stop_or_kill(&mut self.child);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn alive(pid: i32) -> bool {
@@ -78,13 +58,13 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "backend = \"udp\"\nlisten = \"127.0.0.1:0\"\nidle = \"yielding\"\nring_capacity_bytes = 1048576\nshm_dir = \"{}\"\ncounters_file = \"{}\"\n[[streams]]\nid = 7\n",
+                "backend = \"udp\"\nlisten = \"127.0.0.1:0\"\nidle = \"yielding\"\nstorage_dir = false\nring_capacity_bytes = 1048576\nshm_dir = \"{}\"\ncounters_file = \"{}\"\n[[streams]]\nid = 7\n",
                 dir.path().join("shm").display(),
                 dir.path().join("counters").display()
             ),
         )
         .unwrap();
-        let cp_listen = format!("127.0.0.1:{}", free_port());
+        let cp_listen = format!("127.0.0.1:{}", support::free_port());
         let mut child = Command::new(BIN)
             .arg("node")
             .arg("--config")
@@ -96,15 +76,7 @@ impl Node {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (tx, lines) = channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = support::stdout_lines(&mut child);
         let mut err = child.stderr.take().unwrap();
         let stderr = std::thread::spawn(move || {
             let mut s = String::new();
