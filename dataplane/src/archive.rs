@@ -276,81 +276,20 @@ impl PartitionArchive {
     /// Reads what fits in the stage. Records above STAGE_RECORD_BYTES_MAX are appended alone.
     fn read_ring(&mut self, done: &mut PartitionWork) -> Result<(), String> {
         let limit = STAGE_RECORDS_MAX - self.staged_count;
-        let PartitionArchive {
-            sub,
-            stage,
-            staged,
-            staged_count,
-            staged_bytes,
-            staged_ring_last,
-            log,
-            pending,
-            archived,
-            oversize_failed,
-            unflushed,
-            cells,
-            ..
-        } = self;
-        let Some(sub) = sub.as_mut() else {
+        // Out while it polls (a move, no allocation), so each record can update the rest.
+        let Some(mut sub) = self.sub.take() else {
             return Ok(());
         };
         let mut failure: Option<String> = None;
         let poll = sub.poll(
             |rec| {
-                if failure.is_some() {
-                    return;
-                }
-                if rec.payload.len() <= STAGE_RECORD_BYTES_MAX {
-                    let start = *staged_bytes;
-                    stage[start..start + rec.payload.len()].copy_from_slice(rec.payload);
-                    staged[*staged_count] =
-                        (start as u32, rec.payload.len() as u32, rec.timestamp_ns);
-                    *staged_count += 1;
-                    *staged_bytes += rec.payload.len();
-                    *staged_ring_last = rec.offset;
-                    return;
-                }
-                // Rare: a large local record. Keep order: what is staged is appended first by
-                // the caller; here the big one is written as its own batch, waiting for room.
-                let Some(log) = log.as_mut() else {
-                    failure = Some("the log is closed".into());
-                    return;
-                };
-                if *staged_count > 0 {
-                    // Order must hold: flush the stage through the same path below.
-                    let records = staged_records(stage, &staged[..*staged_count]);
-                    if let Err(e) = append_waiting(log, &records[..*staged_count]) {
-                        failure = Some(e.to_string());
-                        return;
-                    }
-                    push_mark(pending, (log.next_offset(), *staged_ring_last));
-                    *archived += *staged_count as u64;
-                    *staged_count = 0;
-                    *staged_bytes = 0;
-                }
-                let one = [Record {
-                    timestamp_ns: rec.timestamp_ns,
-                    payload: rec.payload,
-                }];
-                match append_waiting(log, &one) {
-                    Ok(()) => {
-                        push_mark(pending, (log.next_offset(), rec.offset));
-                        *archived += 1;
-                        *unflushed = true;
-                    }
-                    Err(AppendError::TooLarge { .. }) => {
-                        // Not in the log: later ring records map to one log offset less.
-                        *oversize_failed += 1;
-                        let delta = cells.log_delta.load(Ordering::Relaxed);
-                        cells
-                            .log_delta
-                            .store(delta.wrapping_sub(1), Ordering::Relaxed);
-                    }
-                    Err(e) => failure = Some(e.to_string()),
+                if failure.is_none() {
+                    failure = self.take_record(rec).err();
                 }
             },
             limit,
         );
+        self.sub = Some(sub);
         if let Some(e) = failure {
             return Err(e);
         }
@@ -363,6 +302,57 @@ impl PartitionArchive {
         }
         if self.staged_count > 0 && !self.append_staged().map_err(|e| e.to_string())? {
             done.back_pressured += 1;
+        }
+        Ok(())
+    }
+
+    /// Stages one ring record, or appends a large one alone (after what is staged: order holds).
+    fn take_record(&mut self, rec: &shm_ring::Record<'_>) -> Result<(), String> {
+        let len = rec.payload.len();
+        if len <= STAGE_RECORD_BYTES_MAX {
+            // At most STAGE_RECORDS_MAX records of at most STAGE_RECORD_BYTES_MAX: it fits.
+            let start = self.staged_bytes;
+            self.stage[start..start + len].copy_from_slice(rec.payload);
+            self.staged[self.staged_count] = (start as u32, len as u32, rec.timestamp_ns);
+            self.staged_count += 1;
+            self.staged_bytes += len;
+            self.staged_ring_last = rec.offset;
+            return Ok(());
+        }
+        // Rare: a large local record, written as its own batch, waiting for room.
+        let Some(log) = self.log.as_mut() else {
+            return Err("the log is closed".into());
+        };
+        if self.staged_count > 0 {
+            let records = staged_records(&self.stage, &self.staged[..self.staged_count]);
+            append_waiting(log, &records[..self.staged_count]).map_err(|e| e.to_string())?;
+            push_mark(
+                &mut self.pending,
+                (log.next_offset(), self.staged_ring_last),
+            );
+            self.archived += self.staged_count as u64;
+            self.staged_count = 0;
+            self.staged_bytes = 0;
+        }
+        let one = [Record {
+            timestamp_ns: rec.timestamp_ns,
+            payload: rec.payload,
+        }];
+        match append_waiting(log, &one) {
+            Ok(()) => {
+                push_mark(&mut self.pending, (log.next_offset(), rec.offset));
+                self.archived += 1;
+                self.unflushed = true;
+            }
+            Err(AppendError::TooLarge { .. }) => {
+                // Not in the log: later ring records map to one log offset less.
+                self.oversize_failed += 1;
+                let delta = self.cells.log_delta.load(Ordering::Relaxed);
+                self.cells
+                    .log_delta
+                    .store(delta.wrapping_sub(1), Ordering::Relaxed);
+            }
+            Err(e) => return Err(e.to_string()),
         }
         Ok(())
     }

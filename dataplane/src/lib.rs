@@ -9,14 +9,15 @@
 //! * [`receiver`] (agent) over [`session`] (sans-IO: sessions, DATA decode, gap -> NAK, epochs,
 //!   STATUS with durable offset and a window that shrinks while the ring is full).
 //! * [`sender`] (agent): rings -> remote subscribers (SUBSCRIBE convention of docs/protocol.md,
-//!   start positions: storage -> ring -> live catch-up), retransmits from a bounded window;
-//!   AF_XDP TX with `--backend afxdp`.
-//! * [`archiver`] (agent): rings -> storage-nvme, group commit, durable ring marks, replay at start.
-//! * [`conductor`] (agent): commands (subscribe requests, the control plane's stream commands),
-//!   partitions made live or removed at run time (handed to the agents over SPSC queues), the
-//!   counters file.
+//!   start positions), retransmits from a bounded window; AF_XDP TX with `--backend afxdp`.
+//! * [`catchup`]: a subscriber's storage -> ring -> live catch-up as a sans-IO state machine.
+//! * [`archiver`] (agent) over [`archive`] (one partition: ring -> storage-nvme, group commit,
+//!   durable ring marks; replay at start); [`replay`]: the sender's log reads, run by the archiver.
+//! * [`conductor`] (agent, one file per concern): the control plane's stream commands, partitions
+//!   made live or removed at run time, subscribe requests, agent liveness, the counters file.
+//! * [`proxy`]: the commands the agents exchange (no agent module imports another).
 //! * [`agent`]: the Agent trait, threading modes (dedicated / shared / invoker), command queues
-//!   (bounded MPMC, and SPSC with a conductor-side outbox).
+//!   (bounded MPMC, and SPSC with a bounded conductor-side outbox).
 //! * [`retire`]: what agents give up goes to the conductor to be freed off their cores.
 //! * [`counters`]: closed counter enum, shared-memory counters file read by `memstreamer stat`.
 //! * [`net`]: the [`NetPort`] enum over the kernel UDP backend and the AF_XDP backend; the
@@ -25,7 +26,8 @@
 //!
 //! Architecture invariants: no allocation, lock or syscall other than the port's batched I/O on
 //! the receiver's duty cycle after start-up; every byte from the network is validated and a bad
-//! frame is a counted drop, never a panic; the backend is chosen explicitly, never by fallback.
+//! frame is a counted drop, never a panic; the backend is chosen explicitly, never by fallback;
+//! every queue is bounded; no agent module imports another (tests/agent_imports.rs).
 
 #![deny(unsafe_code)]
 

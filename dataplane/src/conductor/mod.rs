@@ -3,11 +3,11 @@
 //! agents retire. Everything that allocates after start-up happens here, off the receiver's and
 //! sender's duty cycles (e.g. a remote subscriber's retransmit buffer). One file per concern:
 //!
-//! * [`streams`]: command ring intake (the control plane's stream commands -> partition rings).
-//! * [`registry`]: the partitions the agents know; makes run-time partitions live in every agent
+//! * `streams`: command ring intake (the control plane's stream commands -> partition rings).
+//! * `registry`: the partitions the agents know; makes run-time partitions live in every agent
 //!   (or takes them away) through bounded per-agent outboxes.
-//! * [`subscribe`]: remote subscribers' requests -> the sender's [`crate::proxy::NewSubscriber`].
-//! * [`liveness`]: agents without duty cycles are reported as stalled.
+//! * `subscribe`: remote subscribers' requests -> the sender's [`crate::proxy::NewSubscriber`].
+//! * `liveness`: agents without duty cycles are reported as stalled.
 //! * here: the duty cycle, the counters file, the graveyards ([`crate::retire`]).
 
 mod liveness;
