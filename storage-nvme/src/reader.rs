@@ -258,6 +258,29 @@ impl Reader {
         Ok(())
     }
 
+    /// Opens the segment that starts at `next_offset` (a reader between segments, or one that
+    /// has not read yet), or says that the log no longer (or does not yet) hold that offset.
+    fn open_next_segment(&mut self) -> Result<(), ReadError> {
+        let listing = list_dir(&self.dir)?;
+        let start = listing.segments.first().copied().unwrap_or(0);
+        match listing
+            .segments
+            .iter()
+            .rev()
+            .find(|&&b| b <= self.next_offset)
+        {
+            Some(&b) if b == self.next_offset => {
+                self.open_segment(b)?;
+                self.pos = SEGMENT_HEADER_BYTES;
+                Ok(())
+            }
+            _ => Err(ReadError::Missing {
+                offset: self.next_offset,
+                start,
+            }),
+        }
+    }
+
     /// Returns the next durable batch, `Ok(None)` when the reader is at the durable tail (call
     /// again later to follow it), or an error naming the file and position of bad bytes.
     /// The batch borrows `buf`; one read fills `buf` with as many batches as fit.
@@ -272,26 +295,7 @@ impl Reader {
                 return Ok(None);
             }
             if self.seg.is_none() {
-                let listing = list_dir(&self.dir)?;
-                let start = listing.segments.first().copied().unwrap_or(0);
-                match listing
-                    .segments
-                    .iter()
-                    .rev()
-                    .find(|&&b| b <= self.next_offset)
-                {
-                    Some(&b) if b == self.next_offset => {
-                        self.open_segment(b)?;
-                        self.next_offset = b;
-                        self.pos = SEGMENT_HEADER_BYTES;
-                    }
-                    _ => {
-                        return Err(ReadError::Missing {
-                            offset: self.next_offset,
-                            start,
-                        })
-                    }
-                }
+                self.open_next_segment()?;
             }
             let seg = self.seg.as_ref().expect("segment open");
             let base = seg.base;
