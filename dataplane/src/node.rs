@@ -926,6 +926,64 @@ mod tests {
         node.close();
     }
 
+    /// With storage and a ring smaller than what was published, EARLIEST reads the log (records
+    /// the ring no longer holds), then the ring, then live records, once each and in order; no
+    /// root needed (loopback, invoker threading).
+    #[test]
+    fn remote_subscriber_from_earliest_reads_storage_then_ring_then_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), true);
+        cfg.ring_capacity_bytes = 64 << 10;
+        let (mut node, handle) = NodeParts::build(&cfg).unwrap().into_invoker();
+        let mut local = sdk::Context::builder()
+            .dir(dir.path().join("shm"))
+            .build()
+            .publisher(7, 0)
+            .unwrap();
+        // More than the ring holds: the archiver (a reliable reader) lets the publisher on.
+        let (before, after) = (8_000u64, 500u64);
+        let mut next = 0u64;
+        for _ in 0..CYCLES_MAX {
+            while next < before && local.offer(&next.to_le_bytes()).is_ok() {
+                next += 1;
+            }
+            node.invoke();
+            if handle.counters.get(Counter::ArchivedDurableRecords) == before {
+                break;
+            }
+        }
+        assert_eq!(handle.counters.get(Counter::ArchivedDurableRecords), before);
+        let mut sub = sdk::net::UdpSubscriber::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ReceiverConfig::default(),
+        )
+        .unwrap();
+        let start = sdk::net::wire::SubscribeStart::Earliest;
+        sub.subscribe_from(handle.data_addr, 7, 0, 8, "sub", start)
+            .unwrap();
+        let mut got = Vec::new();
+        for _ in 0..CYCLES_MAX {
+            if sub.is_subscribed(8)
+                && next < before + after
+                && local.offer(&next.to_le_bytes()).is_ok()
+            {
+                next += 1;
+            }
+            node.invoke();
+            sub.poll(
+                |r| got.push(u64::from_le_bytes(r.payload[..8].try_into().unwrap())),
+                64,
+            );
+            if got.len() as u64 == before + after {
+                break;
+            }
+        }
+        assert_eq!(got, (0..before + after).collect::<Vec<_>>());
+        let replayed = || handle.counters.get(Counter::TxReplayRecords) > 0;
+        assert!(node.invoke_until(CYCLES_MAX, replayed), "read from storage");
+        node.close();
+    }
+
     #[test]
     fn remote_subscriber_receives_ring_records_in_order() {
         let dir = tempfile::tempdir().unwrap();
