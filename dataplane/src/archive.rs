@@ -97,7 +97,7 @@ pub fn replay(
         .map_err(|e| err(e.to_string()))?;
     let mut replayed = 0u64;
     // Bounded: each batch read advances the reader; at most `end - from` records exist.
-    for _ in 0..=(end - from) {
+    for _ in 0..=end.saturating_sub(from) {
         let Some(batch) = reader
             .read_batch(&mut buf)
             .map_err(|e| err(e.to_string()))?

@@ -156,7 +156,8 @@ impl CatchUp {
     /// The storage record at log offset `offset` was sent (or skipped as too large).
     pub fn sent_log(&mut self, offset: u64) {
         debug_assert!(self.admit_log(offset));
-        self.next_log = offset + 1;
+        // Offsets come from a log file: saturate rather than trust them not to be u64::MAX.
+        self.next_log = offset.saturating_add(1);
     }
 
     // ---- Ring and Live ----
@@ -177,7 +178,7 @@ impl CatchUp {
     /// The ring record at `offset` was sent (or skipped as too large).
     pub fn sent_ring(&mut self, offset: u64) {
         debug_assert!(self.admit_ring(offset));
-        self.next_ring = Some(offset + 1);
+        self.next_ring = Some(offset.saturating_add(1));
     }
 
     /// The private reader is at `private_next`, the shared one at `shared_next`: true when they

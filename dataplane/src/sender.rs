@@ -722,7 +722,7 @@ fn ring_step(
         |rec| {
             // A record after a gap is never sent: the lost ones come from storage first.
             gap |= rec.offset != expected;
-            expected = rec.offset + 1;
+            expected = rec.offset.wrapping_add(1);
             if gap || !cu.admit_ring(rec.offset) {
                 return;
             }
