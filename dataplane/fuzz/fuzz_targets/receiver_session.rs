@@ -6,10 +6,11 @@
 
 use std::net::SocketAddr;
 
+use abi::frame::{
+    crc32c, FRAME_CRC32C_OFFSET, FRAME_LENGTH_OFFSET, FRAME_MAGIC, FRAME_VERSION, HEADER_BYTES,
+};
 use dataplane::session::{AppendRefusal, RecordSink, SessionConfig, SessionTable};
 use libfuzzer_sys::fuzz_target;
-use xdp_programs::abi_consts::{FRAME_CRC32C_OFFSET, FRAME_LENGTH_OFFSET, FRAME_MAGIC, FRAME_VERSION};
-use xdp_programs::frame::{crc32c, HEADER_BYTES};
 
 struct CountSink(u64);
 
@@ -51,7 +52,10 @@ fuzz_target!(|data: &[u8]| {
         let (raw, next) = tail.split_at(len);
         rest = next;
         now += 1;
-        let src: SocketAddr = SocketAddr::from(([198, 18, 0, 2], 5000 + u16::from(raw.first().copied().unwrap_or(0) & 1)));
+        let src: SocketAddr = SocketAddr::from((
+            [198, 18, 0, 2],
+            5000 + u16::from(raw.first().copied().unwrap_or(0) & 1),
+        ));
         let mut frame = raw.to_vec();
         if frame.len() >= HEADER_BYTES {
             frame[..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
@@ -67,7 +71,10 @@ fuzz_target!(|data: &[u8]| {
         }
         table.handle(now, src, &frame, &mut sink);
         for _ in 0..8 {
-            if table.poll_transmit(now, Some(&[now * 64, 0]), &mut out).is_none() {
+            if table
+                .poll_transmit(now, Some(&[now * 64, 0]), &mut out)
+                .is_none()
+            {
                 break;
             }
             assert!(out.len() >= HEADER_BYTES);
