@@ -878,3 +878,6 @@ impl Agent for Sender {
         self.publish_stats();
     }
 }
+
+#[cfg(test)]
+mod tests;
