@@ -3,8 +3,8 @@
 //! Every type here is a byte layout that two processes (or a process and the
 //! kernel) must agree on, with its codec. The crate links no data plane, no
 //! control plane and no kernel loader, so a process that only needs to speak
-//! one of these formats (the SDK, the control plane, `memstreamer stat`) links
-//! only this (the pattern of aya's `-common` crates).
+//! one of these formats (the SDK, the control plane) links only this (the
+//! pattern of aya's `-common` crates).
 //!
 //! - [`frame`] / [`frame_consts`]: the fixed 40-byte UDP frame header of
 //!   docs/protocol.md with its CRC32C; the XDP program (xdp-programs) checks
