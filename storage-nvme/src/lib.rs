@@ -61,7 +61,10 @@
 //! ## Structure
 //! Sans-IO cores: [`codec`] (batch encode/decode), [`index`] (sparse index math and files),
 //! [`scan`] (batch walking for recovery), [`retention`] (deletion decisions). Thin adapters:
-//! [`segment`] (files), [`io`] (the [`IoBackend`] seam: io_uring and pwrite), `log`, `reader`.
+//! [`segment`] (files), [`io`] (the [`IoBackend`] seam: io_uring and pwrite), `log` (the
+//! writer: `log/recover.rs` has the steps of opening, `log/write.rs` the write pipeline of
+//! iovecs, submissions and completions), `reader`. `unsafe` is denied everywhere except `io`,
+//! `log/write.rs` and the test-only fault-injecting backend.
 
 // `unsafe` lives only where bytes meet the kernel: `io` (aligned buffers, io_uring and pwritev
 // backends, preallocation), the log's write pipeline (`log/write.rs`, iovecs into the write
@@ -69,6 +72,7 @@
 #![deny(unsafe_code)]
 
 pub mod codec;
+pub mod epoch;
 pub mod index;
 #[allow(unsafe_code)]
 pub mod io;
@@ -79,16 +83,19 @@ mod reader;
 pub mod retention;
 pub mod scan;
 pub mod segment;
+pub mod truncate;
 
 #[cfg(test)]
 #[allow(unsafe_code)]
 mod fault;
 
 pub use codec::{BatchDecodeError, BatchEncodeError, BatchView, Record, RecordView};
+pub use epoch::{EpochEntry, EpochFile, EpochFileError, EpochHistory};
 pub use io::{AlignedBuf, BufBacking, IoBackend, IoMode, PwriteIo, SysIo, UringIo, Wait};
 pub use log::*;
 pub use reader::{ReadError, Reader, SeekError};
 pub use retention::RetentionPolicy;
+pub use truncate::LogTruncateError;
 
 /// Deterministic record contents used by `ms-log append` (a disk smoke test) and the crash
 /// tests: given a seed and an offset, anyone can recompute the exact bytes and timestamp.
