@@ -181,23 +181,19 @@ struct E2e {
     received: u64,
 }
 
-/// Remote publisher -> the real node (`NodeParts`, the low-latency profile: busy spin, here on
-/// one shared thread; no storage) with `backend` -> its ring -> local subscriber.
-fn e2e(
+/// The configuration of [`e2e`]'s node.
+fn node_config(
     backend: Backend,
     net: &TestNet,
     dir: &std::path::Path,
-    messages: u64,
-    paced: bool,
     layout: CoreLayout,
-) -> anyhow::Result<E2e> {
-    let node = SocketAddrV4::new(net.node_ip, PORT);
-    let cfg = dataplane::Config {
+) -> dataplane::Config {
+    dataplane::Config {
         backend: match backend {
             Backend::AfXdp => dataplane::Backend::Afxdp,
             Backend::Udp => dataplane::Backend::Udp,
         },
-        listen: SocketAddr::V4(node),
+        listen: SocketAddr::V4(SocketAddrV4::new(net.node_ip, PORT)),
         interface: Some(net.node_if.clone()),
         shm_dir: Some(dir.join("node-shm")),
         counters_file: dir.join("node-counters"),
@@ -216,7 +212,46 @@ fn e2e(
         cores: layout.node_core.into_iter().collect(),
         storage_dir: None,
         ..dataplane::Config::low_latency()
+    }
+}
+
+/// Runs the node of `cfg` (on the calling thread's namespace) until `stop`; says on `ready`
+/// whether it started.
+fn run_node(
+    cfg: &dataplane::Config,
+    ready: &std::sync::mpsc::Sender<Result<(), String>>,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let handle = match NodeParts::build(cfg).and_then(|p| p.start(cfg)) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            bail!("node: {e}");
+        }
     };
+    let _ = ready.send(Ok(()));
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let panicked = handle.stop();
+    if panicked > 0 {
+        bail!("{panicked} node agent thread(s) panicked");
+    }
+    Ok(())
+}
+
+/// Remote publisher -> the real node (`NodeParts`, the low-latency profile: busy spin, here on
+/// one shared thread; no storage) with `backend` -> its ring -> local subscriber.
+fn e2e(
+    backend: Backend,
+    net: &TestNet,
+    dir: &std::path::Path,
+    messages: u64,
+    paced: bool,
+    layout: CoreLayout,
+) -> anyhow::Result<E2e> {
+    let node = SocketAddrV4::new(net.node_ip, PORT);
+    let cfg = node_config(backend, net, dir, layout);
     let mut subscriber = Context::builder()
         .dir(dir.join("node-shm"))
         .start_at(StartAt::Earliest)
@@ -225,24 +260,8 @@ fn e2e(
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let stop_node = stop.clone();
-    let node_thread = TestNet::spawn_in(&net.node_ns, move || -> anyhow::Result<()> {
-        let handle = match NodeParts::build(&cfg).and_then(|p| p.start(&cfg)) {
-            Ok(h) => h,
-            Err(e) => {
-                let _ = ready_tx.send(Err(e.to_string()));
-                bail!("node: {e}");
-            }
-        };
-        let _ = ready_tx.send(Ok(()));
-        while !stop_node.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let panicked = handle.stop();
-        if panicked > 0 {
-            bail!("{panicked} node agent thread(s) panicked");
-        }
-        Ok(())
-    });
+    let node_thread =
+        TestNet::spawn_in(&net.node_ns, move || run_node(&cfg, &ready_tx, &stop_node));
     ready_rx
         .recv_timeout(PHASE_TIMEOUT)
         .context("node thread did not answer")?
