@@ -125,6 +125,22 @@ pub(crate) fn load_config(path: Option<&PathBuf>, flags: &ConfigFlags) -> anyhow
     )?)
 }
 
+/// Creates the storage directory (when storage is on), with an error that says the ways out:
+/// the default, /var/lib/memstreamer/storage, is only writable by root or the service user.
+pub(crate) fn prepare_storage(config: &Config) -> anyhow::Result<()> {
+    let Some(dir) = &config.storage_dir else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create the storage directory {}: run as a user who may write there, pass \
+             --data-dir DIR (storage goes to DIR/storage), or set storage_dir = false in the \
+             config (or MS_STORAGE_DIR=false) to run without storage",
+            dir.display()
+        )
+    })
+}
+
 /// Sets the returned flag on SIGINT or SIGTERM.
 pub(crate) fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
@@ -144,6 +160,7 @@ fn run_node(
         config.backend = b;
         config.validate()?;
     }
+    prepare_storage(&config)?;
     let stop = stop_flag()?;
     let parts = NodeParts::build(&config)?;
     let replayed = parts.replayed_records;

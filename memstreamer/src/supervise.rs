@@ -190,6 +190,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     dp_config.validate()?;
     println!("memstreamer node: {}", dp_config.describe_profile());
+    crate::prepare_storage(&dp_config)?;
     let mut children = vec![Supervised::spawn("data plane", &dataplane_args(&args))?];
     match Supervised::spawn("control plane", &controlplane_args(&args, &dp_config)) {
         Ok(c) => children.push(c),

@@ -1,7 +1,8 @@
 //! `memstreamer node` as a new user first runs it: no config file, no profile, idle or storage
 //! setting. It says which profile it runs (`default`), stores what is published in its data
 //! directory (a record published through the SDK is archived, and after a restart the node
-//! replays it into the new ring), and its idle data plane does not busy-spin a core.
+//! replays it into the new ring), and its idle data plane does not busy-spin a core. A
+//! storage directory it cannot make is an error that names the ways out.
 //!
 //! Only placement is given, so the test runs next to others: `--data-dir` (a temp dir, in
 //! place of /var/lib/memstreamer), free ports, and the ring directory and counters file in the
@@ -200,4 +201,29 @@ fn node_without_flags_persists_and_idles_politely() {
     assert_eq!(got, [PAYLOAD.to_vec()]);
     drop(subscriber);
     node.stop();
+}
+
+#[test]
+fn a_storage_directory_that_cannot_be_made_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // A data directory below a regular file: not even root can make it.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let out = Command::new(BIN)
+        .arg("dataplane")
+        .arg("--data-dir")
+        .arg(file.join("data"))
+        .env("MS_LISTEN", "127.0.0.1:0")
+        .env("MS_SHM_DIR", dir.path().join("shm"))
+        .env("MS_COUNTERS_FILE", dir.path().join("counters"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot create the storage directory")
+            && err.contains("--data-dir")
+            && err.contains("storage_dir = false"),
+        "{err}"
+    );
 }
