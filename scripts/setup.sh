@@ -19,6 +19,7 @@ APT_PACKAGES=(
   etcd-server  # ms-bench control: the etcd peer
   ethtool      # AF_XDP queue set-up on veth (ethtool -L)
   ansible ansible-lint jq   # scripts/check-deploy.sh validates ansible/ and infra/
+  python3 python3-venv python3-dev   # python/: the venv below; libpython for cargo builds of pyo3
 )
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -46,6 +47,28 @@ for c in rustfmt clippy; do
     rustup component add "$c"
   fi
 done
+
+# The Python client (python/): a venv at the repo root with Debian's python3, holding maturin
+# (builds the abi3 wheel), pytest (python/tests) and iceoryx2's Python package (the peer of
+# `ms-bench bindings`). scripts/test.sh and ms-bench build the wheel and install it there.
+VENV="$(cd "$(dirname "$0")/.." && pwd)/.venv"
+PY_PACKAGES=(maturin==1.16.0 pytest==9.2.0 iceoryx2==0.10.0)
+if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.base_prefix != "/usr")'; then
+  log "creating the Python venv $VENV (Debian's python3)"
+  rm -rf "$VENV"
+  /usr/bin/python3 -m venv "$VENV"
+fi
+py_missing=()
+for p in "${PY_PACKAGES[@]}"; do
+  [[ $("$VENV/bin/python" -m pip show "${p%%==*}" 2>/dev/null | sed -n 's/^Version: //p') == "${p##*==}" ]] ||
+    py_missing+=("$p")
+done
+if ((${#py_missing[@]})); then
+  log "installing into the venv (PyPI): ${py_missing[*]}"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${py_missing[@]}"
+else
+  log "Python venv present"
+fi
 
 # The programs privileged tests run (testkit::require! fails them under `make test` when one is
 # missing). The kernel parts they need (network namespaces, veth, XDP, AF_XDP, hugetlbfs)
