@@ -51,6 +51,14 @@
 //! in a [`RecoveryReport`]. A directory with files that are not ours, a segment of another
 //! partition, or a gap between segments is a [`LogOpenError`].
 //!
+//! ## Replica state: leader epochs and truncation ([`epoch`], [`truncate`])
+//! The directory also holds the replica's **leader-epoch history** (`leader-epoch`: epoch ->
+//! first offset, Kafka's KIP-101/279), opened with the log and trimmed to the recovered log;
+//! [`Log::assign_epoch`] records an epoch, [`Log::end_offset_for`] answers a follower's
+//! "where does my epoch end?". [`Log::close_and_truncate`] cuts a divergent suffix and the
+//! epochs with it, crash-safe through a durable intent file that the next open finishes.
+//! These exist as a library; wiring them into the data path is planned (#11).
+//!
 //! ## Reading
 //! [`Log::reader`] follows the durable tail of a live log; [`Reader::open`] reads a snapshot of
 //! a log on disk. [`Reader::seek_offset`], [`Reader::seek_timestamp`], then

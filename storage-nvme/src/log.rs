@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::codec::{batch_bytes_for, encode_batch, BatchEncodeError, Record};
+use crate::epoch::{Assigned, EpochAssignError, EpochFile, EpochFileError, EpochHistory};
 use crate::index::{IndexCheckpoint, IndexCursor, SparseIndex};
 use crate::io::{AlignedBuf, BufBacking, IoBackend, IoMode, SysIo, Wait};
 use crate::layout::*;
@@ -16,6 +17,7 @@ use crate::prepare::{finalize_segment, Preparer};
 use crate::reader::Reader;
 use crate::retention::{segments_to_delete, RetentionPolicy, SegmentInfo};
 use crate::segment::*;
+use crate::truncate::{self, LogTruncateError};
 
 mod recover;
 #[allow(unsafe_code)]
@@ -232,12 +234,20 @@ pub enum LogOpenError {
     },
     #[error("cannot set up I/O: {0}")]
     Io(io::Error),
+    #[error("cannot finish the truncation a crash interrupted: {0}")]
+    Truncate(#[from] LogTruncateError),
+    #[error(transparent)]
+    Epoch(#[from] EpochFileError),
 }
 
-/// Why retention could not delete a segment.
+/// Why retention could not delete a segment or trim the epoch history.
 #[derive(Debug, thiserror::Error)]
-#[error("retention: {0}")]
-pub struct LogRetentionError(#[from] pub FileError);
+pub enum LogRetentionError {
+    #[error("retention: {0}")]
+    File(#[from] FileError),
+    #[error("retention: {0}")]
+    Epoch(#[from] EpochFileError),
+}
 
 /// Why closing a log failed.
 #[derive(Debug, thiserror::Error)]
@@ -262,6 +272,12 @@ pub enum RecoveryAction {
     IndexRebuilt { path: PathBuf, reason: String },
     /// An index file without a segment (or a half-written temporary one) was removed.
     OrphanIndexRemoved { path: PathBuf },
+    /// A truncation interrupted by a crash was finished: the log now ends at `new_end`
+    /// (asked: `end_offset`), see [`Log::close_and_truncate`].
+    TruncationFinished { end_offset: u64, new_end: u64 },
+    /// Leader-epoch entries past the recovered log end (never-durable records) or wholly
+    /// before its start (a crash during retention) were dropped.
+    EpochsTrimmed { dropped: usize },
 }
 
 /// The outcome of recovery on open.
@@ -415,6 +431,8 @@ pub struct Log<B: IoBackend = SysIo> {
     /// The helper thread (next segment preallocation, sealed index saves); None if it could
     /// not be started, and then the roll does that work itself.
     prep: Option<Preparer>,
+    /// The leader-epoch history kept in the same directory (see [`crate::epoch`]).
+    epochs: EpochFile,
 }
 
 /// The file's length rounded down to a block, or 0 (no zeroing ahead) if it cannot be read.
@@ -464,16 +482,24 @@ impl<B: IoBackend> Log<B> {
         fs::create_dir_all(&dir).map_err(ferr("cannot create log directory", &dir))?;
         let lock = recover::lock_dir(&dir)?;
         let mut report = RecoveryReport::default();
+        if let Some(end_offset) = truncate::pending_intent(&dir)? {
+            let new_end = truncate::apply_intent(&dir, cfg.segment_bytes, end_offset)?;
+            report.actions.push(RecoveryAction::TruncationFinished {
+                end_offset,
+                new_end,
+            });
+        }
         let bases = recover::tidy_dir(&dir, &cfg, &mut report)?;
         let recovered = recover::recover_segments(&dir, &cfg, &bases, &mut report)?;
         report.segments = bases.len();
         report.start_offset = bases[0];
         report.next_offset = recovered.active.next_offset;
+        let epochs = recover::reconcile_epochs(&dir, &mut report)?;
         let path = &recovered.active.path;
         let file = io
             .open_segment(path)
             .map_err(ferr("cannot open segment for writing", path))?;
-        let mut log = Self::from_recovered(dir, cfg, io, lock, recovered, file)?;
+        let mut log = Self::from_recovered(dir, cfg, io, lock, recovered, file, epochs)?;
         log.prep = Preparer::start(&log.dir);
         if let Some(p) = &mut log.prep {
             p.prepare(&log.dir, log.cfg.segment_bytes);
@@ -490,6 +516,7 @@ impl<B: IoBackend> Log<B> {
         lock: File,
         recovered: recover::Recovered,
         file: File,
+        epochs: EpochFile,
     ) -> Result<Self, LogOpenError> {
         let t = recovered.active;
         let (end_pos, next_offset) = (t.end_pos, t.next_offset);
@@ -538,6 +565,7 @@ impl<B: IoBackend> Log<B> {
             zeroed_to: 0,
             zero_stopped: false,
             prep: None,
+            epochs,
             cfg,
         })
     }
@@ -934,8 +962,69 @@ impl<B: IoBackend> Log<B> {
         }
         if n > 0 {
             sync_dir(&self.dir)?;
+            // After the segments: a crash in between leaves entries below the log start, which
+            // the next open trims (the other order could lose an epoch the log still holds).
+            let start = self.start_offset();
+            self.epochs.truncate_from_start(start)?;
         }
         Ok(report)
+    }
+
+    /// The leader-epoch history of this replica (durable, in the log's directory).
+    pub fn epochs(&self) -> &EpochHistory {
+        self.epochs.history()
+    }
+
+    /// Records that leader `epoch` starts at `start_offset` (a leader: its log end when it takes
+    /// over; a follower: the first record it appends from that epoch). Durable on return.
+    /// Refused past the log end (a record must exist or be next), and as
+    /// [`EpochHistory::assign`] refuses.
+    pub fn assign_epoch(
+        &mut self,
+        epoch: u64,
+        start_offset: u64,
+    ) -> Result<Assigned, EpochFileError> {
+        if start_offset > self.next_offset {
+            return Err(EpochAssignError::PastLogEnd {
+                start_offset,
+                log_end: self.next_offset,
+            }
+            .into());
+        }
+        self.epochs.assign(epoch, start_offset)
+    }
+
+    /// The answer to a follower's "where does my epoch `epoch` end?" (Kafka's
+    /// OffsetsForLeaderEpoch): see [`EpochHistory::end_offset_for`], with this log's end.
+    pub fn end_offset_for(&self, epoch: u64) -> Option<(u64, u64)> {
+        self.epochs
+            .history()
+            .end_offset_for(epoch, self.next_offset)
+    }
+
+    /// Cuts every record at or after `end_offset` (a follower dropping a divergent suffix),
+    /// closing the log first; reopen it with [`Log::open`] afterwards. Returns the new log end:
+    /// the last batch boundary at or below `end_offset` (the follower fetches the rest again),
+    /// or the current end if that is lower (nothing is cut). Epoch entries starting at or after
+    /// the new end are dropped with it. Crash-safe in the order documented in
+    /// [`crate::truncate`]: a kill at any point leaves the old log or, at the next open, the
+    /// truncated one.
+    pub fn close_and_truncate(self, end_offset: u64) -> Result<u64, LogTruncateError> {
+        let (dir, segment_bytes) = (self.dir.clone(), self.cfg.segment_bytes);
+        let (start, next) = (self.start_offset(), self.next_offset);
+        if end_offset < start {
+            return Err(LogTruncateError::BelowStart {
+                end_offset,
+                start_offset: start,
+            });
+        }
+        self.close()?;
+        if end_offset >= next {
+            return Ok(next);
+        }
+        let _lock = recover::lock_dir(&dir).map_err(|e| LogTruncateError::Lock(e.to_string()))?;
+        truncate::write_intent(&dir, end_offset)?;
+        truncate::apply_intent(&dir, segment_bytes, end_offset)
     }
 
     /// Makes everything durable, writes the active segment's index (the recovery checkpoint)

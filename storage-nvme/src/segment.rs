@@ -2,7 +2,7 @@
 //! directory, loading/saving index files, scanning a segment file and truncating a torn tail.
 
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -54,7 +54,17 @@ pub fn list_dir(dir: &Path) -> Result<DirListing, FileError> {
             out.foreign.push(e.path());
             continue;
         };
-        if name == LOCK_FILE_NAME {
+        // The lock, the leader-epoch history and a truncation intent (with the temporary
+        // names their atomic replace uses) are ours and not segment files.
+        if [
+            LOCK_FILE_NAME,
+            crate::epoch::EPOCH_FILE_NAME,
+            crate::epoch::EPOCH_TEMP_FILE_NAME,
+            crate::truncate::TRUNCATE_FILE_NAME,
+            crate::truncate::TRUNCATE_TEMP_FILE_NAME,
+        ]
+        .contains(&name)
+        {
             continue;
         }
         let temp_stem = name
@@ -89,6 +99,23 @@ pub fn offset_index_path(dir: &Path, base: u64) -> PathBuf {
 }
 pub fn time_index_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(file_name(base, TIME_INDEX_EXT))
+}
+
+/// Replaces `dir/name` with `bytes` atomically: writes `dir/tmp_name`, fdatasyncs it, renames
+/// it over `name` and fsyncs the directory. A crash leaves the old file or the new one (and
+/// possibly the temporary file, which its owner removes at open).
+pub fn replace_file(dir: &Path, tmp_name: &str, name: &str, bytes: &[u8]) -> Result<(), FileError> {
+    let tmp = dir.join(tmp_name);
+    let path = dir.join(name);
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_data()))
+        .map_err(ferr("cannot write temporary file", &tmp))?;
+    fs::rename(&tmp, &path).map_err(ferr("cannot rename into place", &path))?;
+    sync_dir(dir)
 }
 
 /// Fsyncs a directory so created/removed names are durable.
@@ -132,6 +159,30 @@ pub fn read_segment_header(
     let mut b = [0u8; SEG_HEADER_USED_BYTES];
     let n = read_full_at(f, &mut b, 0)?;
     Ok(SegmentHeader::decode(&b[..n]))
+}
+
+/// Opens segment `base` of `dir` for reading and writing and reads its header: the outer error
+/// is I/O, the inner one says why the header is not a segment header, and a header whose base
+/// offset is not the file name's is refused as well.
+pub fn open_segment_with_header(
+    dir: &Path,
+    base: u64,
+) -> Result<(PathBuf, File, Result<SegmentHeader, String>), FileError> {
+    let path = segment_path(dir, base);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(ferr("cannot open segment", &path))?;
+    let header = match read_segment_header(&file).map_err(ferr("cannot read segment", &path))? {
+        Ok(h) if h.base_offset == base => Ok(h),
+        Ok(h) => Err(format!(
+            "header base offset {} does not match the file name",
+            h.base_offset
+        )),
+        Err(e) => Err(e.to_string()),
+    };
+    Ok((path, file, header))
 }
 
 /// Reads until `buf` is full or end of file; returns bytes read.

@@ -6,6 +6,10 @@
 //!    segment of an empty log.
 //! 3. [`recover_segments`]: check every segment's header and continuity; trust a sealed
 //!    segment's index checkpoint or rebuild it by scanning; cut the active segment's torn tail.
+//! 4. [`reconcile_epochs`]: trim the leader-epoch history to the recovered log.
+//!
+//! Before all of these, `Log::open_with` finishes a truncation a crash interrupted
+//! (`crate::truncate`).
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
@@ -14,6 +18,7 @@ use super::{
     now_unix_ns, LogConfig, LogOpenError, RecoveryAction, RecoveryReport, SealedSegment,
     LOCK_ATTEMPTS_MAX,
 };
+use crate::epoch::EpochFile;
 use crate::index::{IndexCheckpoint, IndexCursor, SparseIndex};
 use crate::layout::*;
 use crate::retention::SegmentInfo;
@@ -166,30 +171,11 @@ fn open_checked(
     base: u64,
     next_expected: u64,
 ) -> Result<CheckedSegment, LogOpenError> {
-    let path = segment_path(dir, base);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(ferr("cannot open segment", &path))?;
-    let h = match read_segment_header(&file).map_err(ferr("cannot read segment", &path))? {
-        Ok(h) => h,
-        Err(e) => {
-            return Err(LogOpenError::NotOurs {
-                path,
-                reason: e.to_string(),
-            })
-        }
-    };
-    if h.base_offset != base {
-        return Err(LogOpenError::NotOurs {
-            path,
-            reason: format!(
-                "header base offset {} does not match the file name",
-                h.base_offset
-            ),
-        });
-    }
+    let (path, file, header) = open_segment_with_header(dir, base)?;
+    let h = header.map_err(|reason| LogOpenError::NotOurs {
+        path: path.clone(),
+        reason,
+    })?;
     if h.stream != cfg.stream || h.partition != cfg.partition {
         return Err(LogOpenError::WrongPartition {
             path,
@@ -375,4 +361,25 @@ fn recover_active(
         end_pos: scan.end_position,
         next_offset: scan.next_offset,
     })
+}
+
+/// Opens the leader-epoch history and trims it to the recovered log `[start, next)`: entries
+/// starting at or after `next` describe records that never became durable (Kafka trims the
+/// same way on load; a leader assigns its epoch again when it takes over), and entries wholly
+/// before `start` outlived a retention that crashed before trimming them.
+pub(super) fn reconcile_epochs(
+    dir: &Path,
+    report: &mut RecoveryReport,
+) -> Result<EpochFile, LogOpenError> {
+    let mut epochs = EpochFile::open(dir)?;
+    let before = epochs.history().entries().len();
+    epochs.truncate_from_end(report.next_offset)?;
+    epochs.truncate_from_start(report.start_offset)?;
+    let dropped = before - epochs.history().entries().len();
+    if dropped > 0 {
+        report
+            .actions
+            .push(RecoveryAction::EpochsTrimmed { dropped });
+    }
+    Ok(epochs)
 }
