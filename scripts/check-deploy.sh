@@ -101,11 +101,11 @@ log "promtool check config / check rules / test rules"
   fail "promtool test rules infra/prometheus/rules/memstreamer.rules.test.yml (run it for details)"
 
 # --- 3. metric names -----------------------------------------------------------------------
-log "metric names against controlplane/src/http.rs and dataplane/src/counters.rs"
+log "metric names against controlplane/src/http.rs and abi/src/counters.rs"
 exported=$(grep -oE '"ms_(cp|dp)_[a-z_]+' "$ROOT/controlplane/src/http.rs" | tr -d '"' | sort -u)
 [[ -n "$exported" ]] || fail "no ms_cp_* metric names found in controlplane/src/http.rs"
-# ms_dp_<snake_case(Counter)>[_total]: http.rs renders every dataplane::counters::Counter so.
-exported+=$'\n'$(python3 - "$ROOT/dataplane/src/counters.rs" <<'EOF'
+# ms_dp_<snake_case(Counter)>[_total]: http.rs renders every abi::counters::Counter so.
+exported+=$'\n'$(python3 - "$ROOT/abi/src/counters.rs" <<'EOF'
 import re, sys
 for name, kind in re.findall(r"^\s+([A-Z][A-Za-z0-9]*) = \d+, (Total|Gauge|Max),", open(sys.argv[1]).read(), re.M):
     snake = re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
@@ -113,7 +113,7 @@ for name, kind in re.findall(r"^\s+([A-Z][A-Za-z0-9]*) = \d+, (Total|Gauge|Max),
 EOF
 )
 grep -q '^ms_dp_rx_drop_malformed_total$' <<<"$exported" ||
-  fail "could not derive the ms_dp_* names from dataplane/src/counters.rs"
+  fail "could not derive the ms_dp_* names from abi/src/counters.rs"
 used=$(grep -rhoE 'ms_(cp|dp)_[a-z_]+' "$ROOT/infra/prometheus" "$ROOT/infra/grafana" "$ROOT/ansible" |
   sed -E 's/_(bucket|sum|count)$//' | sort -u)
 for m in $used; do
