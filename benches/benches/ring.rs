@@ -19,6 +19,9 @@ const CAPACITY_BYTES: u64 = 8 << 20;
 const POLL_BATCH: usize = 256;
 const PUBLISH_BATCH: usize = 64;
 
+/// Subscriber liveness timeout for the benches (the ring's default is 1 s).
+const BENCH_LIVENESS_TIMEOUT_NS: u64 = 60_000_000_000;
+
 fn context(dir: &Path, mode: Mode) -> Context {
     Context::builder()
         .dir(dir)
@@ -26,6 +29,9 @@ fn context(dir: &Path, mode: Mode) -> Context {
         .mode(mode)
         .publisher_kind(PublisherKind::Exclusive)
         .start_at(StartAt::Earliest)
+        // Criterion analyses between benches without polling; on a loaded
+        // machine that can outlast the default 1 s and evict the subscriber.
+        .liveness_timeout_ns(BENCH_LIVENESS_TIMEOUT_NS)
         .build()
 }
 
