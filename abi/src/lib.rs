@@ -11,6 +11,8 @@
 //!   the same numbers, written into its C header from [`FRAME_CONSTS_SOURCE`].
 //! - [`wire`]: the frame bodies: DATA record batches (the one parser,
 //!   [`wire::RecordBatch`]), STATUS, NAK, SETUP and SUBSCRIBE.
+//! - [`replication`]: the follower <-> leader bodies FETCH, REPORT and
+//!   EPOCH_END (codecs only: no node sends them yet, #11).
 //! - [`ring`]: how a (stream, partition) names its shm-ring file, and the
 //!   name of the command ring.
 //! - [`command`]: the control plane -> data plane command records
@@ -28,6 +30,7 @@ pub mod counters;
 pub mod frame;
 pub mod frame_consts;
 mod le;
+pub mod replication;
 pub mod ring;
 pub mod wire;
 
