@@ -18,6 +18,9 @@
 //! * [`proxy`]: the commands the agents exchange (no agent module imports another).
 //! * [`agent`]: the Agent trait, threading modes (dedicated / shared / invoker), command queues
 //!   (bounded MPMC, and SPSC with a bounded conductor-side outbox).
+//! * [`replication`]: the replica-set core of replicated partitions (sans-IO: ISR by lag time,
+//!   high watermarks, strict min ISR, acks, epoch fencing, divergence). Exists as a library;
+//!   wired into the data path: planned (#11).
 //! * [`retire`]: what agents give up goes to the conductor to be freed off their cores.
 //! * [`counters`]: closed counter enum, shared-memory counters file read by `memstreamer stat`.
 //! * [`net`]: the [`NetPort`] enum over the kernel UDP backend and the AF_XDP backend; the
@@ -44,6 +47,7 @@ pub mod node;
 pub mod proxy;
 pub mod receiver;
 pub mod replay;
+pub mod replication;
 pub mod retire;
 pub mod sender;
 pub mod session;
