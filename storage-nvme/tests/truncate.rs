@@ -1,7 +1,8 @@
 //! Cutting a log's suffix (`Log::close_and_truncate`) together with its leader-epoch history:
 //! the cut is durable across reopen, rounds down to a batch boundary, and every state a crash
 //! can leave in the middle of it reopens as the old log (before the intent is durable) or the
-//! truncated one (after).
+//! truncated one (after): each intermediate state built by hand, and a real `ms-log truncate`
+//! killed with SIGKILL at random points. Retention trims the epoch history's start.
 
 mod common;
 
@@ -272,4 +273,116 @@ fn epochs_past_a_lost_tail_are_trimmed_at_open() {
     assert!(report
         .actions
         .contains(&RecoveryAction::EpochsTrimmed { dropped: 1 }));
+}
+
+/// A real `ms-log truncate` process killed with SIGKILL at random points of the cut: the next
+/// open gives the old log or the truncated one, record-exact, with the matching epochs.
+#[test]
+fn kill_9_during_truncation_leaves_the_old_or_the_truncated_log() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    const ROUNDS: u64 = 40;
+    let seed = std::env::var("MS_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x7e11_cafe_u64);
+    eprintln!("truncation crash test seed {seed} (set MS_CRASH_SEED to replay)");
+    let mut x = seed | 1;
+    let mut below = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let template = tempdir();
+    let end = build(template.path());
+    let all_epochs = [(1, 0), (4, 400), (7, 800)];
+    let (mut old, mut cut_done, mut finished_at_open) = (0, 0, 0);
+    for round in 0..ROUNDS {
+        let to = 1 + below(end - 1);
+        let want = to / PER_BATCH as u64 * PER_BATCH as u64;
+        let copy = tempdir();
+        for e in fs::read_dir(template.path()).unwrap() {
+            let e = e.unwrap();
+            fs::copy(e.path(), copy.path().join(e.file_name())).unwrap();
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ms-log"))
+            .arg("truncate")
+            .arg(copy.path())
+            .args(["--to", &to.to_string()])
+            .args(["--segment-bytes", &cfg().segment_bytes.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ms-log truncate");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        assert_eq!(first, format!("opened {end}"), "round {round}");
+        std::thread::sleep(Duration::from_micros(below(120_000)));
+        child.kill().expect("kill -9");
+        child.wait().expect("wait");
+
+        let (log, report) = Log::open(copy.path(), cfg())
+            .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        let got = report.next_offset;
+        assert!(
+            got == end || got == want,
+            "round {round}: cut to {to} left end {got}, expected {end} or {want}"
+        );
+        assert_eq!(verify_pattern(&mut log.reader(), 0), got, "round {round}");
+        let want_epochs: Vec<(u64, u64)> = all_epochs
+            .iter()
+            .copied()
+            .filter(|&(_, start)| start < got)
+            .collect();
+        assert_eq!(
+            log.epochs().entries(),
+            &epochs(&want_epochs)[..],
+            "round {round}"
+        );
+        if report
+            .actions
+            .iter()
+            .any(|a| matches!(a, RecoveryAction::TruncationFinished { .. }))
+        {
+            finished_at_open += 1;
+        }
+        if got == end {
+            old += 1;
+        } else {
+            cut_done += 1;
+        }
+    }
+    eprintln!(
+        "{ROUNDS} kills: {old} left the old log, {cut_done} the truncated one \
+         ({finished_at_open} finished by the next open)"
+    );
+}
+
+#[test]
+fn retention_trims_the_epoch_history_from_the_start() {
+    let dir = tempdir();
+    build(dir.path());
+    let mut cfg = cfg();
+    cfg.retention.total_bytes_max = Some(2 * cfg.segment_bytes);
+    let (mut log, _) = Log::open(dir.path(), cfg.clone()).unwrap();
+    let report = log.enforce_retention(0).unwrap();
+    assert!(!report.deleted.is_empty());
+    let start = log.start_offset();
+    assert!(
+        start > 400,
+        "retention kept only the newest segments (start {start})"
+    );
+    // Epoch 1 is gone; the epoch holding the new start begins there.
+    let want: Vec<(u64, u64)> = if start < 800 {
+        vec![(4, start), (7, 800)]
+    } else {
+        vec![(7, start)]
+    };
+    assert_eq!(log.epochs().entries(), &epochs(&want)[..]);
+    log.close().unwrap();
+    let (log, _) = Log::open(dir.path(), cfg).unwrap();
+    assert_eq!(log.epochs().entries(), &epochs(&want)[..]);
 }

@@ -11,6 +11,10 @@
 //! ms-log verify <dir> [--seed S --payload-max B]
 //!     Reads every batch (CRC32C-checked); with --seed also checks each payload against the
 //!     pattern. Exit status 1 on any error.
+//! ms-log truncate <dir> --to OFFSET [--segment-bytes B]
+//!     Cuts every record at or after OFFSET (at a batch boundary at or below it) and the
+//!     leader epochs starting there, crash-safe (`Log::close_and_truncate`); prints
+//!     `opened <end>`, then `truncated <new end>`. A replica's divergent suffix, cut by hand.
 //! ```
 #![forbid(unsafe_code)]
 
@@ -63,9 +67,11 @@ fn main() -> ExitCode {
         Some("append") => append(&args),
         Some("dump") => dump(&args),
         Some("verify") => verify(&args),
-        _ => {
-            Err("usage: ms-log append|dump|verify <dir> [options] (see the crate docs)".to_string())
-        }
+        Some("truncate") => truncate(&args),
+        _ => Err(
+            "usage: ms-log append|dump|verify|truncate <dir> [options] (see the crate docs)"
+                .to_string(),
+        ),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,6 +87,26 @@ fn dir(args: &Args) -> Result<&str, String> {
         .get(1)
         .map(String::as_str)
         .ok_or_else(|| "missing <dir>".to_string())
+}
+
+fn truncate(args: &Args) -> Result<(), String> {
+    if !args.has("to") {
+        return Err("truncate needs --to OFFSET".to_string());
+    }
+    let to = args.num("to", 0)?;
+    let segment_bytes = args.num("segment-bytes", 64 << 20)?;
+    // Nothing is appended: the batch limit only has to fit the segment.
+    let cfg = LogConfig {
+        segment_bytes,
+        batch_bytes_max: (segment_bytes / 4).min(1 << 20),
+        ..LogConfig::default()
+    };
+    let (log, _) = Log::open(dir(args)?, cfg).map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "opened {}", log.next_offset()).and_then(|()| out.flush());
+    let end = log.close_and_truncate(to).map_err(|e| e.to_string())?;
+    let _ = writeln!(out, "truncated {end}").and_then(|()| out.flush());
+    Ok(())
 }
 
 fn append(args: &Args) -> Result<(), String> {
