@@ -8,46 +8,14 @@
 //! (write a temporary file, fdatasync, rename, fsync the directory). Changes are rare (once per
 //! leader election), so a whole-file rewrite costs nothing on the data path.
 //!
-//! # File layout `leader-epoch` (all integers little-endian)
-//! ```text
-//!   0        8        10       12            16       20         24
-//!  +--------+--------+--------+-------------+--------+----------+
-//!  | magic  |version |reserved| entry_count |  crc   | reserved |
-//!  | [u8;8] |  u16   |  u16   |    u32      |  u32   |   u32    |
-//!  +--------+--------+--------+-------------+--------+----------+
-//!   24: entries, entry_count * 16 bytes, epochs and start offsets strictly increasing:
-//!  +-------------+-------------------+
-//!  | epoch u64   | start_offset u64  |  ...
-//!  +-------------+-------------------+
-//!  crc = CRC32C(bytes 0..16 ++ bytes 20..24 ++ entries); reserved fields are zero;
-//!  the file is exactly 24 + 16 * entry_count bytes.
-//! ```
+//! File layout: [`crate::layout`] (`leader-epoch`).
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::layout::*;
 use crate::segment::{ferr, replace_file, sync_dir, FileError};
-
-/// File name of the leader-epoch history inside a partition directory.
-pub const EPOCH_FILE_NAME: &str = "leader-epoch";
-/// Name of the temporary file an update is written to before it is renamed into place.
-pub const EPOCH_TEMP_FILE_NAME: &str = "leader-epoch.tmp";
-pub const EPOCH_MAGIC: [u8; 8] = *b"MSTREPO\0";
-pub const EPOCH_VERSION: u16 = 1;
-pub const EPOCH_MAGIC_OFFSET: usize = 0;
-pub const EPOCH_VERSION_OFFSET: usize = 8;
-pub const EPOCH_RESERVED_OFFSET: usize = 10;
-pub const EPOCH_COUNT_OFFSET: usize = 12;
-pub const EPOCH_CRC_OFFSET: usize = 16;
-pub const EPOCH_RESERVED2_OFFSET: usize = 20;
-pub const EPOCH_HEADER_BYTES: usize = 24;
-pub const EPOCH_ENTRY_BYTES: usize = 16;
-/// Most entries one history keeps. Each is one leader election that wrote records into this
-/// replica's retained log; retention drops old ones. Beyond it `assign` is refused.
-pub const EPOCH_ENTRIES_MAX: usize = 1 << 16;
-const _: () = assert!(EPOCH_RESERVED2_OFFSET + 4 == EPOCH_HEADER_BYTES);
-const _: () = assert!(EPOCH_HEADER_BYTES.is_multiple_of(8));
 
 /// One leader epoch and the offset of its first record in this log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -1,5 +1,6 @@
-//! On-disk layouts: the segment file header, the record batch and the index files.
-//! Every field is a fixed-width little-endian integer at a documented offset.
+//! On-disk layouts: the segment file header, the record batch, the index files, the
+//! leader-epoch history and the truncation intent. Every field is a fixed-width little-endian
+//! integer at a documented offset.
 //!
 //! # Segment file `<base_offset:020>.log`
 //! ```text
@@ -60,6 +61,30 @@
 //!  +------------------+--------+----------+---------------------------------------------+
 //!  crc = CRC32C(bytes 0..48 ++ bytes 52..64 ++ entries). end_position/next_offset form the
 //!  recovery checkpoint: every batch before end_position was verified and fsynced.
+//! ```
+//!
+//! # Leader-epoch history `leader-epoch` ([`crate::epoch`]; one per partition directory)
+//! ```text
+//!   0        8        10       12            16       20         24
+//!  +--------+--------+--------+-------------+--------+----------+
+//!  | magic  |version |reserved| entry_count |  crc   | reserved |
+//!  | [u8;8] |  u16   |  u16   |    u32      |  u32   |   u32    |
+//!  +--------+--------+--------+-------------+--------+----------+
+//!   24: entries, entry_count * 16 bytes, epochs and start offsets strictly increasing:
+//!  +-------------+-------------------+
+//!  | epoch u64   | start_offset u64  |  ...
+//!  +-------------+-------------------+
+//!  crc = CRC32C(bytes 0..16 ++ bytes 20..24 ++ entries); reserved fields are zero;
+//!  the file is exactly 24 + 16 * entry_count bytes.
+//! ```
+//!
+//! # Truncation intent `truncate-pending` ([`crate::truncate`]; present only during a cut)
+//! ```text
+//!   0        8        10       12      16           24
+//!  +--------+--------+--------+-------+------------+
+//!  | magic  |version |reserved|  crc  | end_offset |   crc = CRC32C(bytes 0..12 ++ 16..24)
+//!  | [u8;8] |  u16   |  u16   |  u32  |    u64     |
+//!  +--------+--------+--------+-------+------------+
 //! ```
 
 /// Size of one O_DIRECT block: file positions, lengths and buffers are aligned to it.
@@ -243,6 +268,40 @@ impl SegmentHeader {
         })
     }
 }
+
+// ---- leader-epoch history ----
+/// File name of the leader-epoch history inside a partition directory.
+pub const EPOCH_FILE_NAME: &str = "leader-epoch";
+/// Name of the temporary file an update is written to before it is renamed into place.
+pub const EPOCH_TEMP_FILE_NAME: &str = "leader-epoch.tmp";
+pub const EPOCH_MAGIC: [u8; 8] = *b"MSTREPO\0";
+pub const EPOCH_VERSION: u16 = 1;
+pub const EPOCH_MAGIC_OFFSET: usize = 0;
+pub const EPOCH_VERSION_OFFSET: usize = 8;
+pub const EPOCH_RESERVED_OFFSET: usize = 10;
+pub const EPOCH_COUNT_OFFSET: usize = 12;
+pub const EPOCH_CRC_OFFSET: usize = 16;
+pub const EPOCH_RESERVED2_OFFSET: usize = 20;
+pub const EPOCH_HEADER_BYTES: usize = 24;
+pub const EPOCH_ENTRY_BYTES: usize = 16;
+/// Most entries one history keeps. Each is one leader election that wrote records into this
+/// replica's retained log; retention drops old ones. Beyond it `assign` is refused.
+pub const EPOCH_ENTRIES_MAX: usize = 1 << 16;
+const _: () = assert!(EPOCH_RESERVED2_OFFSET + 4 == EPOCH_HEADER_BYTES);
+const _: () = assert!(EPOCH_HEADER_BYTES.is_multiple_of(8));
+
+// ---- truncation intent ----
+pub const TRUNCATE_FILE_NAME: &str = "truncate-pending";
+pub const TRUNCATE_TEMP_FILE_NAME: &str = "truncate-pending.tmp";
+pub const TRUNCATE_MAGIC: [u8; 8] = *b"MSTRTRN\0";
+pub const TRUNCATE_VERSION: u16 = 1;
+pub const TRUNC_MAGIC_OFFSET: usize = 0;
+pub const TRUNC_VERSION_OFFSET: usize = 8;
+pub const TRUNC_RESERVED_OFFSET: usize = 10;
+pub const TRUNC_CRC_OFFSET: usize = 12;
+pub const TRUNC_END_OFFSET_OFFSET: usize = 16;
+pub const TRUNCATE_FILE_BYTES: usize = 24;
+const _: () = assert!(TRUNC_END_OFFSET_OFFSET + 8 == TRUNCATE_FILE_BYTES);
 
 /// File names: `<base_offset as 20 digits>.<ext>`.
 pub const SEGMENT_EXT: &str = "log";

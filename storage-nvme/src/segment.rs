@@ -58,10 +58,10 @@ pub fn list_dir(dir: &Path) -> Result<DirListing, FileError> {
         // names their atomic replace uses) are ours and not segment files.
         if [
             LOCK_FILE_NAME,
-            crate::epoch::EPOCH_FILE_NAME,
-            crate::epoch::EPOCH_TEMP_FILE_NAME,
-            crate::truncate::TRUNCATE_FILE_NAME,
-            crate::truncate::TRUNCATE_TEMP_FILE_NAME,
+            EPOCH_FILE_NAME,
+            EPOCH_TEMP_FILE_NAME,
+            TRUNCATE_FILE_NAME,
+            TRUNCATE_TEMP_FILE_NAME,
         ]
         .contains(&name)
         {

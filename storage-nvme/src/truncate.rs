@@ -17,14 +17,7 @@
 //! Every step is idempotent, and `Log::open` redoes steps 2-5 whenever it finds the intent
 //! file. A crash before step 1 leaves the old log; after it, the next open finishes the cut.
 //!
-//! # Intent file layout `truncate-pending` (little-endian)
-//! ```text
-//!   0        8        10       12      16           24
-//!  +--------+--------+--------+-------+------------+
-//!  | magic  |version |reserved|  crc  | end_offset |   crc = CRC32C(bytes 0..12 ++ 16..24)
-//!  | [u8;8] |  u16   |  u16   |  u32  |    u64     |
-//!  +--------+--------+--------+-------+------------+
-//! ```
+//! Intent file layout: [`crate::layout`] (`truncate-pending`).
 
 use std::fs;
 use std::io;
@@ -35,18 +28,6 @@ use crate::epoch::{EpochFile, EpochFileError};
 use crate::index::IndexCheckpoint;
 use crate::layout::*;
 use crate::segment::*;
-
-pub const TRUNCATE_FILE_NAME: &str = "truncate-pending";
-pub const TRUNCATE_TEMP_FILE_NAME: &str = "truncate-pending.tmp";
-pub const TRUNCATE_MAGIC: [u8; 8] = *b"MSTRTRN\0";
-pub const TRUNCATE_VERSION: u16 = 1;
-pub const TRUNC_MAGIC_OFFSET: usize = 0;
-pub const TRUNC_VERSION_OFFSET: usize = 8;
-pub const TRUNC_RESERVED_OFFSET: usize = 10;
-pub const TRUNC_CRC_OFFSET: usize = 12;
-pub const TRUNC_END_OFFSET_OFFSET: usize = 16;
-pub const TRUNCATE_FILE_BYTES: usize = 24;
-const _: () = assert!(TRUNC_END_OFFSET_OFFSET + 8 == TRUNCATE_FILE_BYTES);
 
 /// Why the intent file's bytes are not a valid intent.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -11,8 +11,9 @@ use std::path::Path;
 
 use common::*;
 use storage_nvme::epoch::EpochEntry;
+use storage_nvme::layout::{TRUNCATE_FILE_NAME, TRUNCATE_TEMP_FILE_NAME};
 use storage_nvme::segment::{list_dir, offset_index_path, segment_path, time_index_path};
-use storage_nvme::truncate::{encode_intent, TRUNCATE_FILE_NAME, TRUNCATE_TEMP_FILE_NAME};
+use storage_nvme::truncate::encode_intent;
 use storage_nvme::{AlignedBuf, Log, LogTruncateError, Record, RecoveryAction};
 
 const PER_BATCH: usize = 4;
