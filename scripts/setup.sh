@@ -9,6 +9,7 @@
 set -euo pipefail
 
 APT_PACKAGES=(
+  gcc          # cc: the C client tests, example and latency program (capi/)
   fio          # storage bench peer (ms-bench storage)
   iproute2     # ip netns / veth for data-plane and control-plane tests and the demo
   util-linux   # taskset, mountpoint; unshare and setpriv for tests
