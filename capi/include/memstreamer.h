@@ -122,26 +122,37 @@ typedef enum {
 
 // Settings for the rings of one client (opaque). Create with
 // `ms_context_new`, free with `ms_context_close`.
+// Threading: one thread at a time (setters and opens included); the handles
+// opened from it are independent of it and of each other.
 typedef struct ms_context_t ms_context_t;
 
 // An idle strategy (opaque). Create with `ms_idle_strategy_new*`, free with
 // `ms_idle_strategy_close`.
+// Threading: one thread at a time (normally the thread of the polling loop).
 typedef struct ms_idle_strategy_t ms_idle_strategy_t;
 
 // A network publisher (opaque). Open with `ms_net_publisher_open`, free
 // with `ms_net_publisher_close`.
+// Threading: one thread at a time (it owns a non-blocking socket and is
+// driven by the caller's duty cycle); it may move between threads.
 typedef struct ms_net_publisher_t ms_net_publisher_t;
 
 // A network subscriber (opaque). Open with `ms_net_subscriber_open`, free
 // with `ms_net_subscriber_close`.
+// Threading: one thread at a time (it owns a non-blocking socket and is
+// driven by the caller's duty cycle); it may move between threads.
 typedef struct ms_net_subscriber_t ms_net_subscriber_t;
 
 // A publisher on one ring (opaque). Open with `ms_publisher_open`, free
 // with `ms_publisher_close`.
+// Threading: one thread at a time; it may move between threads. To publish
+// from several threads, open one publisher per thread on a shared ring.
 typedef struct ms_publisher_t ms_publisher_t;
 
 // A subscriber on one ring (opaque). Open with `ms_subscriber_open`, free
 // with `ms_subscriber_close`.
+// Threading: one thread at a time; it may move between threads. Each
+// subscriber of a ring reads every record independently.
 typedef struct ms_subscriber_t ms_subscriber_t;
 
 // What a network poll callback learns about a record besides its payload.

@@ -35,6 +35,8 @@ pub enum ms_start_at_t {
 
 /// Settings for the rings of one client (opaque). Create with
 /// `ms_context_new`, free with `ms_context_close`.
+/// Threading: one thread at a time (setters and opens included); the handles
+/// opened from it are independent of it and of each other.
 pub struct ms_context_t {
     h: Handle<ContextBuilder>,
 }

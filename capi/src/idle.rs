@@ -23,6 +23,7 @@ pub enum ms_idle_kind_t {
 
 /// An idle strategy (opaque). Create with `ms_idle_strategy_new*`, free with
 /// `ms_idle_strategy_close`.
+/// Threading: one thread at a time (normally the thread of the polling loop).
 pub struct ms_idle_strategy_t {
     h: Handle<IdleStrategy>,
 }

@@ -17,6 +17,8 @@ pub const MS_ADDR_BYTES_MAX: usize = 64;
 
 /// A network publisher (opaque). Open with `ms_net_publisher_open`, free
 /// with `ms_net_publisher_close`.
+/// Threading: one thread at a time (it owns a non-blocking socket and is
+/// driven by the caller's duty cycle); it may move between threads.
 pub struct ms_net_publisher_t {
     h: Handle<UdpPublisher>,
 }
@@ -29,6 +31,8 @@ opaque!(
 
 /// A network subscriber (opaque). Open with `ms_net_subscriber_open`, free
 /// with `ms_net_subscriber_close`.
+/// Threading: one thread at a time (it owns a non-blocking socket and is
+/// driven by the caller's duty cycle); it may move between threads.
 pub struct ms_net_subscriber_t {
     h: Handle<UdpSubscriber>,
 }

@@ -11,6 +11,8 @@ use crate::handle::{self, Handle};
 
 /// A publisher on one ring (opaque). Open with `ms_publisher_open`, free
 /// with `ms_publisher_close`.
+/// Threading: one thread at a time; it may move between threads. To publish
+/// from several threads, open one publisher per thread on a shared ring.
 pub struct ms_publisher_t {
     h: Handle<PublisherState>,
 }

@@ -39,6 +39,8 @@ pub type ms_fragment_handler_t = Option<
 
 /// A subscriber on one ring (opaque). Open with `ms_subscriber_open`, free
 /// with `ms_subscriber_close`.
+/// Threading: one thread at a time; it may move between threads. Each
+/// subscriber of a ring reads every record independently.
 pub struct ms_subscriber_t {
     h: Handle<sdk::Subscriber>,
 }
