@@ -59,6 +59,12 @@ pub struct CFigures {
     pub rust_p50_spread: (f64, f64),
 }
 
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    C,
+    Rust,
+}
+
 /// One round of one side.
 #[derive(Clone, Copy, Debug)]
 struct Round {
@@ -100,22 +106,32 @@ pub fn run(quick: bool) -> anyhow::Result<CFigures> {
     let mut c = Vec::with_capacity(plan.rounds);
     let mut rust = Vec::with_capacity(plan.rounds);
     for round in 0..plan.rounds {
-        let dir = work.path().join(format!("c-{round}"));
-        std::fs::create_dir_all(&dir)?;
-        let r = run_c_round(&exe, &dir, &plan)?;
-        println!(
-            "bindings/c round {round}: C    p50 {:>7.0} ns  p99 {:>7.0} ns  {:>9.0} msgs/s",
-            r.p50_ns, r.p99_ns, r.msgs_per_s
-        );
-        c.push(r);
-        let dir = work.path().join(format!("rust-{round}"));
-        std::fs::create_dir_all(&dir)?;
-        let r = run_rust_round(&dir, &plan)?;
-        println!(
-            "bindings/c round {round}: Rust p50 {:>7.0} ns  p99 {:>7.0} ns  {:>9.0} msgs/s",
-            r.p50_ns, r.p99_ns, r.msgs_per_s
-        );
-        rust.push(r);
+        // Alternate which side goes first, so a drift of the machine during
+        // a round pair does not always favour the same side.
+        let sides = if round % 2 == 0 {
+            [Side::C, Side::Rust]
+        } else {
+            [Side::Rust, Side::C]
+        };
+        for side in sides {
+            let dir = work.path().join(format!("{side:?}-{round}"));
+            std::fs::create_dir_all(&dir)?;
+            let r = match side {
+                Side::C => run_c_round(&exe, &dir, &plan)?,
+                Side::Rust => run_rust_round(&dir, &plan)?,
+            };
+            println!(
+                "bindings/c round {round}: {:<4} p50 {:>7.0} ns  p99 {:>9.0} ns  {:>9.0} msgs/s",
+                format!("{side:?}"),
+                r.p50_ns,
+                r.p99_ns,
+                r.msgs_per_s
+            );
+            match side {
+                Side::C => c.push(r),
+                Side::Rust => rust.push(r),
+            }
+        }
     }
     let c_p50 = Spread::of(&c.iter().map(|r| r.p50_ns).collect::<Vec<_>>());
     let c_p99 = Spread::of(&c.iter().map(|r| r.p99_ns).collect::<Vec<_>>());
@@ -291,28 +307,38 @@ fn run_rust_round(dir: &Path, plan: &Plan) -> anyhow::Result<Round> {
         }
         Ok(())
     });
-    pin_current_thread(CORE_SUB);
-    let mut latencies = Vec::with_capacity((total - warmup.min(total)) as usize);
-    let mut seen = 0u64;
-    let mut started: Option<Instant> = None;
-    let deadline = Instant::now() + Duration::from_secs(ROUND_TIMEOUT_S);
-    while seen < total && Instant::now() < deadline && !failed.load(Ordering::Relaxed) {
-        subscriber.poll(
-            |r| {
-                let now = sdk::clock::now_ns();
-                if seen >= warmup {
-                    latencies.push(now.saturating_sub(r.timestamp_ns));
-                }
-                seen += 1;
-                started.get_or_insert_with(Instant::now);
-            },
-            POLL_LIMIT,
-        )?;
-    }
-    let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
+    // The subscriber runs on a thread of its own too (as in latency.c, where
+    // it is the main thread of a process of its own), so the caller's thread
+    // keeps its affinity.
+    let subscriber_thread = std::thread::spawn(move || -> anyhow::Result<_> {
+        pin_current_thread(CORE_SUB);
+        let mut latencies = Vec::with_capacity((total - warmup.min(total)) as usize);
+        let mut seen = 0u64;
+        let mut started: Option<Instant> = None;
+        let deadline = Instant::now() + Duration::from_secs(ROUND_TIMEOUT_S);
+        while seen < total && Instant::now() < deadline && !failed.load(Ordering::Relaxed) {
+            subscriber.poll(
+                |r| {
+                    let now = sdk::clock::now_ns();
+                    if seen >= warmup {
+                        latencies.push(now.saturating_sub(r.timestamp_ns));
+                    }
+                    seen += 1;
+                    started.get_or_insert_with(Instant::now);
+                },
+                POLL_LIMIT,
+            )?;
+        }
+        let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
+        Ok((latencies, seen, elapsed))
+    });
+    let received = subscriber_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the Rust subscriber thread panicked"))?;
     publisher_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the Rust publisher thread panicked"))??;
+    let (mut latencies, seen, elapsed) = received?;
     if seen < total {
         bail!("the Rust subscriber saw {seen} of {total} messages within {ROUND_TIMEOUT_S} s");
     }
