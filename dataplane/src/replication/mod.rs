@@ -14,6 +14,9 @@
 //! * `divergence.rs`: [`check_fetch`] (the leader: does a FETCH continue the leader's log?) and
 //!   [`resolve_divergence`] (the follower: where to cut given the leader's EPOCH_END answer),
 //!   both over storage-nvme's leader-epoch history (Kafka's KIP-101/KIP-279/KIP-320).
+//! * `sim_tests.rs` (tests only): a seeded simulation of three replicas over these pieces with
+//!   leader kills, clean elections from the committed ISR and deposed leaders rejoining with
+//!   their tails: every record acknowledged under `all` survives, and the replicas converge.
 //!
 //! # Rules (and where they come from)
 //! * **High watermarks**, two of them, one per `all` kind: *replicated* = min received offset
@@ -47,6 +50,8 @@
 mod ack;
 mod divergence;
 mod leader;
+#[cfg(test)]
+mod sim_tests;
 
 pub use ack::{AckMode, AckStatus, NotEnoughReplicas};
 pub use divergence::{check_fetch, resolve_divergence, FetchCheck, Resolution};
