@@ -128,6 +128,21 @@ int main(int argc, char **argv) {
   CHECK(r.close_rc == MS_ERR_STATE);
   CHECK(r.sub == sub); /* the refused close did not clear the pointer */
 
+  /* an exclusive ring takes one publisher at a time */
+  ms_context_t *xctx = NULL;
+  OK(ms_context_new(&xctx));
+  OK(ms_context_set_dir(xctx, argv[1]));
+  OK(ms_context_set_capacity_bytes(xctx, 1 << 16));
+  OK(ms_context_set_publisher_kind(xctx, MS_PUBLISHER_EXCLUSIVE));
+  ms_publisher_t *owner = NULL, *second = NULL;
+  OK(ms_publisher_open(xctx, 12, 0, &owner));
+  FAILS_WITH(MS_ERR_IO, ms_publisher_open(xctx, 12, 0, &second));
+  CHECK(second == NULL);
+  CHECK(strstr(ms_errmsg(), "exclusive") != NULL);
+  OK(ms_publisher_close(&owner));
+  OK(ms_context_remove_ring(xctx, 12, 0));
+  OK(ms_context_close(&xctx));
+
   /* use after close: the handle pointer is NULL, every call says so */
   OK(ms_publisher_close(&pub));
   CHECK(pub == NULL);

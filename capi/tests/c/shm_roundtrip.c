@@ -91,6 +91,26 @@ int main(int argc, char **argv) {
   OK(ms_subscriber_lost_records(sub, &lost));
   CHECK(lost == 0);
 
+  /* A subscriber that starts at the tail sees only records published after
+   * it attached. */
+  OK(ms_context_set_start_at(ctx, MS_START_TAIL));
+  ms_subscriber_t *tail = NULL;
+  OK(ms_subscriber_open(ctx, 7, 3, &tail));
+  state_t tail_st = {0, 0, 1};
+  CHECK(ms_subscriber_poll(tail, on_record, &tail_st, 16) == 0);
+  CHECK(ms_subscriber_is_attached(tail) == 1);
+  uint8_t first[12];
+  uint32_t zero = 0;
+  memcpy(first, &zero, 4);
+  memcpy(first + 4, "payload!", 8);
+  OK(ms_publisher_offer(pub, first, sizeof first, NULL));
+  for (int spins = 0; tail_st.seen < 1 && spins < 1000000; spins++) {
+    CHECK(ms_subscriber_poll(tail, on_record, &tail_st, 16) >= 0);
+  }
+  CHECK(tail_st.seen == 1 && tail_st.in_order);
+  CHECK(ms_subscriber_poll(tail, on_record, &tail_st, 16) == 0);
+  OK(ms_subscriber_close(&tail));
+
   /* Every idle strategy can be made, stepped and reset. */
   int kinds[] = {MS_IDLE_BUSY_SPIN, MS_IDLE_YIELD, MS_IDLE_BACKOFF, MS_IDLE_ADAPTIVE};
   for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
