@@ -25,7 +25,7 @@ opaque!(
 
 /// The publisher and its outstanding claim. The claim borrows the publisher,
 /// so the publisher lives in its own allocation (`publisher`, from
-/// `Box::into_raw`) that is neither moved nor touched while `claim` is
+/// `Box::leak`) that is neither moved nor touched while `claim` is
 /// `Some`, and is freed only after the claim is gone (`Drop`).
 pub struct PublisherState {
     publisher: NonNull<sdk::Publisher>,
