@@ -99,7 +99,7 @@ fi
 step python "python (pytest): build the abi3 wheel, install it into .venv, run python/tests"
 # The wheel as maturin builds it (extension-module, release), so pytest tests what users install.
 rm -f target/wheels/memstreamer-*.whl
-.venv/bin/maturin build --release --locked -m python/Cargo.toml -o target/wheels
+.venv/bin/maturin build --release --locked -m python/Cargo.toml -i .venv/bin/python -o target/wheels
 .venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps \
   target/wheels/memstreamer-*.whl
 (cd python && ../.venv/bin/python -m pytest -q tests)

@@ -4,6 +4,7 @@
 //! Benchmarks measure; they never assert.
 #![forbid(unsafe_code)]
 
+mod bindings;
 mod control;
 mod net;
 mod report;
@@ -39,6 +40,8 @@ enum Cmd {
     Net(SuiteArgs),
     /// Control plane: 3-node Raft write latency, failover, policy propagation vs etcd.
     Control(SuiteArgs),
+    /// Python and C clients: Python pub/sub vs iceoryx2's Python package, the C API vs the Rust SDK.
+    Bindings(SuiteArgs),
     /// Every suite in turn.
     All(SuiteArgs),
     /// Internal: a peer process started by a suite.
@@ -58,11 +61,13 @@ fn main() -> anyhow::Result<()> {
         Cmd::Storage(a) => report::emit_json(&storage::run(&a)?),
         Cmd::Net(a) => report::emit_json(&net::run(&a)?),
         Cmd::Control(a) => report::emit_json(&control::run(&a)?),
+        Cmd::Bindings(a) => report::emit_json(&bindings::run(&a)?),
         Cmd::All(a) => {
             report::emit_json(&shm::run(&a)?);
             report::emit_json(&storage::run(&a)?);
             report::emit_json(&control::run(&a)?);
             report::emit_json(&net::run(&a)?);
+            report::emit_json(&bindings::run(&a)?);
         }
         Cmd::Child { suite, role, rest } => match suite.as_str() {
             "shm" => shm::child(&role, &rest)?,
