@@ -12,8 +12,9 @@ lossless: safe overflow off, the publisher retries until delivered, the same dep
 Each message is 64 bytes: the send time (time.perf_counter_ns, CLOCK_MONOTONIC on Linux, the
 same clock in both processes), a sequence number, zeros. The subscriber records
 receive time - send time per message after WARMUP messages; msgs/s counts from the first to the
-last message received. Both subscribers busy-poll (ours waits inside poll with the GIL released,
-spinning first; iceoryx2's receive() is called in a loop).
+last message received. Both subscribers busy-poll from Python: ours calls poll(handler, 64) without
+a timeout, iceoryx2 receive(), in a loop (a poll timeout would wait in Rust with the GIL released,
+spinning 50 us and then yielding the core, which on a busy machine hands it to another process).
 """
 
 import ctypes
@@ -90,8 +91,10 @@ def ms_sub(count, warmup, ring_dir):
         if seq >= warmup:
             lat.append(t - sent)
 
-    while state[0] < count and time.monotonic() < deadline:
-        sub.poll(on_record, 64, timeout=0.1)
+    poll = sub.poll
+    while state[0] < count:
+        if poll(on_record, 64) == 0 and time.monotonic() > deadline:
+            break
     return figures(lat, state[1], state[2], state[0])
 
 
