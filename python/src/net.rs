@@ -112,6 +112,7 @@ impl NetPublisher {
                                 let work = p.do_work();
                                 idle.idle(work);
                             });
+                            py.check_signals()?;
                         }
                         r => return r.map_err(errors::net_offer),
                     }
@@ -263,6 +264,7 @@ impl NetSubscriber {
                     return Ok(n);
                 }
                 py.detach(|| idle.idle(0));
+                py.check_signals()?;
             }
         })
     }

@@ -15,6 +15,10 @@ use crate::view::{lend, Lent};
 
 /// Records per `Subscriber.poll` call when the caller does not say.
 pub const POLL_LIMIT_DEFAULT: usize = 16;
+/// A wait with the GIL released comes back to check for signals (Ctrl-C
+/// raises KeyboardInterrupt) at least this often.
+pub const SIGNAL_CHECK_NS: u64 = 10_000_000;
+const SIGNAL_CHECK: Duration = Duration::from_nanos(SIGNAL_CHECK_NS);
 
 /// A wait's deadline from a Python timeout in seconds (None: do not wait).
 pub fn deadline(timeout: Option<f64>) -> PyResult<Option<Instant>> {
@@ -236,7 +240,7 @@ fn wait_step(py: Python<'_>, deadline: Option<Instant>, idle: &mut IdleStrategy)
     match deadline {
         Some(d) if Instant::now() < d => {
             py.detach(|| idle.idle(0));
-            Ok(())
+            py.check_signals()
         }
         _ => Err(errors::offer(OfferError::BackPressured)),
     }
@@ -264,10 +268,14 @@ impl Subscriber {
     ) -> PyResult<usize> {
         require_callable(handler, "handler must be callable: handler(view, offset)")?;
         let deadline = deadline(timeout)?;
+        let mut idle = IdleStrategy::adaptive();
         self.inner.with(|s| loop {
             let n = poll_some(py, s, handler, limit)?;
             match deadline {
-                Some(d) if n == 0 && Instant::now() < d => wait_records(py, s, d),
+                Some(d) if n == 0 && Instant::now() < d => {
+                    wait_records(py, s, d.min(Instant::now() + SIGNAL_CHECK), &mut idle);
+                    py.check_signals()?;
+                }
                 _ => return Ok(n),
             }
         })
@@ -353,18 +361,20 @@ fn poll_some(
 
 /// Waits with the GIL released until the ring has a record past this
 /// subscriber's position (or the ring appears), or `deadline` passes.
-fn wait_records(py: Python<'_>, s: &mut sdk::Subscriber, deadline: Instant) {
-    py.detach(|| {
-        let mut idle = IdleStrategy::adaptive();
-        loop {
-            let ready = match s.ring() {
-                Some(ring) => ring.tail().1 > s.next_offset(),
-                None => s.try_attach(false).unwrap_or(true),
-            };
-            if ready || Instant::now() >= deadline {
-                return;
-            }
-            s.idle(&mut idle, 0);
+fn wait_records(
+    py: Python<'_>,
+    s: &mut sdk::Subscriber,
+    deadline: Instant,
+    idle: &mut IdleStrategy,
+) {
+    py.detach(|| loop {
+        let ready = match s.ring() {
+            Some(ring) => ring.tail().1 > s.next_offset(),
+            None => s.try_attach(false).unwrap_or(true),
+        };
+        if ready || Instant::now() >= deadline {
+            return;
         }
+        s.idle(idle, 0);
     });
 }

@@ -168,3 +168,26 @@ def test_context_managers_close(ctx, stream):
         pub.offer(b"y")
     with pytest.raises(ms.Closed):
         sub.poll(lambda view, offset: None)
+
+
+def test_a_signal_interrupts_a_waiting_poll(ctx, stream):
+    import signal
+
+    class Interrupted(Exception):
+        pass
+
+    def on_alarm(signum, frame):
+        raise Interrupted()
+
+    sub = ctx.subscriber(stream)
+    ctx.publisher(stream)
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        # Without signal checks while waiting, this would sit out the whole timeout.
+        with pytest.raises(Interrupted):
+            sub.poll(lambda view, offset: None, timeout=600.0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    sub.poll(lambda view, offset: None)  # still usable
