@@ -49,36 +49,47 @@ impl RingBytes {
         view: *mut ffi::Py_buffer,
         flags: c_int,
     ) -> PyResult<()> {
-        if !slf.live.load(Ordering::Acquire) {
-            return Err(PyBufferError::new_err(
-                "a record view is valid only inside its callback: copy with bytes(view) there",
-            ));
-        }
         if view.is_null() {
             return Err(PyBufferError::new_err("no Py_buffer to fill"));
         }
-        let readonly = c_int::from(!slf.writable);
-        // SAFETY: `view` is the non-null Py_buffer CPython passed us; the memory
-        // `addr..addr + len` lies in the ring mapping that `slf._ring` keeps
-        // alive for as long as this object lives, and PyBuffer_FillInfo takes a
-        // reference to `slf` into `view.obj`, so the object (and the mapping)
-        // outlives the buffer. `len` came from a Rust slice, so it fits isize.
-        // A write request on a read-only record is refused by FillInfo.
-        let rc = unsafe {
-            ffi::PyBuffer_FillInfo(
-                view,
-                slf.as_ptr(),
-                slf.addr as *mut std::ffi::c_void,
-                slf.len as ffi::Py_ssize_t,
-                readonly,
-                flags,
-            )
+        let filled = if slf.live.load(Ordering::Acquire) {
+            let readonly = c_int::from(!slf.writable);
+            // SAFETY: `view` is the non-null Py_buffer CPython passed us; the
+            // memory `addr..addr + len` lies in the ring mapping that
+            // `slf._ring` keeps alive for as long as this object lives, and
+            // PyBuffer_FillInfo takes a reference to `slf` into `view.obj`, so
+            // the object (and the mapping) outlives the buffer. `len` came from
+            // a Rust slice, so it fits isize. FillInfo refuses a write request
+            // on a read-only record.
+            let rc = unsafe {
+                ffi::PyBuffer_FillInfo(
+                    view,
+                    slf.as_ptr(),
+                    slf.addr as *mut std::ffi::c_void,
+                    slf.len as ffi::Py_ssize_t,
+                    readonly,
+                    flags,
+                )
+            };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(PyErr::fetch(slf.py()))
+            }
+        } else {
+            Err(PyBufferError::new_err(
+                "a record view is valid only inside its callback: copy with bytes(view) there",
+            ))
         };
-        if rc != 0 {
-            return Err(PyErr::fetch(slf.py()));
+        match filled {
+            Ok(()) => {
+                slf.exports.fetch_add(1, Ordering::AcqRel);
+            }
+            // SAFETY: `view` is non-null (checked above) and CPython's Py_buffer
+            // for this call; an exporter that fails must leave `obj` NULL.
+            Err(_) => unsafe { (*view).obj = std::ptr::null_mut() },
         }
-        slf.exports.fetch_add(1, Ordering::AcqRel);
-        Ok(())
+        filled
     }
 
     /// # Safety
