@@ -50,6 +50,17 @@ def test_record_larger_than_the_ring_takes(ctx, stream):
         pub.claim(too_big, lambda view: None)
     assert pub.offer(b"x" * pub.max_payload_len) == 0
     assert issubclass(ms.RecordTooLarge, ms.MemstreamerError)
+    with pytest.raises(OverflowError):
+        pub.claim(-1, lambda view: None)
+
+
+def test_network_record_larger_than_a_frame(stream):
+    sub = ms.NetSubscriber()
+    pub = ms.NetPublisher(sub.local_addr, stream)
+    with pytest.raises(ms.RecordTooLarge, match="frame"):
+        pub.offer(b"x" * 70_000)
+    pub.close(timeout=0.0)
+    sub.close()
 
 
 def test_use_after_close(ctx, stream):
