@@ -191,3 +191,30 @@ def test_a_signal_interrupts_a_waiting_poll(ctx, stream):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     sub.poll(lambda view, offset: None)  # still usable
+
+
+def test_offer_waits_for_room_with_the_gil_released(ctx, stream):
+    pub = ctx.publisher(stream)
+    sub = ctx.subscriber(stream)
+    assert sub.poll(lambda view, offset: None) == 0  # attach: the ring now waits for it
+    record = b"y" * 1000
+    sent = 0
+    with pytest.raises(ms.BackPressured):
+        while True:
+            pub.offer(record)
+            sent += 1
+    drained = []
+
+    def drain_later():
+        time.sleep(0.2)
+        while len(drained) < sent:
+            sub.poll(lambda view, offset: drained.append(offset), 64)
+
+    t = threading.Thread(target=drain_later)
+    t.start()
+    # If offer held the GIL while it waited, the thread could not drain the ring
+    # and offer would raise BackPressured at the timeout.
+    offset = pub.offer(record, timeout=10.0)
+    t.join()
+    assert offset == sent
+    assert drained == list(range(sent))
