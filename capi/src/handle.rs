@@ -8,7 +8,11 @@ use std::ffi::CStr;
 use crate::error::{ms_result_t, Error};
 
 /// A handle's state and its busy flag (not `Sync`: the header says one
-/// thread at a time per handle).
+/// thread at a time per handle). Aligned to two cache lines (adjacent-line
+/// prefetch), so handles that live on different threads, such as a
+/// publisher and a subscriber of one ring, never share a line: the busy
+/// flag and the state are written on every call.
+#[repr(align(128))]
 pub(crate) struct Handle<T> {
     busy: Cell<bool>,
     state: UnsafeCell<T>,
@@ -22,6 +26,10 @@ impl<T> Handle<T> {
         }
     }
 }
+
+/// `T` on cache lines of its own (see [`Handle`]).
+#[repr(align(128))]
+pub(crate) struct CacheAligned<T>(pub(crate) T);
 
 /// An opaque C type wrapping one [`Handle`].
 pub(crate) trait Opaque: Sized {

@@ -7,7 +7,7 @@ use sdk::{Claim, CommitError, OfferError};
 
 use crate::context::{context_of, ms_context_t};
 use crate::error::{bytes, guard, ms_result_t, write_opt, write_out, Error};
-use crate::handle::{self, Handle};
+use crate::handle::{self, CacheAligned, Handle};
 
 /// A publisher on one ring (opaque). Open with `ms_publisher_open`, free
 /// with `ms_publisher_close`.
@@ -28,7 +28,7 @@ opaque!(
 /// `Box::leak`) that is neither moved nor touched while `claim` is
 /// `Some`, and is freed only after the claim is gone (`Drop`).
 pub struct PublisherState {
-    publisher: NonNull<sdk::Publisher>,
+    publisher: NonNull<CacheAligned<sdk::Publisher>>,
     claim: Option<Claim<'static>>,
     max_payload_len: usize,
 }
@@ -37,7 +37,7 @@ impl PublisherState {
     fn new(p: sdk::Publisher) -> Self {
         let max_payload_len = p.max_payload_len();
         Self {
-            publisher: NonNull::from(Box::leak(Box::new(p))),
+            publisher: NonNull::from(Box::leak(Box::new(CacheAligned(p)))),
             claim: None,
             max_payload_len,
         }
@@ -53,7 +53,7 @@ impl PublisherState {
         // SAFETY: `publisher` is the live allocation this state owns; no claim
         // borrows it (checked above), and the returned borrow is tied to
         // `&mut self`, so it ends before any new claim can be made.
-        Ok(unsafe { self.publisher.as_mut() })
+        Ok(unsafe { &mut self.publisher.as_mut().0 })
     }
 }
 
