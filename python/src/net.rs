@@ -19,7 +19,7 @@ use sdk::IdleStrategy;
 
 use crate::errors;
 use crate::handle::Handle;
-use crate::shm::{deadline, require_callable, with_bytes};
+use crate::shm::{deadline, idle_strategy, require_callable, with_bytes};
 
 /// Datagrams one `NetSubscriber.poll` receives per batch (the sdk caps it at
 /// its RECV_BATCH_MAX).
@@ -40,12 +40,14 @@ fn socket_addr(what: &str, s: &str) -> PyResult<SocketAddr> {
 #[pyclass(module = "memstreamer", frozen)]
 pub struct NetPublisher {
     inner: Handle<UdpPublisher>,
+    idle: IdleStrategy,
 }
 
 #[pymethods]
 impl NetPublisher {
     #[new]
-    #[pyo3(signature = (node, stream, partition=0, *, session_id=1, principal="python", local="0.0.0.0:0", buffer_bytes=None))]
+    #[pyo3(signature = (node, stream, partition=0, *, session_id=1, principal="python", local="0.0.0.0:0", buffer_bytes=None, idle="adaptive"))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn new(
         node: &str,
         stream: u32,
@@ -54,7 +56,9 @@ impl NetPublisher {
         principal: &str,
         local: &str,
         buffer_bytes: Option<usize>,
+        idle: &str,
     ) -> PyResult<Self> {
+        let idle = idle_strategy(idle)?;
         let node = socket_addr("node", node)?;
         let local = socket_addr("local", local)?;
         let mut cfg = PublisherConfig::new(stream, partition, session_id, principal);
@@ -64,6 +68,7 @@ impl NetPublisher {
         let p = UdpPublisher::new(local, node, cfg).map_err(errors::net_publisher)?;
         Ok(Self {
             inner: Handle::new("NetPublisher", p),
+            idle,
         })
     }
 
@@ -102,7 +107,7 @@ impl NetPublisher {
         let deadline = deadline(timeout)?;
         self.inner.with(|p| {
             let offset = with_bytes(data, |bytes| {
-                let mut idle = IdleStrategy::adaptive();
+                let mut idle = self.idle.clone();
                 loop {
                     match p.offer(record_type, bytes) {
                         Err(NetOfferError::BackPressured)
@@ -137,7 +142,7 @@ impl NetPublisher {
         let d = Instant::now() + wait_for(timeout)?;
         self.inner.with(|p| {
             Ok(py.detach(|| {
-                let mut idle = IdleStrategy::adaptive();
+                let mut idle = self.idle.clone();
                 while !p.session().is_drained() && Instant::now() < d {
                     let work = p.do_work();
                     idle.idle(work);
@@ -179,6 +184,7 @@ fn wait_for(timeout: f64) -> PyResult<Duration> {
 #[pyclass(module = "memstreamer", frozen)]
 pub struct NetSubscriber {
     inner: Handle<NetInner>,
+    idle: IdleStrategy,
 }
 
 struct NetInner {
@@ -192,8 +198,9 @@ struct NetInner {
 #[pymethods]
 impl NetSubscriber {
     #[new]
-    #[pyo3(signature = (local="127.0.0.1:0", *, window_bytes=None))]
-    fn new(local: &str, window_bytes: Option<u32>) -> PyResult<Self> {
+    #[pyo3(signature = (local="127.0.0.1:0", *, window_bytes=None, idle="adaptive"))]
+    fn new(local: &str, window_bytes: Option<u32>, idle: &str) -> PyResult<Self> {
+        let idle = idle_strategy(idle)?;
         let local = socket_addr("local", local)?;
         let mut cfg = ReceiverConfig::default();
         if let Some(w) = window_bytes {
@@ -207,6 +214,7 @@ impl NetSubscriber {
         };
         Ok(Self {
             inner: Handle::new("NetSubscriber", inner),
+            idle,
         })
     }
 
@@ -254,7 +262,7 @@ impl NetSubscriber {
         require_callable(handler, "handler must be callable: handler(view, offset)")?;
         let deadline = deadline(timeout)?;
         self.inner.with(|s| {
-            let mut idle = IdleStrategy::adaptive();
+            let mut idle = self.idle.clone();
             loop {
                 if s.records.is_empty() {
                     py.detach(|| s.receive());

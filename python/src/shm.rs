@@ -59,17 +59,33 @@ pub fn require_callable(f: &Bound<'_, PyAny>, usage: &str) -> PyResult<()> {
     )))
 }
 
+/// What a wait does between checks (Python `idle=`): "adaptive" (spin 50
+/// us, yield until 1 ms, then park; the default), "busy_spin" (a core, the
+/// lowest latency), "yield" or "backoff" (the sdk's strategies).
+pub fn idle_strategy(name: &str) -> PyResult<IdleStrategy> {
+    match name {
+        "adaptive" => Ok(IdleStrategy::adaptive()),
+        "busy_spin" => Ok(IdleStrategy::busy_spin()),
+        "yield" => Ok(IdleStrategy::yielding()),
+        "backoff" => Ok(IdleStrategy::backoff()),
+        _ => Err(PyValueError::new_err(format!(
+            "idle must be 'adaptive', 'busy_spin', 'yield' or 'backoff', got {name:?}"
+        ))),
+    }
+}
+
 /// Settings for the rings this client creates and attaches to.
 #[pyclass(module = "memstreamer", frozen)]
 pub struct Context {
     inner: sdk::Context,
+    idle: IdleStrategy,
 }
 
 #[pymethods]
 impl Context {
     #[new]
-    #[pyo3(signature = (*, dir=None, capacity_bytes=None, mode="reliable", shared_publishers=false, subscribers_max=None, liveness_timeout_ms=None, start="earliest"))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (*, dir=None, capacity_bytes=None, mode="reliable", shared_publishers=false, subscribers_max=None, liveness_timeout_ms=None, start="earliest", idle="adaptive"))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn new(
         dir: Option<PathBuf>,
         capacity_bytes: Option<u64>,
@@ -78,7 +94,9 @@ impl Context {
         subscribers_max: Option<u32>,
         liveness_timeout_ms: Option<u64>,
         start: &str,
+        idle: &str,
     ) -> PyResult<Self> {
+        let idle = idle_strategy(idle)?;
         let mut b = sdk::Context::builder();
         if let Some(d) = dir {
             b = b.dir(d);
@@ -113,7 +131,10 @@ impl Context {
                 )))
             }
         });
-        Ok(Self { inner: b.build() })
+        Ok(Self {
+            inner: b.build(),
+            idle,
+        })
     }
 
     /// A publisher on (stream, partition): opens the ring, or creates it.
@@ -125,6 +146,7 @@ impl Context {
             .map_err(errors::create)?;
         Ok(Publisher {
             inner: Handle::new("Publisher", p),
+            idle: self.idle.clone(),
         })
     }
 
@@ -133,6 +155,7 @@ impl Context {
     fn subscriber(&self, stream: u32, partition: u16) -> Subscriber {
         Subscriber {
             inner: Handle::new("Subscriber", self.inner.subscriber(stream, partition)),
+            idle: self.idle.clone(),
         }
     }
 
@@ -149,6 +172,7 @@ impl Context {
 #[pyclass(module = "memstreamer", frozen)]
 pub struct Publisher {
     inner: Handle<sdk::Publisher>,
+    idle: IdleStrategy,
 }
 
 #[pymethods]
@@ -164,7 +188,7 @@ impl Publisher {
         let deadline = deadline(timeout)?;
         self.inner.with(|p| {
             with_bytes(data, |bytes| {
-                let mut idle = IdleStrategy::adaptive();
+                let mut idle = self.idle.clone();
                 loop {
                     match p.offer(bytes) {
                         Err(OfferError::BackPressured) => wait_step(py, deadline, &mut idle)?,
@@ -190,7 +214,7 @@ impl Publisher {
         let deadline = deadline(timeout)?;
         self.inner.with(|p| {
             let ring = p.ring().clone();
-            let mut idle = IdleStrategy::adaptive();
+            let mut idle = self.idle.clone();
             loop {
                 match p.claim(length) {
                     Ok(mut claim) => {
@@ -250,6 +274,7 @@ fn wait_step(py: Python<'_>, deadline: Option<Instant>, idle: &mut IdleStrategy)
 #[pyclass(module = "memstreamer", frozen)]
 pub struct Subscriber {
     inner: Handle<sdk::Subscriber>,
+    idle: IdleStrategy,
 }
 
 #[pymethods]
@@ -268,7 +293,7 @@ impl Subscriber {
     ) -> PyResult<usize> {
         require_callable(handler, "handler must be callable: handler(view, offset)")?;
         let deadline = deadline(timeout)?;
-        let mut idle = IdleStrategy::adaptive();
+        let mut idle = self.idle.clone();
         self.inner.with(|s| loop {
             let n = poll_some(py, s, handler, limit)?;
             match deadline {

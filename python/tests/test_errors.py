@@ -31,6 +31,10 @@ def test_bad_values(ring_dir, stream):
         ms.Context(mode="sometimes")
     with pytest.raises(ValueError, match="'earliest' or 'tail'"):
         ms.Context(start="middle")
+    with pytest.raises(ValueError, match="'busy_spin'"):
+        ms.Context(idle="nap")
+    with pytest.raises(ValueError, match="'adaptive'"):
+        ms.NetSubscriber(idle="nap")
     with pytest.raises(ms.RingError, match="capacity"):
         ms.Context(dir=ring_dir, capacity_bytes=1000).publisher(stream)
     ctx = ms.Context(dir=ring_dir, capacity_bytes=1 << 16)

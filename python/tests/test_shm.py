@@ -218,3 +218,21 @@ def test_offer_waits_for_room_with_the_gil_released(ctx, stream):
     t.join()
     assert offset == sent
     assert drained == list(range(sent))
+
+
+@pytest.mark.parametrize("idle", ["adaptive", "busy_spin", "yield", "backoff"])
+def test_every_idle_strategy_waits_and_delivers(ring_dir, stream, idle):
+    ctx = ms.Context(dir=ring_dir, capacity_bytes=1 << 16, idle=idle)
+    pub = ctx.publisher(stream)
+    sub = ctx.subscriber(stream)
+
+    def later():
+        time.sleep(0.05)
+        pub.offer(idle.encode())
+
+    t = threading.Thread(target=later)
+    t.start()
+    got = []
+    n = sub.poll(lambda view, offset: got.append(bytes(view)), timeout=10.0)
+    t.join()
+    assert (n, got) == (1, [idle.encode()])

@@ -6,6 +6,7 @@ from typing import Any, Callable, Literal, Self
 
 BytesLike = bytes | bytearray | memoryview
 Handler = Callable[[memoryview, int], Any]
+Idle = Literal["adaptive", "busy_spin", "yield", "backoff"]
 
 class MemstreamerError(Exception):
     """Base class of every error this package raises."""
@@ -56,7 +57,10 @@ class Context:
         subscribers_max: int | None = None,
         liveness_timeout_ms: int | None = None,
         start: Literal["earliest", "tail"] = "earliest",
-    ) -> None: ...
+        idle: Idle = "adaptive",
+    ) -> None:
+        """`idle`: what waits do between checks (GIL released): "adaptive" spins 50 us,
+        yields until 1 ms, then parks; "busy_spin" keeps a core for the lowest latency."""
     def publisher(self, stream: int, partition: int = 0) -> Publisher:
         """Opens the ring of (stream, partition), or creates it. Raises RingError."""
     def subscriber(self, stream: int, partition: int = 0) -> Subscriber:
@@ -123,6 +127,7 @@ class NetPublisher:
         principal: str = "python",
         local: str = "0.0.0.0:0",
         buffer_bytes: int | None = None,
+        idle: Idle = "adaptive",
     ) -> None: ...
     def connect(self, timeout: float = 1.0) -> None:
         """Waits for the receiver's answer to SETUP; raises NotConnected after `timeout`."""
@@ -143,7 +148,9 @@ class NetPublisher:
 class NetSubscriber:
     """A UDP socket that receives publishers' sessions, in order and exactly once."""
 
-    def __init__(self, local: str = "127.0.0.1:0", *, window_bytes: int | None = None) -> None: ...
+    def __init__(
+        self, local: str = "127.0.0.1:0", *, window_bytes: int | None = None, idle: Idle = "adaptive"
+    ) -> None: ...
     @property
     def local_addr(self) -> str: ...
     def subscribe(
