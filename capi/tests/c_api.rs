@@ -16,21 +16,35 @@ fn crate_dir() -> PathBuf {
 }
 
 /// target/<profile>/libmemstreamer.a: this test binary lives in
-/// target/<profile>/deps, and cargo builds the library (all its crate types)
-/// before the tests.
+/// target/<profile>/deps. `cargo test --workspace` builds the crate's rlib for
+/// the tests but not always its staticlib, so the first caller builds the
+/// library with cargo (same profile, same target directory; cargo releases its
+/// build lock before it runs tests).
 fn static_lib() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary is in target/<profile>/deps");
-    let lib = profile_dir.join("libmemstreamer.a");
-    assert!(
-        lib.exists(),
-        "{} is missing: cargo builds it with the tests",
-        lib.display()
-    );
-    lib
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test binary path");
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("test binary is in target/<profile>/deps");
+            let mut build = Command::new(env!("CARGO"));
+            build.args(["build", "--locked", "-p", env!("CARGO_PKG_NAME"), "--lib"]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo to build the C library");
+            assert!(status.success(), "cargo build of the C library failed");
+            let lib = profile_dir.join("libmemstreamer.a");
+            assert!(
+                lib.exists(),
+                "{} is missing after cargo build --lib",
+                lib.display()
+            );
+            lib
+        })
+        .clone()
 }
 
 /// Compiles one C file into `out_dir`; panics with the compiler's output on failure.
