@@ -2,7 +2,7 @@
  * `ms-bench bindings` (benches/src/bindings/c.rs runs the same loop with the
  * Rust SDK). One reliable ring with an exclusive publisher; a publisher
  * thread pinned to core 0 offers one message every PACE_NS (paced, so this
- * measures latency, not queueing); the subscriber (main thread, core 1)
+ * measures latency, not queueing); a subscriber thread pinned to core 1
  * busy-polls 16 records at a time and records ms_clock_now_ns() minus the
  * record's timestamp (taken by the ring at claim). The first WARMUP
  * messages are not recorded. p50/p99 are read from the sorted values.
@@ -44,6 +44,15 @@ typedef struct {
   uint64_t warmup;
   uint64_t first_ns;
 } sub_state_t;
+
+typedef struct {
+  _Alignas(128) ms_subscriber_t *sub;
+  sub_state_t *st;
+  uint64_t msgs;
+  const volatile int *failed;
+  uint64_t elapsed_ns;
+  int rc;
+} sub_args_t;
 
 /* The spin-loop hint Rust's std::hint::spin_loop() gives (the Rust side
  * spins with it too): without it a spinning publisher takes execution
@@ -111,6 +120,22 @@ static void on_record(void *clientd, const uint8_t *payload, size_t len,
   s->seen++;
 }
 
+static void *subscribe(void *arg) {
+  sub_args_t *a = arg;
+  pin(CORE_SUB);
+  uint64_t deadline = mono_ns() + TIMEOUT_NS;
+  while (a->st->seen < a->msgs && !*a->failed && mono_ns() < deadline) {
+    int rc = ms_subscriber_poll(a->sub, on_record, a->st, POLL_LIMIT);
+    if (rc < 0) {
+      fprintf(stderr, "poll: %s: %s\n", ms_result_name(rc), ms_errmsg());
+      a->rc = rc;
+      return NULL;
+    }
+  }
+  a->elapsed_ns = mono_ns() - a->st->first_ns;
+  return NULL;
+}
+
 static int cmp_u64(const void *a, const void *b) {
   uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
   return (x > y) - (x < y);
@@ -160,15 +185,15 @@ int main(int argc, char **argv) {
   if ((rc = ms_subscriber_poll(sub, on_record, &st, POLL_LIMIT)) < 0) return fail("poll", rc);
   if (ms_subscriber_is_attached(sub) != 1) return fail("attach", ms_errcode());
 
-  pthread_t publisher;
+  /* Both sides on threads of their own, as in the Rust loop of c.rs. */
+  sub_args_t sargs = {sub, &st, msgs, &args.failed, 0, 0};
+  pthread_t publisher, subscriber;
   if (pthread_create(&publisher, NULL, publish, &args) != 0) return 1;
-  pin(CORE_SUB);
-  uint64_t deadline = mono_ns() + TIMEOUT_NS;
-  while (st.seen < msgs && !args.failed && mono_ns() < deadline) {
-    if ((rc = ms_subscriber_poll(sub, on_record, &st, POLL_LIMIT)) < 0) return fail("poll", rc);
-  }
-  uint64_t elapsed = mono_ns() - st.first_ns;
+  if (pthread_create(&subscriber, NULL, subscribe, &sargs) != 0) return 1;
+  pthread_join(subscriber, NULL);
   pthread_join(publisher, NULL);
+  if (sargs.rc < 0) return 1;
+  uint64_t elapsed = sargs.elapsed_ns;
   if (st.seen < msgs) {
     fprintf(stderr, "received %llu of %llu messages\n", (unsigned long long)st.seen,
             (unsigned long long)msgs);
