@@ -123,6 +123,42 @@ impl StreamCommand {
     }
 }
 
+/// Any record of the command ring: a stream change, or a partition assignment (#11).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Stream(StreamCommand),
+    Assign(Box<crate::assign::PartitionAssignment>),
+}
+
+/// Why a command ring record was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandDecodeError {
+    #[error(transparent)]
+    Stream(#[from] StreamCommandDecodeError),
+    #[error("partition assignment: {0}")]
+    Assign(#[from] crate::assign::AssignDecodeError),
+}
+
+impl Command {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Command::Stream(c) => c.encode().to_vec(),
+            Command::Assign(a) => a.encode(),
+        }
+    }
+
+    /// Decodes one record, dispatching on its kind.
+    pub fn decode(b: &[u8]) -> Result<Command, CommandDecodeError> {
+        if b.len() >= CMD_OFF_KIND + 2 && u16_at(b, CMD_OFF_KIND) == crate::assign::CMD_KIND_ASSIGN
+        {
+            return Ok(Command::Assign(Box::new(
+                crate::assign::PartitionAssignment::decode(b)?,
+            )));
+        }
+        Ok(Command::Stream(StreamCommand::decode(b)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

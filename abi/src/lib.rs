@@ -17,6 +17,10 @@
 //!   name of the command ring.
 //! - [`command`]: the control plane -> data plane command records
 //!   ([`command::StreamCommand`]) written into that command ring.
+//! - [`assign`]: partition placement (#11): the control plane -> data plane
+//!   [`assign::PartitionAssignment`] (on the command ring, read through
+//!   [`command::Command`]) and the data plane -> control plane
+//!   [`assign::ReplicaStatus`] (on the status ring).
 //! - [`counters`]: the data plane's counters file: the closed set of counter
 //!   ids and labels, the file layout, and the seqlocked reader used by
 //!   `memstreamer stat` and the control plane's `/metrics`.
@@ -25,6 +29,7 @@
 //! `cargo fuzz` target in `abi/fuzz`.
 #![forbid(unsafe_code)]
 
+pub mod assign;
 pub mod command;
 pub mod counters;
 pub mod frame;
