@@ -179,6 +179,26 @@ counters! {
     ArchiverReplayReads = 67, Total, "archiver: log reads for catching-up remote subscribers";
     RxDropRecordTooLarge = 68, Total, "receiver drop: record larger than the partition's ring (session refused)";
     ConductorOutboxFull = 69, Total, "conductor: commands refused, an agent's queue and outbox full";
+    ReplAssignmentsApplied = 70, Total, "replication: partition assignments applied";
+    ReplAssignmentsRefused = 71, Total, "replication: assignments refused (another node's, older epoch, bad record)";
+    ReplPartitionsNotServed = 72, Total, "replication: assigned partitions not served (no ring / no storage)";
+    ReplStreamCreatesIgnored = 73, Total, "replication: stream creates ignored (partitions are placed by assignment)";
+    ReplStatusWritten = 74, Total, "replication: replica status records written";
+    ReplStatusDropped = 75, Total, "replication: replica status records dropped (status ring full)";
+    ReplFetchesServed = 76, Total, "replication: follower fetches served";
+    ReplFetchRefusedEpoch = 77, Total, "replication: fetches refused, stale or forged leader epoch";
+    ReplFetchRefusedNotMember = 78, Total, "replication: fetches refused, not a replica of the partition";
+    ReplFetchRefusedNotLeader = 79, Total, "replication: fetches refused, this node does not lead the partition";
+    ReplFetchRefusedLog = 80, Total, "replication: fetches refused, the follower's log does not continue ours";
+    ReplReportsAccepted = 81, Total, "replication: follower reports accepted";
+    ReplReportsRefused = 82, Total, "replication: follower reports refused (epoch, membership, offsets)";
+    ReplHwReplicated = 83, Gauge, "replication: replicated high watermark (sum over led partitions)";
+    ReplHwPersisted = 84, Gauge, "replication: persisted high watermark (sum over led partitions)";
+    ReplFollowerLagMax = 85, Gauge, "replication: largest follower lag behind the leader's log end (records)";
+    ReplIsrProposals = 86, Total, "replication: ISR changes proposed to the control plane";
+    ReplFetchesSent = 87, Total, "replication: fetches sent to leaders (as a follower)";
+    ReplReportsSent = 88, Total, "replication: reports sent to leaders (as a follower)";
+    ReplFramesDropped = 89, Total, "replication: FETCH/REPORT frames dropped (bad body, queue full)";
 }
 
 /// The duty-cycle count counter of an agent role.

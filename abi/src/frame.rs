@@ -32,6 +32,10 @@ pub enum FrameType {
     Nak,
     Setup,
     Heartbeat,
+    /// Replication: follower -> leader, "send me records from my log end" (#11).
+    Fetch,
+    /// Replication: follower -> leader, its received and durable offsets (#11).
+    Report,
 }
 
 impl FrameType {
@@ -42,6 +46,8 @@ impl FrameType {
             FrameType::Nak => FRAME_TYPE_NAK,
             FrameType::Setup => FRAME_TYPE_SETUP,
             FrameType::Heartbeat => FRAME_TYPE_HEARTBEAT,
+            FrameType::Fetch => FRAME_TYPE_FETCH,
+            FrameType::Report => FRAME_TYPE_REPORT,
         }) as u8
     }
 
@@ -52,6 +58,8 @@ impl FrameType {
             FRAME_TYPE_NAK => Some(FrameType::Nak),
             FRAME_TYPE_SETUP => Some(FrameType::Setup),
             FRAME_TYPE_HEARTBEAT => Some(FrameType::Heartbeat),
+            FRAME_TYPE_FETCH => Some(FrameType::Fetch),
+            FRAME_TYPE_REPORT => Some(FrameType::Report),
             _ => None,
         }
     }

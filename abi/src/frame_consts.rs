@@ -39,8 +39,12 @@ pub const FRAME_TYPE_STATUS: u32 = 2;
 pub const FRAME_TYPE_NAK: u32 = 3;
 pub const FRAME_TYPE_SETUP: u32 = 4;
 pub const FRAME_TYPE_HEARTBEAT: u32 = 5;
+/// Replication (#11): a follower asks its partition leader for records (body: `abi::replication::FetchBody`).
+pub const FRAME_TYPE_FETCH: u32 = 6;
+/// Replication (#11): a follower tells its leader what it holds (body: `abi::replication::ReportBody`).
+pub const FRAME_TYPE_REPORT: u32 = 7;
 /// Highest frame type id the XDP program accepts (types are 1..=FRAME_TYPE_MAX).
-pub const FRAME_TYPE_MAX: u32 = 5;
+pub const FRAME_TYPE_MAX: u32 = 7;
 
 /// Bytes of the header in front of each record inside a DATA frame.
 pub const RECORD_HEADER_BYTES: u32 = 8;

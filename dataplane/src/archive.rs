@@ -162,7 +162,9 @@ impl PartitionArchive {
             .durable_records
             .store(log.durable_offset(), Ordering::Relaxed);
         let sub = ring.subscriber(shm_ring::StartAt::Tail).ok();
-        let tail = ring.tail().0;
+        // The next sequence (word 1 of the tail; word 0 is a byte position): records replayed
+        // into a fresh ring are already in the log.
+        let tail = ring.tail().1;
         // Ring offset + delta = log offset, for every record archived from here on.
         cells
             .log_delta

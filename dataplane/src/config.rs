@@ -12,6 +12,9 @@
 //! data_dir = "/var/lib/memstreamer"   # the node's data directory
 //! storage_dir = "/var/lib/memstreamer/storage"   # default <data_dir>/storage; false: no storage
 //! counters_file = "/dev/shm/memstreamer-counters"  # read by `memstreamer stat`
+//! node_id = 1                     # the control plane's id of this node (0: none, assignments
+//!                                 # are refused); partition assignments name the node they are for
+//! replica_lag_time_max_ns = 2000000000   # a follower behind longer leaves the ISR (leader side)
 //! [[streams]]
 //! id = 7
 //! partitions = 1
@@ -208,6 +211,12 @@ pub struct Config {
     /// AF_XDP: let sources without a policy entry through the XDP program (labs and tests only;
     /// production leaves it false and the control plane writes the policy map).
     pub xdp_default_allow: bool,
+    /// The control plane's id of this node; partition assignments (#11) for another id are
+    /// refused and counted. 0: the node has no id and refuses every assignment.
+    pub node_id: u64,
+    /// Replication: a follower last caught up longer ago than this leaves the ISR (the leader
+    /// proposes it; see `replication` for why the default is 2 s).
+    pub replica_lag_time_max_ns: u64,
 }
 
 /// `storage_dir`: a directory, or `false` for none.
@@ -271,6 +280,8 @@ impl Default for Config {
             command_queue_depth: 1024,
             replay_records_max: 65_536,
             xdp_default_allow: false,
+            node_id: 0,
+            replica_lag_time_max_ns: crate::replication::REPLICA_LAG_TIME_MAX_NS_DEFAULT,
         }
     }
 }
@@ -510,6 +521,7 @@ impl Config {
                 "archive_commit_interval_ns",
                 self.archive_commit_interval_ns,
             ),
+            ("replica_lag_time_max_ns", self.replica_lag_time_max_ns),
         ] {
             if v == 0 || v > INTERVAL_NS_MAX {
                 return bad(key, format!("{v} not in 1..={INTERVAL_NS_MAX} ns"));
@@ -602,6 +614,8 @@ const SCALAR_KEYS: &[&str] = &[
     "command_queue_depth",
     "replay_records_max",
     "xdp_default_allow",
+    "node_id",
+    "replica_lag_time_max_ns",
 ];
 
 fn env_value(var: &str, value: &str) -> Result<toml::Value, ConfigLoadError> {

@@ -30,6 +30,9 @@ pub struct PartitionCells {
     /// Ring offset + `log_delta` (wrapping) = the record's offset in the partition's log, for
     /// records archived since the archiver opened the log (0 without storage).
     pub log_delta: AtomicU64,
+    /// 1 while this node follows a leader for the partition and the leader's session towards
+    /// it is alive (the receiver writes it; the conductor reports Serving vs CatchingUp).
+    pub replica_connected: AtomicU64,
 }
 
 struct Inner {

@@ -20,8 +20,8 @@ use crate::agent::{
 use crate::archive::{self, ArchiveOpenError};
 use crate::archiver::Archiver;
 use crate::conductor::{
-    Conductor, PartitionRegistry, StreamRings, SubscriptionSettings, COMMAND_RING_CAPACITY_BYTES,
-    COMMAND_RING_NAME,
+    Conductor, PartitionRegistry, Placement, StreamRings, SubscriptionSettings,
+    COMMAND_RING_CAPACITY_BYTES, COMMAND_RING_NAME,
 };
 use crate::config::{Config, Threading};
 use crate::counters::{
@@ -278,6 +278,16 @@ fn open_command_ring(
     let command_ring =
         Ring::create(COMMAND_RING_NAME, &command_cfg).map_err(|e| command_err(e.to_string()))?;
     rings.0.push((command_ring.clone(), true));
+    // The replica status ring (#11): lossy, so a control plane that does not read it never
+    // holds the conductor back.
+    let status_cfg = shm_ring::RingConfig {
+        capacity_bytes: abi::assign::STATUS_RING_CAPACITY_BYTES,
+        mode: Mode::Lossy,
+        ..command_cfg.clone()
+    };
+    let status_ring = Ring::create(abi::assign::STATUS_RING_NAME, &status_cfg)
+        .map_err(|e| command_err(format!("status ring: {e}")))?;
+    rings.0.push((status_ring, true));
     StreamRings::new(&command_ring, ring_cfg.clone(), partitions.to_vec())
         .map_err(|e| command_err(e.to_string()))
 }
@@ -448,7 +458,8 @@ impl AgentParts<'_> {
             receiver.0,
             sender.0,
             storage.then_some(archiver.0),
-        );
+        )
+        .with_fixed_cells(self.cells());
         let file = CountersFile::create(&self.config.counters_file, self.counters)?;
         let mut conductor = Conductor::new(
             conductor,
@@ -458,6 +469,7 @@ impl AgentParts<'_> {
             self.subscription_settings(neighbour_interface),
         )
         .with_stream_commands(stream_rings)
+        .with_placement(self.placement()?)
         .with_graveyard(tx_graveyard.1)
         .with_graveyard(rx_graveyard.1);
         let roles: Vec<&'static str> = agents.iter().map(|a| a.role()).collect();
@@ -523,6 +535,25 @@ impl AgentParts<'_> {
             Some(_) => sender.with_replay(replay),
             None => sender,
         })
+    }
+
+    /// Partition placement (#11), writing replica status records to the node's status ring.
+    fn placement(&self) -> Result<Placement, NodeStartError> {
+        let config = self.config;
+        let status_ring = Ring::open(
+            abi::assign::STATUS_RING_NAME,
+            partition_ring_config(config).dir.as_deref(),
+        )
+        .map_err(|e| NodeStartError::CommandRing {
+            detail: format!("status ring: {e}"),
+        })?;
+        Placement::new(
+            config.node_id,
+            config.replica_lag_time_max_ns,
+            config.window_bytes,
+            Some(&status_ring),
+        )
+        .map_err(|e| attach_err("conductor", e))
     }
 
     fn subscription_settings(&self, neighbour_interface: Option<String>) -> SubscriptionSettings {

@@ -21,7 +21,8 @@ use sdk::net::PublisherSession;
 
 use crate::archive::PartitionArchive;
 use crate::counters::PartitionCells;
-use crate::session::SubscribeRequest;
+use crate::replication::FollowerFetch;
+use crate::session::{ReplicaRequest, SubscribeRequest};
 
 /// What the conductor is asked to do.
 pub enum ConductorCommand {
@@ -29,6 +30,8 @@ pub enum ConductorCommand {
     Subscribe(SubscribeRequest),
     /// The archiver's answer to [`ArchiverCommand::OpenReader`]: the subscriber's log reader.
     Reader(Box<PendingSubscribe>),
+    /// A follower's FETCH or REPORT for a partition this node may lead (#11).
+    Replica(ReplicaRequest),
 }
 
 /// A subscribe request waiting for a reader of the partition's log (it starts behind the ring).
@@ -54,6 +57,12 @@ pub enum ReceiverCommand {
         slot: usize,
         stream_id: u32,
         partition: u16,
+    },
+    /// Follow a leader for slot `slot` (send it FETCH and REPORT), or stop (None): this node
+    /// became a follower of a new leader or epoch, or stopped being one (#11).
+    Follow {
+        slot: usize,
+        follow: Option<Box<FollowerFetch>>,
     },
 }
 

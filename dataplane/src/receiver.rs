@@ -12,6 +12,7 @@ use crate::agent::{Agent, CommandQueue, SpscConsumer, SpscProducer};
 use crate::counters::{Counter, Counters, PartitionCells};
 use crate::net::NetPort;
 use crate::proxy::{ConductorCommand, ReceiverCommand};
+use crate::replication::FollowerFetch;
 use crate::retire::{Graveyard, Retired};
 use crate::session::{AppendRefusal, ReceiverStats, RecordSink, SessionTable};
 
@@ -130,6 +131,12 @@ pub struct Receiver {
     pending_tx: Option<SocketAddr>,
     graveyard: Graveyard,
     next_publish_ns: u64,
+    /// Per partition slot: the leader this node follows for it (#11), if any.
+    follows: Vec<Option<Box<FollowerFetch>>>,
+    /// Slots with a leader to follow.
+    follow_slots: Vec<usize>,
+    /// FETCH and REPORT frames of followers that the port refused (retried by the next poll).
+    follow_tx_refused: u64,
 }
 
 impl Receiver {
@@ -173,6 +180,9 @@ impl Receiver {
             pending_tx: None,
             graveyard: Graveyard::new(None),
             next_publish_ns: 0,
+            follows: (0..slots_max).map(|_| None).collect(),
+            follow_slots: Vec::with_capacity(slots_max),
+            follow_tx_refused: 0,
         }
     }
 
@@ -220,13 +230,82 @@ impl Receiver {
                 partition,
             } => {
                 self.table.remove_partition(stream_id, partition);
+                self.set_follow(slot, None);
                 if slot < self.cells.len() {
                     self.sink.clear(slot, &mut self.graveyard);
                     self.cells[slot] = None;
                     self.live_slots.retain(|&s| s != slot);
                 }
             }
+            ReceiverCommand::Follow { slot, follow } => self.set_follow(slot, follow),
         }
+    }
+
+    /// Follows a leader for `slot` from now on, or stops (the old state goes to the graveyard).
+    fn set_follow(&mut self, slot: usize, follow: Option<Box<FollowerFetch>>) {
+        let Some(entry) = self.follows.get_mut(slot) else {
+            return;
+        };
+        if let Some(old) = entry.take() {
+            self.graveyard.bury_box(old);
+        }
+        self.follow_slots.retain(|&s| s != slot);
+        if let Some(cells) = &self.cells[slot] {
+            cells.replica_connected.store(0, Ordering::Relaxed);
+        }
+        if follow.is_some() {
+            self.follow_slots.push(slot);
+        }
+        *entry = follow;
+    }
+
+    /// Sends the FETCH and REPORT frames due for the partitions this node follows (#11).
+    fn follow_leaders(&mut self, now_ns: u64) -> usize {
+        let mut work = 0;
+        for &slot in &self.follow_slots {
+            let (Some(Some(f)), Some(Some(cells)), Some(Some(ring))) = (
+                self.follows.get_mut(slot),
+                self.cells.get(slot),
+                self.sink.rings.get(slot),
+            ) else {
+                continue;
+            };
+            let (stream_id, partition) = f.partition_key();
+            let alive = self
+                .table
+                .expected_offset(stream_id, partition, f.session_id())
+                .is_some();
+            cells
+                .replica_connected
+                .store(u64::from(alive), Ordering::Relaxed);
+            // Ring offset + delta = log offset (the archiver appends the ring in order).
+            let received = ring
+                .tail()
+                .1
+                .wrapping_add(cells.log_delta.load(Ordering::Relaxed));
+            let durable = if self.archiving {
+                cells.durable_records.load(Ordering::Relaxed)
+            } else {
+                0
+            };
+            if let Some(dst) = f.poll(now_ns, alive, (received, durable), &mut self.out) {
+                if self.port.send(dst, &self.out) {
+                    work += 1;
+                } else {
+                    self.follow_tx_refused += 1;
+                }
+            }
+        }
+        work
+    }
+
+    /// FETCHes and REPORTs sent by this node as a follower, over every followed partition.
+    fn follow_sent(&self) -> (u64, u64) {
+        self.follows
+            .iter()
+            .flatten()
+            .map(|f| f.sent())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
     pub fn describe(&self) -> String {
@@ -267,6 +346,7 @@ impl Receiver {
             (Counter::RxSessionsClosed, s.sessions_closed),
             (Counter::RxSessionsTimedOut, s.sessions_timed_out),
             (Counter::RxSubscribeRequests, s.subscribe_requests),
+            (Counter::ReplFramesDropped, s.drop_replica),
             (Counter::RxFreedOnAgent, self.graveyard.freed_here),
         ] {
             c.set(counter, v);
@@ -278,6 +358,9 @@ impl Receiver {
         c.set(Counter::PortTxDatagrams, p.tx_datagrams);
         c.set(Counter::PortTxErrors, p.tx_errors);
         c.set(Counter::PortTxQueueFull, p.tx_queue_full);
+        let (fetches, reports) = self.follow_sent();
+        c.set(Counter::ReplFetchesSent, fetches);
+        c.set(Counter::ReplReportsSent, reports);
     }
 }
 
@@ -300,6 +383,11 @@ impl Agent for Receiver {
                 counters.add(Counter::ConductorCommandsDropped, 1);
             }
         });
+        self.table.drain_replica(|request| {
+            if conductor.offer(ConductorCommand::Replica(request)).is_err() {
+                counters.add(Counter::ConductorCommandsDropped, 1);
+            }
+        });
 
         if let Some(mut commands) = self.partitions.take() {
             work += commands.drain(PARTITION_COMMANDS_PER_CYCLE_MAX, |c| self.apply(c));
@@ -313,6 +401,10 @@ impl Agent for Receiver {
                     self.ring_marks[slot] = cells.durable_ring_mark.load(Ordering::Acquire);
                 }
             }
+        }
+        if self.pending_tx.is_none() {
+            // `out` is free (a refused frame waits in it otherwise).
+            work += self.follow_leaders(now_ns);
         }
         let marks = self.archiving.then_some(self.ring_marks.as_slice());
         for _ in 0..TX_FRAMES_PER_CYCLE_MAX {

@@ -113,6 +113,31 @@ pub struct ReceiverStats {
     pub sessions_closed: u64,
     pub sessions_timed_out: u64,
     pub subscribe_requests: u64,
+    /// Replication FETCH/REPORT frames queued for the conductor.
+    pub replica_requests: u64,
+    /// Replication FETCH/REPORT frames dropped: bad body, or the queue was full.
+    pub drop_replica: u64,
+}
+
+/// Replication FETCH/REPORT frames queued per duty cycle at most.
+pub const REPLICA_REQUESTS_MAX: usize = 64;
+
+/// A follower's FETCH or REPORT (#11), for the conductor (which holds the replica sets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaRequest {
+    /// The follower's data address: the leader's session towards it goes there.
+    pub src: SocketAddr,
+    /// The session id and incarnation the leader's session towards the follower takes.
+    pub session_id: u32,
+    pub epoch: u32,
+    pub body: ReplicaBody,
+}
+
+/// The body of a [`ReplicaRequest`], decoded and checked (`abi::replication`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaBody {
+    Fetch(abi::replication::FetchBody),
+    Report(abi::replication::ReportBody),
 }
 
 /// A remote subscriber asked for a partition (SETUP with FLAG_SUBSCRIBE).
@@ -206,6 +231,7 @@ pub struct SessionTable {
     /// The session of the last DATA/HEARTBEAT (cleared whenever a session is removed).
     last: Option<(SessionKey, usize)>,
     subscribes: Vec<SubscribeRequest>,
+    replica: Vec<ReplicaRequest>,
     body: Vec<u8>,
     stats: ReceiverStats,
     /// Per partition index: how often its ring refused a record (back-pressure events).
@@ -241,6 +267,7 @@ impl SessionTable {
             cursor: 0,
             last: None,
             subscribes: Vec::with_capacity(SUBSCRIBE_REQUESTS_MAX),
+            replica: Vec::with_capacity(REPLICA_REQUESTS_MAX),
             body: Vec::with_capacity(HEADER_BYTES + wire::SETUP_BODY_BYTES_MAX),
             stats: ReceiverStats::default(),
             pressure: vec![0; slots_max.max(partitions.len())],
@@ -313,6 +340,45 @@ impl SessionTable {
         }
     }
 
+    /// Hands queued replication requests to `f`.
+    pub fn drain_replica(&mut self, mut f: impl FnMut(ReplicaRequest)) {
+        for r in self.replica.drain(..) {
+            f(r);
+        }
+    }
+
+    /// Queues a FETCH or REPORT whose body names the header's partition.
+    fn on_replica(&mut self, src: SocketAddr, h: &FrameHeader, body: &[u8]) {
+        use abi::replication::{FetchBody, ReportBody};
+        let decoded = match h.frame_type {
+            FrameType::Fetch => FetchBody::decode(body).ok().map(ReplicaBody::Fetch),
+            _ => ReportBody::decode(body).ok().map(ReplicaBody::Report),
+        };
+        let names = |r: &abi::replication::ReplicaHeader| {
+            (r.stream_id, r.partition) == (h.stream_id, h.partition)
+        };
+        let body = match decoded {
+            Some(ReplicaBody::Fetch(f)) if names(&f.replica) => ReplicaBody::Fetch(f),
+            Some(ReplicaBody::Report(r)) if names(&r.replica) => ReplicaBody::Report(r),
+            _ => {
+                self.stats.drop_replica += 1;
+                return;
+            }
+        };
+        if self.replica.len() == REPLICA_REQUESTS_MAX {
+            self.stats.drop_replica += 1;
+            return;
+        }
+        self.stats.frames_accepted += 1;
+        self.stats.replica_requests += 1;
+        self.replica.push(ReplicaRequest {
+            src,
+            session_id: h.session_id,
+            epoch: h.epoch,
+            body,
+        });
+    }
+
     /// Processes one datagram from `src`.
     pub fn handle(
         &mut self,
@@ -342,6 +408,7 @@ impl SessionTable {
             FrameType::Data => self.on_data(now_ns, src, &h, body, sink),
             FrameType::Heartbeat => self.on_heartbeat(now_ns, src, &h, body),
             FrameType::Status | FrameType::Nak => self.stats.drop_unexpected_type += 1,
+            FrameType::Fetch | FrameType::Report => self.on_replica(src, &h, body),
         }
     }
 

@@ -242,10 +242,10 @@ fn every_parser_path_gives_its_verdict() {
     );
 
     let mut bad = frame(1, 32);
-    bad[5] = 6; // type beyond FRAME_TYPE_MAX
+    bad[5] = 8; // type beyond FRAME_TYPE_MAX
     check(
         &mut p,
-        "type 6",
+        "type 8",
         &eth(0x0800, &ipv4(17, 0, &[], &udp(PORT, &bad))),
         XDP_DROP,
         Verdict::DropBadHeader,

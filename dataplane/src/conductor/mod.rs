@@ -7,10 +7,13 @@
 //! * `registry`: the partitions the agents know; makes run-time partitions live in every agent
 //!   (or takes them away) through bounded per-agent outboxes.
 //! * `subscribe`: remote subscribers' requests -> the sender's [`crate::proxy::NewSubscriber`].
+//! * `placement`: partition assignments (#11), the replica sets this node leads, followers'
+//!   FETCH/REPORT, and the replica status records for the control plane.
 //! * `liveness`: agents without duty cycles are reported as stalled.
 //! * here: the duty cycle, the counters file, the graveyards ([`crate::retire`]).
 
 mod liveness;
+mod placement;
 mod registry;
 mod streams;
 mod subscribe;
@@ -18,6 +21,7 @@ mod subscribe;
 mod tests;
 
 pub use liveness::{AGENT_STALL_NS, LIVENESS_CHECK_INTERVAL_NS};
+pub use placement::{Placement, REPLICA_FRAME_BYTES, STATUS_INTERVAL_NS};
 pub use registry::PartitionRegistry;
 pub use streams::*;
 pub use subscribe::{SubscriptionSettings, CATCH_UP_BUF_BYTES};
@@ -52,6 +56,8 @@ pub struct Conductor {
     /// What the receiver and sender gave up, freed here ([`crate::retire`]).
     graveyards: Vec<SpscConsumer<Retired>>,
     freed: u64,
+    /// Partition placement by assignment (#11); None: stream commands only.
+    placement: Option<Placement>,
 }
 
 impl Conductor {
@@ -76,6 +82,7 @@ impl Conductor {
             no_neighbour: 0,
             graveyards: Vec::new(),
             freed: 0,
+            placement: None,
         }
     }
 
@@ -191,14 +198,21 @@ impl Agent for Conductor {
                 } = *p;
                 self.finish_subscribe(request, slot, reader)
             }
+            ConductorCommand::Replica(r) => self.on_replica(r, now_ns),
         });
         work += self.read_stream_commands();
         self.apply_stream_events();
+        work += self.apply_assignments(now_ns);
+        work += self.replica_duty(now_ns);
         work += self.registry.flush();
         work += self.free_retired();
         self.commands_done += work as u64;
         self.counters
             .set(Counter::ConductorCommands, self.commands_done);
+        if let Some(s) = self.streams.as_ref() {
+            self.counters
+                .set(Counter::ReplStreamCreatesIgnored, s.creates_ignored());
+        }
         self.liveness.check(now_ns, &self.counters);
         work + self.publish_counters(now_ns)
     }

@@ -14,6 +14,22 @@ use crate::archive::PartitionArchive;
 use crate::counters::PartitionCells;
 use crate::proxy::{ArchiverCommand, ReceiverCommand, SenderCommand};
 
+/// Why a partition could not be made live: its ring (shared memory, slots) or its storage.
+#[derive(Debug)]
+pub(super) enum AddError {
+    Ring(String),
+    Storage(String),
+}
+
+impl std::fmt::Display for AddError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddError::Ring(e) => write!(f, "{e}"),
+            AddError::Storage(e) => write!(f, "storage: {e}"),
+        }
+    }
+}
+
 /// One partition slot the agents know (configured, or made live at run time).
 pub(super) struct LivePartition {
     pub(super) slot: usize,
@@ -23,6 +39,8 @@ pub(super) struct LivePartition {
     /// Cells of a partition made live at run time (configured partitions have theirs in
     /// [`Counters`]); listed in the counters file after the configured ones.
     cells: Option<Arc<PartitionCells>>,
+    /// A configured partition's cells (from [`Counters`]), when the node gave them.
+    fixed_cells: Option<Arc<PartitionCells>>,
 }
 
 /// The data plane's partitions as the agents see them, and the queues that tell the agents
@@ -64,6 +82,7 @@ impl PartitionRegistry {
                         ring,
                         archived,
                         cells: None,
+                        fixed_cells: None,
                     },
                 )
             })
@@ -79,12 +98,26 @@ impl PartitionRegistry {
         }
     }
 
+    /// The cells of the configured partitions, by slot (the node's [`Counters`] hold them).
+    pub fn with_fixed_cells(mut self, cells: Vec<Arc<PartitionCells>>) -> PartitionRegistry {
+        for p in self.live.values_mut() {
+            p.fixed_cells = cells.get(p.slot).cloned();
+        }
+        self
+    }
+
     /// True when every agent's outbox takes one more command: a partition change then reaches
     /// all of them (or, deferred, none).
     pub(super) fn has_room(&self) -> bool {
-        self.receiver.has_room(1)
-            && self.sender.has_room(1)
-            && self.archiver.as_ref().is_none_or(|a| a.has_room(1))
+        self.has_room_for(1)
+    }
+
+    /// Like [`PartitionRegistry::has_room`] for `n` commands per agent (an assignment makes a
+    /// partition live and tells the receiver whom to follow: two for the receiver).
+    pub(super) fn has_room_for(&self, n: usize) -> bool {
+        self.receiver.has_room(n)
+            && self.sender.has_room(n)
+            && self.archiver.as_ref().is_none_or(|a| a.has_room(n))
     }
 
     pub(super) fn flush(&mut self) -> usize {
@@ -104,12 +137,14 @@ impl PartitionRegistry {
         partition: u16,
         ring: Ring,
         fresh: bool,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, AddError> {
         if self.live.contains_key(&(stream_id, partition)) {
             return Ok(0);
         }
         let slot = self.free_slots.pop().ok_or_else(|| {
-            "no free partition slot (DYNAMIC_RINGS_MAX partitions are live)".to_string()
+            AddError::Ring(
+                "no free partition slot (DYNAMIC_RINGS_MAX partitions are live)".to_string(),
+            )
         })?;
         let result = self.attach(slot, stream_id, partition, &ring, fresh);
         match result {
@@ -122,6 +157,7 @@ impl PartitionRegistry {
                         ring,
                         archived,
                         cells: Some(cells),
+                        fixed_cells: None,
                     },
                 );
                 Ok(replayed)
@@ -140,15 +176,15 @@ impl PartitionRegistry {
         partition: u16,
         ring: &Ring,
         fresh: bool,
-    ) -> Result<(u64, Arc<PartitionCells>), String> {
+    ) -> Result<(u64, Arc<PartitionCells>), AddError> {
         let frame_max = xdp_programs::abi_consts::FRAME_BYTES_MAX as usize;
         if ring.max_payload_len() < frame_max {
             // Another process (an SDK client) created it smaller than this node's frames.
-            return Err(format!(
+            return Err(AddError::Ring(format!(
                 "its ring {} takes records of at most {} bytes, less than a frame ({frame_max}): remove the ring file and create the stream again (a ring of the node's ring_capacity_bytes is made)",
                 ring.path().display(),
                 ring.max_payload_len()
-            ));
+            )));
         }
         let cells = Arc::new(PartitionCells::default());
         let mut replayed = 0;
@@ -160,17 +196,21 @@ impl PartitionRegistry {
                         ring,
                         self.replay_records_max,
                     )
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| AddError::Storage(e.to_string()))?;
                 }
                 Some(
                     PartitionArchive::open(dir, stream_id, partition, ring, cells.clone())
-                        .map_err(|e| e.to_string())?,
+                        .map_err(|e| AddError::Storage(e.to_string()))?,
                 )
             }
             None => None,
         };
-        let publisher = ring.publisher().map_err(|e| e.to_string())?;
-        let reader = ring.subscriber(StartAt::Tail).map_err(|e| e.to_string())?;
+        let publisher = ring
+            .publisher()
+            .map_err(|e| AddError::Ring(e.to_string()))?;
+        let reader = ring
+            .subscriber(StartAt::Tail)
+            .map_err(|e| AddError::Ring(e.to_string()))?;
         if let (Some(part), Some(archiver)) = (archive, self.archiver.as_mut()) {
             must_push(archiver, ArchiverCommand::Add { slot, part });
         }
@@ -198,6 +238,33 @@ impl PartitionRegistry {
         self.live
             .iter()
             .filter_map(|(&(s, p), l)| l.cells.as_deref().map(|c| (s, p, c)))
+    }
+
+    /// Tells the receiver to follow a leader for (stream, partition), or to stop; false when
+    /// the partition is not live. The caller checked room ([`PartitionRegistry::has_room`]).
+    pub(super) fn follow(
+        &mut self,
+        stream_id: u32,
+        partition: u16,
+        follow: Option<Box<crate::replication::FollowerFetch>>,
+    ) -> bool {
+        let Some(p) = self.live.get(&(stream_id, partition)) else {
+            return false;
+        };
+        let slot = p.slot;
+        must_push(&mut self.receiver, ReceiverCommand::Follow { slot, follow });
+        true
+    }
+
+    /// The ring and the shared cells of a live partition.
+    pub(super) fn partition(
+        &self,
+        stream_id: u32,
+        partition: u16,
+    ) -> Option<(&Ring, Option<&PartitionCells>)> {
+        self.live
+            .get(&(stream_id, partition))
+            .map(|l| (&l.ring, l.cells.as_deref().or(l.fixed_cells.as_deref())))
     }
 
     /// Takes a partition made at run time away from every agent; false when it was not live.

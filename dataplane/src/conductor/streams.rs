@@ -19,6 +19,8 @@ pub const STREAM_COMMANDS_PER_CYCLE_MAX: usize = 16;
 /// Most partition rings the control plane may create on one node (all streams together).
 pub const DYNAMIC_RINGS_MAX: usize = 4096;
 
+use abi::assign::PartitionAssignment;
+use abi::command::Command;
 /// The command records and the command ring (the control plane writes them: `abi::command`).
 pub use abi::command::{
     StreamCommand, StreamCommandDecodeError, COMMAND_RING_CAPACITY_BYTES, COMMAND_RING_NAME,
@@ -27,6 +29,10 @@ pub use abi::command::{
 /// The conductor's side of the command ring: the partition rings made at run time.
 pub struct StreamRings {
     commands: shm_ring::Subscriber,
+    /// The command ring, to attach again after an eviction (a conductor stalled longer than
+    /// the ring's liveness timeout, e.g. while a large log is replayed).
+    command_ring: Ring,
+    reattached: u64,
     pub(super) ring_cfg: RingConfig,
     /// Partitions of the node's configuration (never created or dropped by commands).
     fixed: Vec<(u32, u16)>,
@@ -39,6 +45,14 @@ pub struct StreamRings {
     /// first). No command is read while any wait, so this holds what one drain of at most
     /// [`STREAM_COMMANDS_PER_CYCLE_MAX`] commands makes.
     events: VecDeque<StreamEvent>,
+    /// Partition assignments read and not yet applied (#11), oldest first; bounded like
+    /// `events` (no command is read while any wait).
+    assignments: VecDeque<PartitionAssignment>,
+    /// An assignment was read: partitions are placed by assignment, stream creates are ignored.
+    placed: bool,
+    creates_ignored: u64,
+    /// Rings of assigned partitions: (ring, made by this node).
+    assigned: BTreeMap<(u32, u16), (Ring, bool)>,
 }
 
 /// A partition a stream command made live or took away (the conductor tells the agents).
@@ -66,6 +80,8 @@ impl StreamRings {
     ) -> Result<StreamRings, shm_ring::SubscriberAttachError> {
         Ok(StreamRings {
             commands: command_ring.subscriber(StartAt::Earliest)?,
+            command_ring: command_ring.clone(),
+            reattached: 0,
             ring_cfg,
             fixed,
             dynamic: BTreeMap::new(),
@@ -73,7 +89,56 @@ impl StreamRings {
             failed_creates: 0,
             applied: 0,
             events: VecDeque::new(),
+            assignments: VecDeque::new(),
+            placed: false,
+            creates_ignored: 0,
+            assigned: BTreeMap::new(),
         })
+    }
+
+    /// The oldest assignment read and not yet taken.
+    pub fn next_assignment(&mut self) -> Option<PartitionAssignment> {
+        self.assignments.pop_front()
+    }
+
+    /// Puts back an assignment that could not be applied yet (an agent's outbox is full).
+    pub fn defer_assignment(&mut self, a: PartitionAssignment) {
+        self.assignments.push_front(a);
+    }
+
+    /// Stream creates ignored because partitions are placed by assignment.
+    pub fn creates_ignored(&self) -> u64 {
+        self.creates_ignored
+    }
+
+    /// The ring of an assigned partition, made (or opened: a configured partition's, or one a
+    /// local client made) on first use; Err says why there is none (shm full, a bad file).
+    pub fn assigned_ring(
+        &mut self,
+        stream_id: u32,
+        partition: u16,
+    ) -> Result<(Ring, bool), String> {
+        if let Some((ring, _)) = self.assigned.get(&(stream_id, partition)) {
+            return Ok((ring.clone(), false));
+        }
+        let name = sdk::ring_name(stream_id, partition);
+        let made = match Ring::create(&name, &self.ring_cfg) {
+            Ok(r) => (r, true),
+            Err(RingCreateError::Exists { .. }) => Ring::open(&name, self.ring_cfg.dir.as_deref())
+                .map(|r| (r, false))
+                .map_err(|e| e.to_string())?,
+            Err(e) => return Err(e.to_string()),
+        };
+        self.assigned
+            .insert((stream_id, partition), (made.0.clone(), made.1));
+        Ok(made)
+    }
+
+    /// Forgets an assigned partition's ring, removing the file if this node made it.
+    pub fn unassign(&mut self, stream_id: u32, partition: u16) {
+        if let Some(r) = self.assigned.remove(&(stream_id, partition)) {
+            unlink_made(vec![r]);
+        }
     }
 
     /// Records that did not decode, plus commands beyond [`DYNAMIC_RINGS_MAX`].
@@ -93,7 +158,7 @@ impl StreamRings {
 
     /// Partition changes not yet taken (no command is read while there are any).
     pub fn events_pending(&self) -> usize {
-        self.events.len()
+        self.events.len() + self.assignments.len()
     }
 
     /// (stream, partitions) of the rings made at run time.
@@ -104,17 +169,22 @@ impl StreamRings {
             .collect()
     }
 
-    /// Applies up to `limit` pending commands; returns how many records were read.
+    /// Applies up to `limit` pending commands; returns how many records were read. Partition
+    /// assignments wait in a queue for the conductor ([`StreamRings::next_assignment`]).
     pub fn drain(&mut self, limit: usize) -> usize {
         let mut batch = [None; STREAM_COMMANDS_PER_CYCLE_MAX];
         let mut n = 0;
         let mut bad = 0u64;
+        let assignments = &mut self.assignments;
         let polled = self.commands.poll(
             |r| {
-                match StreamCommand::decode(r.payload) {
-                    Ok(c) if n < batch.len() => {
+                match Command::decode(r.payload) {
+                    Ok(Command::Stream(c)) if n < batch.len() => {
                         batch[n] = Some(c);
                         n += 1;
+                    }
+                    Ok(Command::Assign(a)) if assignments.len() < STREAM_COMMANDS_PER_CYCLE_MAX => {
+                        assignments.push_back(*a);
                     }
                     Ok(_) => bad += 1,
                     Err(e) => {
@@ -128,11 +198,12 @@ impl StreamRings {
             limit.min(STREAM_COMMANDS_PER_CYCLE_MAX),
         );
         self.bad_commands += bad;
+        self.placed |= !self.assignments.is_empty();
         let read = match polled {
             Ok(p) => p.records,
             Err(e) => {
                 self.bad_commands += 1;
-                eprintln!("memstreamer: command ring: {e}");
+                self.reattach(&e);
                 0
             }
         };
@@ -142,9 +213,25 @@ impl StreamRings {
         read
     }
 
+    /// Attaches to the command ring again after `e` (an eviction), from its oldest record:
+    /// commands are idempotent (creates, drops, epoch-checked assignments), so what is read
+    /// twice changes nothing, and nothing still in the ring is missed.
+    fn reattach(&mut self, e: &shm_ring::PollError) {
+        self.reattached += 1;
+        if self.reattached.is_power_of_two() {
+            eprintln!("memstreamer: command ring: {e}; attaching again from its oldest record");
+        }
+        match self.command_ring.subscriber(StartAt::Earliest) {
+            Ok(sub) => self.commands = sub,
+            Err(e) => eprintln!("memstreamer: command ring: cannot attach again: {e}"),
+        }
+    }
+
     fn apply(&mut self, c: StreamCommand) {
         self.applied += 1;
         match c {
+            // Placement by assignment (#11): the control plane names each partition's replicas.
+            StreamCommand::Create { .. } if self.placed => self.creates_ignored += 1,
             StreamCommand::Create {
                 stream_id,
                 partitions,
@@ -234,6 +321,7 @@ impl StreamRings {
         for (_, rings) in std::mem::take(&mut self.dynamic) {
             unlink_made(rings);
         }
+        unlink_made(std::mem::take(&mut self.assigned).into_values().collect());
     }
 }
 

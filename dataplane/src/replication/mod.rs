@@ -49,12 +49,16 @@
 
 mod ack;
 mod divergence;
+mod follower;
 mod leader;
 #[cfg(test)]
 mod sim_tests;
 
 pub use ack::{AckMode, AckStatus, NotEnoughReplicas};
 pub use divergence::{check_fetch, resolve_divergence, FetchCheck, Resolution};
+pub use follower::{
+    replica_session_id, FollowerFetch, FETCH_RETRY_NS, REPORT_INTERVAL_NS, REPORT_MIN_INTERVAL_NS,
+};
 pub use leader::{
     IsrProposal, LeaderInput, LeaderOutput, Refusal, ReplicaProgress, ReplicaSet, ReplicaSetConfig,
     ReplicaSetError,

@@ -457,7 +457,11 @@ impl PublisherSession {
                     None => (from, to),
                 });
             }
-            FrameType::Data | FrameType::Setup | FrameType::Heartbeat => {
+            FrameType::Data
+            | FrameType::Setup
+            | FrameType::Heartbeat
+            | FrameType::Fetch
+            | FrameType::Report => {
                 self.stats.frames_dropped += 1;
             }
         }

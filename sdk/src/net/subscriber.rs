@@ -300,7 +300,11 @@ impl ReceiverCore {
                 }
                 0
             }
-            FrameType::Status | FrameType::Nak | FrameType::Setup => {
+            FrameType::Status
+            | FrameType::Nak
+            | FrameType::Setup
+            | FrameType::Fetch
+            | FrameType::Report => {
                 self.stats.drop_unknown_session += 1;
                 0
             }
