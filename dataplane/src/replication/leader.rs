@@ -426,15 +426,21 @@ impl ReplicaSet {
     }
 
     /// Kafka's rule: at the leader's end now, or caught up within the lag time (and never
-    /// while it has lost its tail).
+    /// while it has lost its tail). "At the end" counts only for a follower heard from
+    /// within the lag time: a follower that went silent while holding the end (no writes
+    /// since) is not in sync, as a Kafka follower that stops fetching is not.
     fn caught_up(&self, f: &ReplicaProgress, now_ns: u64) -> bool {
         if f.lost_tail {
             return false;
         }
-        let at_end = f.last_report_ns.is_some() && f.received_offset >= self.leader_end;
+        let lag = self.cfg.replica_lag_time_max_ns;
+        let heard = f
+            .last_report_ns
+            .is_some_and(|t| now_ns.saturating_sub(t) <= lag);
+        let at_end = heard && f.received_offset >= self.leader_end;
         let recent = f
             .last_caught_up_ns
-            .is_some_and(|t| now_ns.saturating_sub(t) <= self.cfg.replica_lag_time_max_ns);
+            .is_some_and(|t| now_ns.saturating_sub(t) <= lag);
         at_end || recent
     }
 

@@ -482,3 +482,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_follower_silent_at_the_end_leaves_the_isr_and_does_not_rejoin_silently() {
+    let mut rs = three(2);
+    report(&mut rs, 10, 2, 100, 100).unwrap();
+    report(&mut rs, 10, 3, 100, 100).unwrap();
+    // No writes; node 2 keeps reporting, node 3 goes silent while holding the end.
+    for t in (100..=3 * LAG).step_by(100) {
+        report(&mut rs, t, 2, 100, 100).unwrap();
+    }
+    let p = rs.poll_isr_change(3 * LAG).expect("node 3 leaves");
+    assert_eq!((p.isr, p.removed), (vec![1, 2], vec![3]));
+    rs.handle(
+        3 * LAG,
+        LeaderInput::IsrCommitted {
+            leader_epoch: EPOCH,
+            isr: &[1, 2],
+        },
+    )
+    .unwrap();
+    // Still silent: it is not proposed back although it holds the end.
+    report(&mut rs, 3 * LAG + 1, 2, 100, 100).unwrap();
+    assert_eq!(rs.poll_isr_change(3 * LAG + 2), None);
+    // It reports again: back in.
+    report(&mut rs, 3 * LAG + 3, 3, 100, 100).unwrap();
+    let p = rs.poll_isr_change(3 * LAG + 4).expect("node 3 rejoins");
+    assert_eq!(p.added, Some(3));
+}
