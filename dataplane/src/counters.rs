@@ -21,7 +21,6 @@ pub use abi::counters::*;
 struct Cell(AtomicU64);
 
 /// Per-partition values shared between agents (archiver writes, receiver and conductor read).
-#[derive(Default)]
 pub struct PartitionCells {
     pub archived_records: AtomicU64,
     pub durable_records: AtomicU64,
@@ -33,6 +32,25 @@ pub struct PartitionCells {
     /// 1 while this node follows a leader for the partition and the leader's session towards
     /// it is alive (the receiver writes it; the conductor reports Serving vs CatchingUp).
     pub replica_connected: AtomicU64,
+    /// Replication gate of remote publishers' durable acknowledgements (#11): every ring
+    /// record with an offset below this mark is committed by the partition's ack policy (the
+    /// stream's default mode `all`: the high watermark of its kind). The conductor writes it
+    /// for partitions this node leads with an `all` default; u64::MAX otherwise (no gate:
+    /// durable on this node's disk is enough).
+    pub commit_ring_mark: AtomicU64,
+}
+
+impl Default for PartitionCells {
+    fn default() -> Self {
+        PartitionCells {
+            archived_records: AtomicU64::new(0),
+            durable_records: AtomicU64::new(0),
+            durable_ring_mark: AtomicU64::new(0),
+            log_delta: AtomicU64::new(0),
+            replica_connected: AtomicU64::new(0),
+            commit_ring_mark: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 struct Inner {

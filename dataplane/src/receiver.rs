@@ -397,8 +397,11 @@ impl Agent for Receiver {
         if self.archiving {
             for &slot in &self.live_slots {
                 if let Some(cells) = &self.cells[slot] {
-                    // Acquire pairs with the archiver's Release store of the mark.
-                    self.ring_marks[slot] = cells.durable_ring_mark.load(Ordering::Acquire);
+                    // Acquire pairs with the archiver's Release store of the mark (and the
+                    // conductor's of the replication gate).
+                    let durable = cells.durable_ring_mark.load(Ordering::Acquire);
+                    let committed = cells.commit_ring_mark.load(Ordering::Acquire);
+                    self.ring_marks[slot] = durable.min(committed);
                 }
             }
         }

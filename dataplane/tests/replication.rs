@@ -421,3 +421,75 @@ fn bad_assignments_and_fetches_are_refused_and_counted() {
         ns[0].counter(Counter::ConductorPartitionsAdded) == 2
     });
 }
+
+/// A remote publisher's durable acknowledgements from a leader whose partition defaults to
+/// ack mode `all`: while the ISR (min 2) has no follower that reports, nothing is acknowledged
+/// although the leader has the records on its own disk; once the control plane moves the
+/// partition to an epoch whose ISR is the leader alone with min ISR 1, they are.
+#[test]
+fn remote_durable_acks_wait_for_the_isr() {
+    let _one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = three(dir.path());
+    assign_all(&mut nodes, 0, 2, &[1, 2, 3]);
+    let mut leads = false;
+    run_until(&mut nodes, "the leader serves", |ns| {
+        leads |= ns[0].statuses().iter().any(|s| s.role == Role::Leader);
+        leads
+    });
+    nodes[1].stop();
+    nodes[2].stop();
+    let mut cfg = sdk::net::PublisherConfig::new(STREAM, 0, 3, "acks");
+    cfg.release = sdk::net::Release::Durable;
+    let leader = nodes[0].data_addr();
+    let mut p = sdk::net::UdpPublisher::new("127.0.0.1:0".parse().unwrap(), leader, cfg).unwrap();
+    assert!(p.wait_connected(Duration::from_secs(10)));
+    for v in 0..10u64 {
+        p.offer(0, &v.to_le_bytes()).unwrap();
+    }
+    // The leader holds them on its disk, and two more status periods pass.
+    let mut periods = 0;
+    run_until(&mut nodes, "the records durable on the leader", |ns| {
+        p.do_work();
+        for s in ns[0].statuses() {
+            assert_eq!(
+                s.hw_replicated, 0,
+                "no ISR follower reports: nothing commits"
+            );
+            if s.durable >= 10 {
+                periods += 1;
+            }
+        }
+        periods >= 3
+    });
+    p.do_work();
+    assert_eq!(
+        p.session().durable_offset(),
+        0,
+        "nothing acknowledged below min ISR"
+    );
+    // New epoch: the leader alone, min ISR 1.
+    let replicas = [
+        entry(&nodes[0], true),
+        entry(&nodes[1], false),
+        entry(&nodes[2], false),
+    ];
+    let alone = PartitionAssignment::new(
+        STREAM,
+        0,
+        Role::Leader,
+        AckDefault::AllReplicated,
+        1,
+        3,
+        1,
+        1,
+        &replicas,
+    )
+    .unwrap();
+    nodes[0].command(&alone);
+    run_until(&mut nodes, "every record acknowledged", |_| {
+        p.do_work();
+        p.session().is_drained()
+    });
+    assert_eq!(p.session().durable_offset(), 10 * 16);
+}

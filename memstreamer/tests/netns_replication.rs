@@ -5,7 +5,9 @@
 //! published into the leader's ring by a local SDK publisher; a record counts as acknowledged
 //! (ack mode `all`, persisted) once the leader's persisted high watermark passes it.
 //!
-//! Checked: every acknowledged record is on all three logs at the same offset, in order, once;
+//! Checked: every acknowledged record is on all three logs at the same offset, in order, once
+//! (also those of a remote `sdk::net` publisher whose durable acknowledgements the leader
+//! gates on the persisted high watermark);
 //! a follower whose link is cut (`ip link set down`) is proposed out of the ISR, the leader
 //! keeps committing with the remaining ISR (min ISR 2), and after the link is back the
 //! follower catches up from the leader's storage and is proposed back in.
@@ -73,6 +75,15 @@ impl Cluster {
         ip(&["netns", "add", &c]);
         ip(&["-n", &c, "link", "set", "lo", "up"]);
         ip(&["-n", &c, "link", "add", "br0", "type", "bridge"]);
+        ip(&[
+            "-n",
+            &c,
+            "addr",
+            "add",
+            &format!("{NET}.254/24"),
+            "dev",
+            "br0",
+        ]);
         ip(&["-n", &c, "link", "set", "br0", "up"]);
         for i in 0..NODES {
             let n = net.node_ns(i);
@@ -320,6 +331,38 @@ fn publish(p: &mut sdk::Publisher, from: u64, to: u64) {
     }
 }
 
+/// A remote publisher in the client namespace sends `count` records (values from `first`)
+/// to the leader's data port with durable acknowledgements: the leader acknowledges a record
+/// once the partition's policy (`all`, persisted) commits it. Returns the records acknowledged.
+fn publish_remote(ns: String, first: u64, count: u64) -> u64 {
+    let run = move || {
+        dataplane::testnet::enter_netns(&ns).unwrap();
+        let mut cfg = sdk::net::PublisherConfig::new(STREAM, 0, 5, "netns-replication");
+        cfg.release = sdk::net::Release::Durable;
+        let node: std::net::SocketAddr = format!("{NET}.1:{PORT}").parse().unwrap();
+        let bind: std::net::SocketAddr = format!("{NET}.254:0").parse().unwrap();
+        let mut p = sdk::net::UdpPublisher::new(bind, node, cfg).unwrap();
+        assert!(
+            p.wait_connected(Duration::from_secs(10)),
+            "SETUP acknowledged"
+        );
+        let deadline = Instant::now() + WAIT_MAX;
+        let mut next = first;
+        while Instant::now() < deadline {
+            while next < first + count && p.offer(0, &next.to_le_bytes()).is_ok() {
+                next += 1;
+            }
+            p.do_work();
+            if next == first + count && p.session().is_drained() {
+                break;
+            }
+        }
+        // 16 bytes per record in the session: an 8-byte header and the 8-byte value.
+        p.session().durable_offset() / 16
+    };
+    std::thread::spawn(run).join().unwrap()
+}
+
 /// Every (offset, value) of a log, in order.
 fn read_log(dir: &Path) -> Vec<(u64, u64)> {
     let mut reader = storage_nvme::Reader::open(dir).unwrap();
@@ -389,10 +432,19 @@ fn three_processes_replicate_and_a_cut_follower_leaves_the_isr_and_catches_up() 
         c.leader_statuses();
         c.statuses(2).iter().any(|s| s.durable >= 3000)
     });
+
+    // A remote publisher with durable acknowledgements: the partition's default ack mode is
+    // `all` (persisted), so the leader acknowledges only what every ISR member has on disk.
+    let remote = 2000;
+    let acked = publish_remote(c.client_ns(), 1_000_000, remote);
+    assert_eq!(acked, remote, "every remote record acknowledged");
     for i in 0..NODES {
         c.stop(i);
     }
-    let expected: Vec<(u64, u64)> = (0..3000).map(|v| (v, v)).collect();
+    let expected: Vec<(u64, u64)> = (0..3000)
+        .map(|v| (v, v))
+        .chain((0..remote).map(|k| (3000 + k, 1_000_000 + k)))
+        .collect();
     for i in 0..NODES {
         assert_eq!(
             read_log(&c.log_dir(i)),

@@ -31,7 +31,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use abi::assign::{PartitionAssignment, ReplicaState, ReplicaStatus, Role, ASSIGN_REPLICAS_MAX};
+use abi::assign::{
+    AckDefault, PartitionAssignment, ReplicaState, ReplicaStatus, Role, ASSIGN_REPLICAS_MAX,
+};
 use sdk::net::wire::SubscribeStart;
 use storage_nvme::EpochHistory;
 
@@ -48,6 +50,17 @@ pub const STATUS_INTERVAL_NS: u64 = 100_000_000;
 /// Frame size of the leader's sessions towards its followers (a standard 1500-byte MTU; a
 /// record larger than a frame is not replicated: counted by the sender as oversize).
 pub const REPLICA_FRAME_BYTES: u32 = xdp_programs::abi_consts::FRAME_BYTES_MTU1500_IPV4;
+
+/// The high watermark that gates remote publishers' durable acknowledgements of a partition
+/// this node leads with a default ack mode `all` (its kind's watermark); None: no gate.
+fn gate_of(r: &Replica, live: bool) -> Option<u64> {
+    let l = r.leading.as_ref().filter(|_| live)?;
+    match r.a.ack_default {
+        AckDefault::AllReplicated => Some(l.set.high_watermark_replicated()),
+        AckDefault::AllPersisted => Some(l.set.high_watermark_persisted()),
+        _ => None,
+    }
+}
 
 /// The conductor's placement state: the assigned partitions and the status ring.
 pub struct Placement {
@@ -380,6 +393,13 @@ impl Conductor {
             let Some(r) = p.replicas.get_mut(&key) else {
                 continue;
             };
+            let gate = gate_of(r, offsets.is_some());
+            if let Some(cells) = self.registry.partition(key.0, key.1).and_then(|(_, c)| c) {
+                // Ring offset = log offset - delta. Release pairs with the receiver's Acquire.
+                let delta = cells.log_delta.load(Ordering::Relaxed);
+                let mark = gate.map_or(u64::MAX, |hw| hw.wrapping_sub(delta));
+                cells.commit_ring_mark.store(mark, Ordering::Release);
+            }
             if let (Some(l), Some((end, durable))) = (r.leading.as_mut(), offsets) {
                 // Refused only when an oversized record made the log end step back (counted
                 // by the archiver); the next tick catches up.
