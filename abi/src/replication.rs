@@ -1,7 +1,7 @@
-//! Replication frame bodies (docs/protocol.md, "Replication bodies"): what a follower and its
-//! partition leader say to each other. They exist as codecs only: no node sends them yet, and
-//! their frame type ids are assigned when replication is wired into the data path (#11); the
-//! XDP program accepts types 1..=5 today.
+//! Replication frame bodies (docs/protocol.md, "Replication"): what a follower and its
+//! partition leader say to each other (#11). FETCH (frame type 6) and REPORT (type 7) are sent
+//! by followers and taken by leaders (`dataplane`'s receiver and conductor); the EPOCH_END
+//! request and answer have no frame type yet (divergence after a leader change is planned).
 //!
 //! Each body names its stream, partition and the sender's view of the leader epoch itself, so
 //! it can be checked (epoch fencing, membership) without the frame header. All integers are

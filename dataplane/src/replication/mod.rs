@@ -2,8 +2,11 @@
 //! leader's view of its followers, the in-sync set (ISR) by lag time, the high watermarks, the
 //! ack decision per ack mode, epoch fencing, and the follower's divergence resolution.
 //!
-//! **Exists as a library; wired into the data path: planned (#11).** No agent drives it yet:
-//! the frames it is fed (`abi::replication`) are not sent by any node.
+//! **Wired (#11):** the conductor holds a [`ReplicaSet`] per partition this node leads (fed
+//! with the followers' REPORTs and its own log offsets, polled for ISR proposals that go out
+//! on the status ring), checks FETCHes with [`check_fetch`], and the receiver drives a
+//! [`FollowerFetch`] per partition this node follows. [`resolve_divergence`] is not used yet
+//! (EPOCH_END and truncation after a leader change are planned).
 //!
 //! * [`ReplicaSet`] (`leader.rs`): the partition leader's state, driven by
 //!   [`ReplicaSet::handle`]`(now_ns, `[`LeaderInput`]`)`. Followers' REPORTs move their
@@ -11,6 +14,7 @@
 //!   tick re-evaluates the ISR. ISR changes come out as [`IsrProposal`] values that the control
 //!   plane commits through Raft ([`LeaderInput::IsrCommitted`]) or rejects.
 //! * [`AckMode`] and [`AckStatus`] (`ack.rs`): when a record may be acknowledged.
+//! * [`FollowerFetch`] (`follower.rs`): when a follower sends FETCH and REPORT.
 //! * `divergence.rs`: [`check_fetch`] (the leader: does a FETCH continue the leader's log?) and
 //!   [`resolve_divergence`] (the follower: where to cut given the leader's EPOCH_END answer),
 //!   both over storage-nvme's leader-epoch history (Kafka's KIP-101/KIP-279/KIP-320).

@@ -75,8 +75,9 @@ pub struct PublisherConfig {
     pub initial_offset: u64,
     /// When records leave the retransmit buffer: once the node has them
     /// ([`Release::Consumed`], the default), or once the node reports them on
-    /// its storage ([`Release::Durable`]: one node's disk, not Kafka's
-    /// `acks=all`; records are not replicated yet).
+    /// its storage ([`Release::Durable`]: the node's disk, or, for a
+    /// replicated partition whose default ack mode is `all`, the partition's
+    /// high watermark: every in-sync replica holds it; #11).
     pub release: Release,
 }
 
@@ -89,9 +90,11 @@ pub enum Release {
     #[default]
     Consumed,
     /// At the STATUS durable offset: the record is on the node's storage, so a
-    /// node crash loses nothing this publisher still could resend. This is one
-    /// node's disk, like Kafka's `acks=1` with a flushed leader; it is not
-    /// `acks=all`: no other replica holds the record. Use only
+    /// node crash loses nothing this publisher still could resend. For an
+    /// unreplicated partition this is one node's disk, like Kafka's `acks=1`
+    /// with a flushed leader; for a replicated partition whose default ack mode
+    /// is `all`, the leader's durable offset is also held at the partition's
+    /// high watermark (every in-sync replica holds the record). Use only
     /// with nodes that archive the stream; otherwise the durable offset never
     /// moves and `offer` stays back-pressured once the buffer is full.
     Durable,
