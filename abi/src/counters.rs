@@ -179,6 +179,16 @@ counters! {
     ArchiverReplayReads = 67, Total, "archiver: log reads for catching-up remote subscribers";
     RxDropRecordTooLarge = 68, Total, "receiver drop: record larger than the partition's ring (session refused)";
     ConductorOutboxFull = 69, Total, "conductor: commands refused, an agent's queue and outbox full";
+    NicRxPackets = 70, Total, "DPDK port: packets received (rte_eth_stats ipackets)";
+    NicTxPackets = 71, Total, "DPDK port: packets sent (opackets)";
+    NicRxMissed = 72, Total, "DPDK port drop: RX queue full in the NIC (imissed)";
+    NicRxErrors = 73, Total, "DPDK port: erroneous packets received (ierrors)";
+    NicRxNoMbuf = 74, Total, "DPDK port drop: no mbuf for a received packet (rx_nombuf)";
+    NicTxErrors = 75, Total, "DPDK port: failed transmissions (oerrors)";
+    MbufPoolInUse = 76, Gauge, "DPDK port: mbufs in use (pool use)";
+    MbufPoolSize = 77, Gauge, "DPDK port: mbufs in the pool";
+    NicRxFeedbackDropped = 78, Total, "DPDK port drop: STATUS/NAK for the sender, its queue full";
+    NicTxNoMbuf = 79, Total, "DPDK port drop: no mbuf to send a frame (pool empty)";
 }
 
 /// The duty-cycle count counter of an agent role.

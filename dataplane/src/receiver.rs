@@ -278,6 +278,22 @@ impl Receiver {
         c.set(Counter::PortTxDatagrams, p.tx_datagrams);
         c.set(Counter::PortTxErrors, p.tx_errors);
         c.set(Counter::PortTxQueueFull, p.tx_queue_full);
+        if let Some(n) = self.port.nic_stats() {
+            for (counter, v) in [
+                (Counter::NicRxPackets, n.rx_packets),
+                (Counter::NicTxPackets, n.tx_packets),
+                (Counter::NicRxMissed, n.rx_missed),
+                (Counter::NicRxErrors, n.rx_errors),
+                (Counter::NicRxNoMbuf, n.rx_nombuf),
+                (Counter::NicTxErrors, n.tx_errors),
+                (Counter::MbufPoolInUse, n.mbufs_in_use),
+                (Counter::MbufPoolSize, n.mbufs),
+                (Counter::NicRxFeedbackDropped, n.feedback_dropped),
+                (Counter::NicTxNoMbuf, n.tx_no_mbuf),
+            ] {
+                c.set(counter, v);
+            }
+        }
     }
 }
 
