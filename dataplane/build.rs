@@ -64,11 +64,15 @@ mod dpdk {
             .allowlist_function("rte_dev_probe")
             .allowlist_type("ms_dpdk_port_info")
             .allowlist_type("rte_eth_stats")
-            // Reached only through pointers from Rust: no layout needed.
-            .opaque_type("rte_mempool")
-            .opaque_type("rte_mbuf")
+            // Reached only through pointers from Rust: declared opaque in sys.rs (their layouts
+            // are unions and bitfields bindgen would turn into unsafe accessors).
+            .blocklist_type("rte_mbuf.*")
+            .blocklist_type("rte_mempool.*")
+            .blocklist_type("rte_memzone.*")
             .layout_tests(false)
-            .derive_default(true)
+            // No derived Default: for C arrays and unions bindgen writes unsafe impls; sys.rs
+            // has the two zeroed constructors the backend needs.
+            .derive_default(false)
             .generate_comments(false)
             .generate()
             .expect("bindgen over csrc/dpdk_shim.h (needs libclang: apt-get install libclang-dev)");

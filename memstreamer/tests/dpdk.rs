@@ -31,6 +31,8 @@ use xdp_programs::frame::{FrameHeader, FrameType};
 use xdp_programs::link_loss::{LinkLoss, LossDirection};
 use xdp_programs::{PolicyMaps, Verdict, VerdictCounts};
 
+// Shared with the other process tests; this file uses only some of it.
+#[allow(dead_code)]
 mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_memstreamer");
@@ -205,7 +207,8 @@ impl Node {
         while Instant::now() < deadline {
             match lines.recv_timeout(Duration::from_millis(200)) {
                 Ok(line) if line.contains("data port dpdk") => describe = line,
-                Ok(line) if line.contains("ready") && !describe.is_empty() => break,
+                // DATAPLANE_READY_LINE of main.rs: printed once the agents run.
+                Ok(line) if line.starts_with("memstreamer dataplane: streams") => break,
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = child.try_wait() {

@@ -419,7 +419,10 @@ mod tests {
                 stream_id,
             } => {
                 assert_eq!(stream_id, 7);
-                assert_eq!(datagram.src, "198.18.160.2:40000".parse().expect("a"));
+                assert_eq!(
+                    datagram.src,
+                    "198.18.160.2:40000".parse::<SocketAddrV4>().expect("a")
+                );
                 assert_eq!(datagram.payload.len(), 56);
             }
             other => panic!("{other:?}"),

@@ -86,7 +86,7 @@ pub fn hugepages_free() -> u64 {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.trim().split_whitespace().next()?.parse::<u64>().ok())
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0)
     };
     let size_kb = field("Hugepagesize:");

@@ -318,7 +318,7 @@ const NIC_TX_NO_MBUF: usize = 9;
 impl Device {
     /// Reads the port's counters and the pool's use (any thread).
     fn refresh_nic(&self) {
-        let mut s = sys::rte_eth_stats::default();
+        let mut s = sys::rte_eth_stats::zeroed();
         // SAFETY: port_id names a started port (the device lives); `s` is a valid out-struct.
         let rc = unsafe { sys::rte_eth_stats_get(self.port_id, &mut s) };
         // SAFETY: the pool lives as long as the device.
@@ -371,9 +371,9 @@ impl Drop for Device {
 
 /// Which queues a port uses.
 enum Role {
-    /// RX queues 0..n, TX queue 0 (STATUS/NAK answers, ARP replies).
+    /// Every RX queue, TX queue 0 (STATUS/NAK answers, ARP replies).
     Receiver,
-    /// TX queue `rx_queues` (its own); STATUS/NAK arrive over the feedback queue.
+    /// The last TX queue (its own); STATUS/NAK arrive over the feedback queue.
     Sender,
 }
 
@@ -490,11 +490,15 @@ impl DpdkPort {
                 )
             }
         };
+        // As many RX queues as TX queues: a PMD may spread received packets over every queue
+        // pair it has (net_af_packet's qpairs form one PACKET_FANOUT group), so the receiver
+        // polls them all; the extra RX queue is simply empty on a NIC without RSS to it.
         let tx_queues = cfg.rx_queues + 1;
-        if info.max_rx_queues < cfg.rx_queues || info.max_tx_queues < tx_queues {
+        let rx_queues = tx_queues;
+        if info.max_rx_queues < rx_queues || info.max_tx_queues < tx_queues {
             return fail(
                 eal,
-                queue_error(&name, &driver, &info, cfg.rx_queues, tx_queues),
+                queue_error(&name, &driver, &info, rx_queues, tx_queues),
             );
         }
         let pool = match create_pool(cfg.mbufs, info.socket_id) {
@@ -505,8 +509,8 @@ impl DpdkPort {
                 return fail(eal, e);
             }
         };
-        let rss = cfg.rx_queues > 1 && info.rss_offloads != 0;
-        if let Err(e) = start_port(port_id, &name, cfg.rx_queues, tx_queues, &pool) {
+        let rss = info.rss_offloads != 0;
+        if let Err(e) = start_port(port_id, &name, rx_queues, tx_queues, &pool) {
             // SAFETY: nothing uses the port or the pool yet; close, then free the pool.
             unsafe {
                 sys::rte_eth_dev_stop(port_id);
@@ -524,7 +528,7 @@ impl DpdkPort {
             driver,
             local_mac,
             feedback_port: cfg.feedback_port,
-            rx_queues: cfg.rx_queues,
+            rx_queues,
             rss,
             pool,
             mbufs: cfg.mbufs,
@@ -602,7 +606,8 @@ impl DpdkPort {
         receiver.policy_out = policy_out;
         receiver.verdicts = verdicts;
         let sender_local = SocketAddrV4::new(*cfg.local.ip(), cfg.feedback_port);
-        let sender = DpdkPort::new(dev.clone(), Role::Sender, dev.rx_queues, sender_local);
+        // The sender's TX queue is the last one (the receiver answers on queue 0).
+        let sender = DpdkPort::new(dev.clone(), Role::Sender, dev.rx_queues - 1, sender_local);
         Ok((receiver, sender))
     }
 
@@ -1006,7 +1011,7 @@ fn find_port(name: &str) -> Result<u16, DpdkPortOpenError> {
 }
 
 fn port_info(port_id: u16) -> Option<(sys::ms_dpdk_port_info, String)> {
-    let mut info = sys::ms_dpdk_port_info::default();
+    let mut info = sys::ms_dpdk_port_info::zeroed();
     // SAFETY: `info` is a valid out-struct; an invalid port id returns an error code.
     let rc = unsafe { sys::ms_dpdk_port_info(port_id, &mut info) };
     (rc == 0).then(|| {

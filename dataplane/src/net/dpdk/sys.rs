@@ -11,3 +11,32 @@
 #![allow(clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/dpdk_bindings.rs"));
+
+/// `struct rte_mbuf`, only ever behind a pointer DPDK gave us.
+#[repr(C)]
+pub struct rte_mbuf {
+    _opaque: [u8; 0],
+}
+
+/// `struct rte_mempool`, only ever behind a pointer DPDK gave us.
+#[repr(C)]
+pub struct rte_mempool {
+    _opaque: [u8; 0],
+}
+
+impl rte_eth_stats {
+    /// All counters zero (the out-parameter of `rte_eth_stats_get`).
+    pub fn zeroed() -> Self {
+        // SAFETY: rte_eth_stats is plain C data (u64 fields and u64 arrays): all-zero bytes are
+        // a valid value.
+        unsafe { std::mem::zeroed() }
+    }
+}
+
+impl ms_dpdk_port_info {
+    /// All fields zero (the out-parameter of `ms_dpdk_port_info`).
+    pub fn zeroed() -> Self {
+        // SAFETY: plain C data (integers and a char array): all-zero bytes are a valid value.
+        unsafe { std::mem::zeroed() }
+    }
+}
