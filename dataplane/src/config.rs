@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! profile = "default"             # or "low-latency" (see below)
-//! backend = "udp"                 # or "afxdp" (never a silent fallback)
+//! backend = "udp"                 # or "afxdp", or "dpdk" (never a silent fallback)
 //! listen = "127.0.0.1:7447"       # data port (UDP backend binds it; AF_XDP filters on its port)
 //! interface = "veth0"             # AF_XDP: the interface; DPDK: the policy maps' name
 //! dpdk_device = "net_af_packet0,iface=veth0,qpairs=2"   # DPDK only: a vdev or a PCI address
@@ -177,7 +177,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub interface: Option<String>,
     /// AF_XDP: RX queues 0..queues get a receiver socket; the sender transmits on queue
-    /// `queues`, so the interface needs queues + 1 TX queues.
+    /// `queues`, so the interface needs queues + 1 TX queues. DPDK: the port gets queues + 1
+    /// queue pairs; the receiver polls every RX queue, the sender has the last TX queue.
     pub queues: u32,
     pub threading: Threading,
     pub cores: Vec<usize>,

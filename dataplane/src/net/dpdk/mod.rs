@@ -2,7 +2,7 @@
 //! over a DPDK poll-mode port, with the XDP program's policy enforced in user space.
 //!
 //! ```text
-//!  NIC / vdev RX queues 0..n --rte_eth_rx_burst--> receiver's DpdkPort::poll_rx
+//!  NIC / vdev RX queues 0..=n (all polled) --rte_eth_rx_burst--> receiver's DpdkPort::poll_rx
 //!        classify (net::policy, the XDP verdicts) -> ARP: answer / learn
 //!                                                 -> UDP to the sender's port: mbuf -> feedback queue
 //!                                                 -> data frame: policy + token bucket -> agent
