@@ -43,6 +43,8 @@ const WAIT_MAX: Duration = Duration::from_secs(60);
 const MEMORY_MB: u64 = 64;
 const PAGES: u64 = MEMORY_MB / 2;
 const HUGE_DIR: &str = "/dev/hugepages";
+/// mbufs that may be in use on an idle port (bursts in flight, per-lcore caches).
+const MBUFS_IN_FLIGHT_MAX: u64 = 64;
 const NEEDS: &str = "netns, DPDK af_packet vdev, hugepages";
 /// One node at a time: 2 vCPUs, and DPDK nodes busy-poll.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -222,7 +224,15 @@ impl Node {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        assert!(!describe.is_empty(), "the node printed its ports");
+        if describe.is_empty() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("the DPDK node did not print its ports: {err}");
+        }
         Node {
             child,
             lines,
@@ -430,6 +440,17 @@ fn dpdk_remote_publisher_to_local_subscriber_in_order_exactly_once() {
     // Port figures reach the counters file (stat, /metrics).
     assert!(node.wait_counter(Counter::NicRxPackets, 1) > 0);
     assert!(node.wait_counter(Counter::MbufPoolSize, 1) == 4095);
+    // Every mbuf went back to the pool (RX freed after the agent saw it, TX after the burst):
+    // no leak that would end in a full pool.
+    let deadline = Instant::now() + WAIT_MAX;
+    while node.counter(Counter::MbufPoolInUse) > MBUFS_IN_FLIGHT_MAX && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        node.counter(Counter::MbufPoolInUse) <= MBUFS_IN_FLIGHT_MAX,
+        "mbufs in use after the traffic: {}",
+        node.counter(Counter::MbufPoolInUse)
+    );
     // The kernel has no address here: the node answered the peer's ARP or learned its MAC
     // from frames; either way its STATUS reached the publisher (it closed cleanly).
     node.stop();
