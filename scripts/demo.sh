@@ -6,7 +6,7 @@
 # it created. The node runs the low-latency profile (busy-spin, its agents on one
 # thread; `memstreamer demo` writes `profile = "low-latency"` into its config and
 # the node prints the profile line). Extra arguments go to `memstreamer demo`
-# (e.g. --backend udp).
+# (e.g. --backend udp, --backend dpdk).
 #
 #   scripts/demo.sh [ARGS]      network demo (needs root)
 #   scripts/demo.sh --shm       two-process shared-memory demo (sdk example)
@@ -19,5 +19,6 @@ if [[ "${1:-}" == "--shm" ]]; then
   shift
   cargo run --release --locked -p sdk --example shm_demo -- "$@"
 else
-  cargo run --release --locked -p memstreamer -- demo "$@"
+  # With the DPDK backend built in, so `scripts/demo.sh --backend dpdk` works too.
+  cargo run --release --locked -p memstreamer --features dpdk -- demo "$@"
 fi

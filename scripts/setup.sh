@@ -17,6 +17,7 @@ APT_PACKAGES=(
   pkg-config
   clang llvm libbpf-dev      # xdp-programs: C XDP programs built with clang -target bpf
   m4 libelf-dev zlib1g-dev   # xsk-rs (AF_XDP) builds its vendored libxdp/libbpf
+  libdpdk-dev libclang-dev   # --backend dpdk (cargo feature `dpdk`): DPDK 22.11 + its PMDs, bindgen
   etcd-server  # ms-bench control: the etcd peer
   ethtool      # AF_XDP queue set-up on veth (ethtool -L)
   ansible ansible-lint jq   # scripts/check-deploy.sh validates ansible/ and infra/

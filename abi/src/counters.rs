@@ -199,6 +199,16 @@ counters! {
     ReplFetchesSent = 87, Total, "replication: fetches sent to leaders (as a follower)";
     ReplReportsSent = 88, Total, "replication: reports sent to leaders (as a follower)";
     ReplFramesDropped = 89, Total, "replication: FETCH/REPORT frames dropped (bad body, queue full)";
+    NicRxPackets = 90, Total, "DPDK port: packets received (rte_eth_stats ipackets)";
+    NicTxPackets = 91, Total, "DPDK port: packets sent (opackets)";
+    NicRxMissed = 92, Total, "DPDK port drop: RX queue full in the NIC (imissed)";
+    NicRxErrors = 93, Total, "DPDK port: erroneous packets received (ierrors)";
+    NicRxNoMbuf = 94, Total, "DPDK port drop: no mbuf for a received packet (rx_nombuf)";
+    NicTxErrors = 95, Total, "DPDK port: failed transmissions (oerrors)";
+    MbufPoolInUse = 96, Gauge, "DPDK port: mbufs in use (pool use)";
+    MbufPoolSize = 97, Gauge, "DPDK port: mbufs in the pool";
+    NicRxFeedbackDropped = 98, Total, "DPDK port drop: STATUS/NAK for the sender, its queue full";
+    NicTxNoMbuf = 99, Total, "DPDK port drop: no mbuf to send a frame (pool empty)";
 }
 
 /// The duty-cycle count counter of an agent role.

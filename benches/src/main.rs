@@ -7,6 +7,7 @@
 mod bindings;
 mod control;
 mod net;
+mod net_dpdk;
 mod report;
 mod shm;
 mod storage;
@@ -36,7 +37,7 @@ enum Cmd {
     Shm(SuiteArgs),
     /// storage-nvme: append throughput and durable-ack latency vs fio.
     Storage(SuiteArgs),
-    /// Network path: AF_XDP vs kernel UDP backend over veth (latency, throughput, drain cost).
+    /// Network path: AF_XDP vs kernel UDP (vs DPDK's af_packet vdev with `--features dpdk`) over veth.
     Net(SuiteArgs),
     /// Control plane: 3-node Raft write latency, failover, policy propagation vs etcd.
     Control(SuiteArgs),
@@ -73,6 +74,7 @@ fn main() -> anyhow::Result<()> {
             "shm" => shm::child(&role, &rest)?,
             "storage" => storage::child(&role, &rest)?,
             "control" => control::child(&role, &rest)?,
+            "net" => net_dpdk::child(&role, &rest)?,
             other => anyhow::bail!("unknown suite {other:?}"),
         },
     }

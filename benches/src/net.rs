@@ -1,6 +1,12 @@
 //! `ms-bench net`: the network path of a node, AF_XDP backend vs kernel UDP
-//! backend, measured in the same run on a veth pair between two network
-//! namespaces (`dataplane::testnet`, 198.18.0.0/15 addresses only).
+//! backend (and, built with `--features dpdk`, the DPDK backend on DPDK's
+//! `net_af_packet` vdev), measured in the same run on a veth pair between two
+//! network namespaces (`dataplane::testnet`, 198.18.0.0/15 addresses only).
+//! DPDK's EAL starts once per process, so every DPDK phase (the node of the
+//! latency and throughput runs, the drain) runs in a child `ms-bench child net`
+//! process started in the node namespace (`net_dpdk.rs`); the af_packet vdev goes
+//! through the kernel (a PACKET_MMAP socket), so its end-to-end figures are the
+//! kernel's path, not a poll-mode NIC's (docs/dpdk.md).
 //!
 //! ```text
 //!  peer netns                          node netns: the real node (NodeParts,       local (this process)
@@ -58,8 +64,8 @@ use xdp_programs::{AttachMode, Config, XdpProgram};
 use crate::report::{self, latency_histogram, Latency};
 use crate::SuiteArgs;
 
-const PORT: u16 = 7447;
-const STREAM: u32 = 1;
+pub(crate) const PORT: u16 = 7447;
+pub(crate) const STREAM: u32 = 1;
 const PAYLOAD_BYTES: usize = 64;
 /// Pause between latency-phase messages (the publisher sleeps this long).
 const LATENCY_INTERVAL: Duration = Duration::from_micros(50);
@@ -67,15 +73,16 @@ const WARMUP_MESSAGES: u64 = 2_000;
 const DRAIN_RECORDS_PER_FRAME: usize = 32;
 const DRAIN_PAYLOAD_BYTES: usize = 16;
 /// Every wait in this suite gives up after this long.
-const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
 const RING_CAPACITY_BYTES: u64 = 64 << 20;
 /// AF_XDP frames per queue: the RX ring holds half (the drain pre-fill).
 const XSK_FRAMES: u32 = 32_768;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
+pub(crate) enum Backend {
     AfXdp,
     Udp,
+    Dpdk,
 }
 
 impl Backend {
@@ -83,6 +90,7 @@ impl Backend {
         match self {
             Backend::AfXdp => "afxdp",
             Backend::Udp => "udp",
+            Backend::Dpdk => "dpdk",
         }
     }
 }
@@ -103,10 +111,11 @@ fn open_port(backend: Backend, iface: &str, local: SocketAddrV4) -> anyhow::Resu
             NetPort::AfXdp(XskPort::open(&cfg)?)
         }
         Backend::Udp => NetPort::Udp(UdpPort::bind(SocketAddr::V4(local), 64, 1024)?),
+        Backend::Dpdk => bail!("the DPDK port is opened in its child process (net_dpdk.rs)"),
     })
 }
 
-fn session_config() -> SessionConfig {
+pub(crate) fn session_config() -> SessionConfig {
     SessionConfig {
         sessions_max: 4,
         window_bytes: 16 << 20,
@@ -119,7 +128,7 @@ fn session_config() -> SessionConfig {
 }
 
 /// The ring of the node: SessionTable appends through this.
-struct RingSink(sdk::Publisher);
+pub(crate) struct RingSink(pub(crate) sdk::Publisher);
 
 impl RecordSink for RingSink {
     fn append(
@@ -136,7 +145,7 @@ impl RecordSink for RingSink {
     }
 }
 
-fn ring_context(dir: &std::path::Path) -> Context {
+pub(crate) fn ring_context(dir: &std::path::Path) -> Context {
     Context::builder()
         .dir(dir)
         .capacity_bytes(RING_CAPACITY_BYTES)
@@ -148,7 +157,7 @@ fn ring_context(dir: &std::path::Path) -> Context {
 /// Writes one full lap of records into a fresh ring so its pages are
 /// mapped: the timed drain then measures steady-state appends, not first-touch
 /// page faults of the shm file.
-fn warm_ring(ring: &mut sdk::Publisher) {
+pub(crate) fn warm_ring(ring: &mut sdk::Publisher) {
     let payload = [0u8; DRAIN_PAYLOAD_BYTES];
     let laps = RING_CAPACITY_BYTES / (8 + DRAIN_PAYLOAD_BYTES as u64) + 1;
     for _ in 0..laps {
@@ -157,7 +166,7 @@ fn warm_ring(ring: &mut sdk::Publisher) {
 }
 
 /// One node duty cycle: receive, decode, append, answer.
-fn node_cycle(
+pub(crate) fn node_cycle(
     port: &mut NetPort,
     table: &mut SessionTable,
     sink: &mut RingSink,
@@ -182,19 +191,24 @@ struct E2e {
 }
 
 /// The configuration of [`e2e`]'s node.
-fn node_config(
+pub(crate) fn node_config(
     backend: Backend,
-    net: &TestNet,
+    (node_ip, node_if): (std::net::Ipv4Addr, &str),
     dir: &std::path::Path,
-    layout: CoreLayout,
+    node_core: Option<usize>,
 ) -> dataplane::Config {
     dataplane::Config {
         backend: match backend {
             Backend::AfXdp => dataplane::Backend::Afxdp,
             Backend::Udp => dataplane::Backend::Udp,
+            Backend::Dpdk => dataplane::Backend::Dpdk,
         },
-        listen: SocketAddr::V4(SocketAddrV4::new(net.node_ip, PORT)),
-        interface: Some(net.node_if.clone()),
+        listen: SocketAddr::V4(SocketAddrV4::new(node_ip, PORT)),
+        interface: Some(node_if.to_string()),
+        dpdk_device: Some(crate::net_dpdk::vdev(node_if)),
+        dpdk_memory_mb: crate::net_dpdk::MEMORY_MB,
+        dpdk_mbufs: crate::net_dpdk::MBUFS,
+        dpdk_file_prefix: Some(format!("ms-bench-{}", std::process::id())),
         shm_dir: Some(dir.join("node-shm")),
         counters_file: dir.join("node-counters"),
         ring_capacity_bytes: RING_CAPACITY_BYTES,
@@ -209,7 +223,7 @@ fn node_config(
         // other; the paced publisher sleeps between messages. No storage: this measures the
         // network path.
         threading: dataplane::config::Threading::Shared,
-        cores: layout.node_core.into_iter().collect(),
+        cores: node_core.into_iter().collect(),
         storage_dir: None,
         ..dataplane::Config::low_latency()
     }
@@ -217,7 +231,7 @@ fn node_config(
 
 /// Runs the node of `cfg` (on the calling thread's namespace) until `stop`; says on `ready`
 /// whether it started.
-fn run_node(
+pub(crate) fn run_node(
     cfg: &dataplane::Config,
     ready: &std::sync::mpsc::Sender<Result<(), String>>,
     stop: &AtomicBool,
@@ -251,7 +265,7 @@ fn e2e(
     layout: CoreLayout,
 ) -> anyhow::Result<E2e> {
     let node = SocketAddrV4::new(net.node_ip, PORT);
-    let cfg = node_config(backend, net, dir, layout);
+    let cfg = node_config(backend, (net.node_ip, &net.node_if), dir, layout.node_core);
     let mut subscriber = Context::builder()
         .dir(dir.join("node-shm"))
         .start_at(StartAt::Earliest)
@@ -260,12 +274,22 @@ fn e2e(
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let stop_node = stop.clone();
-    let node_thread =
-        TestNet::spawn_in(&net.node_ns, move || run_node(&cfg, &ready_tx, &stop_node));
-    ready_rx
-        .recv_timeout(PHASE_TIMEOUT)
-        .context("node thread did not answer")?
-        .map_err(|e| anyhow::anyhow!("node start ({}): {e}", backend.name()))?;
+    let node_thread = if backend == Backend::Dpdk {
+        let child = crate::net_dpdk::NodeChild::start(net, dir, layout.node_core)?;
+        TestNet::spawn_in(&net.node_ns, move || {
+            while !stop_node.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            child.stop()
+        })
+    } else {
+        let t = TestNet::spawn_in(&net.node_ns, move || run_node(&cfg, &ready_tx, &stop_node));
+        ready_rx
+            .recv_timeout(PHASE_TIMEOUT)
+            .context("node thread did not answer")?
+            .map_err(|e| anyhow::anyhow!("node start ({}): {e}", backend.name()))?;
+        t
+    };
     // Publisher and subscriber run in ONE client thread pinned to its own core (paced runs
     // spin on the clock between sends: a wake-up from sleep costs this VM ~10 us), so the two
     // busy pollers (node, client) each have a core, as in `memstreamer demo`.
@@ -410,12 +434,12 @@ impl CoreLayout {
 
 type SubResult = (hdrhistogram::Histogram<u64>, u64, Option<Instant>, Instant);
 
-struct Drain {
-    describe: String,
-    frames: u64,
-    records: u64,
-    seconds: f64,
-    kernel_note: String,
+pub(crate) struct Drain {
+    pub(crate) describe: String,
+    pub(crate) frames: u64,
+    pub(crate) records: u64,
+    pub(crate) seconds: f64,
+    pub(crate) kernel_note: String,
 }
 
 /// Pre-fills the RX ring / socket buffer, then drains it on one thread.
@@ -425,6 +449,9 @@ fn drain(
     dir: &std::path::Path,
     frames: u64,
 ) -> anyhow::Result<Drain> {
+    if backend == Backend::Dpdk {
+        return crate::net_dpdk::drain(net, dir, frames);
+    }
     let ctx = ring_context(dir);
     let _ = ctx.remove(STREAM, 1);
     let mut ring = ctx.publisher(STREAM, 1)?;
@@ -477,7 +504,7 @@ fn drain_node(
                 flags: CONFIG_FLAG_DEFAULT_ALLOW,
             },
         )?),
-        Backend::Udp => None,
+        Backend::Udp | Backend::Dpdk => None,
     };
     let mut port = open_port(backend, node_if, node)?;
     let describe = port.describe();
@@ -509,7 +536,7 @@ fn drain_node(
 
 /// Polls until `frames` arrived or nothing arrives for 20 ms; returns the frames and the
 /// seconds from the start to the last frame.
-fn drain_rx(
+pub(crate) fn drain_rx(
     port: &mut NetPort,
     table: &mut SessionTable,
     sink: &mut RingSink,
@@ -548,13 +575,13 @@ fn kernel_note(port: &NetPort) -> String {
                 )
             })
             .unwrap_or_default(),
-        NetPort::Udp(_) => String::new(),
+        _ => String::new(),
     }
 }
 
 /// The drain's sender (in the peer namespace): SETUP until the node is `ready`, then
 /// `frames` DATA frames as fast as the socket takes them, then `filled`.
-fn drain_sender(
+pub(crate) fn drain_sender(
     node: SocketAddrV4,
     (ready, filled): (&AtomicBool, &AtomicBool),
     frames: u64,
@@ -680,22 +707,26 @@ impl Sizes {
     }
 }
 
-/// The two backends every round measures, in the order of [`Rounds`]' arrays.
-const BACKENDS: [Backend; 2] = [Backend::AfXdp, Backend::Udp];
+/// The backends every round measures, in the order of [`Rounds`]' arrays (afxdp, udp, dpdk).
+#[cfg(feature = "dpdk")]
+const BACKENDS: &[Backend] = &[Backend::AfXdp, Backend::Udp, Backend::Dpdk];
+#[cfg(not(feature = "dpdk"))]
+const BACKENDS: &[Backend] = &[Backend::AfXdp, Backend::Udp];
 
-/// Every round's figures per backend (index as in [`BACKENDS`]).
+/// Every round's figures per backend (index as in [`BACKENDS`]; dpdk's stay empty without the
+/// `dpdk` feature).
 #[derive(Default)]
 struct Rounds {
-    lat: [Vec<E2e>; 2],
-    tput: [Vec<E2e>; 2],
-    drains: [Vec<Drain>; 2],
+    lat: [Vec<E2e>; 3],
+    tput: [Vec<E2e>; 3],
+    drains: [Vec<Drain>; 3],
 }
 
 /// What one run compares: the best (or median) round of each backend.
 struct Summary {
-    lat: [Latency; 2],
-    tput: [f64; 2],
-    drain: [f64; 2],
+    lat: [Latency; 3],
+    tput: [f64; 3],
+    drain: [f64; 3],
     p99_ratio_per_round: crate::report::Spread,
 }
 
@@ -736,9 +767,11 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
         .first()
         .map(|d| d.describe.clone())
         .unwrap_or_default();
-    let [la, lu] = summary.lat;
-    let [ta, tu] = summary.tput;
-    let [da, du] = summary.drain;
+    let [la, lu, ld] = summary.lat;
+    let [ta, tu, td] = summary.tput;
+    let [da, du, dd] = summary.drain;
+    let dpdk = BACKENDS.contains(&Backend::Dpdk);
+    let measured = |v: f64| dpdk.then_some(v);
     let us = |ns: u64| ns as f64 / 1000.0;
     Ok(json!({
         "suite": "net",
@@ -764,6 +797,14 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<serde_json::Value> {
         "cores": layout.describe(),
         "throughput_ratio_afxdp_over_udp": ratio(ta, tu),
         "drain_ratio_afxdp_over_udp": ratio(da, du),
+        // null when ms-bench was built without the `dpdk` feature.
+        "dpdk_p50_us": measured(us(ld.p50_ns)),
+        "dpdk_p99_us": measured(us(ld.p99_ns)),
+        "dpdk_p999_us": measured(us(ld.p999_ns)),
+        "dpdk_msgs_per_s": measured(td),
+        "dpdk_drain_mpps": measured(dd / 1e6),
+        "dpdk_backend": dpdk.then(|| rounds.drains[2].first().map(|d| d.describe.clone())),
+        "drain_ratio_dpdk_over_afxdp": measured(ratio(dd, da)),
     }))
 }
 
@@ -793,7 +834,7 @@ fn run_round(
     );
     rounds.tput[b].push(t);
     let frames = match backend {
-        Backend::AfXdp => sizes.drain_frames_afxdp,
+        Backend::AfXdp | Backend::Dpdk => sizes.drain_frames_afxdp,
         Backend::Udp => sizes.drain_frames_udp,
     };
     let d = drain(backend, net, dir, frames)?;
@@ -836,18 +877,27 @@ fn summarize(rounds: &Rounds) -> Summary {
             .fold(0.0, f64::max)
     };
     Summary {
-        lat: [median_lat(&rounds.lat[0]), median_lat(&rounds.lat[1])],
-        tput: [best_tput(&rounds.tput[0]), best_tput(&rounds.tput[1])],
-        drain: [best_drain(&rounds.drains[0]), best_drain(&rounds.drains[1])],
+        lat: [0, 1, 2].map(|b| median_lat(&rounds.lat[b])),
+        tput: [0, 1, 2].map(|b| best_tput(&rounds.tput[b])),
+        drain: [0, 1, 2].map(|b| best_drain(&rounds.drains[b])),
         p99_ratio_per_round: crate::report::Spread::of(&round_ratios),
     }
 }
 
 fn print_summary(s: &Summary) {
-    let [la, lu] = s.lat;
+    let [la, lu, ld] = s.lat;
     let us = |ns: u64| ns as f64 / 1000.0;
     println!("{}", la.line("afxdp latency (median round)"));
     println!("{}", lu.line("udp latency (median round)"));
+    if BACKENDS.contains(&Backend::Dpdk) {
+        println!("{}", ld.line("dpdk latency (median round, af_packet vdev)"));
+        println!(
+            "dpdk drain {:.2} M records/s vs afxdp {:.2} (target dpdk >= afxdp); dpdk throughput {:.0} records/s",
+            s.drain[2] / 1e6,
+            s.drain[0] / 1e6,
+            s.tput[2]
+        );
+    }
     println!(
         "afxdp p99 / udp p99 = {:.2} (median rounds; per-round median {:.2}) (target <= 0.5); afxdp p99 {:.1} us (target < 10 us); drain {:.2} M records/s (target >= 20)",
         ratio(la.p99_ns as f64, lu.p99_ns as f64),

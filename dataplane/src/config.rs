@@ -2,9 +2,14 @@
 //!
 //! ```toml
 //! profile = "default"             # or "low-latency" (see below)
-//! backend = "udp"                 # or "afxdp" (never a silent fallback)
+//! backend = "udp"                 # or "afxdp", or "dpdk" (never a silent fallback)
 //! listen = "127.0.0.1:7447"       # data port (UDP backend binds it; AF_XDP filters on its port)
-//! interface = "veth0"             # AF_XDP only
+//! interface = "veth0"             # AF_XDP: the interface; DPDK: the policy maps' name
+//! dpdk_device = "net_af_packet0,iface=veth0,qpairs=2"   # DPDK only: a vdev or a PCI address
+//! dpdk_memory_mb = 64             # DPDK: EAL hugepage memory (from scripts/hugepages.sh's pool)
+//! dpdk_mbufs = 8191               # DPDK: mbufs in the pool
+//! dpdk_huge_dir = "/dev/hugepages"   # DPDK: the pool's hugetlbfs mount
+//! dpdk_file_prefix = "ms-7447"    # DPDK: EAL --file-prefix (default memstreamer-<data port>)
 //! threading = "shared"            # "dedicated" (one thread per agent) | "shared" (one thread)
 //! cores = [2, 3, 4, 5]            # pinning: dedicated = core per agent (receiver, sender,
 //!                                 # archiver, conductor), shared = the first entry
@@ -175,7 +180,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub interface: Option<String>,
     /// AF_XDP: RX queues 0..queues get a receiver socket; the sender transmits on queue
-    /// `queues`, so the interface needs queues + 1 TX queues.
+    /// `queues`, so the interface needs queues + 1 TX queues. DPDK: the port gets queues + 1
+    /// queue pairs; the receiver polls every RX queue, the sender has the last TX queue.
     pub queues: u32,
     pub threading: Threading,
     pub cores: Vec<usize>,
@@ -217,6 +223,19 @@ pub struct Config {
     /// Replication: a follower last caught up longer ago than this leaves the ISR (the leader
     /// proposes it; see `replication` for why the default is 2 s).
     pub replica_lag_time_max_ns: u64,
+    /// DPDK: the port, a vdev (`net_af_packet0,iface=veth0,qpairs=2`) or a PCI address bound
+    /// to vfio-pci (`0000:01:00.0`).
+    pub dpdk_device: Option<String>,
+    /// DPDK: MiB of hugepage memory EAL takes from the pool at start (`-m`).
+    pub dpdk_memory_mb: u32,
+    /// DPDK: mbufs in the pool (RX descriptors of every queue + TX in flight + headroom).
+    pub dpdk_mbufs: u32,
+    /// DPDK: the hugetlbfs mount of the pool (`--huge-dir`).
+    pub dpdk_huge_dir: PathBuf,
+    /// DPDK: EAL `--file-prefix` (None: `memstreamer-<data port>`, one per node on a host).
+    pub dpdk_file_prefix: Option<String>,
+    /// DPDK: the UDP port the sender's STATUS/NAK come back to (0: data port + 1).
+    pub dpdk_feedback_port: u16,
 }
 
 /// `storage_dir`: a directory, or `false` for none.
@@ -282,6 +301,12 @@ impl Default for Config {
             xdp_default_allow: false,
             node_id: 0,
             replica_lag_time_max_ns: crate::replication::REPLICA_LAG_TIME_MAX_NS_DEFAULT,
+            dpdk_device: None,
+            dpdk_memory_mb: 64,
+            dpdk_mbufs: 8191,
+            dpdk_huge_dir: PathBuf::from("/dev/hugepages"),
+            dpdk_file_prefix: None,
+            dpdk_feedback_port: 0,
         }
     }
 }
@@ -448,7 +473,59 @@ impl Config {
                 "backend \"afxdp\" needs a fixed data port (not 0)".into(),
             );
         }
+        if self.backend == Backend::Dpdk {
+            self.validate_dpdk()?;
+        }
         in_range("queues", self.queues, 1..=QUEUES_MAX)
+    }
+
+    fn validate_dpdk(&self) -> Result<(), ConfigLoadError> {
+        if self.dpdk_device.is_none() {
+            return bad(
+                "dpdk_device",
+                "backend \"dpdk\" needs `dpdk_device`: a vdev such as \"net_af_packet0,iface=veth0,qpairs=2\" or a PCI address bound to vfio-pci".into(),
+            );
+        }
+        if self.interface.is_none() {
+            return bad(
+                "interface",
+                "backend \"dpdk\" needs `interface`: the name its policy maps are pinned under (the control plane writes policy there)".into(),
+            );
+        }
+        if !self.listen.is_ipv4() || self.listen.port() == 0 {
+            return bad(
+                "listen",
+                "backend \"dpdk\" needs an IPv4 `listen` address with a fixed port".into(),
+            );
+        }
+        if self.dpdk_feedback_port != 0 && self.dpdk_feedback_port == self.listen.port() {
+            return bad(
+                "dpdk_feedback_port",
+                "must differ from the data port (0 picks data port + 1)".into(),
+            );
+        }
+        in_range("queues", self.queues, 1..=16)?;
+        in_range("dpdk_memory_mb", self.dpdk_memory_mb, 16..=16 << 10)?;
+        in_range("dpdk_mbufs", self.dpdk_mbufs, 1023..=1 << 20)
+    }
+
+    /// The port the DPDK sender's STATUS/NAK come back to.
+    pub fn dpdk_feedback_port(&self) -> u16 {
+        match self.dpdk_feedback_port {
+            0 => self
+                .listen
+                .port()
+                .checked_add(1)
+                .unwrap_or(self.listen.port() - 1),
+            p => p,
+        }
+    }
+
+    /// The EAL `--file-prefix` of this node.
+    pub fn dpdk_file_prefix(&self) -> String {
+        self.dpdk_file_prefix
+            .clone()
+            .unwrap_or_else(|| format!("memstreamer-{}", self.listen.port()))
     }
 
     fn validate_streams(&self) -> Result<(), ConfigLoadError> {
@@ -587,6 +664,12 @@ impl Config {
 
 /// Keys that `MS_<KEY>` may override (scalars only; `streams` and `cores` come from the file).
 const SCALAR_KEYS: &[&str] = &[
+    "dpdk_device",
+    "dpdk_memory_mb",
+    "dpdk_mbufs",
+    "dpdk_huge_dir",
+    "dpdk_file_prefix",
+    "dpdk_feedback_port",
     "profile",
     "backend",
     "listen",

@@ -111,8 +111,7 @@ impl NodeParts {
         let (mut rings, replayed_records) = open_rings(config, &ring_cfg, &partitions)?;
         counters.add(Counter::ArchiverReplayedRecords, replayed_records);
         let stream_rings = open_command_ring(&ring_cfg, &partitions, &mut rings)?;
-        let (data_port, xdp) = open_data_port(config)?;
-        let sender_port = open_sender_port(config)?;
+        let (data_port, sender_port, xdp) = open_ports(config)?;
         let (data_addr, sender_addr) = (data_port.local_addr(), sender_port.local_addr());
         let describe = format!(
             "data port {} | sender port {}",
@@ -290,6 +289,75 @@ fn open_command_ring(
     rings.0.push((status_ring, true));
     StreamRings::new(&command_ring, ring_cfg.clone(), partitions.to_vec())
         .map_err(|e| command_err(e.to_string()))
+}
+
+/// The data port and the sender's port of the configured backend (and the XDP attachment).
+#[allow(clippy::type_complexity)]
+fn open_ports(
+    config: &Config,
+) -> Result<(NetPort, SenderPort, Option<xdp_programs::XdpHandle>), NodeStartError> {
+    if config.backend == Backend::Dpdk {
+        return open_dpdk_ports(config);
+    }
+    let (data_port, xdp) = open_data_port(config)?;
+    let sender_port = open_sender_port(config)?;
+    Ok((data_port, sender_port, xdp))
+}
+
+/// DPDK: one port, RX queues + the receiver's TX queue, and the sender's own TX queue; the
+/// policy maps pinned under `interface` and enforced in user space (see net::dpdk).
+#[cfg(feature = "dpdk")]
+#[allow(clippy::type_complexity)]
+fn open_dpdk_ports(
+    config: &Config,
+) -> Result<(NetPort, SenderPort, Option<xdp_programs::XdpHandle>), NodeStartError> {
+    use crate::net::dpdk;
+    let SocketAddr::V4(local) = config.listen else {
+        return Err(NodeStartError::AfxdpAddress(config.listen));
+    };
+    let device = config
+        .dpdk_device
+        .clone()
+        .expect("validated: dpdk has a device");
+    let (vdevs, pci) = if dpdk::is_vdev(&device) {
+        (vec![device.clone()], vec![])
+    } else {
+        (vec![], vec![device.clone()])
+    };
+    let cfg = dpdk::DpdkConfig {
+        device,
+        local,
+        feedback_port: config.dpdk_feedback_port(),
+        policy_name: config
+            .interface
+            .clone()
+            .expect("validated: dpdk has an interface"),
+        default_allow: config.xdp_default_allow,
+        rx_queues: config.queues as u16,
+        mbufs: config.dpdk_mbufs,
+        eal: dpdk::eal::EalConfig {
+            file_prefix: config.dpdk_file_prefix(),
+            huge_dir: config.dpdk_huge_dir.clone(),
+            memory_mb: config.dpdk_memory_mb,
+            cores: config.cores.clone(),
+            vdevs,
+            pci,
+        },
+    };
+    let (rx, tx) = dpdk::DpdkPort::open(&cfg).map_err(NetPortOpenError::from)?;
+    Ok((
+        NetPort::Dpdk(Box::new(rx)),
+        SenderPort::Dpdk(Box::new(tx)),
+        None,
+    ))
+}
+
+#[cfg(not(feature = "dpdk"))]
+#[allow(clippy::type_complexity)]
+fn open_dpdk_ports(
+    _config: &Config,
+) -> Result<(NetPort, SenderPort, Option<xdp_programs::XdpHandle>), NodeStartError> {
+    Err(NetPortOpenError::BackendUnavailable(Backend::Dpdk).into())
 }
 
 /// The data port: a kernel UDP socket, or XDP + AF_XDP sockets on the interface.

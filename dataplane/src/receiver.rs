@@ -361,6 +361,22 @@ impl Receiver {
         let (fetches, reports) = self.follow_sent();
         c.set(Counter::ReplFetchesSent, fetches);
         c.set(Counter::ReplReportsSent, reports);
+        if let Some(n) = self.port.nic_stats() {
+            for (counter, v) in [
+                (Counter::NicRxPackets, n.rx_packets),
+                (Counter::NicTxPackets, n.tx_packets),
+                (Counter::NicRxMissed, n.rx_missed),
+                (Counter::NicRxErrors, n.rx_errors),
+                (Counter::NicRxNoMbuf, n.rx_nombuf),
+                (Counter::NicTxErrors, n.tx_errors),
+                (Counter::MbufPoolInUse, n.mbufs_in_use),
+                (Counter::MbufPoolSize, n.mbufs),
+                (Counter::NicRxFeedbackDropped, n.feedback_dropped),
+                (Counter::NicTxNoMbuf, n.tx_no_mbuf),
+            ] {
+                c.set(counter, v);
+            }
+        }
     }
 }
 

@@ -40,7 +40,8 @@ const PAYLOAD_BYTES_MIN: usize = 16;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Node backend: afxdp (XDP + AF_XDP on the veth) or udp (kernel sockets).
+    /// Node backend: afxdp (XDP + AF_XDP on the veth), udp (kernel sockets) or dpdk (DPDK's
+    /// net_af_packet vdev on the veth; needs a build with `--features dpdk` and hugepages).
     #[arg(long, default_value = "afxdp")]
     backend: Backend,
     /// Messages the remote publisher sends.
@@ -113,6 +114,17 @@ fn write_config(
     writeln!(f, "listen = \"{}:{DATA_PORT}\"", net.node_ip)?;
     writeln!(f, "interface = \"{}\"", net.node_if)?;
     writeln!(f, "xdp_default_allow = true")?;
+    if args.backend == Backend::Dpdk {
+        // DPDK's af_packet vdev on the node's veth end (the kernel has no address there: the
+        // port answers ARP and sends every frame itself), 64 MiB of EAL memory from the pool.
+        writeln!(
+            f,
+            "dpdk_device = \"net_af_packet0,iface={},qpairs=2\"",
+            net.node_if
+        )?;
+        writeln!(f, "dpdk_memory_mb = 64")?;
+        writeln!(f, "dpdk_file_prefix = \"msdemo-{}\"", std::process::id())?;
+    }
     // The low-latency profile (busy-spin), with the agents on one shared thread: this demo
     // runs on machines with 2 cores, one for the node and one for the client.
     writeln!(f, "profile = \"low-latency\"")?;
@@ -211,6 +223,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "/dev/shm/memstreamer-demo-{}",
         std::process::id()
     )));
+    if args.backend == Backend::Dpdk {
+        // The DPDK port is the only host on the node's end (as on a vfio NIC): no kernel
+        // address there, so the kernel neither answers ARP nor sends ICMP for our frames.
+        dataplane::testnet::ip(&["-n", &net.node_ns, "addr", "flush", "dev", &net.node_if])
+            .context("removing the kernel's address from the node's veth end")?;
+    }
     let counters = tmp.path().join("counters");
     let config = tmp.path().join("node.toml");
     write_config(&config, &args, &net, &shm.0, &counters)?;

@@ -13,7 +13,7 @@
 //!   the profile in effect. `--profile low-latency` busy-spins one (pinned) thread per agent
 //!   (tuned hosts, benchmarks; `dataplane::config` has the table). `--join ADDR` is passed to
 //!   the control plane.
-//! * `memstreamer dataplane [--config FILE] [--profile P] [--data-dir DIR] [--backend udp|afxdp]`:
+//! * `memstreamer dataplane [--config FILE] [--profile P] [--data-dir DIR] [--backend udp|afxdp|dpdk]`:
 //!   runs the data plane alone until SIGINT/SIGTERM.
 //! * `memstreamer controlplane [--config FILE] [--id N] [--listen ADDR] [--join ADDR] ...`: runs a
 //!   control-plane node alone (`controlplane::node::run`; the same flags as `ms-controlplane`).
@@ -75,7 +75,7 @@ enum Command {
         config: Option<PathBuf>,
         #[command(flatten)]
         overrides: ConfigFlags,
-        /// Overrides `backend` of the config: afxdp or udp (never a silent fallback).
+        /// Overrides `backend` of the config: afxdp, udp or dpdk (dpdk: a build with `--features dpdk`; never a silent fallback).
         #[arg(long)]
         backend: Option<Backend>,
     },

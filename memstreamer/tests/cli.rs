@@ -222,6 +222,13 @@ fn demo_udp_backend() {
     demo("udp", "211");
 }
 
+#[cfg(feature = "dpdk")]
+#[test]
+fn demo_dpdk_backend() {
+    testkit::require!(testkit::netns(DEMO_NEEDS), testkit::hugepages_free(32));
+    demo("dpdk", "167");
+}
+
 #[test]
 fn demo_afxdp_backend() {
     testkit::require!(testkit::netns(DEMO_NEEDS));

@@ -231,6 +231,7 @@ impl XdpProgram {
             iface: iface.to_string(),
             pin_dir: dir,
             mode,
+            attached: true,
             ebpf: None,
         };
         for name in MAP_NAMES {
@@ -268,6 +269,58 @@ impl XdpProgram {
                 }
             }
         })?;
+        handle.ebpf = Some(ebpf);
+        Ok(handle)
+    }
+}
+
+impl XdpProgram {
+    /// Creates the program's maps and pins them under `/sys/fs/bpf/memstreamer/<name>/` with
+    /// `config` written, without loading or attaching the program: for a data plane that
+    /// enforces the same policy itself (the DPDK backend, where no XDP program can run on the
+    /// port). `name` is the key the control plane writes policy under (`PolicyMaps::open`); it
+    /// need not be a kernel interface (a vfio-bound NIC has none). Dropping the handle unpins.
+    pub fn pin_maps(name: &str, config: Config) -> Result<XdpHandle, XdpLoadError> {
+        validate_iface(name)?;
+        ensure_bpffs()?;
+        let dir = pin_dir(name);
+        if dir.exists() {
+            return Err(XdpLoadError::AlreadyPinned { path: dir });
+        }
+        let ebpf = EbpfLoader::new()
+            .load(PROGRAM_OBJECT)
+            .map_err(object_error)?;
+        create_pin_dir(&dir).map_err(|source| {
+            if source.kind() == io::ErrorKind::AlreadyExists {
+                XdpLoadError::AlreadyPinned { path: dir.clone() }
+            } else {
+                XdpLoadError::PinDir {
+                    path: dir.clone(),
+                    source,
+                }
+            }
+        })?;
+        // From here on, the handle owns the pin directory and removes it on any error.
+        let mut handle = XdpHandle {
+            iface: name.to_string(),
+            pin_dir: dir,
+            mode: AttachMode::Skb,
+            attached: false,
+            ebpf: None,
+        };
+        for map_name in MAP_NAMES {
+            let map = ebpf
+                .map(map_name)
+                .ok_or(XdpLoadError::MissingInObject { name: map_name })?;
+            map.pin(handle.pin_dir.join(map_name))
+                .map_err(|source| XdpLoadError::Pin {
+                    map: map_name,
+                    source,
+                })?;
+        }
+        PolicyMaps::open(name)
+            .and_then(|mut maps| maps.set_config(config))
+            .map_err(XdpLoadError::Config)?;
         handle.ebpf = Some(ebpf);
         Ok(handle)
     }
@@ -418,6 +471,8 @@ pub struct XdpHandle {
     iface: String,
     pin_dir: PathBuf,
     mode: AttachMode,
+    /// False for [`XdpProgram::pin_maps`]: maps only, no program on any interface.
+    attached: bool,
     ebpf: Option<Ebpf>,
 }
 
@@ -430,8 +485,14 @@ impl XdpHandle {
         &self.pin_dir
     }
 
+    /// The attach mode (meaningful only when [`XdpHandle::is_attached`]).
     pub fn mode(&self) -> AttachMode {
         self.mode
+    }
+
+    /// False when only the maps are pinned ([`XdpProgram::pin_maps`]).
+    pub fn is_attached(&self) -> bool {
+        self.attached
     }
 
     /// The pinned maps of this attachment.
@@ -710,6 +771,65 @@ impl PolicyMaps {
                 action: "set",
                 source,
             })
+    }
+
+    /// Every policy entry: (source, stream, allow). Cold path (one syscall per entry).
+    pub fn policy_entries(&self) -> Result<Vec<(IpAddr, u32, bool)>, PolicyMapsError> {
+        let mut out = Vec::new();
+        for entry in self.policy.iter() {
+            let (k, v) = entry.map_err(|source| PolicyMapsError::Map {
+                map: MAP_POLICY,
+                action: "iterate",
+                source,
+            })?;
+            let key = PolicyKey::from_bytes(&k);
+            let allow = PolicyValue::from_bytes(&v).action == POLICY_ACTION_ALLOW;
+            out.push((source_addr_from_bytes(key.addr), key.stream_id, allow));
+        }
+        Ok(out)
+    }
+
+    /// Every rate-limited source with its bucket. Cold path (one syscall per entry).
+    pub fn rate_entries(&self) -> Result<Vec<(IpAddr, RateBucket)>, PolicyMapsError> {
+        let mut out = Vec::new();
+        for entry in self.rate.iter() {
+            let (k, v) = entry.map_err(|source| PolicyMapsError::Map {
+                map: MAP_RATE,
+                action: "iterate",
+                source,
+            })?;
+            out.push((source_addr_from_bytes(k), RateBucket::from_bytes(&v)));
+        }
+        Ok(out)
+    }
+
+    /// Stores verdict counts kept in user space (by a data plane that enforces this policy
+    /// itself, with no program attached) in CPU 0's slots, the other CPUs' at 0, so
+    /// [`PolicyMaps::counters`] and `ms-xdp counters` read them as the program's.
+    pub fn store_counters(&mut self, counts: &VerdictCounts) -> Result<(), PolicyMapsError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| PolicyMapsError::Map {
+            map: MAP_COUNTERS,
+            action: "count CPUs",
+            source: MapError::IoError(e),
+        })?;
+        for v in Verdict::ALL {
+            let mut per_cpu = vec![0u64; cpus];
+            per_cpu[0] = counts.get(v);
+            let values =
+                aya::maps::PerCpuValues::try_from(per_cpu).map_err(|e| PolicyMapsError::Map {
+                    map: MAP_COUNTERS,
+                    action: "build per-CPU values",
+                    source: MapError::IoError(e),
+                })?;
+            self.counters
+                .set(v.id(), values, 0)
+                .map_err(|source| PolicyMapsError::Map {
+                    map: MAP_COUNTERS,
+                    action: "set",
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// Verdict counters summed over all CPUs.

@@ -2,6 +2,8 @@
 //!
 //! * [`NetPort::Udp`]: kernel UDP socket, `recvmmsg`/`sendmmsg` batches ([`udp`]).
 //! * [`NetPort::AfXdp`]: AF_XDP sockets fed by the XDP program ([`afxdp`]).
+//! * `NetPort::Dpdk` (cargo feature `dpdk`): a DPDK poll-mode port (`dpdk`), with the XDP
+//!   program's policy enforced in user space ([`policy`]).
 //!
 //! Adding a backend (engineer D, AF_XDP): put it in `src/net/afxdp.rs` (or `src/net/afxdp/`), add
 //! `pub mod afxdp;` below, a variant `AfXdp(afxdp::XskPort)` to [`NetPort`] and one arm per method
@@ -15,6 +17,9 @@
 use std::net::SocketAddr;
 
 pub mod afxdp;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
+pub mod policy;
 pub mod udp;
 
 /// Which backend the node uses; chosen explicitly (`--backend afxdp|udp`), never a silent fallback.
@@ -23,6 +28,8 @@ pub mod udp;
 pub enum Backend {
     Udp,
     Afxdp,
+    /// Needs the `dpdk` cargo feature; a build without it refuses it at start.
+    Dpdk,
 }
 
 impl std::str::FromStr for Backend {
@@ -31,7 +38,10 @@ impl std::str::FromStr for Backend {
         match s {
             "udp" => Ok(Backend::Udp),
             "afxdp" => Ok(Backend::Afxdp),
-            other => Err(format!("unknown backend {other:?}: use `udp` or `afxdp`")),
+            "dpdk" => Ok(Backend::Dpdk),
+            other => Err(format!(
+                "unknown backend {other:?}: use `udp`, `afxdp` or `dpdk`"
+            )),
         }
     }
 }
@@ -41,6 +51,7 @@ impl std::fmt::Display for Backend {
         f.write_str(match self {
             Backend::Udp => "udp",
             Backend::Afxdp => "afxdp",
+            Backend::Dpdk => "dpdk",
         })
     }
 }
@@ -56,6 +67,22 @@ pub struct NetPortStats {
     pub tx_queue_full: u64,
 }
 
+/// Figures of a port that has a NIC of its own (DPDK): counters of the device and its pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NicStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    /// Packets the NIC dropped for lack of RX descriptors (`imissed`).
+    pub rx_missed: u64,
+    pub rx_errors: u64,
+    pub rx_nombuf: u64,
+    pub tx_errors: u64,
+    pub mbufs_in_use: u64,
+    pub mbufs: u64,
+    pub feedback_dropped: u64,
+    pub tx_no_mbuf: u64,
+}
+
 /// Errors opening a port.
 #[derive(Debug, thiserror::Error)]
 pub enum NetPortOpenError {
@@ -63,7 +90,10 @@ pub enum NetPortOpenError {
     Udp(#[from] udp::UdpPortOpenError),
     #[error(transparent)]
     AfXdp(#[from] afxdp::XskPortOpenError),
-    #[error("backend {0} is not built into this data plane yet: use --backend udp")]
+    #[cfg(feature = "dpdk")]
+    #[error(transparent)]
+    Dpdk(#[from] dpdk::DpdkPortOpenError),
+    #[error("backend {0} is not built into this data plane: rebuild with `--features dpdk` (needs libdpdk-dev, see docs/dpdk.md), or use --backend afxdp|udp")]
     BackendUnavailable(Backend),
 }
 
@@ -71,6 +101,8 @@ pub enum NetPortOpenError {
 pub enum NetPort {
     Udp(udp::UdpPort),
     AfXdp(afxdp::XskPort),
+    #[cfg(feature = "dpdk")]
+    Dpdk(Box<dpdk::DpdkPort>),
 }
 
 impl NetPort {
@@ -80,6 +112,8 @@ impl NetPort {
         match self {
             NetPort::Udp(p) => p.poll_rx(max, f),
             NetPort::AfXdp(p) => p.poll_rx(max, f),
+            #[cfg(feature = "dpdk")]
+            NetPort::Dpdk(p) => p.poll_rx(max, f),
         }
     }
 
@@ -89,6 +123,8 @@ impl NetPort {
         match self {
             NetPort::Udp(p) => p.send(dst, payload),
             NetPort::AfXdp(p) => p.send(dst, payload),
+            #[cfg(feature = "dpdk")]
+            NetPort::Dpdk(p) => p.send(dst, payload),
         }
     }
 
@@ -98,6 +134,8 @@ impl NetPort {
         match self {
             NetPort::Udp(p) => p.flush_tx(),
             NetPort::AfXdp(p) => p.flush_tx(),
+            #[cfg(feature = "dpdk")]
+            NetPort::Dpdk(p) => p.flush_tx(),
         }
     }
 
@@ -106,6 +144,8 @@ impl NetPort {
         match self {
             NetPort::Udp(p) => p.describe(),
             NetPort::AfXdp(p) => p.describe(),
+            #[cfg(feature = "dpdk")]
+            NetPort::Dpdk(p) => p.describe(),
         }
     }
 
@@ -114,6 +154,31 @@ impl NetPort {
         match self {
             NetPort::Udp(p) => p.stats(),
             NetPort::AfXdp(p) => p.stats(),
+            #[cfg(feature = "dpdk")]
+            NetPort::Dpdk(p) => p.stats(),
+        }
+    }
+
+    /// Port-level figures of a DPDK port (rx/tx, imissed, mbuf pool use); None for the others.
+    pub fn nic_stats(&self) -> Option<NicStats> {
+        match self {
+            #[cfg(feature = "dpdk")]
+            NetPort::Dpdk(p) => {
+                let n = p.nic_stats();
+                Some(NicStats {
+                    rx_packets: n.rx_packets,
+                    tx_packets: n.tx_packets,
+                    rx_missed: n.rx_missed,
+                    rx_errors: n.rx_errors,
+                    rx_nombuf: n.rx_nombuf,
+                    tx_errors: n.tx_errors,
+                    mbufs_in_use: n.mbufs_in_use,
+                    mbufs: n.mbufs,
+                    feedback_dropped: n.feedback_dropped,
+                    tx_no_mbuf: n.tx_no_mbuf,
+                })
+            }
+            _ => None,
         }
     }
 
@@ -122,6 +187,8 @@ impl NetPort {
         match self {
             NetPort::Udp(p) => p.local_addr(),
             NetPort::AfXdp(p) => p.local_addr(),
+            #[cfg(feature = "dpdk")]
+            NetPort::Dpdk(p) => p.local_addr(),
         }
     }
 }
@@ -138,6 +205,9 @@ pub enum SenderPort {
         tx: Box<afxdp::XskPort>,
         feedback: udp::UdpPort,
     },
+    /// Its own TX queue of the DPDK port; STATUS/NAK handed over by the receiver's queues.
+    #[cfg(feature = "dpdk")]
+    Dpdk(Box<dpdk::DpdkPort>),
 }
 
 impl SenderPort {
@@ -147,6 +217,8 @@ impl SenderPort {
         match self {
             SenderPort::Udp(p) => p.poll_rx(max, f),
             SenderPort::AfXdp { feedback, .. } => feedback.poll_rx(max, f),
+            #[cfg(feature = "dpdk")]
+            SenderPort::Dpdk(p) => p.poll_rx(max, f),
         }
     }
 
@@ -161,6 +233,10 @@ impl SenderPort {
                 tx.send_to_mac(v4, mac, payload)
             }
             (SenderPort::AfXdp { tx, .. }, _, _) => tx.send(dst, payload),
+            #[cfg(feature = "dpdk")]
+            (SenderPort::Dpdk(p), SocketAddr::V4(v4), Some(mac)) => p.send_to_mac(v4, mac, payload),
+            #[cfg(feature = "dpdk")]
+            (SenderPort::Dpdk(p), _, _) => p.send(dst, payload),
         }
     }
 
@@ -170,6 +246,8 @@ impl SenderPort {
         match self {
             SenderPort::Udp(p) => p.flush_tx(),
             SenderPort::AfXdp { tx, .. } => tx.flush_tx(),
+            #[cfg(feature = "dpdk")]
+            SenderPort::Dpdk(p) => p.flush_tx(),
         }
     }
 
@@ -179,6 +257,9 @@ impl SenderPort {
         match self {
             SenderPort::Udp(_) => None,
             SenderPort::AfXdp { tx, .. } => Some(tx.interface().to_string()),
+            // No kernel neighbour table on a DPDK port: the port resolves (learned, ARP).
+            #[cfg(feature = "dpdk")]
+            SenderPort::Dpdk(_) => None,
         }
     }
 
@@ -190,6 +271,8 @@ impl SenderPort {
                 tx.describe(),
                 feedback.describe()
             ),
+            #[cfg(feature = "dpdk")]
+            SenderPort::Dpdk(p) => p.describe(),
         }
     }
 
@@ -213,6 +296,14 @@ impl SenderPort {
                     tx_queue_full: t.tx_queue_full,
                 }
             }
+            #[cfg(feature = "dpdk")]
+            SenderPort::Dpdk(p) => {
+                let (s, d) = (p.stats(), p.dpdk_stats());
+                NetPortStats {
+                    tx_errors: s.tx_errors + d.tx_unsupported,
+                    ..s
+                }
+            }
         }
     }
 
@@ -221,6 +312,8 @@ impl SenderPort {
         match self {
             SenderPort::Udp(p) => p.local_addr(),
             SenderPort::AfXdp { feedback, .. } => feedback.local_addr(),
+            #[cfg(feature = "dpdk")]
+            SenderPort::Dpdk(p) => p.local_addr(),
         }
     }
 }
