@@ -23,6 +23,7 @@ fn create(name: &str) -> pb::CreateStreamRequest {
         retention_bytes: 1 << 20,
         retention_ms: 60_000,
         mode: pb::StreamMode::Reliable as i32,
+        ..Default::default()
     }
 }
 

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use controlplane::cluster::ClusterError;
 use controlplane::node::{self, NodeConfig, RunningNode};
-use controlplane::types::{Command, CommandRejection, CommandResponse, NodeLiveness, StreamMode};
+use controlplane::replicas::{ReplicaReport, ReplicaRole, ReplicaServing};
+use controlplane::types::{
+    Command, CommandRejection, CommandResponse, NodeLiveness, PartitionAssignment, StreamMode,
+};
 
 const WAIT_MAX: Duration = Duration::from_secs(20);
 
@@ -44,6 +47,7 @@ fn create_rf(name: &str, replication_factor: u8) -> Command {
         retention_bytes: 1 << 20,
         retention_ms: 1_000,
         mode: StreamMode::Reliable,
+        policy: Default::default(),
     }
 }
 
@@ -192,6 +196,15 @@ async fn three_nodes_elect_replicate_fail_over_and_restart() {
     }
     let stopped = stopped.unwrap();
     let stopped_id = stopped.cluster.me().id;
+    let led_before = |d: &controlplane::store::StateMachineData| -> Vec<(u32, u16, u64, u64)> {
+        d.state
+            .assignments
+            .values()
+            .flatten()
+            .map(|a| (a.stream_id, a.partition, a.leader, a.leader_epoch))
+            .collect()
+    };
+    let before = rest[0].cluster.view().read(led_before);
     stopped.shutdown().await;
     let r = rest[0]
         .cluster
@@ -210,17 +223,18 @@ async fn three_nodes_elect_replicate_fail_over_and_restart() {
         })
     })
     .await;
-    let epochs_moved = rest[1].cluster.view().read(|d| {
-        d.state
-            .assignments
-            .values()
-            .flatten()
-            .all(|a| a.leader_epoch >= 2)
-    });
-    assert!(
-        epochs_moved,
-        "node {stopped_id} was in every ISR, so every epoch moved"
-    );
+    // The partitions it led got a new leader and a higher epoch (the others
+    // only lost it from their ISR, which by itself keeps the epoch).
+    let after = rest[1].cluster.view().read(led_before);
+    for (stream, partition, leader, epoch) in &before {
+        let now = after
+            .iter()
+            .find(|a| (a.0, a.1) == (*stream, *partition))
+            .expect("the partition still exists");
+        if *leader == stopped_id {
+            assert!(now.3 > *epoch, "stream {stream} partition {partition}");
+        }
+    }
 
     // Restart the stopped node from its data directory on its old port (the
     // members know it there): it catches up.
@@ -239,9 +253,41 @@ async fn three_nodes_elect_replicate_fail_over_and_restart() {
             .read(|d| d.state.liveness.get(&stopped_id) == Some(&NodeLiveness::Live))
     })
     .await;
-    // Heart-beating again puts it back into every in-sync set; only the ISR
-    // changes (the partition leaders, and so the epochs, stay).
+    // Heart-beating again does not put it back into any in-sync set: only a
+    // partition leader's proposal does (its data plane saw it catch up).
     let epochs_before = leaders_and_epochs(&rest[0]);
+    let back_in_some_isr = rest[0].cluster.view().read(|d| {
+        d.state
+            .assignments
+            .values()
+            .flatten()
+            .any(|a| a.isr.contains(&stopped_id))
+    });
+    assert!(!back_in_some_isr, "liveness alone never restores the ISR");
+    // Each partition leader's data plane proposes the full replica set (as
+    // its status ring would say); the proposals travel in the heartbeats (or
+    // are the Raft leader's own) and are committed with the current epoch.
+    let assignments: Vec<PartitionAssignment> = rest[0]
+        .cluster
+        .view()
+        .read(|d| d.state.assignments.values().flatten().cloned().collect());
+    for a in &assignments {
+        let leader = rest.iter().find(|n| n.cluster.me().id == a.leader);
+        let leader = leader.expect("partitions are led by the live nodes");
+        leader.cluster.local_replicas().put(ReplicaReport {
+            stream_id: a.stream_id,
+            partition: a.partition,
+            node: a.leader,
+            role: ReplicaRole::Leader,
+            state: ReplicaServing::Serving,
+            leader_epoch: a.leader_epoch,
+            log_end: 10,
+            durable: 10,
+            hw_replicated: 10,
+            hw_persisted: 10,
+            proposed_isr: a.replicas.clone(),
+        });
+    }
     wait_until("restarted node back in every ISR", || {
         rest[0].cluster.view().read(|d| {
             d.state
@@ -253,7 +299,7 @@ async fn three_nodes_elect_replicate_fail_over_and_restart() {
     })
     .await;
     let epochs_after = leaders_and_epochs(&rest[0]);
-    assert_eq!(epochs_before, epochs_after);
+    assert_eq!(epochs_before, epochs_after, "an ISR change keeps the epoch");
 
     // Remove the Raft leader, asked through a follower (the hard case: the
     // leader hands leadership over first); the remaining two keep committing.

@@ -97,6 +97,7 @@ pub fn start_admin(
         .clone()
         .unwrap_or_else(|| data_dir.join(AUDIT_LOG_FILE_NAME));
     let audit = Arc::new(AuditLog::open(&audit_path)?);
+    cluster.set_audit(audit.clone());
     let metrics = Arc::new(Metrics::default());
     let pusher = PolicyPusher::new(&config.data_ifaces)?;
     let mut tasks = Vec::new();
@@ -128,9 +129,11 @@ pub fn start_admin(
         }));
     }
     if config.dataplane_commands {
+        let (dir, me) = (config.dataplane_shm_dir.clone(), cluster.me().id);
         tasks.push(tokio::spawn(crate::dataplane_link::run(
-            cluster.view().clone(),
-            crate::dataplane_link::DataplaneLink::new(config.dataplane_shm_dir.clone()),
+            cluster.clone(),
+            crate::dataplane_link::DataplaneLink::new(dir.clone(), me),
+            crate::replicas::StatusReader::new(dir, me),
             shutdown.clone(),
         )));
     }
