@@ -98,6 +98,93 @@ pub struct NodeArgs {
     /// (`[admin] dataplane_counters`).
     #[arg(long)]
     pub dataplane_counters: Option<PathBuf>,
+    /// A stream the local data plane's configuration defines, `ID:PARTITIONS`; repeatable.
+    /// Registered in the cluster metadata as `stream-<ID>` (`[admin] dataplane_streams`).
+    #[arg(long = "dataplane-stream")]
+    pub dataplane_streams: Vec<String>,
+}
+
+/// Parses `ID:PARTITIONS` of `--dataplane-stream`.
+pub fn parse_config_stream(
+    s: &str,
+) -> Result<crate::grpc::serve::ConfigStream, crate::node::NodeStartError> {
+    let bad = || crate::node::NodeStartError::Config {
+        reason: format!(
+            "--dataplane-stream {:?}: write ID:PARTITIONS, e.g. 7:1",
+            s.chars().take(32).collect::<String>()
+        ),
+    };
+    let (id, p) = s.split_once(':').ok_or_else(bad)?;
+    let partitions: u16 = p.parse().map_err(|_| bad())?;
+    if partitions == 0 || partitions > crate::types::PARTITIONS_MAX {
+        return Err(bad());
+    }
+    Ok(crate::grpc::serve::ConfigStream {
+        id: id.parse().map_err(|_| bad())?,
+        partitions,
+    })
+}
+
+/// The metadata name of a stream a data plane's configuration defines.
+pub fn config_stream_name(id: u32) -> String {
+    format!("stream-{id}")
+}
+
+/// Most attempts to register the configured streams (each bounded by the write timeout).
+pub const CONFIG_STREAM_ATTEMPTS_MAX: u32 = 600;
+/// Pause between attempts while the node is not registered or no leader answers.
+pub const CONFIG_STREAM_RETRY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Registers `streams` (the local data plane's `[[streams]]`) in the cluster metadata once this
+/// node is registered, so a configured stream is a stream like any other: placed, listed,
+/// described, and its id never handed to another stream. A clash (the name or id taken by
+/// another stream, another node configuring a different partition count) is logged as an
+/// error that says what to change, and not retried.
+pub async fn register_config_streams(
+    cluster: Arc<Cluster>,
+    streams: Vec<crate::grpc::serve::ConfigStream>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut left = streams;
+    for _ in 0..CONFIG_STREAM_ATTEMPTS_MAX {
+        if *shutdown.borrow() || left.is_empty() {
+            return;
+        }
+        let registered = cluster
+            .view()
+            .read(|d| d.state.nodes.contains_key(&cluster.me().id));
+        if registered {
+            let mut retry = Vec::new();
+            for s in left {
+                let cmd = crate::types::Command::RegisterConfigStream {
+                    name: config_stream_name(s.id),
+                    id: s.id,
+                    partitions: s.partitions,
+                };
+                match cluster.write(cmd).await {
+                    Ok(r) => match r.into_result() {
+                        Ok(_) => tracing::info!(
+                            "configured stream {} ({} partitions) is in the cluster metadata",
+                            config_stream_name(s.id),
+                            s.partitions
+                        ),
+                        Err(e) => tracing::error!(
+                            "configured stream {} ({} partitions) not registered: {e}; \
+                             align the nodes' [[streams]] or remove the stream from the config",
+                            config_stream_name(s.id),
+                            s.partitions
+                        ),
+                    },
+                    Err(_) => retry.push(s),
+                }
+            }
+            left = retry;
+        }
+        tokio::time::sleep(CONFIG_STREAM_RETRY_INTERVAL).await;
+    }
+    if !left.is_empty() {
+        tracing::error!("configured streams not registered (no leader answered): {left:?}");
+    }
 }
 
 impl NodeArgs {
@@ -139,6 +226,9 @@ impl NodeArgs {
         }
         if let Some(v) = self.dataplane_counters {
             config.admin.dataplane_counters = Some(v);
+        }
+        for s in &self.dataplane_streams {
+            config.admin.dataplane_streams.push(parse_config_stream(s)?);
         }
         Ok(config)
     }
@@ -724,6 +814,7 @@ mod tests {
             listen: Some("127.0.0.1:2".into()),
             join: Some("127.0.0.1:3".into()),
             dataplane_commands: true,
+            dataplane_streams: vec!["7:2".into()],
             ..NodeArgs::default()
         }
         .into_config()
@@ -734,5 +825,10 @@ mod tests {
         );
         assert!(c.admin.dataplane_commands);
         assert!(!NodeConfig::default().admin.dataplane_commands);
+        let s = c.admin.dataplane_streams;
+        assert_eq!((s.len(), s[0].id, s[0].partitions), (1, 7, 2));
+        for bad in ["7", "x:1", "7:0", "7:99999", ""] {
+            assert!(parse_config_stream(bad).is_err(), "{bad}");
+        }
     }
 }

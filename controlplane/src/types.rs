@@ -1069,6 +1069,96 @@ mod tests {
     }
 
     #[test]
+    fn configured_streams_keep_their_id_and_created_ones_never_reuse_it() {
+        let mut s = ClusterState::default();
+        s.apply(&node(1));
+        let register = |partitions| Command::RegisterConfigStream {
+            name: "stream-7".into(),
+            id: 7,
+            partitions,
+        };
+        assert_eq!(
+            s.apply(&register(1)),
+            CommandResponse::StreamCreated { stream_id: 7 }
+        );
+        assert_eq!(s.apply(&register(1)), CommandResponse::Done, "idempotent");
+        assert!(matches!(
+            s.apply(&register(2)),
+            CommandResponse::Rejected(CommandRejection::StreamExists { .. })
+        ));
+        let other_name = Command::RegisterConfigStream {
+            name: "seven".into(),
+            id: 7,
+            partitions: 1,
+        };
+        assert!(matches!(
+            s.apply(&other_name),
+            CommandResponse::Rejected(CommandRejection::InvalidValue { .. })
+        ));
+        // The eighth created stream would have been id 7: it gets 8.
+        let ids: Vec<CommandResponse> = (0..9)
+            .map(|i| s.apply(&create(&format!("s{i}"), 1)))
+            .collect();
+        let want: Vec<CommandResponse> = [0, 1, 2, 3, 4, 5, 6, 8, 9]
+            .into_iter()
+            .map(|stream_id| CommandResponse::StreamCreated { stream_id })
+            .collect();
+        assert_eq!(ids, want);
+        let a = s.assignment(7, 0).unwrap();
+        assert_eq!((a.leader, a.replicas.clone()), (1, vec![1]));
+        // A configured id that a created stream holds already is refused.
+        let taken = Command::RegisterConfigStream {
+            name: "stream-3".into(),
+            id: 3,
+            partitions: 1,
+        };
+        assert!(matches!(
+            s.apply(&taken),
+            CommandResponse::Rejected(CommandRejection::InvalidValue { .. })
+        ));
+    }
+
+    #[test]
+    fn min_isr_is_checked_against_the_replication_factor() {
+        let mut s = ClusterState::default();
+        for id in 1..=3 {
+            s.apply(&node(id));
+        }
+        let with = |min_insync_replicas| Command::CreateStream {
+            name: format!("m{min_insync_replicas}"),
+            partitions: 1,
+            replication_factor: 2,
+            retention_bytes: 1,
+            retention_ms: 1,
+            mode: StreamMode::Reliable,
+            policy: ReplicationPolicy {
+                min_insync_replicas,
+                ..ReplicationPolicy::default()
+            },
+        };
+        for bad in [0, 3] {
+            assert!(matches!(
+                s.apply(&with(bad)),
+                CommandResponse::Rejected(CommandRejection::InvalidValue { .. })
+            ));
+        }
+        assert!(s.apply(&with(2)).into_result().is_ok());
+        assert_eq!("all".parse::<AckMode>(), Ok(AckMode::AllReplicated));
+        for m in AckMode::NAMES {
+            assert_eq!(m.parse::<AckMode>().unwrap().as_str(), m);
+        }
+        assert!("acks=1".parse::<AckMode>().is_err());
+    }
+
+    #[test]
+    fn streams_from_logs_before_policies_read_with_the_default_policy() {
+        let old = r#"{"name":"o","id":3,"partitions":1,"replication_factor":1,
+            "retention_bytes":1,"retention_ms":1,"mode":"Reliable"}"#;
+        let s: Stream = serde_json::from_str(old).unwrap();
+        assert_eq!(s.policy, ReplicationPolicy::default());
+    }
+
+    #[test]
     fn stale_epochs_are_fenced() {
         let mut s = ClusterState::default();
         for id in 1..=3 {

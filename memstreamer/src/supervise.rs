@@ -178,6 +178,13 @@ fn controlplane_args(a: &NodeArgs, dp: &dataplane::Config) -> Vec<String> {
         "--dataplane-counters",
         Some(dp.counters_file.display().to_string()),
     );
+    // The data plane's configured streams become streams of the cluster metadata (#11).
+    for s in &dp.streams {
+        v.extend([
+            "--dataplane-stream".to_string(),
+            format!("{}:{}", s.id, s.partitions),
+        ]);
+    }
     v
 }
 
@@ -317,5 +324,13 @@ mod tests {
         assert!(c.admin.dataplane_commands);
         assert_eq!(c.admin.dataplane_shm_dir, Some("/r".into()));
         assert_eq!(c.admin.dataplane_counters, Some(dp.counters_file.clone()));
+        let configured: Vec<(u32, u16)> = dp.streams.iter().map(|s| (s.id, s.partitions)).collect();
+        let registered: Vec<(u32, u16)> = c
+            .admin
+            .dataplane_streams
+            .iter()
+            .map(|s| (s.id, s.partitions))
+            .collect();
+        assert_eq!(registered, configured);
     }
 }
