@@ -336,3 +336,117 @@ async fn three_nodes_elect_replicate_fail_over_and_restart() {
         n.shutdown().await;
     }
 }
+
+/// A partition leader's replica report as its data plane's status ring would give it.
+fn report(a: &PartitionAssignment, node: u64, log_end: u64) -> ReplicaReport {
+    ReplicaReport {
+        stream_id: a.stream_id,
+        partition: a.partition,
+        node,
+        role: if node == a.leader {
+            ReplicaRole::Leader
+        } else {
+            ReplicaRole::Follower
+        },
+        state: ReplicaServing::Serving,
+        leader_epoch: a.leader_epoch,
+        log_end,
+        durable: log_end,
+        hw_replicated: 0,
+        hw_persisted: 0,
+        proposed_isr: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_partition_leader_is_replaced_by_the_most_caught_up_isr_member() {
+    let root = tempfile::tempdir().unwrap();
+    let certs = root.path().join("certs");
+    controlplane::certs::generate_dev(&certs).unwrap();
+    let n1 = node::start(config(1, 0, root.path(), &certs, None))
+        .await
+        .unwrap();
+    let seed = n1.local_addr.to_string();
+    let n2 = node::start(config(2, 0, root.path(), &certs, Some(seed.clone())))
+        .await
+        .unwrap();
+    let n3 = node::start(config(3, 0, root.path(), &certs, Some(seed)))
+        .await
+        .unwrap();
+    let nodes = [n1, n2, n3];
+    wait_until("three voters registered", || {
+        nodes
+            .iter()
+            .all(|n| n.cluster.view().read(|d| d.state.nodes.len() == 3))
+    })
+    .await;
+    // Streams 0 and 1 (one partition, RF 3) are led by nodes 1 and 2: one of
+    // them is led by a node that is not the Raft leader.
+    for name in ["e0", "e1"] {
+        let mut c = create_rf(name, 3);
+        if let Command::CreateStream { partitions, .. } = &mut c {
+            *partitions = 1;
+        }
+        let r = nodes[0].cluster.write(c).await.unwrap();
+        assert!(matches!(r, CommandResponse::StreamCreated { .. }), "{r:?}");
+    }
+    let raft_leader = leader_of(&nodes.iter().collect::<Vec<_>>()).expect("a leader");
+    let by_id = |id: u64| nodes.iter().find(|n| n.cluster.me().id == id).unwrap();
+    let a = by_id(raft_leader).cluster.view().read(|d| {
+        d.state
+            .assignments
+            .values()
+            .flatten()
+            .find(|a| a.leader != raft_leader)
+            .cloned()
+            .expect("a partition led by another node")
+    });
+    assert_eq!((a.isr.len(), a.leader_epoch), (3, 1));
+    // The later ISR member is further ahead: it must win over ISR order.
+    let (x, y) = (a.isr[1], a.isr[2]);
+    for (node, end) in [(a.leader, 90), (x, 50), (y, 80)] {
+        by_id(node)
+            .cluster
+            .local_replicas()
+            .put(report(&a, node, end));
+    }
+    let rl = by_id(raft_leader);
+    wait_until("the reports reached the Raft leader", || {
+        let fresh = rl
+            .cluster
+            .cluster_replicas()
+            .fresh(rl.cluster.report_max_age(), Instant::now());
+        fresh
+            .get(&(a.stream_id, a.partition))
+            .is_some_and(|rs| rs.len() == 3)
+    })
+    .await;
+
+    let (dead, rest): (Vec<_>, Vec<_>) = nodes
+        .into_iter()
+        .partition(|n| n.cluster.me().id == a.leader);
+    for n in dead {
+        n.shutdown().await;
+    }
+    wait_until("the partition has a new leader", || {
+        rest[0].cluster.view().read(|d| {
+            d.state
+                .assignment(a.stream_id, a.partition)
+                .is_ok_and(|b| b.leader != a.leader)
+        })
+    })
+    .await;
+    let b = rest[0].cluster.view().read(|d| {
+        d.state
+            .assignment(a.stream_id, a.partition)
+            .unwrap()
+            .clone()
+    });
+    assert_eq!(b.leader, y, "the most caught-up ISR member leads");
+    assert!(b.leader_epoch >= 2, "an election moves the epoch");
+    assert_eq!(b.isr, vec![x, y], "the dead leader left the ISR");
+    assert_eq!(b.replicas, a.replicas, "the replica set stays");
+    for n in rest {
+        n.shutdown().await;
+    }
+}

@@ -298,7 +298,7 @@ mod tests {
         assert_eq!(
             cp,
             format!(
-                "controlplane --dataplane-commands --id 2 --listen 127.0.0.1:9 --data-dir /data/cp --join 10.0.0.1:7450 --data-addr {} --dataplane-shm-dir /r --dataplane-counters {}",
+                "controlplane --dataplane-commands --id 2 --listen 127.0.0.1:9 --data-dir /data/cp --join 10.0.0.1:7450 --data-addr {} --dataplane-shm-dir /r --dataplane-counters {} --dataplane-stream 7:1",
                 dp.listen,
                 dp.counters_file.display()
             )
