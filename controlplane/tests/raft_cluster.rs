@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use controlplane::audit::AuditLog;
 use controlplane::cluster::ClusterError;
 use controlplane::node::{self, NodeConfig, RunningNode};
 use controlplane::replicas::{ReplicaReport, ReplicaRole, ReplicaServing};
@@ -446,6 +447,140 @@ async fn a_dead_partition_leader_is_replaced_by_the_most_caught_up_isr_member() 
     assert!(b.leader_epoch >= 2, "an election moves the epoch");
     assert_eq!(b.isr, vec![x, y], "the dead leader left the ISR");
     assert_eq!(b.replicas, a.replicas, "the replica set stays");
+    for n in rest {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opted_in_unclean_election_is_audited_and_a_clean_stream_stays_leaderless() {
+    let root = tempfile::tempdir().unwrap();
+    let certs = root.path().join("certs");
+    controlplane::certs::generate_dev(&certs).unwrap();
+    let n1 = node::start(config(1, 0, root.path(), &certs, None))
+        .await
+        .unwrap();
+    let seed = n1.local_addr.to_string();
+    let n2 = node::start(config(2, 0, root.path(), &certs, Some(seed.clone())))
+        .await
+        .unwrap();
+    let n3 = node::start(config(3, 0, root.path(), &certs, Some(seed)))
+        .await
+        .unwrap();
+    let nodes = [n1, n2, n3];
+    let audit_path = root.path().join("audit.log");
+    let audit = std::sync::Arc::new(AuditLog::open(&audit_path).unwrap());
+    for n in &nodes {
+        n.cluster.set_audit(audit.clone());
+    }
+    wait_until("three voters registered", || {
+        nodes
+            .iter()
+            .all(|n| n.cluster.view().read(|d| d.state.nodes.len() == 3))
+    })
+    .await;
+    // Streams s0..s5 (one partition, RF 3): stream id k is led by node k % 3 + 1,
+    // so every node leads one stream with an even id (clean) and one with an
+    // odd id (unclean election allowed).
+    for k in 0..6u32 {
+        let mut c = create_rf(&format!("s{k}"), 3);
+        if let Command::CreateStream {
+            partitions, policy, ..
+        } = &mut c
+        {
+            *partitions = 1;
+            policy.unclean_leader_election = k % 2 == 1;
+        }
+        let r = nodes[0].cluster.write(c).await.unwrap();
+        assert_eq!(r, CommandResponse::StreamCreated { stream_id: k });
+    }
+    let raft_leader = leader_of(&nodes.iter().collect::<Vec<_>>()).expect("a leader");
+    let victim = if raft_leader == 1 { 2 } else { 1 };
+    let by_id = |id: u64| nodes.iter().find(|n| n.cluster.me().id == id).unwrap();
+    let led: Vec<PartitionAssignment> = by_id(victim).cluster.view().read(|d| {
+        (0..6)
+            .filter_map(|k| d.state.assignment(k, 0).ok())
+            .filter(|a| a.leader == victim)
+            .cloned()
+            .collect()
+    });
+    assert_eq!(led.len(), 2);
+    let (clean, unclean) = if led[0].stream_id.is_multiple_of(2) {
+        (led[0].clone(), led[1].clone())
+    } else {
+        (led[1].clone(), led[0].clone())
+    };
+    // The victim's data plane says nobody keeps up: its ISR shrinks to itself.
+    let others: Vec<u64> = (1..=3).filter(|n| *n != victim).collect();
+    for a in [&clean, &unclean] {
+        let mut r = report(a, victim, 100);
+        r.proposed_isr = vec![victim];
+        by_id(victim).cluster.local_replicas().put(r);
+    }
+    // The other replicas of the unclean stream: the second is further ahead.
+    for (node, end) in [(others[0], 40), (others[1], 70)] {
+        by_id(node)
+            .cluster
+            .local_replicas()
+            .put(report(&unclean, node, end));
+    }
+    let isr_of = |n: &RunningNode, a: &PartitionAssignment| {
+        n.cluster.view().read(|d| {
+            let b = d.state.assignment(a.stream_id, 0).unwrap();
+            (b.leader, b.isr.clone())
+        })
+    };
+    wait_until("both ISRs shrank to the victim", || {
+        [&clean, &unclean]
+            .iter()
+            .all(|a| isr_of(by_id(raft_leader), a) == (victim, vec![victim]))
+    })
+    .await;
+    let rl = by_id(raft_leader);
+    wait_until("the followers' reports reached the Raft leader", || {
+        rl.cluster
+            .cluster_replicas()
+            .fresh(rl.cluster.report_max_age(), Instant::now())
+            .get(&(unclean.stream_id, 0))
+            .is_some_and(|rs| rs.len() == 3)
+    })
+    .await;
+
+    let (dead, rest): (Vec<_>, Vec<_>) =
+        nodes.into_iter().partition(|n| n.cluster.me().id == victim);
+    for n in dead {
+        n.shutdown().await;
+    }
+    let rl = rest
+        .iter()
+        .find(|n| n.cluster.me().id == raft_leader)
+        .unwrap();
+    wait_until("the unclean stream elected outside the ISR", || {
+        isr_of(rl, &unclean) == (others[1], vec![others[1]])
+    })
+    .await;
+    wait_until("the clean stream is leaderless", || {
+        isr_of(rl, &clean) == (0, vec![victim])
+    })
+    .await;
+    let unclean_elections: u64 = rest
+        .iter()
+        .map(|n| {
+            n.cluster
+                .unclean_elections
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert_eq!(unclean_elections, 1, "one unclean election, counted once");
+    let records = AuditLog::read_all(&audit_path).unwrap();
+    let unclean_records: Vec<_> = records
+        .iter()
+        .filter(|r| r.action == "UncleanLeaderElection")
+        .collect();
+    assert_eq!(unclean_records.len(), 1, "{records:?}");
+    let want = format!("stream-id:{} partition:0", unclean.stream_id);
+    assert_eq!(unclean_records[0].resource, want);
+    assert!(unclean_records[0].result.contains("OUTSIDE the ISR"));
     for n in rest {
         n.shutdown().await;
     }
