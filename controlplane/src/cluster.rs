@@ -1112,4 +1112,91 @@ mod tests {
             .iter()
             .all(|c| !matches!(c, Command::UpdateIsr { partition: 0, .. })));
     }
+
+    proptest::proptest! {
+        /// Whatever the liveness, ISRs and reports, an election picks a live ISR member (the
+        /// most caught-up), or, only where the stream opted in and no ISR member is live, a
+        /// live replica marked unclean, or no leader; every election moves the epoch by one,
+        /// the state machine accepts the plan, and a second plan changes nothing.
+        #[test]
+        fn elections_follow_the_isr_rules(
+            down in proptest::collection::vec(proptest::bool::ANY, 4),
+            isr_bits in proptest::collection::vec(0u8..16, 3),
+            ends in proptest::collection::vec(0u64..4, 12),
+            unclean in proptest::bool::ANY,
+        ) {
+            let mut s = ClusterState::default();
+            for id in 1..=4 {
+                s.apply(&Command::RegisterNode(NodeInfo { id, ..Default::default() }));
+            }
+            s.apply(&Command::CreateStream {
+                name: "p".into(),
+                partitions: 3,
+                replication_factor: 4,
+                retention_bytes: 0,
+                retention_ms: 0,
+                mode: StreamMode::Reliable,
+                policy: ReplicationPolicy {
+                    unclean_leader_election: unclean,
+                    ..ReplicationPolicy::default()
+                },
+            });
+            let mut rs = Vec::new();
+            for (p, bits) in isr_bits.iter().enumerate() {
+                let a = &mut s.assignments.get_mut(&0).unwrap()[p];
+                let leader = a.leader;
+                a.isr = a
+                    .replicas
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .filter(|(i, n)| *n == leader || bits & (1 << i) != 0)
+                    .map(|(_, n)| n)
+                    .collect();
+                for n in 1..=4u64 {
+                    rs.push(report(a, n, ends[p * 4 + (n as usize - 1)], &[]));
+                }
+            }
+            for (i, d) in down.iter().enumerate() {
+                if *d {
+                    dead(&mut s, i as u64 + 1);
+                }
+            }
+            let r = reports(rs);
+            let live: BTreeSet<NodeId> = s.live_nodes().into_iter().collect();
+            let plan = plan_elections(&s, &r);
+            for e in &plan {
+                let a = &e.assignment;
+                let old = s.assignment(a.stream_id, a.partition).unwrap();
+                proptest::prop_assert!(!live.contains(&old.leader));
+                proptest::prop_assert_eq!(a.leader_epoch, old.leader_epoch + 1);
+                let live_isr: Vec<NodeId> =
+                    old.isr.iter().copied().filter(|n| live.contains(n)).collect();
+                if a.leader == LEADER_NONE {
+                    proptest::prop_assert!(live_isr.is_empty() && !e.unclean);
+                    proptest::prop_assert!(!unclean || old.replicas.iter().all(|n| !live.contains(n)));
+                    continue;
+                }
+                proptest::prop_assert!(live.contains(&a.leader));
+                proptest::prop_assert!(a.isr.contains(&a.leader));
+                proptest::prop_assert!(a.isr.iter().all(|n| a.replicas.contains(n)));
+                if e.unclean {
+                    proptest::prop_assert!(unclean && live_isr.is_empty());
+                } else {
+                    proptest::prop_assert!(old.isr.contains(&a.leader));
+                    let end = |n: NodeId| reported_log_end(&r, a, n);
+                    proptest::prop_assert!(live_isr.iter().all(|n| end(*n) <= end(a.leader)));
+                }
+            }
+            let assignments: Vec<PartitionAssignment> =
+                plan.iter().map(|e| e.assignment.clone()).collect();
+            if !assignments.is_empty() {
+                proptest::prop_assert_eq!(
+                    s.apply(&Command::AssignPartitions { assignments }),
+                    CommandResponse::Done
+                );
+            }
+            proptest::prop_assert!(plan_elections(&s, &r).is_empty());
+        }
+    }
 }
