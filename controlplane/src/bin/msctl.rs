@@ -78,6 +78,7 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum StreamCmd {
+    /// Create a stream: partitions placed round-robin over the live nodes, the first replica leads.
     Create {
         name: String,
         #[arg(long, default_value_t = 1)]
@@ -104,24 +105,20 @@ enum StreamCmd {
         #[arg(long)]
         unclean_leader_election: bool,
     },
+    /// Streams you may describe, with their replication policy.
     List,
     /// Partitions with leader, replicas, ISR and epoch; under-replicated ones marked.
-    Describe {
-        name: String,
-    },
+    Describe { name: String },
     /// Each partition's leader, its data address and the epoch (what clients bootstrap from).
-    Resolve {
-        name: String,
-    },
+    Resolve { name: String },
     /// Turn unclean leader election on or off (audited).
     UncleanElection {
         name: String,
         #[arg(value_enum)]
         setting: OnOff,
     },
-    Delete {
-        name: String,
-    },
+    /// Delete a stream; its partitions are dropped on every node.
+    Delete { name: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -555,6 +552,8 @@ fn print_streams(cli: &Cli, streams: &[pb::Stream]) {
             "PARTITIONS",
             "RF",
             "MODE",
+            "MIN_ISR",
+            "ACKS",
             "RETENTION_BYTES",
             "RETENTION_MS",
         ],
@@ -567,6 +566,8 @@ fn print_streams(cli: &Cli, streams: &[pb::Stream]) {
                     s.partitions.to_string(),
                     s.replication_factor.to_string(),
                     mode_name(s.mode).to_string(),
+                    s.min_insync_replicas.to_string(),
+                    s.ack_default.clone(),
                     s.retention_bytes.to_string(),
                     s.retention_ms.to_string(),
                 ]
