@@ -403,4 +403,32 @@ mod tests {
         let later = t0 + Duration::from_secs(2);
         assert!(c.fresh(Duration::from_secs(1), later).is_empty());
     }
+
+    proptest::proptest! {
+        /// Heartbeats from the network (JSON) and the strings operators type never panic: what
+        /// is refused is refused with an error or counted.
+        #[test]
+        fn arbitrary_heartbeats_and_strings_are_checked_not_panicked(
+            json in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            from in 0u64..4,
+            node in 0u64..4,
+            isr in proptest::collection::vec(0u64..5, 0..20),
+            text in ".{0,40}",
+        ) {
+            let c = ClusterReplicas::default();
+            if let Ok(hb) = serde_json::from_slice::<crate::types::NodeHeartbeat>(&json) {
+                c.record(from, &hb.replicas, Instant::now());
+            }
+            let mut r = ReplicaReport::from_status(&status(node, 0, 1, &[]));
+            r.role = ReplicaRole::Leader;
+            r.proposed_isr = isr.clone();
+            c.record(from, std::slice::from_ref(&r), Instant::now());
+            let kept = c.fresh(Duration::from_secs(60), Instant::now());
+            let ok = node == from && isr.len() <= ASSIGN_REPLICAS_MAX;
+            proptest::prop_assert_eq!(kept.contains_key(&(5, 0)), ok);
+            let _ = text.parse::<crate::types::AckMode>();
+            let _ = crate::dataplane_link::parse_data_addr(1, &text);
+            let _ = crate::dataplane_link::parse_config_stream(&text);
+        }
+    }
 }
