@@ -426,6 +426,7 @@ async fn a_dead_partition_leader_is_replaced_by_the_most_caught_up_isr_member() 
     let (dead, rest): (Vec<_>, Vec<_>) = nodes
         .into_iter()
         .partition(|n| n.cluster.me().id == a.leader);
+    let stop = Instant::now();
     for n in dead {
         n.shutdown().await;
     }
@@ -443,6 +444,11 @@ async fn a_dead_partition_leader_is_replaced_by_the_most_caught_up_isr_member() 
             .unwrap()
             .clone()
     });
+    // A figure for the report, not an assertion (node_timeout 500 ms here).
+    println!(
+        "partition leader stopped -> new leader applied: {} ms",
+        stop.elapsed().as_millis()
+    );
     assert_eq!(b.leader, y, "the most caught-up ISR member leads");
     assert!(b.leader_epoch >= 2, "an election moves the epoch");
     assert_eq!(b.isr, vec![x, y], "the dead leader left the ISR");
