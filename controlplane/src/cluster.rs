@@ -1,32 +1,51 @@
 //! Cluster logic on top of Raft: writes from any node (forwarded to the
 //! leader), linearizable reads, membership (join, remove, leadership
-//! transfer), node liveness and partition leader election.
+//! transfer), node liveness, partition leader election and ISR changes.
 //!
 //! Liveness: every node sends a heartbeat to the Raft leader every
-//! `heartbeat_interval`. The leader keeps the last time it heard from each
+//! `heartbeat_interval`, carrying its replicas' latest statuses
+//! ([`crate::replicas`]). The leader keeps the last time it heard from each
 //! node in memory (a new leader starts every node with a full grace period)
 //! and commits `SetNodeLiveness` when a node crosses `node_timeout` either way.
-//! Partition leader election: after any liveness change the leader computes
-//! new assignments with [`plan_partition_changes`] and commits them with
-//! `AssignPartitions`, which the state machine accepts only if each carries
-//! exactly the current epoch + 1 — so a deposed Raft leader's stale plan, and
-//! any command from a deposed partition leader, is rejected. A replica that
-//! is live again rejoins the in-sync set through `UpdateIsr` with the current
-//! epoch ([`plan_isr_expansions`]): only a leader change moves the epoch.
+//!
+//! Partition leader election ([`plan_elections`]): when a partition's leader
+//! is dead, the leader commits, with `AssignPartitions`, a new leader taken
+//! from the committed ISR only (the live member with the highest reported log
+//! end; ISR order breaks ties), the ISR cut to its live members and the
+//! epoch plus one. The state machine accepts an assignment only with exactly
+//! the current epoch + 1, so a deposed Raft leader's stale plan, and any command from a
+//! deposed partition leader, is rejected. With no ISR member live the
+//! partition becomes leaderless (leader 0, ISR kept, as Kafka keeps its last
+//! member) and a returning ISR member leads it again; only a stream with
+//! unclean leader election turned on elects a replica outside the ISR, and
+//! every such election is written to the audit log and the error log.
+//!
+//! ISR changes ([`plan_isr_changes`]): the ISR follows the partition leader's
+//! proposals (its data plane's lag-time rule), committed as `UpdateIsr` with
+//! the leader's current epoch when they differ from the committed ISR; an
+//! ISR change never moves the epoch. A node the Raft leader declares dead
+//! leaves every ISR (as Kafka's controller drops a fenced broker); it comes
+//! back only through its partition leader's proposal, once it caught up —
+//! liveness alone never puts a replica back in sync.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{AuditLog, AuditResult};
 use crate::network::{PeerPool, Rpc, PEER_CALL_TIMEOUT_MS};
+use crate::replicas::{
+    ClusterReplicas, LocalReplicas, PartitionReports, ReplicaRole, HEARTBEAT_REPORTS_MAX,
+};
 use crate::store::StateView;
 use crate::types::{
     ClusterState, Command, CommandRejection, CommandResponse, NodeHeartbeat, NodeId, NodeInfo,
-    NodeLiveness, PartitionAssignment, TypeConfig,
+    NodeLiveness, PartitionAssignment, TypeConfig, LEADER_NONE,
 };
 
 /// How long a write (including forwarding and leader changes) may take.
@@ -118,6 +137,14 @@ pub struct Cluster {
     pool: Arc<PeerPool>,
     liveness: LivenessConfig,
     last_seen: Mutex<HashMap<NodeId, Instant>>,
+    /// This node's replicas as its data plane reports them.
+    local: Arc<LocalReplicas>,
+    /// Every node's replica reports (kept while this node is the Raft leader).
+    reports: ClusterReplicas,
+    /// Where unclean elections are recorded (set by the admin surface).
+    audit: OnceLock<Arc<AuditLog>>,
+    /// Unclean leader elections this node committed.
+    pub unclean_elections: AtomicU64,
 }
 
 fn fatal(e: impl std::fmt::Display) -> ClusterError {
@@ -141,7 +168,32 @@ impl Cluster {
             pool,
             liveness,
             last_seen: Mutex::new(HashMap::new()),
+            local: Arc::new(LocalReplicas::default()),
+            reports: ClusterReplicas::default(),
+            audit: OnceLock::new(),
+            unclean_elections: AtomicU64::new(0),
         })
+    }
+
+    /// This node's replicas' latest statuses (filled by `replicas::StatusReader`).
+    pub fn local_replicas(&self) -> &Arc<LocalReplicas> {
+        &self.local
+    }
+
+    /// Every node's replica reports as this node heard them (empty unless it leads Raft).
+    pub fn cluster_replicas(&self) -> &ClusterReplicas {
+        &self.reports
+    }
+
+    /// How long a replica report counts (the node timeout: a report older than that comes
+    /// from a node that is, or is about to be, declared dead).
+    pub fn report_max_age(&self) -> Duration {
+        Duration::from_millis(self.liveness.node_timeout_ms)
+    }
+
+    /// Records unclean elections in `audit` from now on (called once by the admin surface).
+    pub fn set_audit(&self, audit: Arc<AuditLog>) {
+        let _ = self.audit.set(audit);
     }
 
     /// This node.
@@ -554,6 +606,8 @@ impl Cluster {
             });
         }
         self.seen(hb.node_id);
+        self.reports
+            .record(hb.node_id, &hb.replicas, Instant::now());
         Ok(())
     }
 
@@ -572,11 +626,14 @@ impl Cluster {
             }
             let m = self.raft.metrics().borrow().clone();
             if m.state != ServerState::Leader {
-                leading_since = None;
+                if leading_since.take().is_some() {
+                    self.reports.clear();
+                }
                 if let Some(leader) = self.leader_node().filter(|l| l.id != self.me.id) {
                     let pool = self.pool.clone();
                     let hb = NodeHeartbeat {
                         node_id: self.me.id,
+                        replicas: self.local.snapshot(HEARTBEAT_REPORTS_MAX),
                     };
                     tokio::spawn(async move {
                         let _ = pool
@@ -600,6 +657,8 @@ impl Cluster {
                 }
             };
             self.seen(self.me.id);
+            let own = self.local.snapshot(HEARTBEAT_REPORTS_MAX);
+            self.reports.record(self.me.id, &own, Instant::now());
             if let Err(e) = self.leader_tick(since, timeout).await {
                 tracing::debug!("liveness tick: {e}");
             }
@@ -638,87 +697,181 @@ impl Cluster {
             self.write_local(Command::SetNodeLiveness { id, liveness })
                 .await?;
         }
-        let plan = self.view.read(|d| plan_partition_changes(&d.state));
-        if !plan.is_empty() {
-            self.write_local(Command::AssignPartitions { assignments: plan })
+        let reports = self.reports.fresh(self.report_max_age(), Instant::now());
+        let elections = self.view.read(|d| plan_elections(&d.state, &reports));
+        if !elections.is_empty() {
+            let assignments = elections.iter().map(|e| e.assignment.clone()).collect();
+            let r = self
+                .write_local(Command::AssignPartitions { assignments })
                 .await?;
+            if r == CommandResponse::Done {
+                for e in elections.iter().filter(|e| e.unclean) {
+                    self.record_unclean(e);
+                }
+            }
         }
-        // Planned on the state after the shrink above (applied before
+        // Planned on the state after the elections above (applied before
         // write_local returned).
-        let expansions = self.view.read(|d| plan_isr_expansions(&d.state));
-        for cmd in expansions {
+        let changes = self.view.read(|d| plan_isr_changes(&d.state, &reports));
+        for cmd in changes {
             self.write_local(cmd).await?;
         }
         Ok(())
     }
+
+    /// Writes a committed unclean election to the audit log and the error log.
+    fn record_unclean(&self, e: &Election) {
+        self.unclean_elections.fetch_add(1, Ordering::Relaxed);
+        let a = &e.assignment;
+        let what = format!(
+            "stream id {} partition {}: node {} leads at epoch {} from OUTSIDE the ISR; \
+             records acknowledged by the lost ISR may be gone",
+            a.stream_id, a.partition, a.leader, a.leader_epoch
+        );
+        tracing::error!("UNCLEAN LEADER ELECTION: {what}");
+        if let Some(audit) = self.audit.get() {
+            let resource = format!("stream-id:{} partition:{}", a.stream_id, a.partition);
+            let result = AuditResult::Error(format!("unclean leader election: {what}"));
+            if let Err(err) = audit.record(
+                &format!("controlplane:node-{}", self.me.id),
+                "UncleanLeaderElection",
+                &resource,
+                &result,
+            ) {
+                tracing::error!("{err}");
+            }
+        }
+    }
 }
 
-/// New assignments for partitions whose leader or in-sync replicas are dead:
-/// the leader moves to the first live in-sync replica, dead nodes leave the
-/// in-sync set, and each changed partition gets epoch + 1. A partition with no
-/// live in-sync replica keeps its assignment (no unclean election).
-pub fn plan_partition_changes(state: &ClusterState) -> Vec<PartitionAssignment> {
+/// One planned leader change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Election {
+    /// The new assignment (epoch + 1; leader [`LEADER_NONE`] when nobody may lead).
+    pub assignment: PartitionAssignment,
+    /// The new leader is outside the committed ISR (the stream allows it).
+    pub unclean: bool,
+}
+
+/// The reported log end of `node`'s replica of `a` (None: no fresh report).
+fn reported_log_end(
+    reports: &PartitionReports,
+    a: &PartitionAssignment,
+    node: NodeId,
+) -> Option<u64> {
+    reports
+        .get(&(a.stream_id, a.partition))?
+        .iter()
+        .find(|r| r.node == node)
+        .map(|r| r.log_end)
+}
+
+/// The most caught-up of `candidates` by reported log end; the earlier one wins ties.
+fn most_caught_up(
+    reports: &PartitionReports,
+    a: &PartitionAssignment,
+    candidates: &[NodeId],
+) -> Option<NodeId> {
+    let mut best: Option<(Option<u64>, NodeId)> = None;
+    for &n in candidates {
+        let end = reported_log_end(reports, a, n);
+        if best.is_none_or(|(b, _)| end > b) {
+            best = Some((end, n));
+        }
+    }
+    best.map(|(_, n)| n)
+}
+
+/// Leader elections for partitions whose leader is dead (see the module docs): from the live
+/// ISR members only, the most caught-up first; with none, leaderless — or, where the stream
+/// turned unclean election on, the most caught-up live replica outside the ISR.
+pub fn plan_elections(state: &ClusterState, reports: &PartitionReports) -> Vec<Election> {
     let live: BTreeSet<NodeId> = state.live_nodes().into_iter().collect();
+    let unclean_ok: BTreeMap<u32, bool> = state
+        .streams
+        .values()
+        .map(|s| (s.id, s.policy.unclean_leader_election))
+        .collect();
     let mut out = Vec::new();
-    let by_stream: BTreeMap<u32, &Vec<PartitionAssignment>> =
-        state.assignments.iter().map(|(k, v)| (*k, v)).collect();
-    for parts in by_stream.values() {
-        for a in parts.iter() {
-            let isr: Vec<NodeId> = a.isr.iter().copied().filter(|n| live.contains(n)).collect();
-            if isr.len() == a.isr.len() {
-                continue;
-            }
-            let Some(&first_live) = isr.first() else {
-                continue;
-            };
-            let leader = if live.contains(&a.leader) {
-                a.leader
-            } else {
-                first_live
-            };
-            out.push(PartitionAssignment {
-                leader,
-                isr,
-                leader_epoch: a.leader_epoch + 1,
-                ..a.clone()
+    for a in state.assignments.values().flatten() {
+        if a.leader != LEADER_NONE && live.contains(&a.leader) {
+            continue;
+        }
+        let in_sync: Vec<NodeId> = a.isr.iter().copied().filter(|n| live.contains(n)).collect();
+        let next = |leader, isr| PartitionAssignment {
+            leader,
+            isr,
+            leader_epoch: a.leader_epoch + 1,
+            ..a.clone()
+        };
+        if let Some(leader) = most_caught_up(reports, a, &in_sync) {
+            out.push(Election {
+                assignment: next(leader, in_sync),
+                unclean: false,
             });
+            continue;
+        }
+        let outside: Vec<NodeId> = a
+            .replicas
+            .iter()
+            .copied()
+            .filter(|n| live.contains(n))
+            .collect();
+        let unclean = unclean_ok.get(&a.stream_id).copied().unwrap_or(false);
+        match most_caught_up(reports, a, &outside).filter(|_| unclean) {
+            Some(leader) => out.push(Election {
+                assignment: next(leader, vec![leader]),
+                unclean: true,
+            }),
+            // Already leaderless: nothing changes until an ISR member is back.
+            None if a.leader == LEADER_NONE => {}
+            None => out.push(Election {
+                assignment: next(LEADER_NONE, a.isr.clone()),
+                unclean: false,
+            }),
         }
     }
     out
 }
 
-/// `UpdateIsr` commands that put live replicas back into the in-sync set of
-/// partitions whose leader is live: a replica that was dropped while dead
-/// rejoins once it heart-beats again. Only the ISR changes: the command
-/// carries the current leader and epoch (the state machine fences it with
-/// them), since the epoch moves only with the leader. The ISR keeps its
-/// order and the returning replicas follow in replica order.
-pub fn plan_isr_expansions(state: &ClusterState) -> Vec<Command> {
+/// `UpdateIsr` commands (current leader and epoch) for partitions with a live leader whose
+/// committed ISR differs from what it should be: the leader's fresh proposal, if it made one
+/// for the current epoch (and it names the leader and replicas only), else the committed ISR;
+/// in both cases without the nodes the Raft leader declared dead.
+pub fn plan_isr_changes(state: &ClusterState, reports: &PartitionReports) -> Vec<Command> {
     let live: BTreeSet<NodeId> = state.live_nodes().into_iter().collect();
-    let by_stream: BTreeMap<u32, &Vec<PartitionAssignment>> =
-        state.assignments.iter().map(|(k, v)| (*k, v)).collect();
     let mut out = Vec::new();
-    for parts in by_stream.values() {
-        for a in parts.iter() {
-            if !live.contains(&a.leader) || !a.isr.contains(&a.leader) {
-                continue;
-            }
-            let back = a
-                .replicas
-                .iter()
-                .filter(|r| live.contains(r) && !a.isr.contains(r));
-            let isr: Vec<NodeId> = a.isr.iter().chain(back).copied().collect();
-            if isr.len() == a.isr.len() {
-                continue;
-            }
-            out.push(Command::UpdateIsr {
-                stream_id: a.stream_id,
-                partition: a.partition,
-                leader: a.leader,
-                leader_epoch: a.leader_epoch,
-                isr,
-            });
+    for a in state.assignments.values().flatten() {
+        if a.leader == LEADER_NONE || !live.contains(&a.leader) {
+            continue;
         }
+        let proposal = reports
+            .get(&(a.stream_id, a.partition))
+            .and_then(|rs| rs.iter().find(|r| r.node == a.leader))
+            .filter(|r| {
+                r.role == ReplicaRole::Leader
+                    && r.leader_epoch == a.leader_epoch
+                    && r.proposed_isr.contains(&a.leader)
+                    && r.proposed_isr.iter().all(|n| a.replicas.contains(n))
+            })
+            .map(|r| r.proposed_isr.clone());
+        let mut isr: Vec<NodeId> = Vec::new();
+        for n in proposal.as_ref().unwrap_or(&a.isr) {
+            if live.contains(n) && !isr.contains(n) {
+                isr.push(*n);
+            }
+        }
+        let same = isr.len() == a.isr.len() && isr.iter().all(|n| a.isr.contains(n));
+        if same || !isr.contains(&a.leader) {
+            continue;
+        }
+        out.push(Command::UpdateIsr {
+            stream_id: a.stream_id,
+            partition: a.partition,
+            leader: a.leader,
+            leader_epoch: a.leader_epoch,
+            isr,
+        });
     }
     out
 }
@@ -726,10 +879,11 @@ pub fn plan_isr_expansions(state: &ClusterState) -> Vec<Command> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::StreamMode;
+    use crate::replicas::{ReplicaReport, ReplicaServing};
+    use crate::types::{ReplicationPolicy, StreamMode};
 
     /// Nodes 1..=3 registered, one stream of 3 partitions replicated on all.
-    fn three_nodes_one_stream() -> ClusterState {
+    fn three_nodes_one_stream(unclean: bool) -> ClusterState {
         let mut s = ClusterState::default();
         for id in 1..=3 {
             s.apply(&Command::RegisterNode(NodeInfo {
@@ -744,88 +898,305 @@ mod tests {
             retention_bytes: 0,
             retention_ms: 0,
             mode: StreamMode::Lossy,
+            policy: ReplicationPolicy {
+                unclean_leader_election: unclean,
+                ..ReplicationPolicy::default()
+            },
         });
         s
     }
 
-    #[test]
-    fn dead_leader_moves_to_live_isr_with_epoch_bump() {
-        let mut s = three_nodes_one_stream();
-        assert!(plan_partition_changes(&s).is_empty());
+    fn dead(s: &mut ClusterState, id: NodeId) {
         s.apply(&Command::SetNodeLiveness {
-            id: 1,
+            id,
             liveness: NodeLiveness::Dead,
         });
-        let plan = plan_partition_changes(&s);
-        assert_eq!(plan.len(), 3, "node 1 is in every ISR");
-        for a in &plan {
-            assert_ne!(a.leader, 1);
-            assert!(!a.isr.contains(&1));
-            assert_eq!(a.leader_epoch, 2);
+    }
+
+    fn live(s: &mut ClusterState, id: NodeId) {
+        s.apply(&Command::SetNodeLiveness {
+            id,
+            liveness: NodeLiveness::Live,
+        });
+    }
+
+    fn report(
+        a: &PartitionAssignment,
+        node: NodeId,
+        log_end: u64,
+        isr: &[NodeId],
+    ) -> ReplicaReport {
+        ReplicaReport {
+            stream_id: a.stream_id,
+            partition: a.partition,
+            node,
+            role: if node == a.leader {
+                ReplicaRole::Leader
+            } else {
+                ReplicaRole::Follower
+            },
+            state: ReplicaServing::Serving,
+            leader_epoch: a.leader_epoch,
+            log_end,
+            durable: log_end,
+            hw_replicated: 0,
+            hw_persisted: 0,
+            proposed_isr: isr.to_vec(),
         }
+    }
+
+    fn reports(rs: Vec<ReplicaReport>) -> PartitionReports {
+        let mut out = PartitionReports::new();
+        for r in rs {
+            out.entry((r.stream_id, r.partition)).or_default().push(r);
+        }
+        out
+    }
+
+    fn elect(s: &mut ClusterState, r: &PartitionReports) -> Vec<Election> {
+        let plan = plan_elections(s, r);
+        if !plan.is_empty() {
+            let assignments = plan.iter().map(|e| e.assignment.clone()).collect();
+            let resp = s.apply(&Command::AssignPartitions { assignments });
+            assert_eq!(resp, CommandResponse::Done);
+        }
+        plan
+    }
+
+    #[test]
+    fn a_dead_leader_is_replaced_by_the_most_caught_up_live_isr_member() {
+        let mut s = three_nodes_one_stream(false);
+        let none = PartitionReports::new();
+        assert!(plan_elections(&s, &none).is_empty());
+        let p0 = s.assignment(0, 0).unwrap().clone();
+        assert_eq!((p0.leader, p0.replicas.clone()), (1, vec![1, 2, 3]));
+        // Node 3 reports more than node 2: it wins although it comes later in the ISR.
+        let r = reports(vec![report(&p0, 2, 40, &[]), report(&p0, 3, 50, &[])]);
+        dead(&mut s, 1);
+        let plan = elect(&mut s, &r);
+        let led_by_1 = plan.iter().filter(|e| e.assignment.partition == 0).count();
+        assert_eq!(led_by_1, 1, "only partition 0 was led by node 1");
+        let a = s.assignment(0, 0).unwrap();
         assert_eq!(
-            s.apply(&Command::AssignPartitions {
-                assignments: plan.clone()
-            }),
-            CommandResponse::Done
+            (a.leader, a.leader_epoch, a.isr.clone()),
+            (3, 2, vec![2, 3])
         );
-        assert!(plan_partition_changes(&s).is_empty());
+        assert!(!plan.iter().any(|e| e.unclean));
+        assert!(plan_elections(&s, &r).is_empty(), "every leader is live");
         // A deposed Raft leader replaying the same plan is fenced.
+        let tie = plan_elections(&s, &PartitionReports::new());
+        assert!(tie.is_empty());
+        let replay = plan.iter().map(|e| e.assignment.clone()).collect();
         assert!(matches!(
-            s.apply(&Command::AssignPartitions { assignments: plan }),
+            s.apply(&Command::AssignPartitions {
+                assignments: replay
+            }),
             CommandResponse::Rejected(CommandRejection::StaleEpoch { .. })
         ));
     }
 
     #[test]
-    fn a_replica_that_heart_beats_again_rejoins_the_isr_without_an_epoch_bump() {
-        let mut s = three_nodes_one_stream();
-        assert!(plan_isr_expansions(&s).is_empty(), "every ISR is full");
-        s.apply(&Command::SetNodeLiveness {
-            id: 2,
-            liveness: NodeLiveness::Dead,
-        });
-        let shrink = plan_partition_changes(&s);
-        s.apply(&Command::AssignPartitions {
-            assignments: shrink,
-        });
-        assert!(plan_isr_expansions(&s).is_empty(), "node 2 is still dead");
-        let before: Vec<PartitionAssignment> = s.assignments.values().flatten().cloned().collect();
-        assert!(before.iter().all(|a| !a.isr.contains(&2)));
+    fn with_no_live_isr_member_a_partition_is_leaderless_until_one_returns() {
+        let mut s = three_nodes_one_stream(false);
+        let none = PartitionReports::new();
+        // ISR of partition 0 shrinks to {1} (the leader's proposal), then 1 dies.
+        let p0 = s.assignment(0, 0).unwrap().clone();
+        let r = reports(vec![report(&p0, 1, 9, &[1])]);
+        for cmd in plan_isr_changes(&s, &r) {
+            assert_eq!(s.apply(&cmd), CommandResponse::Done);
+        }
+        assert_eq!(s.assignment(0, 0).unwrap().isr, vec![1]);
+        dead(&mut s, 1);
+        let plan = elect(&mut s, &none);
+        let a = s.assignment(0, 0).unwrap().clone();
+        assert_eq!(
+            (a.leader, a.isr.clone(), a.leader_epoch),
+            (LEADER_NONE, vec![1], 2)
+        );
+        assert!(plan.iter().all(|e| !e.unclean));
+        assert!(
+            plan_elections(&s, &none)
+                .iter()
+                .all(|e| e.assignment.partition != 0),
+            "leaderless stays leaderless without churning the epoch"
+        );
+        // Nodes 2 and 3 are live replicas, but outside the ISR: no unclean election.
+        assert!(plan_isr_changes(&s, &none)
+            .iter()
+            .all(|c| !matches!(c, Command::UpdateIsr { partition: 0, .. })));
+        live(&mut s, 1);
+        elect(&mut s, &none);
+        let a = s.assignment(0, 0).unwrap();
+        assert_eq!(
+            (a.leader, a.leader_epoch),
+            (1, 3),
+            "the ISR member leads again"
+        );
+    }
 
-        s.apply(&Command::SetNodeLiveness {
-            id: 2,
-            liveness: NodeLiveness::Live,
-        });
-        let grow = plan_isr_expansions(&s);
-        assert_eq!(grow.len(), 3, "node 2 is a replica of every partition");
-        for cmd in &grow {
-            assert_eq!(s.apply(cmd), CommandResponse::Done);
+    #[test]
+    fn unclean_election_is_opt_in_and_marked() {
+        for unclean in [false, true] {
+            let mut s = three_nodes_one_stream(unclean);
+            let p0 = s.assignment(0, 0).unwrap().clone();
+            let r = reports(vec![report(&p0, 1, 9, &[1])]);
+            for cmd in plan_isr_changes(&s, &r) {
+                s.apply(&cmd);
+            }
+            dead(&mut s, 1);
+            let r = reports(vec![report(&p0, 2, 3, &[]), report(&p0, 3, 8, &[])]);
+            let plan = elect(&mut s, &r);
+            let e = plan.iter().find(|e| e.assignment.partition == 0).unwrap();
+            assert_eq!(e.unclean, unclean);
+            let a = s.assignment(0, 0).unwrap();
+            if unclean {
+                assert_eq!((a.leader, a.isr.clone()), (3, vec![3]), "most caught up");
+            } else {
+                assert_eq!(a.leader, LEADER_NONE);
+            }
         }
-        assert!(plan_isr_expansions(&s).is_empty());
-        assert!(plan_partition_changes(&s).is_empty());
-        let after: Vec<PartitionAssignment> = s.assignments.values().flatten().cloned().collect();
-        for (b, a) in before.iter().zip(&after) {
-            assert_eq!(a.leader, b.leader, "the leader stays");
-            assert_eq!(a.leader_epoch, b.leader_epoch, "the epoch stays");
-            assert_eq!(&a.isr[..b.isr.len()], &b.isr[..], "the ISR keeps its order");
-            assert!(a.isr.contains(&2));
-            let mut isr = a.isr.clone();
-            isr.sort_unstable();
-            let mut replicas = a.replicas.clone();
-            replicas.sort_unstable();
-            assert_eq!(isr, replicas);
+    }
+
+    #[test]
+    fn the_isr_follows_the_leaders_proposals_under_the_epoch_rules() {
+        let mut s = three_nodes_one_stream(false);
+        let p0 = s.assignment(0, 0).unwrap().clone();
+        let none = PartitionReports::new();
+        assert!(
+            plan_isr_changes(&s, &none).is_empty(),
+            "no proposal, all live"
+        );
+        // The leader drops node 3 (lagging).
+        let shrink = reports(vec![report(&p0, 1, 10, &[1, 2])]);
+        let cmds = plan_isr_changes(&s, &shrink);
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(s.apply(&cmds[0]), CommandResponse::Done);
+        assert_eq!(s.assignment(0, 0).unwrap().isr, vec![1, 2]);
+        assert_eq!(s.assignment(0, 0).unwrap().leader_epoch, 1, "no epoch bump");
+        assert!(plan_isr_changes(&s, &shrink).is_empty(), "applied once");
+        // Proposals that break the rules are ignored: from a follower, an old epoch, with a
+        // node outside the replicas, without the leader.
+        let mut follower = report(&p0, 2, 10, &[]);
+        follower.proposed_isr = vec![1, 2, 3];
+        let mut old = report(&p0, 1, 10, &[1, 2, 3]);
+        old.leader_epoch = 0;
+        for bad in [
+            follower,
+            old,
+            report(&p0, 1, 10, &[1, 2, 3, 9]),
+            report(&p0, 1, 10, &[2, 3]),
+        ] {
+            assert!(plan_isr_changes(&s, &reports(vec![bad])).is_empty());
         }
-        // A stale copy of an expansion (the leader moved since) is fenced.
-        s.apply(&Command::SetNodeLiveness {
-            id: 1,
-            liveness: NodeLiveness::Dead,
-        });
-        let moved = plan_partition_changes(&s);
-        s.apply(&Command::AssignPartitions { assignments: moved });
-        assert!(matches!(
-            s.apply(&grow[0]),
-            CommandResponse::Rejected(CommandRejection::StaleEpoch { .. })
-        ));
+        // A dead follower leaves; live again, it stays out until the leader proposes it.
+        dead(&mut s, 2);
+        let cmds = plan_isr_changes(&s, &shrink);
+        assert!(cmds.iter().all(|c| s.apply(c) == CommandResponse::Done));
+        assert_eq!(s.assignment(0, 0).unwrap().isr, vec![1]);
+        live(&mut s, 2);
+        let quiet = reports(vec![report(&p0, 1, 10, &[1])]);
+        assert!(plan_isr_changes(&s, &quiet)
+            .iter()
+            .all(|c| !matches!(c, Command::UpdateIsr { partition: 0, .. })));
+        let grow = reports(vec![report(&p0, 1, 10, &[1, 2, 3])]);
+        for c in plan_isr_changes(&s, &grow) {
+            assert_eq!(s.apply(&c), CommandResponse::Done);
+        }
+        assert_eq!(s.assignment(0, 0).unwrap().isr, vec![1, 2, 3]);
+        assert_eq!(s.assignment(0, 0).unwrap().leader_epoch, 1);
+        // A leader change fences the old leader's proposal.
+        dead(&mut s, 1);
+        elect(&mut s, &none);
+        let stale = reports(vec![report(&p0, 1, 10, &[1])]);
+        assert!(plan_isr_changes(&s, &stale)
+            .iter()
+            .all(|c| !matches!(c, Command::UpdateIsr { partition: 0, .. })));
+    }
+
+    proptest::proptest! {
+        /// Whatever the liveness, ISRs and reports, an election picks a live ISR member (the
+        /// most caught-up), or, only where the stream opted in and no ISR member is live, a
+        /// live replica marked unclean, or no leader; every election moves the epoch by one,
+        /// the state machine accepts the plan, and a second plan changes nothing.
+        #[test]
+        fn elections_follow_the_isr_rules(
+            down in proptest::collection::vec(proptest::bool::ANY, 4),
+            isr_bits in proptest::collection::vec(0u8..16, 3),
+            ends in proptest::collection::vec(0u64..4, 12),
+            unclean in proptest::bool::ANY,
+        ) {
+            let mut s = ClusterState::default();
+            for id in 1..=4 {
+                s.apply(&Command::RegisterNode(NodeInfo { id, ..Default::default() }));
+            }
+            s.apply(&Command::CreateStream {
+                name: "p".into(),
+                partitions: 3,
+                replication_factor: 4,
+                retention_bytes: 0,
+                retention_ms: 0,
+                mode: StreamMode::Reliable,
+                policy: ReplicationPolicy {
+                    unclean_leader_election: unclean,
+                    ..ReplicationPolicy::default()
+                },
+            });
+            let mut rs = Vec::new();
+            for (p, bits) in isr_bits.iter().enumerate() {
+                let a = &mut s.assignments.get_mut(&0).unwrap()[p];
+                let leader = a.leader;
+                a.isr = a
+                    .replicas
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .filter(|(i, n)| *n == leader || bits & (1 << i) != 0)
+                    .map(|(_, n)| n)
+                    .collect();
+                for n in 1..=4u64 {
+                    rs.push(report(a, n, ends[p * 4 + (n as usize - 1)], &[]));
+                }
+            }
+            for (i, d) in down.iter().enumerate() {
+                if *d {
+                    dead(&mut s, i as u64 + 1);
+                }
+            }
+            let r = reports(rs);
+            let live: BTreeSet<NodeId> = s.live_nodes().into_iter().collect();
+            let plan = plan_elections(&s, &r);
+            for e in &plan {
+                let a = &e.assignment;
+                let old = s.assignment(a.stream_id, a.partition).unwrap();
+                proptest::prop_assert!(!live.contains(&old.leader));
+                proptest::prop_assert_eq!(a.leader_epoch, old.leader_epoch + 1);
+                let live_isr: Vec<NodeId> =
+                    old.isr.iter().copied().filter(|n| live.contains(n)).collect();
+                if a.leader == LEADER_NONE {
+                    proptest::prop_assert!(live_isr.is_empty() && !e.unclean);
+                    proptest::prop_assert!(!unclean || old.replicas.iter().all(|n| !live.contains(n)));
+                    continue;
+                }
+                proptest::prop_assert!(live.contains(&a.leader));
+                proptest::prop_assert!(a.isr.contains(&a.leader));
+                proptest::prop_assert!(a.isr.iter().all(|n| a.replicas.contains(n)));
+                if e.unclean {
+                    proptest::prop_assert!(unclean && live_isr.is_empty());
+                } else {
+                    proptest::prop_assert!(old.isr.contains(&a.leader));
+                    let end = |n: NodeId| reported_log_end(&r, a, n);
+                    proptest::prop_assert!(live_isr.iter().all(|n| end(*n) <= end(a.leader)));
+                }
+            }
+            let assignments: Vec<PartitionAssignment> =
+                plan.iter().map(|e| e.assignment.clone()).collect();
+            if !assignments.is_empty() {
+                proptest::prop_assert_eq!(
+                    s.apply(&Command::AssignPartitions { assignments }),
+                    CommandResponse::Done
+                );
+            }
+            proptest::prop_assert!(plan_elections(&s, &r).is_empty());
+        }
     }
 }

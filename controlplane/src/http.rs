@@ -32,6 +32,25 @@
 //! ```
 //! Counter names are the snake_case of `abi::counters::Counter`
 //! (stable: ids and names are only ever appended).
+//!
+//! Replication (#11), from the applied cluster metadata and the replica
+//! statuses ([`crate::replicas`]):
+//!
+//! ```text
+//! ms_partitions_under_replicated   gauge  partitions whose ISR is smaller than their replica set
+//! ms_partitions_below_min_isr      gauge  partitions whose ISR is below min_insync_replicas
+//! ms_partitions_leaderless         gauge  partitions with no leader (no ISR member live)
+//! ms_cp_unclean_elections_total    counter  unclean leader elections this node committed
+//! ms_cp_status_records_total       counter  status records read from the local data plane
+//! ms_cp_status_records_refused_total counter  status records refused (bad or another node's)
+//! ms_partition_under_replicated{stream,partition}   gauge 0/1, partitions this node replicates
+//! ms_replica_state{stream,partition,state}          gauge 1 for the state this node's replica reports
+//! ms_replica_log_end{stream,partition}              gauge this node's replica's log end
+//! ms_replica_durable{stream,partition}              gauge this node's replica's durable offset
+//! ms_replica_lag_records{stream,partition,node}     gauge on the Raft leader: leader log end - replica log end
+//! ```
+//! Per-partition series stop at [`PARTITION_SERIES_MAX`] per family
+//! (`ms_partition_series_truncated 1` says so).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -47,7 +66,12 @@ use axum::routing::get;
 use axum::Router;
 use openraft::Raft;
 
-use crate::types::TypeConfig;
+use crate::cluster::Cluster;
+use crate::replicas::{LocalReplicas, PartitionReports, ReplicaServing};
+use crate::types::{ClusterState, NodeId, TypeConfig, LEADER_NONE};
+
+/// Most per-partition series one family of replication metrics shows.
+pub const PARTITION_SERIES_MAX: usize = 4_096;
 
 /// Bucket upper bounds in microseconds (policy push and apply latencies).
 pub const LATENCY_BUCKETS_US: [u64; 14] = [
@@ -214,13 +238,165 @@ impl Metrics {
 #[derive(Clone)]
 struct HttpState {
     raft: Raft<TypeConfig>,
+    cluster: Arc<Cluster>,
     metrics: Arc<Metrics>,
     dataplane_counters: Option<PathBuf>,
+}
+
+/// Cluster-wide partition health from the applied metadata.
+fn render_partition_health(state: &ClusterState, out: &mut String) {
+    let (mut under, mut below, mut leaderless) = (0u64, 0u64, 0u64);
+    let min_isr: std::collections::BTreeMap<u32, u8> = state
+        .streams
+        .values()
+        .map(|s| (s.id, s.policy.min_insync_replicas))
+        .collect();
+    for a in state.assignments.values().flatten() {
+        under += u64::from(a.isr.len() < a.replicas.len());
+        let min = usize::from(min_isr.get(&a.stream_id).copied().unwrap_or(1));
+        below += u64::from(a.isr.len() < min);
+        leaderless += u64::from(a.leader == LEADER_NONE);
+    }
+    for (name, help, v) in [
+        (
+            "ms_partitions_under_replicated",
+            "Partitions whose ISR is smaller than their replica set.",
+            under,
+        ),
+        (
+            "ms_partitions_below_min_isr",
+            "Partitions whose ISR is below min_insync_replicas (acks=all writes refused).",
+            below,
+        ),
+        (
+            "ms_partitions_leaderless",
+            "Partitions without a leader (no ISR member live).",
+            leaderless,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+}
+
+/// Per-partition replication series: this node's replicas (`me`), and on the Raft leader the
+/// lag of every replica that reported (`reports`, empty elsewhere).
+pub fn render_replication(
+    state: &ClusterState,
+    me: NodeId,
+    local: &LocalReplicas,
+    reports: &PartitionReports,
+    out: &mut String,
+) {
+    render_partition_health(state, out);
+    let names: std::collections::BTreeMap<u32, &str> = state
+        .streams
+        .values()
+        .map(|s| (s.id, s.name.as_str()))
+        .collect();
+    let name = |id: u32| names.get(&id).copied().unwrap_or("-");
+    let mut truncated = false;
+    let _ = writeln!(out, "# HELP ms_partition_under_replicated 1 when the partition's ISR is smaller than its replica set (partitions this node replicates).\n# TYPE ms_partition_under_replicated gauge");
+    let mine = state
+        .assignments
+        .values()
+        .flatten()
+        .filter(|a| a.replicas.contains(&me));
+    for (i, a) in mine.enumerate() {
+        if i == PARTITION_SERIES_MAX {
+            truncated = true;
+            break;
+        }
+        let v = u8::from(a.isr.len() < a.replicas.len());
+        let _ = writeln!(
+            out,
+            "ms_partition_under_replicated{{stream=\"{}\",partition=\"{}\"}} {v}",
+            name(a.stream_id),
+            a.partition
+        );
+    }
+    let _ = writeln!(out, "# HELP ms_replica_state 1 for the state this node's replica reports (serving, catching_up, no_ring, no_storage, refused, removed).\n# TYPE ms_replica_state gauge");
+    let local = local.snapshot(PARTITION_SERIES_MAX);
+    truncated |= local.len() == PARTITION_SERIES_MAX;
+    for r in &local {
+        for st in ReplicaServing::ALL {
+            let _ = writeln!(
+                out,
+                "ms_replica_state{{stream=\"{}\",partition=\"{}\",state=\"{}\"}} {}",
+                name(r.stream_id),
+                r.partition,
+                st.as_str(),
+                u8::from(r.state == st)
+            );
+        }
+    }
+    for (family, help, get) in [
+        (
+            "ms_replica_log_end",
+            "Next offset this node's replica will store.",
+            (|r: &crate::replicas::ReplicaReport| r.log_end) as fn(&_) -> u64,
+        ),
+        (
+            "ms_replica_durable",
+            "Offsets below this are on this node's replica's disk.",
+            |r| r.durable,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} gauge");
+        for r in &local {
+            let _ = writeln!(
+                out,
+                "{family}{{stream=\"{}\",partition=\"{}\"}} {}",
+                name(r.stream_id),
+                r.partition,
+                get(r)
+            );
+        }
+    }
+    truncated |= render_lag(state, reports, &name, out);
+    let _ = writeln!(out, "# HELP ms_partition_series_truncated 1 when per-partition series were cut at {PARTITION_SERIES_MAX}.\n# TYPE ms_partition_series_truncated gauge\nms_partition_series_truncated {}", u8::from(truncated));
+}
+
+/// `ms_replica_lag_records` from the reports the Raft leader holds; true when truncated.
+fn render_lag<'a>(
+    state: &ClusterState,
+    reports: &PartitionReports,
+    name: &dyn Fn(u32) -> &'a str,
+    out: &mut String,
+) -> bool {
+    let _ = writeln!(out, "# HELP ms_replica_lag_records Records a replica is behind its leader's log end (reported on the Raft leader).\n# TYPE ms_replica_lag_records gauge");
+    let mut n = 0usize;
+    for ((stream, partition), rs) in reports {
+        let Ok(a) = state.assignment(*stream, *partition) else {
+            continue;
+        };
+        let Some(leader_end) = rs.iter().find(|r| r.node == a.leader).map(|r| r.log_end) else {
+            continue;
+        };
+        for r in rs.iter().filter(|r| a.replicas.contains(&r.node)) {
+            if n == PARTITION_SERIES_MAX {
+                return true;
+            }
+            n += 1;
+            let _ = writeln!(
+                out,
+                "ms_replica_lag_records{{stream=\"{}\",partition=\"{partition}\",node=\"{}\"}} {}",
+                name(*stream),
+                r.node,
+                leader_end.saturating_sub(r.log_end)
+            );
+        }
+    }
+    false
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     let figures = raft_figures(&s.raft).await;
     let mut text = s.metrics.render(&figures);
+    render_cluster_replication(
+        &s.cluster,
+        figures.leader == Some(figures.node_id),
+        &mut text,
+    );
     if let Some(path) = s.dataplane_counters {
         let snap =
             tokio::task::spawn_blocking(move || abi::counters::CountersSnapshot::read(&path)).await;
@@ -230,6 +406,42 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+fn render_cluster_replication(cluster: &Cluster, is_leader: bool, out: &mut String) {
+    let reports = if is_leader {
+        cluster
+            .cluster_replicas()
+            .fresh(cluster.report_max_age(), std::time::Instant::now())
+    } else {
+        PartitionReports::new()
+    };
+    let local = cluster.local_replicas();
+    cluster.view().read(|d| {
+        render_replication(&d.state, cluster.me().id, local, &reports, out);
+    });
+    for (name, help, v) in [
+        (
+            "ms_cp_unclean_elections_total",
+            "Unclean leader elections this node committed.",
+            cluster.unclean_elections.load(Ordering::Relaxed),
+        ),
+        (
+            "ms_cp_status_records_total",
+            "Status records read from the local data plane's status ring.",
+            local.records.load(Ordering::Relaxed),
+        ),
+        (
+            "ms_cp_status_records_refused_total",
+            "Status records refused (did not decode, or named another node).",
+            local.refused.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
 }
 
 fn now_unix_ns() -> u64 {
@@ -349,7 +561,7 @@ async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
 /// The router of `/metrics`, `/health`, `/ready`; `/metrics` also shows the
 /// data plane's counters file at `dataplane_counters` when given.
 pub fn router(
-    raft: Raft<TypeConfig>,
+    cluster: Arc<Cluster>,
     metrics: Arc<Metrics>,
     dataplane_counters: Option<PathBuf>,
 ) -> Router {
@@ -358,7 +570,8 @@ pub fn router(
         .route("/health", get(health))
         .route("/ready", get(ready))
         .with_state(HttpState {
-            raft,
+            raft: cluster.raft().clone(),
+            cluster,
             metrics,
             dataplane_counters,
         })
@@ -367,12 +580,12 @@ pub fn router(
 /// Binds `addr` and serves the router until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    raft: Raft<TypeConfig>,
+    cluster: Arc<Cluster>,
     metrics: Arc<Metrics>,
     dataplane_counters: Option<PathBuf>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(raft, metrics, dataplane_counters))
+    axum::serve(listener, router(cluster, metrics, dataplane_counters))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -396,6 +609,90 @@ pub struct HttpBindError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replication_metrics_show_under_replicated_partitions_states_and_lag() {
+        use crate::replicas::{ReplicaReport, ReplicaRole};
+        use crate::types::{Command, NodeInfo, NodeLiveness, ReplicationPolicy, StreamMode};
+        let mut s = ClusterState::default();
+        for id in 1..=3 {
+            s.apply(&Command::RegisterNode(NodeInfo {
+                id,
+                ..Default::default()
+            }));
+        }
+        s.apply(&Command::CreateStream {
+            name: "o".into(),
+            partitions: 2,
+            replication_factor: 3,
+            retention_bytes: 0,
+            retention_ms: 0,
+            mode: StreamMode::Reliable,
+            policy: ReplicationPolicy {
+                min_insync_replicas: 3,
+                ..ReplicationPolicy::default()
+            },
+        });
+        s.apply(&Command::SetNodeLiveness {
+            id: 3,
+            liveness: NodeLiveness::Dead,
+        });
+        s.apply(&Command::UpdateIsr {
+            stream_id: 0,
+            partition: 0,
+            leader: 1,
+            leader_epoch: 1,
+            isr: vec![1, 2],
+        });
+        let report = |node, state, log_end| ReplicaReport {
+            stream_id: 0,
+            partition: 0,
+            node,
+            role: if node == 1 {
+                ReplicaRole::Leader
+            } else {
+                ReplicaRole::Follower
+            },
+            state,
+            leader_epoch: 1,
+            log_end,
+            durable: log_end - 1,
+            hw_replicated: 0,
+            hw_persisted: 0,
+            proposed_isr: Vec::new(),
+        };
+        let local = LocalReplicas::default();
+        local.put(report(2, ReplicaServing::CatchingUp, 70));
+        let mut reports = PartitionReports::new();
+        reports.insert(
+            (0, 0),
+            vec![
+                report(1, ReplicaServing::Serving, 100),
+                report(2, ReplicaServing::CatchingUp, 70),
+            ],
+        );
+        let mut out = String::new();
+        render_replication(&s, 2, &local, &reports, &mut out);
+        for want in [
+            "ms_partitions_under_replicated 1",
+            "ms_partitions_below_min_isr 1",
+            "ms_partitions_leaderless 0",
+            "ms_partition_under_replicated{stream=\"o\",partition=\"0\"} 1",
+            "ms_partition_under_replicated{stream=\"o\",partition=\"1\"} 0",
+            "ms_replica_state{stream=\"o\",partition=\"0\",state=\"catching_up\"} 1",
+            "ms_replica_state{stream=\"o\",partition=\"0\",state=\"serving\"} 0",
+            "ms_replica_log_end{stream=\"o\",partition=\"0\"} 70",
+            "ms_replica_durable{stream=\"o\",partition=\"0\"} 69",
+            "ms_replica_lag_records{stream=\"o\",partition=\"0\",node=\"1\"} 0",
+            "ms_replica_lag_records{stream=\"o\",partition=\"0\",node=\"2\"} 30",
+            "ms_partition_series_truncated 0",
+        ] {
+            assert!(
+                out.lines().any(|l| l == want),
+                "{want} missing from:\n{out}"
+            );
+        }
+    }
 
     #[test]
     fn dataplane_counters_render_with_stable_names() {

@@ -5,7 +5,8 @@
 //! Layout follows openraft's `raft-kv-memstore-grpc` example: [`types`] (the
 //! data model and Raft type config), [`store`] (durable log + state machine),
 //! [`network`] (Raft RPC over tonic), [`cluster`] (membership, partition
-//! leader election), [`node`] (a running node).
+//! leader election from the ISR), [`replicas`] (replica status from the data
+//! plane), [`node`] (a running node).
 #![forbid(unsafe_code)]
 
 pub mod cluster;
@@ -22,6 +23,7 @@ pub mod dataplane_link;
 pub mod grpc;
 pub mod http;
 pub mod policy;
+pub mod replicas;
 
 /// Generated protobuf/tonic code.
 pub mod pb {

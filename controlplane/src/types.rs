@@ -104,16 +104,124 @@ pub struct Stream {
     pub retention_bytes: u64,
     pub retention_ms: u64,
     pub mode: StreamMode,
+    /// Ack default, minimum ISR and unclean election (absent in logs written before #11).
+    #[serde(default)]
+    pub policy: ReplicationPolicy,
 }
+
+/// The acknowledgement a stream's publishers get unless they ask for another (#11).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckMode {
+    /// Fire and forget (Kafka's acks=0).
+    None,
+    /// Appended on the leader (acks=1).
+    Leader,
+    /// On the leader's disk (acks=1 with a flushed leader).
+    LeaderDurable,
+    /// Every ISR member holds it in memory (acks=all, replicated).
+    #[default]
+    AllReplicated,
+    /// Every ISR member has it on disk (acks=all, persisted).
+    AllPersisted,
+}
+
+/// An ack mode string is not one of [`AckMode::NAMES`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown ack mode {text:?}: use one of none, leader, leader_durable, all_replicated, all_persisted (all = all_replicated)")]
+pub struct AckModeParseError {
+    pub text: String,
+}
+
+impl AckMode {
+    /// Every mode's name, as `msctl` and the API spell them.
+    pub const NAMES: [&'static str; 5] = [
+        "none",
+        "leader",
+        "leader_durable",
+        "all_replicated",
+        "all_persisted",
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// The data plane's code for it (`abi::assign`).
+    pub fn to_abi(self) -> abi::assign::AckDefault {
+        use abi::assign::AckDefault as A;
+        match self {
+            AckMode::None => A::None,
+            AckMode::Leader => A::Leader,
+            AckMode::LeaderDurable => A::LeaderDurable,
+            AckMode::AllReplicated => A::AllReplicated,
+            AckMode::AllPersisted => A::AllPersisted,
+        }
+    }
+
+    /// Whether a publisher's ack waits for the followers.
+    pub fn waits_for_isr(self) -> bool {
+        matches!(self, AckMode::AllReplicated | AckMode::AllPersisted)
+    }
+}
+
+impl FromStr for AckMode {
+    type Err = AckModeParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let all = [
+            AckMode::None,
+            AckMode::Leader,
+            AckMode::LeaderDurable,
+            AckMode::AllReplicated,
+            AckMode::AllPersisted,
+        ];
+        if s == "all" {
+            return Ok(AckMode::AllReplicated);
+        }
+        all.into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| AckModeParseError {
+                text: s.chars().take(32).collect(),
+            })
+    }
+}
+
+/// A stream's replication policy (#11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReplicationPolicy {
+    /// Fewest ISR members (leader included) with which an `all` write is accepted and the high
+    /// watermark advances (Kafka's `min.insync.replicas`, strict as in KIP-966); 1..=RF.
+    pub min_insync_replicas: u8,
+    /// The ack mode of publishers that do not choose one.
+    pub ack_default: AckMode,
+    /// Elect a replica outside the ISR when no ISR member is live (may lose acknowledged
+    /// records; every such election is audited). Off by default.
+    pub unclean_leader_election: bool,
+}
+
+impl Default for ReplicationPolicy {
+    fn default() -> Self {
+        ReplicationPolicy {
+            min_insync_replicas: 1,
+            ack_default: AckMode::AllReplicated,
+            unclean_leader_election: false,
+        }
+    }
+}
+
+/// The leader of a partition with no leader (no ISR member live, unclean election off).
+pub const LEADER_NONE: NodeId = 0;
 
 /// Who leads and who replicates one partition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionAssignment {
     pub stream_id: u32,
     pub partition: u16,
+    /// [`LEADER_NONE`] while leaderless.
     pub leader: NodeId,
     pub replicas: Vec<NodeId>,
-    /// In-sync replicas (always contains the leader).
+    /// In-sync replicas (contains the leader; when leaderless, the last members, as Kafka keeps
+    /// them, so that one of them, back, leads again).
     pub isr: Vec<NodeId>,
     /// Bumped on every leader or replica change; a leader holding an older
     /// epoch has been deposed and its commands are rejected.
@@ -276,6 +384,9 @@ pub enum NodeLiveness {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeHeartbeat {
     pub node_id: NodeId,
+    /// The node's replicas' latest statuses (#11; absent from older nodes).
+    #[serde(default)]
+    pub replicas: Vec<crate::replicas::ReplicaReport>,
 }
 
 /// The Raft application data: one metadata change.
@@ -288,6 +399,20 @@ pub enum Command {
         retention_bytes: u64,
         retention_ms: u64,
         mode: StreamMode,
+        #[serde(default)]
+        policy: ReplicationPolicy,
+    },
+    /// Registers a stream a node's configuration defines, under its configured id
+    /// (idempotent: the same id and partition count again is `Done`).
+    RegisterConfigStream {
+        name: String,
+        id: u32,
+        partitions: u16,
+    },
+    /// Turns unclean leader election of a stream on or off.
+    SetUncleanElection {
+        name: String,
+        enabled: bool,
     },
     DeleteStream {
         name: String,
@@ -443,6 +568,7 @@ impl ClusterState {
                 retention_bytes,
                 retention_ms,
                 mode,
+                policy,
             } => self.create_stream(Stream {
                 name: name.clone(),
                 id: self.next_stream_id,
@@ -451,7 +577,21 @@ impl ClusterState {
                 retention_bytes: *retention_bytes,
                 retention_ms: *retention_ms,
                 mode: *mode,
+                policy: *policy,
             }),
+            Command::RegisterConfigStream {
+                name,
+                id,
+                partitions,
+            } => self.register_config_stream(name, *id, *partitions),
+            Command::SetUncleanElection { name, enabled } => {
+                let s = self
+                    .streams
+                    .get_mut(name)
+                    .ok_or_else(|| CommandRejection::StreamNotFound { name: name.clone() })?;
+                s.policy.unclean_leader_election = *enabled;
+                Ok(CommandResponse::Done)
+            }
             Command::DeleteStream { name } => self.delete_stream(name),
             Command::PutPrincipal(p) => self.put_principal(p),
             Command::DeletePrincipal { name } => self.delete_principal(name),
@@ -481,12 +621,65 @@ impl ClusterState {
     /// partitions round-robin over the live nodes.
     fn create_stream(&mut self, mut stream: Stream) -> Result<CommandResponse, CommandRejection> {
         let live = self.check_new_stream(&stream)?;
-        let id = self.next_stream_id;
+        // Ids a configuration registered are skipped (streams <= STREAMS_MAX, so this ends).
+        let mut id = self.next_stream_id;
+        while self.assignments.contains_key(&id) {
+            id = id
+                .checked_add(1)
+                .ok_or_else(|| limit("stream ids", u32::MAX as usize))?;
+        }
         stream.id = id;
         self.next_stream_id = id
             .checked_add(1)
             .ok_or_else(|| limit("stream ids", u32::MAX as usize))?;
-        let assignments = place_partitions(id, stream.partitions, stream.replication_factor, &live);
+        self.place_stream(stream, &live)
+    }
+
+    /// A configuration's stream under its own id, RF 1, the default policy. Again with the
+    /// same name, id and partitions: `Done`; a clash with another stream is rejected.
+    fn register_config_stream(
+        &mut self,
+        name: &str,
+        id: u32,
+        partitions: u16,
+    ) -> Result<CommandResponse, CommandRejection> {
+        if let Some(s) = self.streams.get(name) {
+            if s.id == id && s.partitions == partitions {
+                return Ok(CommandResponse::Done);
+            }
+            return Err(CommandRejection::StreamExists { name: name.into() });
+        }
+        if let Some(s) = self.stream_by_id(id) {
+            return Err(invalid(
+                "stream id",
+                format!(
+                    "id {id} belongs to stream {:?}: give the configured stream another id",
+                    s.name
+                ),
+            ));
+        }
+        let stream = Stream {
+            name: name.into(),
+            id,
+            partitions,
+            replication_factor: 1,
+            retention_bytes: 0,
+            retention_ms: 0,
+            mode: StreamMode::Reliable,
+            policy: ReplicationPolicy::default(),
+        };
+        let live = self.check_new_stream(&stream)?;
+        self.place_stream(stream, &live)?;
+        Ok(CommandResponse::StreamCreated { stream_id: id })
+    }
+
+    fn place_stream(
+        &mut self,
+        stream: Stream,
+        live: &[NodeId],
+    ) -> Result<CommandResponse, CommandRejection> {
+        let id = stream.id;
+        let assignments = place_partitions(id, stream.partitions, stream.replication_factor, live);
         self.assignments.insert(id, assignments);
         self.streams.insert(stream.name.clone(), stream);
         Ok(CommandResponse::StreamCreated { stream_id: id })
@@ -513,6 +706,13 @@ impl ClusterState {
             return Err(invalid(
                 "replication_factor",
                 format!("must be 1..={REPLICATION_FACTOR_MAX}"),
+            ));
+        }
+        let min_isr = stream.policy.min_insync_replicas;
+        if min_isr == 0 || min_isr > rf {
+            return Err(invalid(
+                "min_insync_replicas",
+                format!("must be 1..={rf} (the replication factor)"),
             ));
         }
         let live = self.live_nodes();
@@ -671,20 +871,24 @@ impl ClusterState {
                 current: cur.leader_epoch,
             });
         }
-        for n in a
-            .replicas
-            .iter()
-            .chain(a.isr.iter())
-            .chain(std::iter::once(&a.leader))
-        {
+        let leader = (a.leader != LEADER_NONE).then_some(&a.leader);
+        for n in a.replicas.iter().chain(a.isr.iter()).chain(leader) {
             if !self.nodes.contains_key(n) {
                 return Err(CommandRejection::UnknownNode { id: *n });
             }
         }
-        if !a.replicas.contains(&a.leader) || !a.isr.contains(&a.leader) {
+        if a.leader != LEADER_NONE
+            && (!a.replicas.contains(&a.leader) || !a.isr.contains(&a.leader))
+        {
             return Err(invalid(
                 "assignment",
                 "the leader must be a replica and in sync".into(),
+            ));
+        }
+        if a.isr.iter().any(|n| !a.replicas.contains(n)) {
+            return Err(invalid(
+                "assignment",
+                "the ISR must hold replicas only".into(),
             ));
         }
         Ok(())
@@ -825,6 +1029,7 @@ mod tests {
             retention_bytes: 1 << 30,
             retention_ms: 60_000,
             mode: StreamMode::Reliable,
+            policy: Default::default(),
         }
     }
 
@@ -861,6 +1066,96 @@ mod tests {
             assert_eq!(p.leader, p.replicas[0]);
             assert_eq!(p.leader_epoch, 1);
         }
+    }
+
+    #[test]
+    fn configured_streams_keep_their_id_and_created_ones_never_reuse_it() {
+        let mut s = ClusterState::default();
+        s.apply(&node(1));
+        let register = |partitions| Command::RegisterConfigStream {
+            name: "stream-7".into(),
+            id: 7,
+            partitions,
+        };
+        assert_eq!(
+            s.apply(&register(1)),
+            CommandResponse::StreamCreated { stream_id: 7 }
+        );
+        assert_eq!(s.apply(&register(1)), CommandResponse::Done, "idempotent");
+        assert!(matches!(
+            s.apply(&register(2)),
+            CommandResponse::Rejected(CommandRejection::StreamExists { .. })
+        ));
+        let other_name = Command::RegisterConfigStream {
+            name: "seven".into(),
+            id: 7,
+            partitions: 1,
+        };
+        assert!(matches!(
+            s.apply(&other_name),
+            CommandResponse::Rejected(CommandRejection::InvalidValue { .. })
+        ));
+        // The eighth created stream would have been id 7: it gets 8.
+        let ids: Vec<CommandResponse> = (0..9)
+            .map(|i| s.apply(&create(&format!("s{i}"), 1)))
+            .collect();
+        let want: Vec<CommandResponse> = [0, 1, 2, 3, 4, 5, 6, 8, 9]
+            .into_iter()
+            .map(|stream_id| CommandResponse::StreamCreated { stream_id })
+            .collect();
+        assert_eq!(ids, want);
+        let a = s.assignment(7, 0).unwrap();
+        assert_eq!((a.leader, a.replicas.clone()), (1, vec![1]));
+        // A configured id that a created stream holds already is refused.
+        let taken = Command::RegisterConfigStream {
+            name: "stream-3".into(),
+            id: 3,
+            partitions: 1,
+        };
+        assert!(matches!(
+            s.apply(&taken),
+            CommandResponse::Rejected(CommandRejection::InvalidValue { .. })
+        ));
+    }
+
+    #[test]
+    fn min_isr_is_checked_against_the_replication_factor() {
+        let mut s = ClusterState::default();
+        for id in 1..=3 {
+            s.apply(&node(id));
+        }
+        let with = |min_insync_replicas| Command::CreateStream {
+            name: format!("m{min_insync_replicas}"),
+            partitions: 1,
+            replication_factor: 2,
+            retention_bytes: 1,
+            retention_ms: 1,
+            mode: StreamMode::Reliable,
+            policy: ReplicationPolicy {
+                min_insync_replicas,
+                ..ReplicationPolicy::default()
+            },
+        };
+        for bad in [0, 3] {
+            assert!(matches!(
+                s.apply(&with(bad)),
+                CommandResponse::Rejected(CommandRejection::InvalidValue { .. })
+            ));
+        }
+        assert!(s.apply(&with(2)).into_result().is_ok());
+        assert_eq!("all".parse::<AckMode>(), Ok(AckMode::AllReplicated));
+        for m in AckMode::NAMES {
+            assert_eq!(m.parse::<AckMode>().unwrap().as_str(), m);
+        }
+        assert!("acks=1".parse::<AckMode>().is_err());
+    }
+
+    #[test]
+    fn streams_from_logs_before_policies_read_with_the_default_policy() {
+        let old = r#"{"name":"o","id":3,"partitions":1,"replication_factor":1,
+            "retention_bytes":1,"retention_ms":1,"mode":"Reliable"}"#;
+        let s: Stream = serde_json::from_str(old).unwrap();
+        assert_eq!(s.policy, ReplicationPolicy::default());
     }
 
     #[test]

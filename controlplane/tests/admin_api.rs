@@ -23,6 +23,7 @@ fn create(name: &str) -> pb::CreateStreamRequest {
         retention_bytes: 1 << 20,
         retention_ms: 60_000,
         mode: pb::StreamMode::Reliable as i32,
+        ..Default::default()
     }
 }
 
@@ -495,6 +496,52 @@ async fn msctl_prints_tables_and_json() {
     assert_eq!(json["mode"], "lossy");
     assert_eq!(json["partitions_detail"].as_array().unwrap().len(), 3);
     assert_eq!(json["partitions_detail"][0]["leader"], 1);
+    assert_eq!(json["ack_default"], "all_replicated");
+    assert_eq!(json["min_insync_replicas"], 1);
+
+    // #11: the replication policy is validated and shown; streams resolve by name; a
+    // partition is described with its replicas (this one node has no data plane: no report).
+    let out = node
+        .msctl(&["stream", "create", "m", "--min-insync-replicas", "2"])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("min_insync_replicas 2 out of range"), "{err}");
+    let out = node
+        .msctl(&["stream", "create", "m", "--acks", "acks=1"])
+        .await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown ack mode"));
+    let out = ok_stdout(
+        &node
+            .msctl(&["stream", "create", "m", "--acks", "all_persisted"])
+            .await,
+    );
+    assert!(out.contains("created stream m"), "{out}");
+    let described = ok_stdout(&node.msctl(&["stream", "describe", "m"]).await);
+    assert!(
+        described.contains("acks all_persisted (all: every ISR member has it on disk)"),
+        "{described}"
+    );
+    let resolved: serde_json::Value = serde_json::from_str(&ok_stdout(
+        &node.msctl(&["--json", "stream", "resolve", "clicks"]).await,
+    ))
+    .unwrap();
+    assert_eq!(resolved["partitions"].as_array().unwrap().len(), 3);
+    assert_eq!(resolved["partitions"][2]["leader"], 1);
+    assert_eq!(resolved["partitions"][2]["leader_epoch"], 1);
+    let part: serde_json::Value = serde_json::from_str(&ok_stdout(
+        &node
+            .msctl(&["--json", "partition", "describe", "clicks", "2"])
+            .await,
+    ))
+    .unwrap();
+    assert_eq!(part["leader"], 1);
+    assert_eq!(part["replicas"][0]["state"], "no report");
+    assert_eq!(part["under_replicated"], false);
+    let out = node.msctl(&["partition", "describe", "clicks", "3"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let out = ok_stdout(&node.msctl(&["stream", "unclean-election", "m", "on"]).await);
+    assert!(out.contains("acknowledged records may be lost"), "{out}");
 
     ok_stdout(&node.msctl(&["principal", "create", "bob"]).await);
     ok_stdout(

@@ -52,6 +52,7 @@ async fn three_node_admin_forwarding_status_transfer_and_removal() {
             retention_bytes: 1 << 20,
             retention_ms: 1_000,
             mode: pb::StreamMode::Reliable as i32,
+            ..Default::default()
         })
         .await
         .expect("forwarded create")

@@ -289,6 +289,7 @@ fn create(name: &str) -> Command {
         retention_bytes: 0,
         retention_ms: 0,
         mode: StreamMode::Lossy,
+        policy: Default::default(),
     }
 }
 

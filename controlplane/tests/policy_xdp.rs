@@ -477,6 +477,7 @@ fn a_restarted_pusher_removes_stale_entries_and_writes_quotas() {
             retention_bytes: 0,
             retention_ms: 0,
             mode: StreamMode::Lossy,
+            policy: Default::default(),
         },
     );
     let stream = state.streams["s"].id;

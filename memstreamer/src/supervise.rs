@@ -178,6 +178,13 @@ fn controlplane_args(a: &NodeArgs, dp: &dataplane::Config) -> Vec<String> {
         "--dataplane-counters",
         Some(dp.counters_file.display().to_string()),
     );
+    // The data plane's configured streams become streams of the cluster metadata (#11).
+    for s in &dp.streams {
+        v.extend([
+            "--dataplane-stream".to_string(),
+            format!("{}:{}", s.id, s.partitions),
+        ]);
+    }
     v
 }
 
@@ -291,7 +298,7 @@ mod tests {
         assert_eq!(
             cp,
             format!(
-                "controlplane --dataplane-commands --id 2 --listen 127.0.0.1:9 --data-dir /data/cp --join 10.0.0.1:7450 --data-addr {} --dataplane-shm-dir /r --dataplane-counters {}",
+                "controlplane --dataplane-commands --id 2 --listen 127.0.0.1:9 --data-dir /data/cp --join 10.0.0.1:7450 --data-addr {} --dataplane-shm-dir /r --dataplane-counters {} --dataplane-stream 7:1",
                 dp.listen,
                 dp.counters_file.display()
             )
@@ -317,5 +324,13 @@ mod tests {
         assert!(c.admin.dataplane_commands);
         assert_eq!(c.admin.dataplane_shm_dir, Some("/r".into()));
         assert_eq!(c.admin.dataplane_counters, Some(dp.counters_file.clone()));
+        let configured: Vec<(u32, u16)> = dp.streams.iter().map(|s| (s.id, s.partitions)).collect();
+        let registered: Vec<(u32, u16)> = c
+            .admin
+            .dataplane_streams
+            .iter()
+            .map(|s| (s.id, s.partitions))
+            .collect();
+        assert_eq!(registered, configured);
     }
 }

@@ -201,6 +201,29 @@ fn msctl_stream_create_and_delete_reach_the_running_data_plane() {
         created.elapsed().as_micros()
     );
 
+    // #11: the configured stream 7 is a stream of the metadata under its own id, so a created
+    // stream never shares its ring; clients resolve streams by name; the partition view works
+    // (the Raft leader of this one node serves it).
+    let ok = |args: &[&str]| {
+        let out = node.msctl(args);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        out.status.success().then_some(text)
+    };
+    let mut described = String::new();
+    wait_for("the configured stream in the metadata", || {
+        described = ok(&["--json", "stream", "describe", "stream-7"]).unwrap_or_default();
+        !described.is_empty()
+    });
+    assert!(described.contains("\"id\":7"), "{described}");
+    assert_ne!(id, 7, "a created stream never takes a configured id");
+    let resolved = ok(&["--json", "stream", "resolve", "orders"]).expect("resolve");
+    assert!(
+        resolved.contains("\"leader\":1") && resolved.contains("\"leader_data_addr\":\""),
+        "{resolved}"
+    );
+    let partition = ok(&["partition", "describe", "orders", "1"]).expect("partition describe");
+    assert!(partition.contains("leader 1, epoch 1"), "{partition}");
+
     // A local SDK publisher and subscriber work on the ring made at run time.
     let ctx = sdk::Context::builder().dir(node.shm()).build();
     let mut sub = ctx.subscriber(id, 1);

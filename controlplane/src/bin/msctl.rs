@@ -50,9 +50,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Streams: create, list, describe, delete.
+    /// Streams: create, list, describe, resolve, unclean-election, delete.
     #[command(subcommand)]
     Stream(StreamCmd),
+    /// Partitions: describe one with its replicas' state (served by the Raft leader).
+    #[command(subcommand)]
+    Partition(PartitionCmd),
     /// Access-control entries.
     #[command(subcommand)]
     Acl(AclCmd),
@@ -75,6 +78,7 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum StreamCmd {
+    /// Create a stream: partitions placed round-robin over the live nodes, the first replica leads.
     Create {
         name: String,
         #[arg(long, default_value_t = 1)]
@@ -87,14 +91,47 @@ enum StreamCmd {
         retention_ms: u64,
         #[arg(long, value_enum, default_value_t = Mode::Reliable)]
         mode: Mode,
+        /// Fewest in-sync replicas (leader included) for an `all` write to be accepted and
+        /// the high watermark to move; 1..=replication factor.
+        #[arg(long, default_value_t = 1)]
+        min_insync_replicas: u32,
+        /// Default ack mode of the stream's publishers: none (fire and forget), leader
+        /// (appended on the leader), leader_durable (on the leader's disk), all (= all_replicated:
+        /// every ISR member holds it in memory) or all_persisted (every ISR member has it on disk).
+        #[arg(long, default_value = "all_replicated")]
+        acks: String,
+        /// Allow electing a replica outside the ISR when no ISR member is live (may lose
+        /// acknowledged records; every such election is audited). Off by default.
+        #[arg(long)]
+        unclean_leader_election: bool,
     },
+    /// Streams you may describe, with their replication policy.
     List,
-    Describe {
+    /// Partitions with leader, replicas, ISR and epoch; under-replicated ones marked.
+    Describe { name: String },
+    /// Each partition's leader, its data address and the epoch (what clients bootstrap from).
+    Resolve { name: String },
+    /// Turn unclean leader election on or off (audited).
+    UncleanElection {
         name: String,
+        #[arg(value_enum)]
+        setting: OnOff,
     },
-    Delete {
-        name: String,
-    },
+    /// Delete a stream; its partitions are dropped on every node.
+    Delete { name: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Subcommand)]
+enum PartitionCmd {
+    /// Leader, epoch, ISR, each replica's state (serving or why not), log end, durable offset
+    /// and lag, and the high watermarks.
+    Describe { stream: String, partition: u32 },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -341,6 +378,8 @@ fn stream_json(s: &pb::Stream) -> Value {
         "name": s.name, "id": s.id, "partitions": s.partitions,
         "replication_factor": s.replication_factor, "retention_bytes": s.retention_bytes,
         "retention_ms": s.retention_ms, "mode": mode_name(s.mode),
+        "min_insync_replicas": s.min_insync_replicas, "ack_default": s.ack_default,
+        "unclean_leader_election": s.unclean_leader_election,
     })
 }
 
@@ -408,6 +447,7 @@ fn id_list(v: &[u64]) -> String {
 async fn run(cli: &Cli) -> Result<(), String> {
     match &cli.cmd {
         Cmd::Stream(c) => stream(cli, c).await,
+        Cmd::Partition(c) => partition(cli, c).await,
         Cmd::Acl(c) => acl(cli, c).await,
         Cmd::Principal(c) => principal(cli, c).await,
         Cmd::Quota(c) => quota(cli, c).await,
@@ -434,8 +474,14 @@ async fn stream(cli: &Cli, cmd: &StreamCmd) -> Result<(), String> {
             retention_bytes,
             retention_ms,
             mode,
+            min_insync_replicas,
+            acks,
+            unclean_leader_election,
         } => {
             let req = pb::CreateStreamRequest {
+                min_insync_replicas: *min_insync_replicas,
+                ack_default: acks.clone(),
+                unclean_leader_election: *unclean_leader_election,
                 name: name.clone(),
                 partitions: *partitions,
                 replication_factor: *replication_factor,
@@ -466,6 +512,21 @@ async fn stream(cli: &Cli, cmd: &StreamCmd) -> Result<(), String> {
             )?;
             print_stream_detail(cli, &r);
         }
+        StreamCmd::Resolve { name } => resolve(cli, name).await?,
+        StreamCmd::UncleanElection { name, setting } => {
+            let enabled = matches!(setting, OnOff::On);
+            let req = pb::SetUncleanElectionRequest {
+                name: name.clone(),
+                enabled,
+            };
+            call!(cli, set_unclean_election, req)?;
+            let what = if enabled {
+                "on: a replica outside the ISR may lead, acknowledged records may be lost"
+            } else {
+                "off"
+            };
+            done(cli, format!("unclean leader election of {name}: {what}"));
+        }
         StreamCmd::Delete { name } => {
             call!(
                 cli,
@@ -491,6 +552,8 @@ fn print_streams(cli: &Cli, streams: &[pb::Stream]) {
             "PARTITIONS",
             "RF",
             "MODE",
+            "MIN_ISR",
+            "ACKS",
             "RETENTION_BYTES",
             "RETENTION_MS",
         ],
@@ -503,6 +566,8 @@ fn print_streams(cli: &Cli, streams: &[pb::Stream]) {
                     s.partitions.to_string(),
                     s.replication_factor.to_string(),
                     mode_name(s.mode).to_string(),
+                    s.min_insync_replicas.to_string(),
+                    s.ack_default.clone(),
                     s.retention_bytes.to_string(),
                     s.retention_ms.to_string(),
                 ]
@@ -520,35 +585,213 @@ fn print_stream_detail(cli: &Cli, r: &pb::DescribeStreamReply) {
             .iter()
             .map(|p| {
                 json!({"partition": p.partition, "leader": p.leader, "replicas": p.replicas,
-                       "isr": p.isr, "leader_epoch": p.leader_epoch})
+                       "isr": p.isr, "leader_epoch": p.leader_epoch,
+                       "under_replicated": p.isr.len() < p.replicas.len()})
             })
             .collect();
         println!("{v}");
         return;
     }
     println!(
-        "stream {} (id {}, {} partitions, rf {}, {})",
+        "stream {} (id {}, {} partitions, rf {}, {}, min ISR {}, acks {}{})",
         s.name,
         s.id,
         s.partitions,
         s.replication_factor,
-        mode_name(s.mode)
+        mode_name(s.mode),
+        s.min_insync_replicas,
+        ack_label(&s.ack_default),
+        if s.unclean_leader_election {
+            ", UNCLEAN leader election on"
+        } else {
+            ""
+        }
     );
     table(
-        &["PARTITION", "LEADER", "REPLICAS", "ISR", "EPOCH"],
+        &[
+            "PARTITION",
+            "LEADER",
+            "REPLICAS",
+            "ISR",
+            "EPOCH",
+            "UNDER_REPLICATED",
+        ],
         r.partitions
             .iter()
             .map(|p| {
                 vec![
                     p.partition.to_string(),
-                    p.leader.to_string(),
+                    leader_label(p.leader),
                     id_list(&p.replicas),
                     id_list(&p.isr),
+                    p.leader_epoch.to_string(),
+                    yes_no(p.isr.len() < p.replicas.len()).into(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+/// An ack mode with what it means, so nobody guesses whether `all` waits for disks.
+fn ack_label(a: &str) -> String {
+    let what = match a {
+        "none" => "fire and forget",
+        "leader" => "appended on the leader",
+        "leader_durable" => "on the leader's disk",
+        "all_replicated" => "all: every ISR member holds it in memory",
+        "all_persisted" => "all: every ISR member has it on disk",
+        _ => "unknown to this msctl",
+    };
+    format!("{a} ({what})")
+}
+
+fn leader_label(leader: u64) -> String {
+    if leader == 0 {
+        "none".into()
+    } else {
+        leader.to_string()
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+async fn resolve(cli: &Cli, name: &str) -> Result<(), String> {
+    let req = pb::ResolveStreamRequest { name: name.into() };
+    let r = call!(cli, resolve_stream, req)?;
+    if cli.json {
+        let parts: Vec<Value> = r
+            .partitions
+            .iter()
+            .map(|p| {
+                json!({"partition": p.partition, "leader": p.leader,
+                       "leader_data_addr": p.leader_data_addr, "leader_epoch": p.leader_epoch})
+            })
+            .collect();
+        let v = json!({"stream": name, "id": r.stream_id, "ack_default": r.ack_default,
+                       "min_insync_replicas": r.min_insync_replicas, "partitions": parts});
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "stream {name} (id {}, acks {}, min ISR {})",
+        r.stream_id,
+        ack_label(&r.ack_default),
+        r.min_insync_replicas
+    );
+    table(
+        &["PARTITION", "LEADER", "LEADER_DATA_ADDR", "EPOCH"],
+        r.partitions
+            .iter()
+            .map(|p| {
+                vec![
+                    p.partition.to_string(),
+                    leader_label(p.leader),
+                    p.leader_data_addr.clone(),
                     p.leader_epoch.to_string(),
                 ]
             })
             .collect(),
     );
+    Ok(())
+}
+
+async fn partition(cli: &Cli, cmd: &PartitionCmd) -> Result<(), String> {
+    let PartitionCmd::Describe { stream, partition } = cmd;
+    let req = pb::DescribePartitionRequest {
+        name: stream.clone(),
+        partition: *partition,
+    };
+    let r = call!(cli, describe_partition, req)?;
+    let a = r.assignment.clone().unwrap_or_default();
+    let s = r.stream.clone().unwrap_or_default();
+    if cli.json {
+        let reps: Vec<Value> = r
+            .replicas
+            .iter()
+            .map(|v| {
+                json!({"node": v.node, "data_addr": v.data_addr, "in_isr": v.in_isr,
+                       "leader": v.leader, "live": v.live, "reported": v.reported,
+                       "role": v.role, "state": v.state, "reported_epoch": v.reported_epoch,
+                       "log_end": v.log_end, "durable": v.durable, "lag": v.lag})
+            })
+            .collect();
+        let v = json!({"stream": stream, "partition": partition, "leader": a.leader,
+                       "leader_epoch": a.leader_epoch, "isr": a.isr, "replicas": reps,
+                       "min_insync_replicas": s.min_insync_replicas, "ack_default": s.ack_default,
+                       "high_watermark_replicated": r.high_watermark_replicated,
+                       "high_watermark_persisted": r.high_watermark_persisted,
+                       "under_replicated": r.under_replicated, "below_min_isr": r.below_min_isr});
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "stream {stream} partition {partition}: leader {}, epoch {}, ISR [{}], min ISR {}{}{}",
+        leader_label(a.leader),
+        a.leader_epoch,
+        id_list(&a.isr),
+        s.min_insync_replicas,
+        if r.under_replicated {
+            ", UNDER-REPLICATED"
+        } else {
+            ""
+        },
+        if r.below_min_isr {
+            ", BELOW MIN ISR (acks=all writes refused)"
+        } else {
+            ""
+        },
+    );
+    println!(
+        "acks {}; high watermark: replicated {}, persisted {}",
+        ack_label(&s.ack_default),
+        r.high_watermark_replicated,
+        r.high_watermark_persisted
+    );
+    table(
+        &[
+            "NODE",
+            "DATA_ADDR",
+            "LEADER",
+            "IN_ISR",
+            "LIVE",
+            "STATE",
+            "EPOCH",
+            "LOG_END",
+            "DURABLE",
+            "LAG",
+        ],
+        r.replicas
+            .iter()
+            .map(|v| {
+                let n = |x: u64| {
+                    if v.reported {
+                        x.to_string()
+                    } else {
+                        "-".into()
+                    }
+                };
+                vec![
+                    v.node.to_string(),
+                    v.data_addr.clone(),
+                    yes_no(v.leader).into(),
+                    yes_no(v.in_isr).into(),
+                    yes_no(v.live).into(),
+                    v.state.clone(),
+                    n(v.reported_epoch),
+                    n(v.log_end),
+                    n(v.durable),
+                    n(v.lag),
+                ]
+            })
+            .collect(),
+    );
+    Ok(())
 }
 
 async fn acl(cli: &Cli, cmd: &AclCmd) -> Result<(), String> {

@@ -5,8 +5,9 @@ use tonic::Status;
 
 use crate::pb::admin as pb;
 use crate::types::{
-    validate_name, Acl, Cidr, CommandRejection, Operation, PartitionAssignment, Permission, Quota,
-    Stream, StreamMode, ACL_SOURCE_CIDRS_MAX, PARTITIONS_MAX, REPLICATION_FACTOR_MAX,
+    validate_name, AckMode, Acl, Cidr, CommandRejection, Operation, PartitionAssignment,
+    Permission, Quota, ReplicationPolicy, Stream, StreamMode, ACL_SOURCE_CIDRS_MAX, PARTITIONS_MAX,
+    REPLICATION_FACTOR_MAX,
 };
 
 /// The gRPC status of a state-machine rejection.
@@ -67,6 +68,33 @@ pub fn check_create(req: &pb::CreateStreamRequest) -> Result<(u16, u8), Status> 
     Ok((partitions, rf))
 }
 
+/// The replication policy of a create-stream request whose replication factor is `rf`.
+pub fn check_policy(req: &pb::CreateStreamRequest, rf: u8) -> Result<ReplicationPolicy, Status> {
+    let min_isr = match req.min_insync_replicas {
+        0 => 1,
+        n => u8::try_from(n)
+            .ok()
+            .filter(|m| *m <= rf)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "min_insync_replicas {n} out of range: use 1..={rf} (at most the replication factor)"
+                ))
+            })?,
+    };
+    let ack_default = if req.ack_default.is_empty() {
+        AckMode::default()
+    } else {
+        req.ack_default
+            .parse::<AckMode>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+    };
+    Ok(ReplicationPolicy {
+        min_insync_replicas: min_isr,
+        ack_default,
+        unclean_leader_election: req.unclean_leader_election,
+    })
+}
+
 pub fn stream_to_pb(s: &Stream) -> pb::Stream {
     pb::Stream {
         name: s.name.clone(),
@@ -79,6 +107,9 @@ pub fn stream_to_pb(s: &Stream) -> pb::Stream {
             StreamMode::Reliable => pb::StreamMode::Reliable as i32,
             StreamMode::Lossy => pb::StreamMode::Lossy as i32,
         },
+        min_insync_replicas: u32::from(s.policy.min_insync_replicas),
+        ack_default: s.policy.ack_default.as_str().to_string(),
+        unclean_leader_election: s.policy.unclean_leader_election,
     }
 }
 
@@ -220,6 +251,8 @@ mod tests {
             partitions in any::<u32>(),
             rf in any::<u32>(),
             mode in any::<i32>(),
+            min_isr in any::<u32>(),
+            ack in ".{0,16}",
         ) {
             let acl = acl_from_pb(Some(pb::Acl {
                 principal: principal.clone(),
@@ -239,11 +272,17 @@ mod tests {
                 retention_bytes: 0,
                 retention_ms: 0,
                 mode,
+                min_insync_replicas: min_isr,
+                ack_default: ack,
+                unclean_leader_election: false,
             };
             if let Ok((p, r)) = check_create(&req) {
                 prop_assert!((1..=PARTITIONS_MAX).contains(&p));
                 prop_assert!((1..=REPLICATION_FACTOR_MAX).contains(&r));
                 prop_assert!(validate_name(&req.name).is_ok());
+                if let Ok(policy) = check_policy(&req, r) {
+                    prop_assert!((1..=r).contains(&policy.min_insync_replicas));
+                }
             }
             let _ = stream_mode(mode);
         }

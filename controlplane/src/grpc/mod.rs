@@ -19,6 +19,7 @@
 //! before decoding (OUT_OF_RANGE).
 
 pub mod convert;
+pub mod partitions;
 pub mod serve;
 
 pub use serve::{start_admin, AdminConfig, AdminParts, AdminStartError};
@@ -269,8 +270,11 @@ impl Admin for AdminService {
         let resource = Resource::Stream(&name);
         let who = self.check(&req, "CreateStream", Operation::Create, resource)?;
         let r = req.into_inner();
-        let checked = check_create(&r).and_then(|pr| stream_mode(r.mode).map(|m| (pr, m)));
-        let ((partitions, replication_factor), mode) = match checked {
+        let checked = check_create(&r).and_then(|(p, rf)| {
+            let mode = stream_mode(r.mode)?;
+            Ok(((p, rf), mode, check_policy(&r, rf)?))
+        });
+        let ((partitions, replication_factor), mode, policy) = match checked {
             Ok(c) => c,
             Err(s) => return self.refuse(&who, "CreateStream", &resource.describe(), s),
         };
@@ -282,6 +286,7 @@ impl Admin for AdminService {
             retention_bytes: r.retention_bytes,
             retention_ms: r.retention_ms,
             mode,
+            policy,
         };
         let resp = self
             .propose(
@@ -295,6 +300,7 @@ impl Admin for AdminService {
                     retention_bytes: r.retention_bytes,
                     retention_ms: r.retention_ms,
                     mode,
+                    policy,
                 },
             )
             .await?;
@@ -401,6 +407,79 @@ impl Admin for AdminService {
         )
         .await?;
         Ok(Response::new(pb::DeleteStreamReply {}))
+    }
+
+    async fn set_unclean_election(
+        &self,
+        req: Request<pb::SetUncleanElectionRequest>,
+    ) -> Result<Response<pb::SetUncleanElectionReply>, Status> {
+        let name = req.get_ref().name.clone();
+        let resource = Resource::Stream(&name);
+        let who = self.check(&req, "SetUncleanElection", Operation::Alter, resource)?;
+        if let Err(s) = check_name("stream name", &name) {
+            return self.refuse(&who, "SetUncleanElection", &resource.describe(), s);
+        }
+        let enabled = req.get_ref().enabled;
+        let action = if enabled {
+            "SetUncleanElection(on: may lose acknowledged records)"
+        } else {
+            "SetUncleanElection(off)"
+        };
+        self.propose(
+            &who,
+            action,
+            &resource.describe(),
+            Command::SetUncleanElection {
+                name: name.clone(),
+                enabled,
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::SetUncleanElectionReply {}))
+    }
+
+    async fn describe_partition(
+        &self,
+        req: Request<pb::DescribePartitionRequest>,
+    ) -> Result<Response<pb::DescribePartitionReply>, Status> {
+        let name = req.get_ref().name.clone();
+        check_name("stream name", &name)?;
+        self.check(
+            &req,
+            "DescribePartition",
+            Operation::Describe,
+            Resource::Stream(&name),
+        )?;
+        // Replica reports live on the Raft leader only.
+        let m = self.raft().metrics().borrow().clone();
+        if m.current_leader != Some(m.id) {
+            return Err(self.not_leader(m.current_leader, None));
+        }
+        let cluster = &self.deps.cluster;
+        let reports = cluster
+            .cluster_replicas()
+            .fresh(cluster.report_max_age(), Instant::now());
+        let partition = req.get_ref().partition;
+        self.state()
+            .read(|d| partitions::describe(&d.state, &reports, &name, partition))
+            .map(Response::new)
+    }
+
+    async fn resolve_stream(
+        &self,
+        req: Request<pb::ResolveStreamRequest>,
+    ) -> Result<Response<pb::ResolveStreamReply>, Status> {
+        let name = req.get_ref().name.clone();
+        check_name("stream name", &name)?;
+        self.check(
+            &req,
+            "ResolveStream",
+            Operation::Describe,
+            Resource::Stream(&name),
+        )?;
+        self.state()
+            .read(|d| partitions::resolve(&d.state, &name))
+            .map(Response::new)
     }
 
     async fn put_acl(

@@ -45,6 +45,18 @@ pub struct AdminConfig {
     /// The local data plane's counters file: `/metrics` then shows its
     /// counters as `ms_dp_*` (`memstreamer node` sets it).
     pub dataplane_counters: Option<PathBuf>,
+    /// Streams the local data plane's configuration defines (`[[streams]]`): registered in
+    /// the cluster metadata at start as `stream-<id>` (RF 1, idempotent), so ids never clash
+    /// (`memstreamer node` passes them; see `dataplane_link::register_config_streams`).
+    pub dataplane_streams: Vec<ConfigStream>,
+}
+
+/// A stream a data plane's configuration defines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigStream {
+    pub id: u32,
+    pub partitions: u16,
 }
 
 impl Default for AdminConfig {
@@ -57,6 +69,7 @@ impl Default for AdminConfig {
             dataplane_commands: false,
             dataplane_shm_dir: None,
             dataplane_counters: None,
+            dataplane_streams: Vec::new(),
         }
     }
 }
@@ -97,6 +110,7 @@ pub fn start_admin(
         .clone()
         .unwrap_or_else(|| data_dir.join(AUDIT_LOG_FILE_NAME));
     let audit = Arc::new(AuditLog::open(&audit_path)?);
+    cluster.set_audit(audit.clone());
     let metrics = Arc::new(Metrics::default());
     let pusher = PolicyPusher::new(&config.data_ifaces)?;
     let mut tasks = Vec::new();
@@ -114,7 +128,7 @@ pub fn start_admin(
         std_listener.set_nonblocking(true).map_err(bind_err)?;
         http_addr = Some(std_listener.local_addr().map_err(bind_err)?);
         let listener = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
-        let raft = cluster.raft().clone();
+        let cl = cluster.clone();
         let m = metrics.clone();
         let dp_counters = config.dataplane_counters.clone();
         let mut stop = shutdown.clone();
@@ -122,17 +136,28 @@ pub fn start_admin(
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::http::serve(listener, raft, m, dp_counters, stopped).await {
+            if let Err(e) = crate::http::serve(listener, cl, m, dp_counters, stopped).await {
                 tracing::error!("HTTP endpoints stopped: {e}");
             }
         }));
     }
     if config.dataplane_commands {
+        let (dir, me) = (config.dataplane_shm_dir.clone(), cluster.me().id);
         tasks.push(tokio::spawn(crate::dataplane_link::run(
-            cluster.view().clone(),
-            crate::dataplane_link::DataplaneLink::new(config.dataplane_shm_dir.clone()),
+            cluster.clone(),
+            crate::dataplane_link::DataplaneLink::new(dir.clone(), me),
+            crate::replicas::StatusReader::new(dir, me),
             shutdown.clone(),
         )));
+        if !config.dataplane_streams.is_empty() {
+            tasks.push(tokio::spawn(
+                crate::dataplane_link::register_config_streams(
+                    cluster.clone(),
+                    config.dataplane_streams.clone(),
+                    shutdown.clone(),
+                ),
+            ));
+        }
     }
     if !config.data_ifaces.is_empty() {
         tasks.push(tokio::spawn(crate::policy::run(

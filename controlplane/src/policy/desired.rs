@@ -236,6 +236,7 @@ mod tests {
                 retention_bytes: 0,
                 retention_ms: 0,
                 mode: StreamMode::Lossy,
+                policy: Default::default(),
             });
         }
         for (p, pattern, perm, cidrs) in acls {
