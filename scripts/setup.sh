@@ -21,6 +21,7 @@ APT_PACKAGES=(
   ethtool      # AF_XDP queue set-up on veth (ethtool -L)
   ansible ansible-lint jq   # scripts/check-deploy.sh validates ansible/ and infra/
   python3 python3-venv python3-dev   # python/: the venv below; libpython for cargo builds of pyo3
+  kcat         # Kafka listener tests (kafka/tests): a librdkafka client from Debian
 )
 
 log() { printf '[setup] %s\n' "$*"; }
