@@ -130,7 +130,7 @@ pub(crate) async fn led<'v>(
     }
     let log = b
         .stores
-        .partition(t.stream_id, meta.index, t.retention.clone())
+        .partition(t.stream_id, meta.index, t.retention)
         .await
         .map_err(|e| {
             eprintln!("memstreamer kafka: {e}");

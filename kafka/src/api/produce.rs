@@ -53,7 +53,7 @@ pub async fn produce(b: &Broker, principal: &str, r: ProduceRequest) -> Option<P
         out.responses.push(topic);
         for p in t.partition_data {
             let step = match &view {
-                _ if !matches!(acks, 0 | 1 | -1) => {
+                _ if !matches!(acks, -1..=1) => {
                     Pending::Done(failed(p.index, ResponseError::InvalidRequiredAcks, None))
                 }
                 Err(e) => Pending::Done(failed(
