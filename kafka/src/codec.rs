@@ -235,6 +235,95 @@ mod tests {
         }
     }
 
+    /// A request of `api` with every array holding an element (nested ones too).
+    fn populated(api: ApiKey) -> Box<dyn Fn(&mut BytesMut, i16)> {
+        use kafka_protocol::messages::*;
+        let name = || TopicName(kafka_protocol::protocol::StrBytes::from_static_str("t"));
+        match api {
+            ApiKey::Produce => Box::new(move |b, v| {
+                let mut p = produce_request::PartitionProduceData::default();
+                p.records = Some(Bytes::from_static(b"abc"));
+                let mut t = produce_request::TopicProduceData::default();
+                t.name = name();
+                t.partition_data = vec![p.clone(), p];
+                let mut r = ProduceRequest::default();
+                r.topic_data = vec![t];
+                r.encode(b, v).unwrap()
+            }),
+            ApiKey::Fetch => Box::new(move |b, v| {
+                let mut t = fetch_request::FetchTopic::default();
+                t.topic = name();
+                t.partitions = vec![fetch_request::FetchPartition::default(); 2];
+                let mut f = fetch_request::ForgottenTopic::default();
+                f.topic = name();
+                f.partitions = vec![1, 2];
+                let mut r = FetchRequest::default();
+                r.topics = vec![t];
+                if v >= 7 {
+                    r.forgotten_topics_data = vec![f];
+                }
+                r.encode(b, v).unwrap()
+            }),
+            ApiKey::ListOffsets => Box::new(move |b, v| {
+                let mut t = list_offsets_request::ListOffsetsTopic::default();
+                t.name = name();
+                t.partitions = vec![list_offsets_request::ListOffsetsPartition::default(); 2];
+                let mut r = ListOffsetsRequest::default();
+                r.topics = vec![t];
+                r.encode(b, v).unwrap()
+            }),
+            ApiKey::Metadata => Box::new(move |b, v| {
+                let mut t = metadata_request::MetadataRequestTopic::default();
+                t.name = Some(name());
+                let mut r = MetadataRequest::default();
+                r.topics = Some(vec![t.clone(), t]);
+                r.encode(b, v).unwrap()
+            }),
+            ApiKey::CreateTopics => Box::new(move |b, v| {
+                let mut a = create_topics_request::CreatableReplicaAssignment::default();
+                a.broker_ids = vec![BrokerId(1), BrokerId(2)];
+                let mut c = create_topics_request::CreatableTopicConfig::default();
+                c.name = kafka_protocol::protocol::StrBytes::from_static_str("k");
+                let mut t = create_topics_request::CreatableTopic::default();
+                t.name = name();
+                t.assignments = vec![a];
+                t.configs = vec![c];
+                let mut r = CreateTopicsRequest::default();
+                r.topics = vec![t];
+                r.encode(b, v).unwrap()
+            }),
+            ApiKey::DeleteTopics => Box::new(move |b, v| {
+                let mut r = DeleteTopicsRequest::default();
+                r.topic_names = vec![name(), name()];
+                r.encode(b, v).unwrap()
+            }),
+            _ => Box::new(|b, v| ApiVersionsRequest::default().encode(b, v).unwrap()),
+        }
+    }
+
+    #[test]
+    fn the_walk_accepts_every_served_version_of_every_api_as_the_codec_encodes_it() {
+        for s in SUPPORTED {
+            for v in s.min..=s.max {
+                let mut b = BytesMut::new();
+                let mut h = RequestHeader::default();
+                h.request_api_key = s.api as i16;
+                h.request_api_version = v;
+                h.encode(&mut b, s.api.request_header_version(v)).unwrap();
+                populated(s.api)(&mut b, v);
+                let r = decode_request(b.freeze());
+                assert!(r.is_ok(), "{:?} v{v}: {:?}", s.api, r.err());
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_frames_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = decode_request(Bytes::from(bytes));
+        }
+    }
+
     #[test]
     fn unknown_and_unserved_versions_are_named() {
         let f = frame(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
