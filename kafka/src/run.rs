@@ -28,6 +28,8 @@ pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
 /// Segment size of each Kafka partition log.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+/// Interval of closing the logs of streams deleted outside Kafka.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 /// Partition logs open at once at most.
 pub const PARTITIONS_OPEN_MAX: usize = 1024;
 const _: () = assert!(BATCH_BYTES_MAX_DEFAULT < REQUEST_BYTES_MAX_DEFAULT);
@@ -155,6 +157,7 @@ pub fn run(config: KafkaConfig) -> anyhow::Result<()> {
             idle_timeout: IDLE_TIMEOUT_DEFAULT,
             request_read_timeout: REQUEST_READ_TIMEOUT,
         };
+        tokio::spawn(close_deleted(broker.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = serve(listener, broker.clone(), limits) => r?,
@@ -165,6 +168,22 @@ pub fn run(config: KafkaConfig) -> anyhow::Result<()> {
         println!("memstreamer kafka: stopped");
         Ok(())
     })
+}
+
+/// Closes the partition logs of streams deleted behind the listener's back, every
+/// [`RECONCILE_INTERVAL`].
+async fn close_deleted(broker: Arc<Broker>) {
+    loop {
+        tokio::time::sleep(RECONCILE_INTERVAL).await;
+        if let Ok(view) = broker.metadata.view().await {
+            let ids: std::collections::HashSet<u32> =
+                view.topics.values().map(|t| t.stream_id).collect();
+            let closed = broker.stores.close_absent(|id| ids.contains(&id)).await;
+            if closed > 0 {
+                println!("memstreamer kafka: closed {closed} partition logs of deleted streams");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -138,6 +138,8 @@ impl Appended {
 pub struct Stores {
     cfg: StoreConfig,
     open: Mutex<HashMap<(u32, u16), Arc<Partition>>>,
+    /// Serializes opening: a second `Log::open` of a directory would wait for its lock.
+    opening: tokio::sync::Mutex<()>,
     /// Notified on every durable advance of any partition (Fetch long polls wait on it).
     pub advanced: Arc<Notify>,
 }
@@ -147,6 +149,7 @@ impl Stores {
         Stores {
             cfg,
             open: Mutex::new(HashMap::new()),
+            opening: tokio::sync::Mutex::new(()),
             advanced: Arc::new(Notify::new()),
         }
     }
@@ -174,22 +177,45 @@ impl Stores {
         {
             return Ok(p.clone());
         }
+        let _opening = self.opening.lock().await;
+        if let Some(p) = self
+            .open
+            .lock()
+            .expect("stores lock")
+            .get(&(stream, partition))
+        {
+            return Ok(p.clone());
+        }
+        let open_now = self.open.lock().expect("stores lock").len();
+        if open_now >= self.cfg.partitions_open_max {
+            return Err(StoreError::TooManyPartitions(open_now));
+        }
         let dir = self.dir_of(stream, partition);
         let config = self.cfg.log_config(stream, partition, retention);
         let read_buffer_bytes = (config.batch_bytes_max as usize).next_multiple_of(1 << 20);
         let p =
             Arc::new(Partition::open(dir, config, read_buffer_bytes, self.advanced.clone()).await?);
-        let mut open = self.open.lock().expect("stores lock");
-        if let Some(existing) = open.get(&(stream, partition)) {
-            // Another task opened it meanwhile: the log's directory lock made ours wait; keep
-            // theirs, ours closes when dropped.
-            return Ok(existing.clone());
-        }
-        if open.len() >= self.cfg.partitions_open_max {
-            return Err(StoreError::TooManyPartitions(open.len()));
-        }
-        open.insert((stream, partition), p.clone());
+        self.open
+            .lock()
+            .expect("stores lock")
+            .insert((stream, partition), p.clone());
         Ok(p)
+    }
+
+    /// Closes the logs of streams that are no longer in the cluster metadata (deleted with
+    /// `msctl stream delete`); their directories stay until DeleteTopics or an operator
+    /// removes them.
+    pub async fn close_absent(&self, present: impl Fn(u32) -> bool) -> usize {
+        let parts: Vec<Arc<Partition>> = {
+            let mut open = self.open.lock().expect("stores lock");
+            let gone: Vec<_> = open.keys().filter(|k| !present(k.0)).copied().collect();
+            gone.iter().filter_map(|k| open.remove(k)).collect()
+        };
+        let n = parts.len();
+        if n > 0 {
+            let _ = tokio::task::spawn_blocking(move || parts.iter().for_each(|p| p.close())).await;
+        }
+        n
     }
 
     /// Closes every partition log (at shutdown).

@@ -27,7 +27,7 @@ const WAIT_MAX: Duration = Duration::from_secs(60);
 
 struct Node {
     child: Child,
-    _lines: Receiver<String>,
+    lines: Receiver<String>,
     dir: tempfile::TempDir,
     cp_listen: String,
     kafka: String,
@@ -94,13 +94,16 @@ impl Node {
         };
         let node = Node {
             child,
-            _lines: lines,
+            lines,
             dir,
             cp_listen,
             kafka,
         };
-        wait_for("the control plane", || {
-            node.msctl(&["stream", "list"]).status.success()
+        // A first Raft write (the principal Kafka clients are) also waits out the election.
+        wait_for("the control plane to take writes", || {
+            node.msctl(&["principal", "create", "ANONYMOUS"])
+                .status
+                .success()
         });
         node
     }
@@ -132,7 +135,6 @@ impl Node {
 
     /// Lets Kafka clients (principal ANONYMOUS) do everything on every topic.
     fn allow_anonymous(&self) {
-        self.msctl_ok(&["principal", "create", "ANONYMOUS"]);
         self.msctl_ok(&[
             "acl",
             "put",
@@ -468,6 +470,20 @@ fn produce_long_poll_fetch_and_list_offsets_on_the_wire() {
     assert_eq!(offsets(-1, &mut s), 3);
     assert_eq!(offsets(1_500, &mut s), 1);
     assert_eq!(offsets(9_999, &mut s), -1);
+    // A stream deleted outside Kafka has its open partition log closed.
+    node.msctl_ok(&["stream", "delete", "wire"]);
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted stream's log was not closed"
+        );
+        if let Ok(line) = node.lines.recv_timeout(Duration::from_millis(100)) {
+            if line == "memstreamer kafka: closed 1 partition logs of deleted streams" {
+                break;
+            }
+        }
+    }
 }
 
 #[test]

@@ -61,10 +61,10 @@ class KafkaNode:
             assert line, "the node exited"
             if line.startswith("memstreamer kafka: listening on "):
                 self.bootstrap = line.split()[4]
-        while self.msctl("stream", "list", check=False).returncode != 0:
-            assert time.monotonic() < deadline, "the control plane did not serve"
+        # The first Raft write (the principal Kafka clients are) also waits out the election.
+        while self.msctl("principal", "create", "ANONYMOUS", check=False).returncode != 0:
+            assert time.monotonic() < deadline, "the control plane did not take writes"
             time.sleep(0.05)
-        self.msctl("principal", "create", "ANONYMOUS")
         ops = [a for op in ["read", "write", "create", "delete", "describe"] for a in ("--op", op)]
         self.msctl("acl", "put", "--principal", "ANONYMOUS", "--resource", "*", *ops)
 
