@@ -236,11 +236,11 @@ mod tests {
     }
 
     /// A request of `api` with every array holding an element (nested ones too).
-    fn populated(api: ApiKey) -> Box<dyn Fn(&mut BytesMut, i16)> {
+    fn populated(api: ApiKey, b: &mut BytesMut, v: i16) {
         use kafka_protocol::messages::*;
         let name = || TopicName(kafka_protocol::protocol::StrBytes::from_static_str("t"));
         match api {
-            ApiKey::Produce => Box::new(move |b, v| {
+            ApiKey::Produce => {
                 let mut p = produce_request::PartitionProduceData::default();
                 p.records = Some(Bytes::from_static(b"abc"));
                 let mut t = produce_request::TopicProduceData::default();
@@ -249,8 +249,8 @@ mod tests {
                 let mut r = ProduceRequest::default();
                 r.topic_data = vec![t];
                 r.encode(b, v).unwrap()
-            }),
-            ApiKey::Fetch => Box::new(move |b, v| {
+            }
+            ApiKey::Fetch => {
                 let mut t = fetch_request::FetchTopic::default();
                 t.topic = name();
                 t.partitions = vec![fetch_request::FetchPartition::default(); 2];
@@ -263,23 +263,23 @@ mod tests {
                     r.forgotten_topics_data = vec![f];
                 }
                 r.encode(b, v).unwrap()
-            }),
-            ApiKey::ListOffsets => Box::new(move |b, v| {
+            }
+            ApiKey::ListOffsets => {
                 let mut t = list_offsets_request::ListOffsetsTopic::default();
                 t.name = name();
                 t.partitions = vec![list_offsets_request::ListOffsetsPartition::default(); 2];
                 let mut r = ListOffsetsRequest::default();
                 r.topics = vec![t];
                 r.encode(b, v).unwrap()
-            }),
-            ApiKey::Metadata => Box::new(move |b, v| {
+            }
+            ApiKey::Metadata => {
                 let mut t = metadata_request::MetadataRequestTopic::default();
                 t.name = Some(name());
                 let mut r = MetadataRequest::default();
                 r.topics = Some(vec![t.clone(), t]);
                 r.encode(b, v).unwrap()
-            }),
-            ApiKey::CreateTopics => Box::new(move |b, v| {
+            }
+            ApiKey::CreateTopics => {
                 let mut a = create_topics_request::CreatableReplicaAssignment::default();
                 a.broker_ids = vec![BrokerId(1), BrokerId(2)];
                 let mut c = create_topics_request::CreatableTopicConfig::default();
@@ -291,13 +291,13 @@ mod tests {
                 let mut r = CreateTopicsRequest::default();
                 r.topics = vec![t];
                 r.encode(b, v).unwrap()
-            }),
-            ApiKey::DeleteTopics => Box::new(move |b, v| {
+            }
+            ApiKey::DeleteTopics => {
                 let mut r = DeleteTopicsRequest::default();
                 r.topic_names = vec![name(), name()];
                 r.encode(b, v).unwrap()
-            }),
-            _ => Box::new(|b, v| ApiVersionsRequest::default().encode(b, v).unwrap()),
+            }
+            _ => ApiVersionsRequest::default().encode(b, v).unwrap(),
         }
     }
 
@@ -310,7 +310,7 @@ mod tests {
                 h.request_api_key = s.api as i16;
                 h.request_api_version = v;
                 h.encode(&mut b, s.api.request_header_version(v)).unwrap();
-                populated(s.api)(&mut b, v);
+                populated(s.api, &mut b, v);
                 let r = decode_request(b.freeze());
                 assert!(r.is_ok(), "{:?} v{v}: {:?}", s.api, r.err());
             }
