@@ -198,7 +198,8 @@ ansible-playbook -i localhost, "$TMP/render.yml" -e variant=smoke -e "{
   \"memstreamer_data_dir\": \"$TMP/cp\", \"memstreamer_cert_dir\": \"$TMP/cp/certs\"}" >/dev/null
 log "smoke test: memstreamer node with the rendered configuration (ports $P_DATA/$P_CTRL/$P_HTTP)"
 env -i PATH="$PATH" "$BIN" node --config "$TMP/smoke-node.toml" \
-  --controlplane-config "$TMP/smoke-controlplane.toml" >"$TMP/node.log" 2>&1 &
+  --controlplane-config "$TMP/smoke-controlplane.toml" \
+  --kafka-listen 127.0.0.1:0 --kafka-data-dir "$TMP/kafka" >"$TMP/node.log" 2>&1 &
 NODE_PID=$!
 ready=""
 for _ in $(seq 1 120); do

@@ -22,6 +22,7 @@ APT_PACKAGES=(
   ethtool      # AF_XDP queue set-up on veth (ethtool -L)
   ansible ansible-lint jq   # scripts/check-deploy.sh validates ansible/ and infra/
   python3 python3-venv python3-dev   # python/: the venv below; libpython for cargo builds of pyo3
+  kcat         # Kafka listener tests (kafka/tests): a librdkafka client from Debian
 )
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -53,8 +54,11 @@ done
 # The Python client (python/): a venv at the repo root with Debian's python3, holding maturin
 # (builds the abi3 wheel), pytest (python/tests) and iceoryx2's Python package (the peer of
 # `ms-bench bindings`). scripts/test.sh and ms-bench build the wheel and install it there.
+# The Kafka clients the Kafka listener's tests drive (python/tests/test_kafka.py): kafka-python
+# with its codecs python-snappy, lz4 and zstandard, and confluent-kafka (its wheel bundles librdkafka).
 VENV="$(cd "$(dirname "$0")/.." && pwd)/.venv"
-PY_PACKAGES=(maturin==1.16.0 pytest==9.2.0 iceoryx2==0.10.0)
+PY_PACKAGES=(maturin==1.16.0 pytest==9.2.0 iceoryx2==0.10.0
+  kafka-python==3.0.12 python-snappy==0.7.3 lz4==4.4.5 zstandard==0.25.0 confluent-kafka==2.16.1)
 if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.base_prefix != "/usr")'; then
   log "creating the Python venv $VENV (Debian's python3)"
   rm -rf "$VENV"

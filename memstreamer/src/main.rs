@@ -17,6 +17,9 @@
 //!   runs the data plane alone until SIGINT/SIGTERM.
 //! * `memstreamer controlplane [--config FILE] [--id N] [--listen ADDR] [--join ADDR] ...`: runs a
 //!   control-plane node alone (`controlplane::node::run`; the same flags as `ms-controlplane`).
+//! * `memstreamer kafka --listen ADDR --data-dir DIR --control-endpoint ADDR --cert-dir DIR
+//!   --node-id N`: the Kafka API listener (the `kafka` crate); `memstreamer node` runs it as its
+//!   third child on 127.0.0.1:9092 unless `--kafka-listen off`.
 //! * `memstreamer certs --dir DIR`: creates a dev CA, a node and an `admin` client certificate.
 //!
 //! Stream changes reach the data plane without a restart: the control plane (run by `node`, or
@@ -63,6 +66,8 @@ enum Command {
     Node(supervise::NodeArgs),
     /// Runs a control-plane node (Raft metadata, admin API, policy push) until SIGINT/SIGTERM.
     Controlplane(controlplane::dataplane_link::NodeArgs),
+    /// Runs the Kafka API listener until SIGINT/SIGTERM (`memstreamer node` starts it).
+    Kafka(kafka::KafkaArgs),
     /// Creates dev certificates (CA, node, `admin` client) in DIR; existing ones are kept.
     Certs {
         #[arg(long)]
@@ -230,6 +235,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = args.into_config()?;
             controlplane::node::run(config)?;
             Ok(())
+        }
+        Command::Kafka(args) => {
+            supervise::follow_supervisor()?;
+            kafka::run(kafka::KafkaConfig::new(args)?)
         }
         Command::Certs { dir } => {
             let c = controlplane::certs::generate_dev(&dir)?;

@@ -1,8 +1,11 @@
-//! `memstreamer node`: the supervised pair of a data plane and a control plane.
+//! `memstreamer node`: the supervised data plane, control plane and Kafka listener.
 //!
-//! The supervisor runs itself twice as child processes — `memstreamer dataplane ...` and
-//! `memstreamer controlplane ... --dataplane-commands` — and forwards SIGINT/SIGTERM to both.
-//! When one child exits on its own, the supervisor stops the other and exits non-zero naming the
+//! The supervisor runs itself as child processes — `memstreamer dataplane ...`,
+//! `memstreamer controlplane ... --dataplane-commands` and, unless `--kafka-listen off`,
+//! `memstreamer kafka ...` (on 127.0.0.1:9092 by default; a non-loopback address is refused
+//! unless `--kafka-insecure-plaintext`, as TLS/SASL do not exist yet) — and forwards
+//! SIGINT/SIGTERM to them.
+//! When one child exits on its own, the supervisor stops the others and exits non-zero naming the
 //! child (no restart: a data plane without its control plane would serve stale policy, and a
 //! crash loop is better handled by the service manager that started the node, which sees the
 //! failure). Each child asks the kernel for SIGTERM when the supervisor dies
@@ -27,6 +30,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// The control plane's data directory under `--data-dir` (as its default,
 /// /var/lib/memstreamer/cp, is under the default data directory).
 pub const CONTROL_SUBDIR: &str = "cp";
+/// The Kafka listener's partition logs under `--data-dir` (unless `--kafka-data-dir`).
+pub const KAFKA_SUBDIR: &str = "kafka";
 
 #[derive(clap::Args, Debug)]
 pub struct NodeArgs {
@@ -64,7 +69,23 @@ pub struct NodeArgs {
     /// Join a cluster through this member's control-plane address.
     #[arg(long)]
     join: Option<String>,
+    /// Kafka listener address (port 0: any free port, printed at start); `off`: none.
+    /// Plaintext: any address but loopback needs `--kafka-insecure-plaintext` (no TLS/SASL yet).
+    #[arg(long, env = "MS_KAFKA_LISTEN", default_value = kafka::LISTEN_DEFAULT)]
+    kafka_listen: String,
+    /// host:port Kafka clients are told to connect to (default: the bound address).
+    #[arg(long)]
+    kafka_advertise: Option<String>,
+    /// Serve Kafka in plaintext without authentication on a non-loopback address.
+    #[arg(long)]
+    kafka_insecure_plaintext: bool,
+    /// Kafka partition logs (default: `<data dir>/kafka`).
+    #[arg(long, env = "MS_KAFKA_DATA_DIR")]
+    kafka_data_dir: Option<PathBuf>,
 }
+
+/// `--kafka-listen` value that turns the Kafka listener off.
+pub const KAFKA_OFF: &str = "off";
 
 /// In a supervised child: SIGTERM when the supervisor dies; exit if it is already gone.
 pub fn follow_supervisor() -> anyhow::Result<()> {
@@ -188,7 +209,66 @@ fn controlplane_args(a: &NodeArgs, dp: &dataplane::Config) -> Vec<String> {
     v
 }
 
-/// Runs the pair until SIGINT/SIGTERM or until one of them exits.
+/// The Kafka child's arguments, checked (`None`: `--kafka-listen off`). It reaches the control
+/// plane this node starts, with the node's certificate.
+fn kafka_args(a: &NodeArgs, dp: &dataplane::Config) -> anyhow::Result<Option<Vec<String>>> {
+    if a.kafka_listen == KAFKA_OFF {
+        return Ok(None);
+    }
+    #[derive(clap::Parser)]
+    struct Cp {
+        #[command(flatten)]
+        node: controlplane::dataplane_link::NodeArgs,
+    }
+    let cp_args = controlplane_args(a, dp);
+    let cp = <Cp as clap::Parser>::try_parse_from(cp_args.iter().map(String::as_str))
+        .context("control-plane flags")?
+        .node
+        .into_config()?;
+    let listen = a.kafka_listen.parse().with_context(|| {
+        format!(
+            "--kafka-listen `{}`: give host:port or `off`",
+            a.kafka_listen
+        )
+    })?;
+    let data_dir = a
+        .kafka_data_dir
+        .clone()
+        .unwrap_or_else(|| dp.data_dir.join(KAFKA_SUBDIR));
+    let args = kafka::KafkaArgs {
+        listen,
+        advertise: a.kafka_advertise.clone(),
+        insecure_plaintext: a.kafka_insecure_plaintext,
+        data_dir,
+        control_endpoint: cp.listen.clone(),
+        cert_dir: cp.cert_dir(),
+        node_id: cp.id,
+        request_bytes_max: kafka::run::REQUEST_BYTES_MAX_DEFAULT,
+    };
+    kafka::KafkaConfig::new(args.clone())?;
+    let mut v = vec![
+        "kafka".to_string(),
+        "--listen".into(),
+        args.listen.to_string(),
+        "--data-dir".into(),
+        args.data_dir.display().to_string(),
+        "--control-endpoint".into(),
+        args.control_endpoint,
+        "--cert-dir".into(),
+        args.cert_dir.display().to_string(),
+        "--node-id".into(),
+        args.node_id.to_string(),
+    ];
+    if let Some(adv) = args.advertise {
+        v.extend(["--advertise".into(), adv]);
+    }
+    if args.insecure_plaintext {
+        v.push("--insecure-plaintext".into());
+    }
+    Ok(Some(v))
+}
+
+/// Runs the children until SIGINT/SIGTERM or until one of them exits.
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let stop = crate::stop_flag()?;
     let mut dp_config = crate::load_config(args.config.as_ref(), &args.dataplane)?;
@@ -198,12 +278,17 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     dp_config.validate()?;
     println!("memstreamer node: {}", dp_config.describe_profile());
     crate::prepare_storage(&dp_config)?;
+    let kafka = kafka_args(&args, &dp_config)?;
     let mut children = vec![Supervised::spawn("data plane", &dataplane_args(&args))?];
-    match Supervised::spawn("control plane", &controlplane_args(&args, &dp_config)) {
-        Ok(c) => children.push(c),
-        Err(e) => {
-            children[0].stop();
-            return Err(e);
+    let mut more = vec![("control plane", controlplane_args(&args, &dp_config))];
+    more.extend(kafka.map(|k| ("kafka listener", k)));
+    for (name, child_args) in more {
+        match Supervised::spawn(name, &child_args) {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                children.iter_mut().rev().for_each(Supervised::stop);
+                return Err(e);
+            }
         }
     }
     let mut failed = None;
@@ -221,7 +306,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(POLL_INTERVAL);
     }
-    // Control plane first: it stops writing commands before the data plane goes.
+    // Kafka listener, then control plane (it stops writing commands), then the data plane.
     for c in children.iter_mut().rev() {
         c.stop();
     }

@@ -53,6 +53,7 @@ impl Node {
             ])
             .args(["--http-listen", ""])
             .env("MS_LISTEN", "127.0.0.1:0")
+            .env("MS_KAFKA_LISTEN", "127.0.0.1:0")
             .env("MS_SHM_DIR", dir.join("shm"))
             .env("MS_COUNTERS_FILE", dir.join("counters"))
             .env("MS_RING_CAPACITY_BYTES", "1048576")

@@ -72,6 +72,8 @@ impl Node {
             .args(["--control-listen", &cp_listen, "--http-listen", ""])
             .arg("--control-data-dir")
             .arg(dir.path().join("cp"))
+            .env("MS_KAFKA_LISTEN", "127.0.0.1:0")
+            .env("MS_KAFKA_DATA_DIR", dir.path().join("kafka"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
