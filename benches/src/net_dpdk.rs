@@ -25,8 +25,8 @@ use dataplane::testnet::TestNet;
 use crate::net::{Drain, PHASE_TIMEOUT, PORT, STREAM};
 
 /// EAL memory of the bench's DPDK processes (MiB) and the mbuf pool.
-pub const MEMORY_MB: u32 = 128;
-pub const MBUFS: u32 = 16_383;
+pub const MEMORY_MB: u32 = 64;
+pub const MBUFS: u32 = 8191;
 /// Frames of each af_packet ring (the drain's pre-fill must fit: 16,000 frames).
 const AF_PACKET_FRAMES: u32 = 16_384;
 
