@@ -253,6 +253,7 @@ impl Receiver {
             self.graveyard.bury_box(old);
         }
         self.follow_slots.retain(|&s| s != slot);
+        self.table.set_replica_gate(slot, None);
         if let Some(cells) = &self.cells[slot] {
             cells.replica_connected.store(0, Ordering::Relaxed);
         }
@@ -291,7 +292,13 @@ impl Receiver {
             } else {
                 0
             };
-            if let Some(dst) = f.poll(now_ns, alive, (received, durable), &mut self.out) {
+            let polled = f.poll(now_ns, alive, (received, durable), &mut self.out);
+            // Only the leader's session of the latest FETCH may open (an older incarnation
+            // would append from where it was, duplicating records).
+            // Before the first FETCH (incarnation 0) nothing may open.
+            let gate = Some((f.session_id(), f.fetch_epoch()));
+            self.table.set_replica_gate(slot, gate);
+            if let Some(dst) = polled {
                 // A frame the port refuses is counted there (TX queue full); the next poll
                 // sends a fresh one.
                 if self.port.send(dst, &self.out) {

@@ -12,8 +12,9 @@
 //! keeps committing with the remaining ISR (min ISR 2), and after the link is back the
 //! follower catches up from the leader's storage and is proposed back in.
 //!
-//! Needs root and `ip` (`testkit::require!`); namespaces, links, processes and files are
-//! removed by `Drop`.
+//! The replicated partition is the nodes' configured stream (placed by assignment all the same),
+//! so each node preallocates one log segment, not two. Needs root and `ip`
+//! (`testkit::require!`); namespaces, links, processes and files are removed by `Drop`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,8 @@ const NET: &str = "198.19.110";
 const PORT: u16 = 7470;
 const STREAM: u32 = 31;
 const WAIT_MAX: Duration = Duration::from_secs(60);
+/// One test at a time: each preallocates a log segment (1 GiB) per node.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -129,7 +132,7 @@ impl Cluster {
                  node_id = {}\nshm_dir = \"{}\"\nstorage_dir = \"{}\"\ncounters_file = \"{}\"\n\
                  ring_capacity_bytes = 1048576\nheartbeat_interval_ns = 20000000\n\
                  session_timeout_ns = 1000000000\nreplica_lag_time_max_ns = 1000000000\n\
-                 [[streams]]\nid = 7\n",
+                 [[streams]]\nid = {STREAM}\n",
                 i + 1,
                 i + 1,
                 self.shm(i).display(),
@@ -414,6 +417,7 @@ fn wait_isr(c: &mut Cluster, want: &[u64]) {
 #[test]
 fn three_processes_replicate_and_a_cut_follower_leaves_the_isr_and_catches_up() {
     testkit::require!(testkit::netns("three data-plane nodes in namespaces"));
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut c = Cluster::new("a");
     for i in 0..NODES {
         c.start(i);
@@ -479,6 +483,7 @@ fn the_leader_is_killed_and_a_new_epoch_leader_from_the_isr_continues() {
     testkit::require!(testkit::netns(
         "three data-plane nodes in namespaces, one killed"
     ));
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut c = Cluster::new("b");
     for i in 0..NODES {
         c.start(i);
