@@ -135,8 +135,8 @@ pub struct Receiver {
     follows: Vec<Option<Box<FollowerFetch>>>,
     /// Slots with a leader to follow.
     follow_slots: Vec<usize>,
-    /// FETCH and REPORT frames of followers that the port refused (retried by the next poll).
-    follow_tx_refused: u64,
+    /// FETCHes and REPORTs sent for leaders no longer followed.
+    follow_sent_before: (u64, u64),
 }
 
 impl Receiver {
@@ -182,7 +182,7 @@ impl Receiver {
             next_publish_ns: 0,
             follows: (0..slots_max).map(|_| None).collect(),
             follow_slots: Vec::with_capacity(slots_max),
-            follow_tx_refused: 0,
+            follow_sent_before: (0, 0),
         }
     }
 
@@ -247,9 +247,13 @@ impl Receiver {
             return;
         };
         if let Some(old) = entry.take() {
+            let (f, r) = old.sent();
+            self.follow_sent_before.0 += f;
+            self.follow_sent_before.1 += r;
             self.graveyard.bury_box(old);
         }
         self.follow_slots.retain(|&s| s != slot);
+        self.table.set_replica_gate(slot, None);
         if let Some(cells) = &self.cells[slot] {
             cells.replica_connected.store(0, Ordering::Relaxed);
         }
@@ -288,11 +292,17 @@ impl Receiver {
             } else {
                 0
             };
-            if let Some(dst) = f.poll(now_ns, alive, (received, durable), &mut self.out) {
+            let polled = f.poll(now_ns, alive, (received, durable), &mut self.out);
+            // Only the leader's session of the latest FETCH may open (an older incarnation
+            // would append from where it was, duplicating records).
+            // Before the first FETCH (incarnation 0) nothing may open.
+            let gate = Some((f.session_id(), f.fetch_epoch()));
+            self.table.set_replica_gate(slot, gate);
+            if let Some(dst) = polled {
+                // A frame the port refuses is counted there (TX queue full); the next poll
+                // sends a fresh one.
                 if self.port.send(dst, &self.out) {
                     work += 1;
-                } else {
-                    self.follow_tx_refused += 1;
                 }
             }
         }
@@ -305,7 +315,7 @@ impl Receiver {
             .iter()
             .flatten()
             .map(|f| f.sent())
-            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+            .fold(self.follow_sent_before, |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
     pub fn describe(&self) -> String {

@@ -236,6 +236,10 @@ pub struct SessionTable {
     stats: ReceiverStats,
     /// Per partition index: how often its ring refused a record (back-pressure events).
     pressure: Vec<u64>,
+    /// Per partition index: the only session (id, epoch) a SETUP may open, when this node
+    /// follows a leader for the partition (#11): the leader's session of its latest FETCH.
+    /// No other publisher may write a follower's ring (its offsets are the leader's).
+    replica_gate: Vec<Option<(u32, u32)>>,
     /// Partitions served at most (the map was sized for them: it never grows).
     partitions_max: usize,
 }
@@ -271,6 +275,7 @@ impl SessionTable {
             body: Vec::with_capacity(HEADER_BYTES + wire::SETUP_BODY_BYTES_MAX),
             stats: ReceiverStats::default(),
             pressure: vec![0; slots_max.max(partitions.len())],
+            replica_gate: vec![None; slots_max.max(partitions.len())],
             partitions_max: slots_max.max(partitions.len()),
             cfg,
         }
@@ -305,6 +310,14 @@ impl SessionTable {
         }
         self.partitions.insert((stream_id, partition), slot);
         true
+    }
+
+    /// Lets only session (id, epoch) open on partition index `slot` (a follower's leader
+    /// session), or any (None).
+    pub fn set_replica_gate(&mut self, slot: usize, gate: Option<(u32, u32)>) {
+        if let Some(g) = self.replica_gate.get_mut(slot) {
+            *g = gate;
+        }
     }
 
     /// Stops accepting frames for (stream, partition): its sessions are closed (counted) and
@@ -445,6 +458,13 @@ impl SessionTable {
         if decode_setup(body).is_none() || !h.offset.is_multiple_of(8) {
             self.stats.drop_bad_body += 1;
             return;
+        }
+        if let Some(Some(gate)) = self.replica_gate.get(partition_idx) {
+            if *gate != (h.session_id, h.epoch) {
+                // A follower's ring takes only its leader's current session.
+                self.stats.drop_unknown_session += 1;
+                return;
+            }
         }
         let key = SessionKey {
             stream_id: h.stream_id,
@@ -984,6 +1004,25 @@ mod tests {
         assert_eq!(t.stats().drop_duplicate, 1);
         t.handle(3, src(), &data(1, 0, 16, &[2, 3]), &mut sink);
         assert_eq!(values(&sink), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_follower_partition_takes_only_its_leaders_current_session() {
+        let mut t = table();
+        let mut sink = VecSink::default();
+        t.set_replica_gate(0, Some((9, 2)));
+        // Another publisher, and the leader's previous incarnation, are refused.
+        t.handle(0, src(), &setup(1, 1, 0), &mut sink);
+        t.handle(1, src(), &setup(9, 1, 0), &mut sink);
+        assert_eq!(t.stats().drop_unknown_session, 2);
+        assert_eq!(t.stats().sessions_opened, 0);
+        t.handle(2, src(), &setup(9, 2, 0), &mut sink);
+        t.handle(3, src(), &data(9, 2, 0, &[4]), &mut sink);
+        assert_eq!(values(&sink), vec![4]);
+        // Not following any more: any publisher may open again.
+        t.set_replica_gate(0, None);
+        t.handle(4, src(), &setup(1, 1, 0), &mut sink);
+        assert_eq!(t.stats().sessions_opened, 2);
     }
 
     #[test]

@@ -106,10 +106,15 @@ struct Supervised {
 }
 
 impl Supervised {
-    fn spawn(name: &'static str, args: &[String]) -> anyhow::Result<Supervised> {
+    fn spawn(
+        name: &'static str,
+        args: &[String],
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Supervised> {
         let exe = std::env::current_exe().context("locating the memstreamer executable")?;
         let child = Command::new(exe)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
             .spawn()
             .with_context(|| format!("starting the {name}"))?;
@@ -209,22 +214,48 @@ fn controlplane_args(a: &NodeArgs, dp: &dataplane::Config) -> Vec<String> {
     v
 }
 
-/// The Kafka child's arguments, checked (`None`: `--kafka-listen off`). It reaches the control
-/// plane this node starts, with the node's certificate.
-fn kafka_args(a: &NodeArgs, dp: &dataplane::Config) -> anyhow::Result<Option<Vec<String>>> {
-    if a.kafka_listen == KAFKA_OFF {
-        return Ok(None);
-    }
+/// The control plane child's configuration, as it will read its flags.
+fn control_plane_config(
+    a: &NodeArgs,
+    dp: &dataplane::Config,
+) -> anyhow::Result<controlplane::node::NodeConfig> {
     #[derive(clap::Parser)]
     struct Cp {
         #[command(flatten)]
         node: controlplane::dataplane_link::NodeArgs,
     }
     let cp_args = controlplane_args(a, dp);
-    let cp = <Cp as clap::Parser>::try_parse_from(cp_args.iter().map(String::as_str))
-        .context("control-plane flags")?
-        .node
-        .into_config()?;
+    Ok(
+        <Cp as clap::Parser>::try_parse_from(cp_args.iter().map(String::as_str))
+            .context("control-plane flags")?
+            .node
+            .into_config()?,
+    )
+}
+
+/// The data plane child's environment: the control plane's id of this node as `MS_NODE_ID`, so
+/// the data plane applies the partition assignments its control plane sends (#11), unless the
+/// data plane's configuration names an id of its own.
+fn dataplane_env(
+    a: &NodeArgs,
+    dp: &dataplane::Config,
+) -> anyhow::Result<Vec<(&'static str, String)>> {
+    if dp.node_id != 0 {
+        return Ok(Vec::new());
+    }
+    Ok(vec![(
+        "MS_NODE_ID",
+        control_plane_config(a, dp)?.id.to_string(),
+    )])
+}
+
+/// The Kafka child's arguments, checked (`None`: `--kafka-listen off`). It reaches the control
+/// plane this node starts, with the node's certificate.
+fn kafka_args(a: &NodeArgs, dp: &dataplane::Config) -> anyhow::Result<Option<Vec<String>>> {
+    if a.kafka_listen == KAFKA_OFF {
+        return Ok(None);
+    }
+    let cp = control_plane_config(a, dp)?;
     let listen = a.kafka_listen.parse().with_context(|| {
         format!(
             "--kafka-listen `{}`: give host:port or `off`",
@@ -279,11 +310,16 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     println!("memstreamer node: {}", dp_config.describe_profile());
     crate::prepare_storage(&dp_config)?;
     let kafka = kafka_args(&args, &dp_config)?;
-    let mut children = vec![Supervised::spawn("data plane", &dataplane_args(&args))?];
+    let dp_env = dataplane_env(&args, &dp_config)?;
+    let mut children = vec![Supervised::spawn(
+        "data plane",
+        &dataplane_args(&args),
+        &dp_env,
+    )?];
     let mut more = vec![("control plane", controlplane_args(&args, &dp_config))];
     more.extend(kafka.map(|k| ("kafka listener", k)));
     for (name, child_args) in more {
-        match Supervised::spawn(name, &child_args) {
+        match Supervised::spawn(name, &child_args, &[]) {
             Ok(c) => children.push(c),
             Err(e) => {
                 children.iter_mut().rev().for_each(Supervised::stop);

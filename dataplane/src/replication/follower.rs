@@ -98,6 +98,12 @@ impl FollowerFetch {
         self.leader_epoch
     }
 
+    /// The incarnation of the latest FETCH (0 before the first): the leader's session towards
+    /// this follower must carry it.
+    pub fn fetch_epoch(&self) -> u32 {
+        self.fetch_epoch
+    }
+
     /// FETCHes and REPORTs written so far.
     pub fn sent(&self) -> (u64, u64) {
         (self.fetches, self.reports)
