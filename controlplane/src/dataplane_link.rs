@@ -450,7 +450,32 @@ impl DataplaneLink {
             .iter()
             .filter(|(k, a)| self.sent_assignments.get(k) != Some(a))
             .map(|(_, a)| RingCommand::Assign(Box::new(*a)));
-        drops.chain(creates).chain(assigns).collect()
+        // A partition this node was assigned that is gone (its stream deleted) is told `none`,
+        // so the data plane removes it as it removes any partition it no longer holds.
+        let unassigns = self
+            .sent_assignments
+            .iter()
+            .filter(|(k, a)| a.role != Role::None && !want.assignments.contains_key(k))
+            .filter_map(|(_, a)| {
+                assign::PartitionAssignment::new(
+                    a.stream_id,
+                    a.partition,
+                    Role::None,
+                    a.ack_default,
+                    a.min_isr,
+                    a.leader_epoch,
+                    0,
+                    a.this_node,
+                    a.replicas(),
+                )
+                .ok()
+            })
+            .map(|a| RingCommand::Assign(Box::new(a)));
+        drops
+            .chain(unassigns)
+            .chain(creates)
+            .chain(assigns)
+            .collect()
     }
 
     fn note_sent(&mut self, c: &RingCommand) {
@@ -485,9 +510,6 @@ impl DataplaneLink {
         if self.ring.is_none() {
             return SyncReport::default();
         }
-        // Assignments of deleted streams are forgotten (their Drop goes out below).
-        self.sent_assignments
-            .retain(|k, _| want.assignments.contains_key(k));
         let mut report = SyncReport {
             attached,
             ..SyncReport::default()
@@ -510,6 +532,9 @@ impl DataplaneLink {
                 }
             }
         }
+        // Partitions of deleted streams were told `none` above; forget them.
+        self.sent_assignments
+            .retain(|k, _| want.assignments.contains_key(k));
         report.in_sync = true;
         report
     }
@@ -666,10 +691,15 @@ mod tests {
         let mut gone = state(&[2, 1]);
         gone.apply(&Command::DeleteStream { name: "s0".into() });
         link.sync(&gone);
-        assert_eq!(
-            read_all(&mut sub),
-            vec![RingCommand::Stream(StreamCommand::Drop { stream_id: 0 })]
-        );
+        let got = read_all(&mut sub);
+        assert_eq!(streams_of(&got), vec![StreamCommand::Drop { stream_id: 0 }]);
+        // The deleted stream's partitions are told `none`, so the data plane removes them.
+        let none = assigns_of(&got);
+        assert_eq!(none.len(), 2);
+        assert!(none
+            .iter()
+            .all(|a| a.stream_id == 0 && a.role == Role::None && a.leader == 0));
+        assert_eq!(link.sync(&gone).sent, 0, "told once");
 
         // The data plane restarts: a new ring file; the full view is sent again.
         drop(sub);
