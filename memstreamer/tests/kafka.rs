@@ -124,13 +124,19 @@ impl Node {
     }
 
     fn msctl_ok(&self, args: &[&str]) -> String {
-        let out = self.msctl(args);
-        assert!(
-            out.status.success(),
-            "msctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        // A stream create right after start can come before this node's first heartbeat has
+        // made it live ("... live nodes"): retry that, as an operator would.
+        let deadline = Instant::now() + WAIT_MAX;
+        loop {
+            let out = self.msctl(args);
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            if !out.status.success() && err.contains("are live") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            assert!(out.status.success(), "msctl {args:?}: {err}");
+            return String::from_utf8(out.stdout).unwrap();
+        }
     }
 
     /// Lets Kafka clients (principal ANONYMOUS) do everything on every topic.

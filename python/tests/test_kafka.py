@@ -94,8 +94,15 @@ def node(tmp_path_factory):
 
 
 def _topic(node, name, partitions=1):
-    node.msctl("stream", "create", name, "--partitions", str(partitions))
-    return name
+    # Right after start the node may not be live yet (its first heartbeat): a create is then
+    # refused with "... are live"; retry that, as an operator would.
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        r = node.msctl("stream", "create", name, "--partitions", str(partitions), check=False)
+        if r.returncode == 0:
+            return name
+        assert "are live" in r.stderr and time.monotonic() < deadline, r.stderr
+        time.sleep(0.1)
 
 
 def _messages(codec, n=20):
